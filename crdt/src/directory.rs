@@ -1,0 +1,449 @@
+//! The site directory: one small document per site naming its shows and slots, its enrolled devices and its
+//! revocations. Every device holds it; it is the root of trust for everything else a device verifies offline.
+//!
+//! Certificates and revocations are stored as their canonical signed bytes, and every reader re-verifies them
+//! against the authority key in the header, so a peer that writes garbage into the directory can make entries
+//! invisible to itself only: [`DirectoryView`] skips what does not verify and reports it.
+
+use std::collections::BTreeMap;
+
+use automerge::ActorId;
+use autosurgeon::bytes::ByteVec;
+use autosurgeon::{Hydrate, Reconcile};
+
+use crate::doc::{Doc, DocError, Schema};
+use crate::enrollment::{EnrollmentCert, Revocation, RevocationTarget, TrustError};
+use crate::identity::{DeviceId, PublicKey, Role, SiteId, UnixMillis};
+
+/// The site directory document.
+#[derive(Debug)]
+pub struct Directory;
+
+impl Schema for Directory {
+    const KIND: &'static str = "popmesh.directory";
+    const VERSION: u64 = 1;
+}
+
+/// Shows and slots a directory may list; beyond these a write is refused.
+pub const SHOWS_MAX: usize = 256;
+pub const SLOTS_PER_SHOW_MAX: usize = 512;
+
+/// The directory as stored.
+#[derive(Debug, Clone, PartialEq, Reconcile, Hydrate)]
+pub struct DirectoryRecord {
+    pub site: String,
+    pub name: String,
+    pub authority: String,
+    pub shows: BTreeMap<String, ShowRecord>,
+    /// Device hex id -> canonical enrollment certificate.
+    pub devices: BTreeMap<String, ByteVec>,
+    /// `device:<hex>` or `invite:<hex>` -> canonical revocation.
+    pub revocations: BTreeMap<String, ByteVec>,
+}
+
+/// A show: a run of slots sold in one currency.
+#[derive(Debug, Clone, PartialEq, Eq, Reconcile, Hydrate)]
+pub struct ShowRecord {
+    pub name: String,
+    pub currency: String,
+    pub slots: BTreeMap<String, SlotRecord>,
+}
+
+/// A bookable slot of a show.
+#[derive(Debug, Clone, PartialEq, Eq, Reconcile, Hydrate)]
+pub struct SlotRecord {
+    pub label: String,
+    pub starts_at: u64,
+    pub capacity: u64,
+}
+
+/// Why a directory write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error(transparent)]
+    Doc(#[from] DocError),
+    #[error(transparent)]
+    Untrusted(#[from] TrustError),
+    #[error("the header names authority '{0}', which is not a valid key")]
+    BadHeader(String),
+    #[error("{what} limit reached ({max})")]
+    Full { what: &'static str, max: usize },
+    #[error("show '{0}' is not in the directory")]
+    UnknownShow(String),
+}
+
+impl Doc<Directory> {
+    /// Creates the directory of a new site. Only the device that ran `site init` calls this; every other device
+    /// receives the document by sync.
+    pub fn create_site(
+        actor: ActorId,
+        authority: PublicKey,
+        name: &str,
+    ) -> Result<Self, DirectoryError> {
+        Ok(Doc::create(
+            actor,
+            &DirectoryRecord {
+                site: SiteId::for_authority(&authority).to_hex(),
+                name: name.to_owned(),
+                authority: authority.to_hex(),
+                shows: BTreeMap::new(),
+                devices: BTreeMap::new(),
+                revocations: BTreeMap::new(),
+            },
+        )?)
+    }
+
+    pub fn record(&self) -> Result<DirectoryRecord, DirectoryError> {
+        Ok(self.read()?)
+    }
+
+    /// The verified view of the directory.
+    pub fn view(&self) -> Result<DirectoryView, DirectoryError> {
+        DirectoryView::from_record(self.record()?)
+    }
+
+    /// Adds a certificate after checking its chain back to this site's authority.
+    pub fn add_device(&mut self, cert: &EnrollmentCert) -> Result<(), DirectoryError> {
+        let view = self.view()?;
+        cert.verify_chain(&view.authority, view.site)?;
+        self.write_at(
+            &["devices"],
+            &cert.device.to_hex(),
+            &ByteVec::from(cert.to_bytes()),
+        )?;
+        Ok(())
+    }
+
+    /// Adds an authority-signed revocation.
+    pub fn add_revocation(&mut self, revocation: &Revocation) -> Result<(), DirectoryError> {
+        let view = self.view()?;
+        revocation.verify(&view.authority, view.site)?;
+        self.write_at(
+            &["revocations"],
+            &revocation_key(revocation.target),
+            &ByteVec::from(revocation.to_bytes()),
+        )?;
+        Ok(())
+    }
+
+    pub fn add_show(&mut self, id: &str, show: &ShowRecord) -> Result<(), DirectoryError> {
+        let record = self.record()?;
+        if !record.shows.contains_key(id) && record.shows.len() >= SHOWS_MAX {
+            return Err(DirectoryError::Full {
+                what: "shows",
+                max: SHOWS_MAX,
+            });
+        }
+        self.write_at(&["shows"], id, show)?;
+        Ok(())
+    }
+
+    pub fn add_slot(
+        &mut self,
+        show: &str,
+        id: &str,
+        slot: &SlotRecord,
+    ) -> Result<(), DirectoryError> {
+        let record = self.record()?;
+        let entry = record
+            .shows
+            .get(show)
+            .ok_or_else(|| DirectoryError::UnknownShow(show.to_owned()))?;
+        if !entry.slots.contains_key(id) && entry.slots.len() >= SLOTS_PER_SHOW_MAX {
+            return Err(DirectoryError::Full {
+                what: "slots per show",
+                max: SLOTS_PER_SHOW_MAX,
+            });
+        }
+        let slots = self
+            .object_at(&["shows", show, "slots"])
+            .map_err(DirectoryError::from)?;
+        autosurgeon::reconcile_prop(self.automerge_mut(), slots, id, slot)
+            .map_err(DocError::from)?;
+        self.automerge_mut().commit();
+        Ok(())
+    }
+}
+
+fn revocation_key(target: RevocationTarget) -> String {
+    match target {
+        RevocationTarget::Device(key) => format!("device:{}", key.to_hex()),
+        RevocationTarget::Invite(key) => format!("invite:{}", key.to_hex()),
+    }
+}
+
+/// The directory with every certificate and revocation parsed and checked.
+#[derive(Debug, Clone)]
+pub struct DirectoryView {
+    pub site: SiteId,
+    pub name: String,
+    pub authority: PublicKey,
+    pub shows: BTreeMap<String, ShowRecord>,
+    certs: BTreeMap<DeviceId, EnrollmentCert>,
+    revocations: BTreeMap<String, Revocation>,
+    /// Entries that did not verify, with the reason: shown to operators, trusted by nobody.
+    pub rejected: Vec<(String, TrustError)>,
+}
+
+impl DirectoryView {
+    pub fn from_record(record: DirectoryRecord) -> Result<Self, DirectoryError> {
+        let authority = DeviceId::from_hex(&record.authority)
+            .map_err(|_| DirectoryError::BadHeader(record.authority.clone()))?;
+        let site = SiteId::for_authority(&authority);
+        let mut rejected = Vec::new();
+        let mut certs = BTreeMap::new();
+        for (key, bytes) in &record.devices {
+            match EnrollmentCert::from_bytes(bytes)
+                .and_then(|cert| cert.verify_chain(&authority, site).map(|()| cert))
+            {
+                Ok(cert) if cert.device.to_hex() == *key => {
+                    certs.insert(cert.device, cert);
+                }
+                Ok(_) => rejected.push((
+                    key.clone(),
+                    TrustError::UnknownDevice(format!("{key} (stored under the wrong key)")),
+                )),
+                Err(err) => rejected.push((key.clone(), err)),
+            }
+        }
+        let mut revocations = BTreeMap::new();
+        for (key, bytes) in &record.revocations {
+            match Revocation::from_bytes(bytes).and_then(|r| r.verify(&authority, site).map(|()| r))
+            {
+                Ok(r) if revocation_key(r.target) == *key => {
+                    revocations.insert(key.clone(), r);
+                }
+                Ok(_) => rejected.push((
+                    key.clone(),
+                    TrustError::BadSignature {
+                        what: "revocation (stored under the wrong key)",
+                    },
+                )),
+                Err(err) => rejected.push((key.clone(), err)),
+            }
+        }
+        Ok(Self {
+            site,
+            name: record.name,
+            authority,
+            shows: record.shows,
+            certs,
+            revocations,
+            rejected,
+        })
+    }
+
+    /// Every certificate whose chain verifies, trusted or not.
+    pub fn certificates(&self) -> impl Iterator<Item = &EnrollmentCert> {
+        self.certs.values()
+    }
+
+    pub fn revocation_of(&self, target: RevocationTarget) -> Option<&Revocation> {
+        self.revocations.get(&revocation_key(target))
+    }
+
+    /// The devices enrolled and trusted at `at`, with their roles.
+    pub fn trusted_devices(&self, at: UnixMillis) -> Vec<(DeviceId, Role, String)> {
+        self.certs
+            .values()
+            .filter(|cert| self.verify_device(&cert.device, at).is_ok())
+            .map(|cert| (cert.device, cert.role, cert.name.clone()))
+            .collect()
+    }
+
+    /// Is `device` enrolled at this site, valid at `at`, not revoked, and within its invite's use limit?
+    pub fn verify_device(
+        &self,
+        device: &DeviceId,
+        at: UnixMillis,
+    ) -> Result<&EnrollmentCert, TrustError> {
+        let cert = self
+            .certs
+            .get(device)
+            .ok_or_else(|| TrustError::UnknownDevice(device.to_hex()))?;
+        if let Some(r) = self.revocation_of(RevocationTarget::Device(*device)) {
+            return Err(TrustError::DeviceRevoked {
+                device: device.to_hex(),
+                at: r.at.0,
+                reason: r.reason.clone(),
+            });
+        }
+        cert.check_valid_at(at)?;
+        if let crate::enrollment::Issuer::Invite(invite) = &cert.issuer {
+            if let Some(r) = self.revocation_of(RevocationTarget::Invite(invite.invite_key)) {
+                return Err(TrustError::InviteRevoked {
+                    invite: invite.invite_key.to_hex(),
+                    at: r.at.0,
+                    reason: r.reason.clone(),
+                });
+            }
+            // The use limit, decided the same way on every device: the first `max_uses` enrollments under the
+            // invite by (enrollment time, device id) count; later ones do not.
+            let mut under_invite: Vec<&EnrollmentCert> = self
+                .certs
+                .values()
+                .filter(|c| c.invite_key() == Some(invite.invite_key))
+                .collect();
+            under_invite.sort_by_key(|c| (c.not_before, c.device));
+            let rank = under_invite
+                .iter()
+                .position(|c| c.device == *device)
+                .unwrap_or(usize::MAX);
+            if rank >= invite.max_uses as usize {
+                return Err(TrustError::InviteOverused {
+                    max_uses: invite.max_uses,
+                    device: device.to_hex(),
+                });
+            }
+        }
+        Ok(cert)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doc::actor_id;
+    use crate::enrollment::{InviteTerms, JoinToken, SiteAuthority};
+    use crate::identity::SecretKey;
+
+    const HOUR: u64 = 3_600_000;
+
+    struct Site {
+        authority: SiteAuthority,
+        dir: Doc<Directory>,
+    }
+
+    fn site() -> Site {
+        let authority = SiteAuthority::new(SecretKey::from_seed([1; 32]));
+        let dir = Doc::<Directory>::create_site(
+            actor_id(DeviceId([0; 32]), 0),
+            authority.public(),
+            "Harbour Market",
+        )
+        .expect("create");
+        Site { authority, dir }
+    }
+
+    fn token(site: &Site, seed: u8, max_uses: u32) -> JoinToken {
+        let (invite, secret) = site.authority.invite(
+            [seed; 32],
+            InviteTerms {
+                role: Role::Kiosk,
+                expires_at: UnixMillis(10 * HOUR),
+                max_uses,
+                cert_valid_until: UnixMillis(100 * HOUR),
+            },
+        );
+        JoinToken {
+            site_name: "Harbour Market".into(),
+            authority: site.authority.public(),
+            invite,
+            invite_secret: secret.seed(),
+            network_key: [0; 32],
+            bootstrap: vec![],
+        }
+    }
+
+    #[test]
+    fn an_invite_for_two_kiosks_admits_the_first_two_and_refuses_the_third() {
+        let mut site = site();
+        let token = token(&site, 9, 2);
+        let kiosks: Vec<DeviceId> = (20..23)
+            .map(|s| SecretKey::from_seed([s; 32]).public())
+            .collect();
+        for (i, kiosk) in kiosks.iter().enumerate() {
+            let cert = token
+                .enroll(*kiosk, &format!("kiosk-{i}"), UnixMillis(HOUR + i as u64))
+                .expect("enroll");
+            site.dir.add_device(&cert).expect("chain verifies");
+        }
+        let view = site.dir.view().expect("view");
+        let now = UnixMillis(2 * HOUR);
+        assert!(view.verify_device(&kiosks[0], now).is_ok());
+        assert!(view.verify_device(&kiosks[1], now).is_ok());
+        assert!(matches!(
+            view.verify_device(&kiosks[2], now),
+            Err(TrustError::InviteOverused { max_uses: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn revoking_an_invite_cuts_off_every_device_enrolled_with_it() {
+        let mut site = site();
+        let token = token(&site, 9, 5);
+        let kiosk = SecretKey::from_seed([20; 32]).public();
+        let cert = token
+            .enroll(kiosk, "kiosk-1", UnixMillis(HOUR))
+            .expect("enroll");
+        site.dir.add_device(&cert).expect("add");
+        let revocation = site.authority.revoke(
+            RevocationTarget::Invite(token.invite.invite_key),
+            UnixMillis(2 * HOUR),
+            "token photographed at the door",
+        );
+        site.dir.add_revocation(&revocation).expect("revoke");
+        let view = site.dir.view().expect("view");
+        assert!(matches!(
+            view.verify_device(&kiosk, UnixMillis(3 * HOUR)),
+            Err(TrustError::InviteRevoked { .. })
+        ));
+    }
+
+    #[test]
+    fn a_revoked_device_is_no_longer_trusted_and_a_forged_revocation_is_refused() {
+        let mut site = site();
+        let pos = SecretKey::from_seed([30; 32]).public();
+        let cert = site.authority.enroll(
+            pos,
+            Role::Pos,
+            "pos-1",
+            UnixMillis(0),
+            UnixMillis(100 * HOUR),
+        );
+        site.dir.add_device(&cert).expect("add");
+        assert!(
+            site.dir
+                .view()
+                .expect("view")
+                .verify_device(&pos, UnixMillis(HOUR))
+                .is_ok()
+        );
+
+        let impostor = SiteAuthority::new(SecretKey::from_seed([66; 32]));
+        let mut forged = impostor.revoke(RevocationTarget::Device(pos), UnixMillis(HOUR), "x");
+        forged.site = site.authority.site();
+        assert!(site.dir.add_revocation(&forged).is_err());
+
+        let real = site
+            .authority
+            .revoke(RevocationTarget::Device(pos), UnixMillis(HOUR), "stolen");
+        site.dir.add_revocation(&real).expect("revoke");
+        assert!(matches!(
+            site.dir
+                .view()
+                .expect("view")
+                .verify_device(&pos, UnixMillis(2 * HOUR)),
+            Err(TrustError::DeviceRevoked { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_written_into_the_directory_by_a_peer_is_reported_not_trusted() {
+        let mut site = site();
+        let stranger = DeviceId([44; 32]);
+        site.dir
+            .write_at(
+                &["devices"],
+                &stranger.to_hex(),
+                &ByteVec::from(vec![1, 2, 3]),
+            )
+            .expect("raw write");
+        let view = site.dir.view().expect("view");
+        assert_eq!(view.rejected.len(), 1);
+        assert!(matches!(
+            view.verify_device(&stranger, UnixMillis(0)),
+            Err(TrustError::UnknownDevice(_))
+        ));
+    }
+}

@@ -1,0 +1,84 @@
+//! How a site's data is sharded into documents, and the stable name of each.
+//!
+//! No document grows with the whole show: bookings are one document per slot, receipts one per device per show,
+//! telemetry one per device. Names are stable strings that every device derives the same way, so the mesh layer can
+//! map them to its own document ids.
+
+use std::fmt;
+
+use crate::identity::DeviceId;
+
+/// Which document a name refers to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DocName {
+    Directory,
+    Slot { show: String, slot: String },
+    Ledger { show: String, device: DeviceId },
+    Telemetry { device: DeviceId },
+    Manifest { show: String },
+}
+
+impl fmt::Display for DocName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DocName::Directory => f.write_str("directory"),
+            DocName::Slot { show, slot } => write!(f, "show/{show}/slot/{slot}"),
+            DocName::Ledger { show, device } => write!(f, "show/{show}/ledger/{device}"),
+            DocName::Telemetry { device } => write!(f, "telemetry/{device}"),
+            DocName::Manifest { show } => write!(f, "show/{show}/manifest"),
+        }
+    }
+}
+
+impl std::str::FromStr for DocName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let device = |hex: &str| DeviceId::from_hex(hex).map_err(|e| format!("'{s}': {e}"));
+        match parts.as_slice() {
+            ["directory"] => Ok(DocName::Directory),
+            ["show", show, "slot", slot] => Ok(DocName::Slot {
+                show: (*show).to_owned(),
+                slot: (*slot).to_owned(),
+            }),
+            ["show", show, "ledger", dev] => Ok(DocName::Ledger {
+                show: (*show).to_owned(),
+                device: device(dev)?,
+            }),
+            ["telemetry", dev] => Ok(DocName::Telemetry {
+                device: device(dev)?,
+            }),
+            ["show", show, "manifest"] => Ok(DocName::Manifest {
+                show: (*show).to_owned(),
+            }),
+            _ => Err(format!("'{s}' is not a popmesh document name")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_round_trips() {
+        let device = DeviceId([3; 32]);
+        for name in [
+            DocName::Directory,
+            DocName::Slot {
+                show: "s1".into(),
+                slot: "10am".into(),
+            },
+            DocName::Ledger {
+                show: "s1".into(),
+                device,
+            },
+            DocName::Telemetry { device },
+            DocName::Manifest { show: "s1".into() },
+        ] {
+            assert_eq!(name.to_string().parse::<DocName>(), Ok(name));
+        }
+        assert!("show/x".parse::<DocName>().is_err());
+    }
+}

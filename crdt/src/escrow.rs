@@ -1,0 +1,377 @@
+//! Capacity escrow: bookings for one show slot, sold offline by many devices without ever overselling.
+//!
+//! A slot has a `capacity`, split at creation into per-device `grants` whose sum is at most the capacity. A device
+//! may sell only from its own quota:
+//!
+//! ```text
+//! quota(d) = grant(d) + seats transferred to d - seats transferred out of d
+//! ```
+//!
+//! Quota moves between devices only through a transfer, which the *giving* device writes. Each device is the only
+//! writer of its own sales and outgoing transfers (they live under `devices/<its id>`), so a device always sees all of
+//! its own debits, and sees at most all of its credits. Before writing it checks
+//! `sold(d) + out(d) + seats <= grant(d) + in_seen(d)`.
+//!
+//! **Invariant (no oversell):** at every replica, for every device `d`, `sold(d) <= quota(d)`; summing over devices,
+//! the seats sold never exceed the capacity. It holds whatever the partitions and merge order because Automerge
+//! applies changes causally: a replica that holds a device's sale also holds every transfer that device had seen
+//! when it sold. [`SlotView::check_invariant`] states it; `tests/escrow_props.rs` drives random partition and merge
+//! histories through real Automerge replicas and checks it after every step.
+
+use std::collections::BTreeMap;
+
+use automerge::{ActorId, ReadDoc as _};
+use autosurgeon::{Hydrate, Reconcile};
+use thiserror::Error;
+
+use crate::doc::{Doc, DocError, Schema};
+use crate::identity::{DeviceId, UnixMillis};
+
+/// A bookings document for one show slot.
+#[derive(Debug)]
+pub struct Slot;
+
+impl Schema for Slot {
+    const KIND: &'static str = "popmesh.slot";
+    const VERSION: u64 = 1;
+}
+
+/// Sales one device may record in one slot; a slot's bookings document stays small.
+pub const SALES_PER_DEVICE_MAX: usize = 10_000;
+/// Seats in one booking.
+pub const SEATS_PER_BOOKING_MAX: u64 = 100;
+/// Identifier length for bookings and transfers, in bytes.
+pub const ID_BYTES_MAX: usize = 64;
+
+/// The slot document as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Reconcile, Hydrate)]
+pub struct SlotRecord {
+    pub show: String,
+    pub slot: String,
+    pub capacity: u64,
+    /// Device hex id -> seats granted at creation. Written once, by the creator.
+    pub grants: BTreeMap<String, u64>,
+    /// Device hex id -> what that device (and only it) wrote.
+    pub devices: BTreeMap<String, DeviceEscrow>,
+}
+
+/// One device's sales and outgoing transfers in a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Reconcile, Hydrate)]
+pub struct DeviceEscrow {
+    /// Booking id -> sale.
+    pub sales: BTreeMap<String, Sale>,
+    /// Transfer id -> transfer out of this device.
+    pub transfers: BTreeMap<String, Transfer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Reconcile, Hydrate)]
+pub struct Sale {
+    pub seats: u64,
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Reconcile, Hydrate)]
+pub struct Transfer {
+    pub to: String,
+    pub seats: u64,
+    pub at: u64,
+}
+
+/// Why a booking or transfer was refused.
+#[derive(Debug, Error)]
+pub enum EscrowError {
+    #[error("this device's quota is spent: {available} seats left, {requested} requested")]
+    QuotaSpent { available: u64, requested: u64 },
+    #[error("booking '{id}' already exists with {existing} seats, not {requested}")]
+    BookingConflict {
+        id: String,
+        existing: u64,
+        requested: u64,
+    },
+    #[error("grants total {granted} seats, more than the capacity of {capacity}")]
+    OverGranted { granted: u64, capacity: u64 },
+    #[error("a booking must be for 1 to {SEATS_PER_BOOKING_MAX} seats, not {0}")]
+    BadSeatCount(u64),
+    #[error(
+        "identifier '{0}' must be 1 to {ID_BYTES_MAX} bytes of letters, digits, '-', '_' or '.'"
+    )]
+    BadId(String),
+    #[error(
+        "this device has recorded {SALES_PER_DEVICE_MAX} sales in this slot, the most a slot document holds"
+    )]
+    Full,
+    #[error("a device cannot transfer quota to itself")]
+    SelfTransfer,
+    #[error(transparent)]
+    Doc(#[from] DocError),
+}
+
+/// What a sale did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaleOutcome {
+    Recorded,
+    /// The same booking id with the same seats was already recorded: a retried request.
+    AlreadyRecorded,
+}
+
+/// A break of the no-oversell invariant, as found by [`SlotView::check_invariant`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EscrowViolation {
+    #[error("device {device} sold {sold} seats against a quota of {quota}")]
+    DeviceOversold {
+        device: String,
+        sold: i128,
+        quota: i128,
+    },
+    #[error("{sold} seats sold against a capacity of {capacity}")]
+    SlotOversold { sold: u64, capacity: u64 },
+    #[error("grants total {granted} seats, more than the capacity of {capacity}")]
+    OverGranted { granted: u64, capacity: u64 },
+}
+
+pub(crate) fn check_id(id: &str) -> Result<(), EscrowError> {
+    let ok = !id.is_empty()
+        && id.len() <= ID_BYTES_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(EscrowError::BadId(id.to_owned()))
+    }
+}
+
+/// Pure arithmetic over a slot record: quotas, availability, and the invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotView {
+    pub record: SlotRecord,
+}
+
+impl SlotView {
+    pub fn grant(&self, device: &str) -> u64 {
+        self.record.grants.get(device).copied().unwrap_or(0)
+    }
+
+    pub fn sold(&self, device: &str) -> u64 {
+        self.record
+            .devices
+            .get(device)
+            .map_or(0, |d| d.sales.values().map(|s| s.seats).sum())
+    }
+
+    pub fn transferred_out(&self, device: &str) -> u64 {
+        self.record
+            .devices
+            .get(device)
+            .map_or(0, |d| d.transfers.values().map(|t| t.seats).sum())
+    }
+
+    pub fn transferred_in(&self, device: &str) -> u64 {
+        self.record
+            .devices
+            .values()
+            .flat_map(|d| d.transfers.values())
+            .filter(|t| t.to == device)
+            .map(|t| t.seats)
+            .sum()
+    }
+
+    /// Seats this device may still sell or give away, as far as this replica knows.
+    pub fn available(&self, device: &str) -> u64 {
+        (self.grant(device) + self.transferred_in(device))
+            .saturating_sub(self.sold(device) + self.transferred_out(device))
+    }
+
+    pub fn total_sold(&self) -> u64 {
+        self.record
+            .devices
+            .values()
+            .flat_map(|d| d.sales.values())
+            .map(|s| s.seats)
+            .sum()
+    }
+
+    /// Seats not yet sold anywhere this replica knows of.
+    pub fn remaining(&self) -> u64 {
+        self.record.capacity.saturating_sub(self.total_sold())
+    }
+
+    /// Every device that holds or held quota here.
+    pub fn devices(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.record.grants.keys().cloned().collect();
+        all.extend(self.record.devices.keys().cloned());
+        for d in self.record.devices.values() {
+            all.extend(d.transfers.values().map(|t| t.to.clone()));
+        }
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// The no-oversell invariant (see the module docs).
+    pub fn check_invariant(&self) -> Result<(), EscrowViolation> {
+        let granted: u64 = self.record.grants.values().sum();
+        if granted > self.record.capacity {
+            return Err(EscrowViolation::OverGranted {
+                granted,
+                capacity: self.record.capacity,
+            });
+        }
+        for device in self.devices() {
+            let quota = i128::from(self.grant(&device)) + i128::from(self.transferred_in(&device))
+                - i128::from(self.transferred_out(&device));
+            let sold = i128::from(self.sold(&device));
+            if sold > quota {
+                return Err(EscrowViolation::DeviceOversold {
+                    device,
+                    sold,
+                    quota,
+                });
+            }
+        }
+        if self.total_sold() > self.record.capacity {
+            return Err(EscrowViolation::SlotOversold {
+                sold: self.total_sold(),
+                capacity: self.record.capacity,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Doc<Slot> {
+    /// Creates a slot with its capacity split into grants. Called once, by the device that opens the slot.
+    pub fn create_slot(
+        actor: ActorId,
+        show: &str,
+        slot: &str,
+        capacity: u64,
+        grants: &BTreeMap<DeviceId, u64>,
+    ) -> Result<Self, EscrowError> {
+        let granted: u64 = grants.values().sum();
+        if granted > capacity {
+            return Err(EscrowError::OverGranted { granted, capacity });
+        }
+        check_id(show)?;
+        check_id(slot)?;
+        Ok(Doc::create(
+            actor,
+            &SlotRecord {
+                show: show.to_owned(),
+                slot: slot.to_owned(),
+                capacity,
+                grants: grants.iter().map(|(d, n)| (d.to_hex(), *n)).collect(),
+                devices: BTreeMap::new(),
+            },
+        )?)
+    }
+
+    pub fn view(&self) -> Result<SlotView, EscrowError> {
+        Ok(SlotView {
+            record: self.read()?,
+        })
+    }
+
+    /// Sells `seats` from `me`'s quota under `booking`. Retrying the same booking is a no-op.
+    pub fn sell(
+        &mut self,
+        me: DeviceId,
+        booking: &str,
+        seats: u64,
+        at: UnixMillis,
+    ) -> Result<SaleOutcome, EscrowError> {
+        check_id(booking)?;
+        if seats == 0 || seats > SEATS_PER_BOOKING_MAX {
+            return Err(EscrowError::BadSeatCount(seats));
+        }
+        let view = self.view()?;
+        let mine = me.to_hex();
+        let existing = view.record.devices.get(&mine);
+        if let Some(sale) = existing.and_then(|d| d.sales.get(booking)) {
+            return if sale.seats == seats {
+                Ok(SaleOutcome::AlreadyRecorded)
+            } else {
+                Err(EscrowError::BookingConflict {
+                    id: booking.to_owned(),
+                    existing: sale.seats,
+                    requested: seats,
+                })
+            };
+        }
+        if existing.is_some_and(|d| d.sales.len() >= SALES_PER_DEVICE_MAX) {
+            return Err(EscrowError::Full);
+        }
+        let available = view.available(&mine);
+        if seats > available {
+            return Err(EscrowError::QuotaSpent {
+                available,
+                requested: seats,
+            });
+        }
+        self.own_entry(&mine)?;
+        let sale = Sale { seats, at: at.0 };
+        let sales = self.object_at(&["devices", &mine, "sales"])?;
+        autosurgeon::reconcile_prop(self.automerge_mut(), sales, booking, &sale)
+            .map_err(DocError::from)?;
+        self.automerge_mut().commit();
+        Ok(SaleOutcome::Recorded)
+    }
+
+    /// Moves `seats` of `me`'s quota to `to`. Only the giving device writes a transfer.
+    pub fn transfer(
+        &mut self,
+        me: DeviceId,
+        to: DeviceId,
+        transfer: &str,
+        seats: u64,
+        at: UnixMillis,
+    ) -> Result<(), EscrowError> {
+        check_id(transfer)?;
+        if me == to {
+            return Err(EscrowError::SelfTransfer);
+        }
+        let view = self.view()?;
+        let mine = me.to_hex();
+        if view
+            .record
+            .devices
+            .get(&mine)
+            .is_some_and(|d| d.transfers.contains_key(transfer))
+        {
+            return Ok(());
+        }
+        let available = view.available(&mine);
+        if seats == 0 || seats > available {
+            return Err(EscrowError::QuotaSpent {
+                available,
+                requested: seats,
+            });
+        }
+        self.own_entry(&mine)?;
+        let record = Transfer {
+            to: to.to_hex(),
+            seats,
+            at: at.0,
+        };
+        let transfers = self.object_at(&["devices", &mine, "transfers"])?;
+        autosurgeon::reconcile_prop(self.automerge_mut(), transfers, transfer, &record)
+            .map_err(DocError::from)?;
+        self.automerge_mut().commit();
+        Ok(())
+    }
+
+    /// Creates `devices/<me>` with its two maps in one step, if this device has never written here.
+    fn own_entry(&mut self, mine: &str) -> Result<(), DocError> {
+        let devices = self.object_at(&["devices"])?;
+        if self.automerge().get(&devices, mine)?.is_none() {
+            autosurgeon::reconcile_prop(
+                self.automerge_mut(),
+                devices,
+                mine,
+                &DeviceEscrow::default(),
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+//! popmesh's domain core: everything a site knows and decides, with no IO.
+//!
+//! This crate holds identities and enrollment ([`identity`], [`enrollment`]), the site's typed Automerge documents
+//! ([`directory`], [`escrow`], [`ledger`], [`telemetry`], [`manifest`], named by [`docs`]), signed receipts
+//! ([`receipt`]) and offline payment limits ([`risk`]). It takes time (`UnixMillis`) and key seeds as arguments and
+//! returns values; it never reads a clock, draws OS randomness, touches a file or a socket, or spawns. The node
+//! daemon and the chaos simulator therefore run exactly the same domain code.
+
+pub mod codec;
+pub mod directory;
+pub mod doc;
+pub mod docs;
+pub mod enrollment;
+pub mod escrow;
+pub mod identity;
+pub mod ledger;
+pub mod manifest;
+pub mod receipt;
+pub mod risk;
+pub mod telemetry;
+
+pub use doc::{Doc, DocError, actor_id};
+pub use identity::{DeviceId, DeviceKey, PublicKey, Role, SecretKey, SiteId, UnixMillis};
