@@ -70,10 +70,19 @@ pub fn device_of_actor(actor: &ActorId) -> Option<DeviceId> {
 }
 
 /// An Automerge document known to hold a `S` document.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Doc<S> {
     inner: AutoCommit,
     _schema: PhantomData<S>,
+}
+
+impl<S> Clone for Doc<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            _schema: PhantomData,
+        }
+    }
 }
 
 impl<S: Schema> Doc<S> {

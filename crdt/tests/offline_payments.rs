@@ -1,0 +1,243 @@
+//! Stories of offline payments at a POS terminal, told through the ledger document and the site directory.
+
+use popmesh_crdt::directory::Directory;
+use popmesh_crdt::enrollment::{RevocationTarget, SiteAuthority, TrustError};
+use popmesh_crdt::ledger::{InsertError, Inserted, Ledger, PaymentError};
+use popmesh_crdt::receipt::{PaymentRequest, Receipt, ReceiptError};
+use popmesh_crdt::risk::{RiskError, RiskLimits};
+use popmesh_crdt::{DeviceKey, Doc, Role, SecretKey, UnixMillis, actor_id};
+
+const HOUR: u64 = 3_600_000;
+
+struct Counter {
+    authority: SiteAuthority,
+    directory: Doc<Directory>,
+    pos: DeviceKey,
+    ledger: Doc<Ledger>,
+    limits: RiskLimits,
+}
+
+fn counter() -> Counter {
+    let authority = SiteAuthority::new(SecretKey::from_seed([1; 32]));
+    let pos = SecretKey::from_seed([2; 32]);
+    let mut directory = Doc::<Directory>::create_site(
+        actor_id(pos.public(), 0),
+        authority.public(),
+        "Harbour Market",
+    )
+    .expect("create");
+    directory
+        .add_device(&authority.enroll(
+            pos.public(),
+            Role::Pos,
+            "pos-1",
+            UnixMillis(0),
+            UnixMillis(48 * HOUR),
+        ))
+        .expect("enroll");
+    let ledger = Doc::<Ledger>::create_ledger(
+        actor_id(pos.public(), 0),
+        authority.site(),
+        "show-1",
+        pos.public(),
+    )
+    .expect("ledger");
+    Counter {
+        authority,
+        directory,
+        pos,
+        ledger,
+        limits: RiskLimits {
+            currency: "EUR".into(),
+            payment_max_minor: 5_000,
+            stored_total_max_minor: 8_000,
+            stale_after_ms: 24 * HOUR,
+        },
+    }
+}
+
+fn pay(key: &str, amount: u64) -> PaymentRequest {
+    PaymentRequest {
+        idempotency_key: key.into(),
+        amount_minor: amount,
+        currency: "EUR".into(),
+    }
+}
+
+#[test]
+fn a_retried_payment_is_charged_once() {
+    let mut c = counter();
+    let first = c
+        .ledger
+        .take_payment(
+            &c.pos,
+            &c.limits,
+            &pay("order-1", 1250),
+            0,
+            UnixMillis(HOUR),
+        )
+        .expect("taken");
+    assert!(!first.replayed);
+    let retry = c
+        .ledger
+        .take_payment(
+            &c.pos,
+            &c.limits,
+            &pay("order-1", 1250),
+            0,
+            UnixMillis(HOUR + 5),
+        )
+        .expect("replayed");
+    assert!(retry.replayed);
+    assert_eq!(retry.receipt, first.receipt);
+    let view = c.ledger.view().expect("view");
+    assert_eq!(view.receipts.len(), 1);
+    assert_eq!(view.unreconciled_minor(), 1250);
+
+    // Reusing the key for a different amount is a client bug, not a second payment.
+    assert!(matches!(
+        c.ledger
+            .take_payment(&c.pos, &c.limits, &pay("order-1", 999), 0, UnixMillis(HOUR)),
+        Err(PaymentError::IdempotencyKeyReused { .. })
+    ));
+}
+
+#[test]
+fn the_terminal_stops_at_its_offline_limits_until_the_origin_reconciles() {
+    let mut c = counter();
+    assert!(matches!(
+        c.ledger
+            .take_payment(&c.pos, &c.limits, &pay("big", 5_001), 0, UnixMillis(1)),
+        Err(PaymentError::OverLimit(RiskError::OverPaymentLimit { .. }))
+    ));
+    let a = c
+        .ledger
+        .take_payment(&c.pos, &c.limits, &pay("a", 5_000), 0, UnixMillis(1))
+        .expect("taken");
+    assert!(matches!(
+        c.ledger
+            .take_payment(&c.pos, &c.limits, &pay("b", 3_001), 0, UnixMillis(2)),
+        Err(PaymentError::OverLimit(RiskError::OverStoredLimit {
+            stored: 5_000,
+            ..
+        }))
+    ));
+    // Another show's ledger counts towards the same device total.
+    assert!(matches!(
+        c.ledger
+            .take_payment(&c.pos, &c.limits, &pay("b", 2_000), 1_500, UnixMillis(2)),
+        Err(PaymentError::OverLimit(RiskError::OverStoredLimit { .. }))
+    ));
+    // The origin reconciles the first payment; the terminal may take more.
+    c.ledger
+        .mark_reconciled(&a.receipt.token, "batch-1", UnixMillis(3))
+        .expect("mark");
+    c.ledger
+        .mark_reconciled(&a.receipt.token, "batch-1", UnixMillis(4))
+        .expect("marking twice is a no-op");
+    c.ledger
+        .take_payment(&c.pos, &c.limits, &pay("b", 3_001), 0, UnixMillis(5))
+        .expect("room again");
+
+    // A payment left unreconciled for a day is flagged.
+    let view = c.ledger.view().expect("view");
+    assert_eq!(view.stale(&c.limits, UnixMillis(5 + 24 * HOUR)).count(), 0);
+    assert_eq!(view.stale(&c.limits, UnixMillis(6 + 24 * HOUR)).count(), 1);
+}
+
+#[test]
+fn inserting_the_same_receipt_twice_changes_nothing() {
+    let mut c = counter();
+    let taken = c
+        .ledger
+        .take_payment(&c.pos, &c.limits, &pay("o", 100), 0, UnixMillis(1))
+        .expect("taken");
+    let heads = c.ledger.heads();
+    assert_eq!(
+        c.ledger.insert(&taken.receipt).expect("insert"),
+        Inserted::AlreadyPresent
+    );
+    assert_eq!(c.ledger.heads(), heads, "no new change");
+}
+
+#[test]
+fn forged_unknown_revoked_and_tampered_receipts_are_each_rejected_with_a_reason() {
+    let mut c = counter();
+    let taken = c
+        .ledger
+        .take_payment(&c.pos, &c.limits, &pay("o", 100), 0, UnixMillis(HOUR))
+        .expect("taken");
+    let view = c.directory.view().expect("view");
+    assert_eq!(taken.receipt.verify(&view), Ok(()));
+
+    // Forged: another key signs a receipt claiming to be pos-1.
+    let thief = SecretKey::from_seed([66; 32]);
+    let mut forged = Receipt::issue(
+        &thief,
+        c.authority.site(),
+        "show-1",
+        2,
+        &pay("x", 100),
+        UnixMillis(HOUR),
+    );
+    forged.device = c.pos.public();
+    forged.token = taken.receipt.token;
+    assert!(matches!(
+        forged.verify(&view),
+        Err(ReceiptError::TokenMismatch { .. } | ReceiptError::BadSignature(_))
+    ));
+    assert!(matches!(
+        c.ledger.insert(&forged),
+        Err(InsertError::Invalid(_))
+    ));
+
+    // Unknown: a well-signed receipt from a device that never enrolled.
+    let stranger = Receipt::issue(
+        &thief,
+        c.authority.site(),
+        "show-1",
+        1,
+        &pay("y", 100),
+        UnixMillis(HOUR),
+    );
+    assert!(matches!(
+        stranger.verify(&view),
+        Err(ReceiptError::Untrusted(TrustError::UnknownDevice(_)))
+    ));
+
+    // Tampered in the document: someone edits the amount of a stored receipt.
+    {
+        use automerge::ReadDoc as _;
+        use automerge::transaction::Transactable as _;
+        let doc = c.ledger.automerge_mut();
+        let (_, receipts) = doc
+            .get(automerge::ROOT, "receipts")
+            .expect("read")
+            .expect("receipts map");
+        let (_, entry) = doc
+            .get(&receipts, taken.receipt.token.to_string())
+            .expect("read")
+            .expect("entry");
+        doc.put(&entry, "amount_minor", 1_u64).expect("put");
+        doc.commit();
+    }
+    let tampered = c.ledger.view().expect("view").receipts.remove(0);
+    assert_eq!(tampered.amount_minor, 1);
+    assert!(matches!(
+        tampered.verify(&view),
+        Err(ReceiptError::TokenMismatch { .. })
+    ));
+
+    // Revoked: the terminal is reported stolen; its receipts no longer verify.
+    let revocation = c.authority.revoke(
+        RevocationTarget::Device(c.pos.public()),
+        UnixMillis(2 * HOUR),
+        "stolen",
+    );
+    c.directory.add_revocation(&revocation).expect("revoke");
+    let view = c.directory.view().expect("view");
+    assert!(matches!(
+        taken.receipt.verify(&view),
+        Err(ReceiptError::Untrusted(TrustError::DeviceRevoked { .. }))
+    ));
+}
