@@ -1,1 +1,1 @@
-//! placeholder
+//! Cross-crate scenario tests live in `tests/`; this library is empty on purpose.
