@@ -31,11 +31,11 @@ pub trait Schema {
 #[derive(Debug, Error)]
 pub enum DocError {
     #[error("automerge: {0}")]
-    Automerge(#[from] automerge::AutomergeError),
+    Automerge(Box<automerge::AutomergeError>),
     #[error("document content does not match its schema: {0}")]
-    Hydrate(#[from] autosurgeon::HydrateError),
+    Hydrate(Box<autosurgeon::HydrateError>),
     #[error("could not write typed value: {0}")]
-    Reconcile(#[from] autosurgeon::ReconcileError),
+    Reconcile(Box<autosurgeon::ReconcileError>),
     #[error("expected a '{expected}' document, found '{found}'")]
     WrongKind {
         expected: &'static str,
@@ -49,6 +49,25 @@ pub enum DocError {
     },
     #[error("the document has no '{0}' entry; it was not created by popmesh")]
     Missing(String),
+}
+
+// The wrapped errors are large; boxing them keeps every `Result` in the core small.
+impl From<automerge::AutomergeError> for DocError {
+    fn from(err: automerge::AutomergeError) -> Self {
+        Self::Automerge(Box::new(err))
+    }
+}
+
+impl From<autosurgeon::HydrateError> for DocError {
+    fn from(err: autosurgeon::HydrateError) -> Self {
+        Self::Hydrate(Box::new(err))
+    }
+}
+
+impl From<autosurgeon::ReconcileError> for DocError {
+    fn from(err: autosurgeon::ReconcileError) -> Self {
+        Self::Reconcile(Box::new(err))
+    }
 }
 
 /// The actor id a device writes with: its 32-byte public key followed by a 4-byte big-endian epoch.
@@ -67,6 +86,49 @@ pub fn device_of_actor(actor: &ActorId) -> Option<DeviceId> {
         id.copy_from_slice(&bytes[..32]);
         DeviceId(id)
     })
+}
+
+/// Runs the Automerge sync protocol between two documents until neither has anything to send.
+fn sync_until_quiet(a: &mut AutoCommit, b: &mut AutoCommit) -> Result<SyncStats, DocError> {
+    let mut a_state = automerge::sync::State::new();
+    let mut b_state = automerge::sync::State::new();
+    let mut stats = SyncStats::default();
+    loop {
+        let from_a = a.sync().generate_sync_message(&mut a_state);
+        if let Some(msg) = &from_a {
+            stats.count(msg);
+            b.sync().receive_sync_message(&mut b_state, msg.clone())?;
+        }
+        let from_b = b.sync().generate_sync_message(&mut b_state);
+        if let Some(msg) = &from_b {
+            stats.count(msg);
+            a.sync().receive_sync_message(&mut a_state, msg.clone())?;
+        }
+        if from_a.is_none() && from_b.is_none() {
+            return Ok(stats);
+        }
+    }
+}
+
+/// What one sync exchange sent, both directions together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+impl SyncStats {
+    fn count(&mut self, msg: &automerge::sync::Message) {
+        self.messages += 1;
+        self.bytes += msg.clone().encode().len();
+    }
+}
+
+impl std::ops::AddAssign for SyncStats {
+    fn add_assign(&mut self, other: Self) {
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+    }
 }
 
 /// An Automerge document known to hold a `S` document.
@@ -151,31 +213,20 @@ impl<S: Schema> Doc<S> {
     }
 
     /// Runs the Automerge sync protocol between two replicas until neither has anything to send, as two peers on
-    /// one connection would. Returns the number of messages exchanged.
-    pub fn sync_with(&mut self, other: &mut Self) -> Result<usize, DocError> {
-        let mut ours = automerge::sync::State::new();
-        let mut theirs = automerge::sync::State::new();
-        let mut messages = 0;
-        loop {
-            let a = self.inner.sync().generate_sync_message(&mut ours);
-            if let Some(msg) = &a {
-                other
-                    .inner
-                    .sync()
-                    .receive_sync_message(&mut theirs, msg.clone())?;
-                messages += 1;
-            }
-            let b = other.inner.sync().generate_sync_message(&mut theirs);
-            if let Some(msg) = &b {
-                self.inner
-                    .sync()
-                    .receive_sync_message(&mut ours, msg.clone())?;
-                messages += 1;
-            }
-            if a.is_none() && b.is_none() {
-                return Ok(messages);
-            }
-        }
+    /// one connection would, and counts what crossed the wire.
+    pub fn sync_with(&mut self, other: &mut Self) -> Result<SyncStats, DocError> {
+        sync_until_quiet(&mut self.inner, &mut other.inner)
+    }
+
+    /// Receives a document this device does not have yet from a peer that does, over the sync protocol, and
+    /// checks that it is a `S` document before adopting it.
+    pub fn replicate_from(
+        source: &mut Self,
+        actor: ActorId,
+    ) -> Result<(Self, SyncStats), DocError> {
+        let mut empty = AutoCommit::new().with_actor(actor);
+        let stats = sync_until_quiet(&mut source.inner, &mut empty)?;
+        Ok((Self::from_automerge(empty)?, stats))
     }
 
     pub fn heads(&mut self) -> Vec<ChangeHash> {

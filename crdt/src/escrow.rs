@@ -369,7 +369,7 @@ impl Doc<Slot> {
                 self.automerge_mut(),
                 devices,
                 mine,
-                &DeviceEscrow::default(),
+                DeviceEscrow::default(),
             )?;
         }
         Ok(())

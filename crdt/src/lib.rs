@@ -19,5 +19,5 @@ pub mod receipt;
 pub mod risk;
 pub mod telemetry;
 
-pub use doc::{Doc, DocError, actor_id};
+pub use doc::{Doc, DocError, SyncStats, actor_id};
 pub use identity::{DeviceId, DeviceKey, PublicKey, Role, SecretKey, SiteId, UnixMillis};
