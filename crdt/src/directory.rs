@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use automerge::ActorId;
+use std::borrow::BorrowMut;
+
+use automerge::{ActorId, Automerge};
 use autosurgeon::bytes::ByteVec;
 use autosurgeon::{Hydrate, Reconcile};
 
@@ -92,7 +94,9 @@ impl Doc<Directory> {
             },
         )?)
     }
+}
 
+impl<D: BorrowMut<Automerge>> Doc<Directory, D> {
     pub fn record(&self) -> Result<DirectoryRecord, DirectoryError> {
         Ok(self.read()?)
     }
@@ -155,12 +159,7 @@ impl Doc<Directory> {
                 max: SLOTS_PER_SHOW_MAX,
             });
         }
-        let slots = self
-            .object_at(&["shows", show, "slots"])
-            .map_err(DirectoryError::from)?;
-        autosurgeon::reconcile_prop(self.automerge_mut(), slots, id, slot)
-            .map_err(DocError::from)?;
-        self.automerge_mut().commit();
+        self.write_at(&["shows", show, "slots"], id, slot)?;
         Ok(())
     }
 }

@@ -10,12 +10,12 @@
 //! the document's creator before the document was shared, so concurrent creation of a container can never shadow
 //! another device's entries.
 
+use std::borrow::BorrowMut;
 use std::marker::PhantomData;
 
 use automerge::sync::SyncDoc as _;
-use automerge::{
-    ActorId, AutoCommit, ChangeHash, ObjId, ROOT, ReadDoc, transaction::Transactable as _,
-};
+use automerge::transaction::{Transactable as _, Transaction};
+use automerge::{ActorId, Automerge, ChangeHash, ObjId, ROOT, ReadDoc};
 use autosurgeon::{Hydrate, Reconcile};
 use thiserror::Error;
 
@@ -49,6 +49,8 @@ pub enum DocError {
     },
     #[error("the document has no '{0}' entry; it was not created by popmesh")]
     Missing(String),
+    #[error("limit reached: {0}")]
+    LimitReached(String),
 }
 
 // The wrapped errors are large; boxing them keeps every `Result` in the core small.
@@ -89,20 +91,20 @@ pub fn device_of_actor(actor: &ActorId) -> Option<DeviceId> {
 }
 
 /// Runs the Automerge sync protocol between two documents until neither has anything to send.
-fn sync_until_quiet(a: &mut AutoCommit, b: &mut AutoCommit) -> Result<SyncStats, DocError> {
+fn sync_until_quiet(a: &mut Automerge, b: &mut Automerge) -> Result<SyncStats, DocError> {
     let mut a_state = automerge::sync::State::new();
     let mut b_state = automerge::sync::State::new();
     let mut stats = SyncStats::default();
     loop {
-        let from_a = a.sync().generate_sync_message(&mut a_state);
+        let from_a = a.generate_sync_message(&mut a_state);
         if let Some(msg) = &from_a {
             stats.count(msg);
-            b.sync().receive_sync_message(&mut b_state, msg.clone())?;
+            b.receive_sync_message(&mut b_state, msg.clone())?;
         }
-        let from_b = b.sync().generate_sync_message(&mut b_state);
+        let from_b = b.generate_sync_message(&mut b_state);
         if let Some(msg) = &from_b {
             stats.count(msg);
-            a.sync().receive_sync_message(&mut a_state, msg.clone())?;
+            a.receive_sync_message(&mut a_state, msg.clone())?;
         }
         if from_a.is_none() && from_b.is_none() {
             return Ok(stats);
@@ -132,13 +134,17 @@ impl std::ops::AddAssign for SyncStats {
 }
 
 /// An Automerge document known to hold a `S` document.
+///
+/// `D` is how the document is held: owned (`Automerge`, the default), or borrowed (`&mut Automerge`) from whoever
+/// owns it, such as a samod document actor. Every typed operation works on both, so the node (through samod) and the
+/// simulator (through samod-core) run the same domain code on the documents they hold.
 #[derive(Debug)]
-pub struct Doc<S> {
-    inner: AutoCommit,
-    _schema: PhantomData<S>,
+pub struct Doc<S, D = Automerge> {
+    inner: D,
+    _schema: PhantomData<fn() -> S>,
 }
 
-impl<S> Clone for Doc<S> {
+impl<S> Clone for Doc<S, Automerge> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -147,129 +153,168 @@ impl<S> Clone for Doc<S> {
     }
 }
 
-impl<S: Schema> Doc<S> {
+/// Checks the `kind` and `schema` header of a document.
+fn check_header<S: Schema>(doc: &Automerge) -> Result<(), DocError> {
+    let kind: Option<String> = autosurgeon::hydrate_prop(doc, ROOT, "kind")?;
+    let kind = kind.ok_or_else(|| DocError::Missing("kind".into()))?;
+    if kind != S::KIND {
+        return Err(DocError::WrongKind {
+            expected: S::KIND,
+            found: kind,
+        });
+    }
+    let schema: Option<u64> = autosurgeon::hydrate_prop(doc, ROOT, "schema")?;
+    let schema = schema.ok_or_else(|| DocError::Missing("schema".into()))?;
+    if schema != S::VERSION {
+        return Err(DocError::UnsupportedSchema {
+            kind: S::KIND,
+            found: schema,
+            supported: S::VERSION,
+        });
+    }
+    Ok(())
+}
+
+impl<S: Schema> Doc<S, Automerge> {
     /// Starts a new document: writes the header and the creator's initial root value in one change.
     pub(crate) fn create<T: Reconcile>(actor: ActorId, root: &T) -> Result<Self, DocError> {
         // Setting the actor before any change keeps the document deterministic: the random actor `new` draws is
         // never used.
-        let mut inner = AutoCommit::new().with_actor(actor);
-        autosurgeon::reconcile(&mut inner, root)?;
-        inner.put(ROOT, "kind", S::KIND)?;
-        inner.put(ROOT, "schema", S::VERSION)?;
-        inner.commit();
-        Ok(Self {
-            inner,
+        let mut doc = Self {
+            inner: Automerge::new().with_actor(actor),
             _schema: PhantomData,
-        })
-    }
-
-    /// Adopts an Automerge document (received from a peer or loaded from disk), checking its header.
-    pub fn from_automerge(inner: AutoCommit) -> Result<Self, DocError> {
-        let kind: Option<String> = autosurgeon::hydrate_prop(&inner, ROOT, "kind")?;
-        let kind = kind.ok_or_else(|| DocError::Missing("kind".into()))?;
-        if kind != S::KIND {
-            return Err(DocError::WrongKind {
-                expected: S::KIND,
-                found: kind,
-            });
-        }
-        let schema: Option<u64> = autosurgeon::hydrate_prop(&inner, ROOT, "schema")?;
-        let schema = schema.ok_or_else(|| DocError::Missing("schema".into()))?;
-        if schema != S::VERSION {
-            return Err(DocError::UnsupportedSchema {
-                kind: S::KIND,
-                found: schema,
-                supported: S::VERSION,
-            });
-        }
-        Ok(Self {
-            inner,
-            _schema: PhantomData,
-        })
+        };
+        doc.transact(|tx| {
+            autosurgeon::reconcile(tx, root)?;
+            tx.put(ROOT, "kind", S::KIND)?;
+            tx.put(ROOT, "schema", S::VERSION)?;
+            Ok(())
+        })?;
+        Ok(doc)
     }
 
     /// Loads saved bytes and continues writing as `actor`.
     pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self, DocError> {
-        let inner = AutoCommit::load(bytes)?.with_actor(actor);
-        Self::from_automerge(inner)
+        Self::attach(Automerge::load(bytes)?.with_actor(actor))
     }
 
     /// A copy of this document that writes as another actor: how a second device receives a document.
-    pub fn fork_as(&mut self, actor: ActorId) -> Self {
+    pub fn fork_as(&self, actor: ActorId) -> Self {
         Self {
             inner: self.inner.fork().with_actor(actor),
             _schema: PhantomData,
         }
     }
 
-    pub fn save(&mut self) -> Vec<u8> {
-        self.inner.save()
+    /// Receives a document this device does not have yet from a peer that does, over the sync protocol, and
+    /// checks that it is a `S` document before adopting it.
+    pub fn replicate_from<D2: BorrowMut<Automerge>>(
+        source: &mut Doc<S, D2>,
+        actor: ActorId,
+    ) -> Result<(Self, SyncStats), DocError> {
+        let mut empty = Automerge::new().with_actor(actor);
+        let stats = sync_until_quiet(source.inner.borrow_mut(), &mut empty)?;
+        Ok((Self::attach(empty)?, stats))
+    }
+
+    pub fn into_automerge(self) -> Automerge {
+        self.inner
+    }
+}
+
+impl<S: Schema, D: BorrowMut<Automerge>> Doc<S, D> {
+    /// Adopts a document held by someone else (received from a peer, loaded from disk, or inside a samod document
+    /// actor), checking its header first.
+    pub fn attach(inner: D) -> Result<Self, DocError> {
+        check_header::<S>(inner.borrow())?;
+        Ok(Self {
+            inner,
+            _schema: PhantomData,
+        })
+    }
+
+    pub fn save(&self) -> Vec<u8> {
+        self.automerge().save()
     }
 
     /// Merges everything `other` has that this replica lacks.
-    pub fn merge(&mut self, other: &mut Self) -> Result<(), DocError> {
-        self.inner.merge(&mut other.inner)?;
+    pub fn merge<D2: BorrowMut<Automerge>>(
+        &mut self,
+        other: &mut Doc<S, D2>,
+    ) -> Result<(), DocError> {
+        self.inner.borrow_mut().merge(other.inner.borrow_mut())?;
         Ok(())
     }
 
     /// Runs the Automerge sync protocol between two replicas until neither has anything to send, as two peers on
     /// one connection would, and counts what crossed the wire.
-    pub fn sync_with(&mut self, other: &mut Self) -> Result<SyncStats, DocError> {
-        sync_until_quiet(&mut self.inner, &mut other.inner)
+    pub fn sync_with<D2: BorrowMut<Automerge>>(
+        &mut self,
+        other: &mut Doc<S, D2>,
+    ) -> Result<SyncStats, DocError> {
+        sync_until_quiet(self.inner.borrow_mut(), other.inner.borrow_mut())
     }
 
-    /// Receives a document this device does not have yet from a peer that does, over the sync protocol, and
-    /// checks that it is a `S` document before adopting it.
-    pub fn replicate_from(
-        source: &mut Self,
-        actor: ActorId,
-    ) -> Result<(Self, SyncStats), DocError> {
-        let mut empty = AutoCommit::new().with_actor(actor);
-        let stats = sync_until_quiet(&mut source.inner, &mut empty)?;
-        Ok((Self::from_automerge(empty)?, stats))
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.automerge().get_heads()
     }
 
-    pub fn heads(&mut self) -> Vec<ChangeHash> {
-        self.inner.get_heads()
+    pub fn automerge(&self) -> &Automerge {
+        self.inner.borrow()
     }
 
-    pub fn automerge(&self) -> &AutoCommit {
-        &self.inner
-    }
-
-    pub fn automerge_mut(&mut self) -> &mut AutoCommit {
-        &mut self.inner
+    pub fn automerge_mut(&mut self) -> &mut Automerge {
+        self.inner.borrow_mut()
     }
 
     /// The whole document as its typed value.
     pub(crate) fn read<T: Hydrate>(&self) -> Result<T, DocError> {
-        Ok(autosurgeon::hydrate(&self.inner)?)
+        Ok(autosurgeon::hydrate(self.automerge())?)
     }
 
-    /// The object at `path` below the root, which must exist.
-    pub(crate) fn object_at(&self, path: &[&str]) -> Result<ObjId, DocError> {
-        let mut obj = ROOT;
-        for key in path {
-            obj = match self.inner.get(&obj, *key)? {
-                Some((automerge::Value::Object(_), id)) => id,
-                _ => return Err(DocError::Missing(path.join("/"))),
-            };
+    /// Runs `f` in one transaction: committed as one change if it succeeds, rolled back if it fails.
+    pub(crate) fn transact<T>(
+        &mut self,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, DocError>,
+    ) -> Result<T, DocError> {
+        let mut tx = self.inner.borrow_mut().transaction();
+        match f(&mut tx) {
+            Ok(value) => {
+                tx.commit();
+                Ok(value)
+            }
+            Err(err) => {
+                tx.rollback();
+                Err(err)
+            }
         }
-        Ok(obj)
     }
 
-    /// Writes `value` at `key` inside the map at `path`, then commits: the targeted write that keeps a change small.
+    /// Writes `value` at `key` inside the map at `path`, as one change: the targeted write that keeps changes small.
     pub(crate) fn write_at<T: Reconcile>(
         &mut self,
         path: &[&str],
         key: &str,
         value: &T,
     ) -> Result<(), DocError> {
-        let obj = self.object_at(path)?;
-        autosurgeon::reconcile_prop(&mut self.inner, obj, key, value)?;
-        self.inner.commit();
-        Ok(())
+        self.transact(|tx| {
+            let obj = object_at(tx, path)?;
+            autosurgeon::reconcile_prop(tx, obj, key, value)?;
+            Ok(())
+        })
     }
+}
+
+/// The object at `path` below the root, which must exist.
+pub(crate) fn object_at(doc: &impl ReadDoc, path: &[&str]) -> Result<ObjId, DocError> {
+    let mut obj = ROOT;
+    for key in path {
+        obj = match doc.get(&obj, *key)? {
+            Some((automerge::Value::Object(_), id)) => id,
+            _ => return Err(DocError::Missing(path.join("/"))),
+        };
+    }
+    Ok(obj)
 }
 
 #[cfg(test)]
@@ -302,8 +347,7 @@ mod tests {
             Doc::<Other>::load(&bytes, actor.clone()),
             Err(DocError::WrongKind { .. })
         ));
-        doc.automerge_mut()
-            .put(ROOT, "schema", 99_u64)
+        doc.transact(|tx| Ok(tx.put(ROOT, "schema", 99_u64)?))
             .expect("put");
         let bytes = doc.save();
         assert!(matches!(

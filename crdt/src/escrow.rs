@@ -20,11 +20,14 @@
 
 use std::collections::BTreeMap;
 
-use automerge::{ActorId, ReadDoc as _};
+use std::borrow::BorrowMut;
+
+use automerge::transaction::Transaction;
+use automerge::{ActorId, Automerge, ReadDoc as _};
 use autosurgeon::{Hydrate, Reconcile};
 use thiserror::Error;
 
-use crate::doc::{Doc, DocError, Schema};
+use crate::doc::{Doc, DocError, Schema, object_at};
 use crate::identity::{DeviceId, UnixMillis};
 
 /// A bookings document for one show slot.
@@ -266,7 +269,9 @@ impl Doc<Slot> {
             },
         )?)
     }
+}
 
+impl<D: BorrowMut<Automerge>> Doc<Slot, D> {
     pub fn view(&self) -> Result<SlotView, EscrowError> {
         Ok(SlotView {
             record: self.read()?,
@@ -309,12 +314,12 @@ impl Doc<Slot> {
                 requested: seats,
             });
         }
-        self.own_entry(&mine)?;
         let sale = Sale { seats, at: at.0 };
-        let sales = self.object_at(&["devices", &mine, "sales"])?;
-        autosurgeon::reconcile_prop(self.automerge_mut(), sales, booking, &sale)
-            .map_err(DocError::from)?;
-        self.automerge_mut().commit();
+        self.transact(|tx| {
+            let sales = own_entry(tx, &mine, "sales")?;
+            autosurgeon::reconcile_prop(tx, sales, booking, &sale)?;
+            Ok(())
+        })?;
         Ok(SaleOutcome::Recorded)
     }
 
@@ -348,30 +353,30 @@ impl Doc<Slot> {
                 requested: seats,
             });
         }
-        self.own_entry(&mine)?;
         let record = Transfer {
             to: to.to_hex(),
             seats,
             at: at.0,
         };
-        let transfers = self.object_at(&["devices", &mine, "transfers"])?;
-        autosurgeon::reconcile_prop(self.automerge_mut(), transfers, transfer, &record)
-            .map_err(DocError::from)?;
-        self.automerge_mut().commit();
+        self.transact(|tx| {
+            let transfers = own_entry(tx, &mine, "transfers")?;
+            autosurgeon::reconcile_prop(tx, transfers, transfer, &record)?;
+            Ok(())
+        })?;
         Ok(())
     }
+}
 
-    /// Creates `devices/<me>` with its two maps in one step, if this device has never written here.
-    fn own_entry(&mut self, mine: &str) -> Result<(), DocError> {
-        let devices = self.object_at(&["devices"])?;
-        if self.automerge().get(&devices, mine)?.is_none() {
-            autosurgeon::reconcile_prop(
-                self.automerge_mut(),
-                devices,
-                mine,
-                DeviceEscrow::default(),
-            )?;
-        }
-        Ok(())
+/// The map `field` (`sales` or `transfers`) under `devices/<mine>`, creating `devices/<mine>` with both maps in the
+/// same change if this device has never written here. Only `mine` ever creates its own entry.
+fn own_entry(
+    tx: &mut Transaction<'_>,
+    mine: &str,
+    field: &str,
+) -> Result<automerge::ObjId, DocError> {
+    let devices = object_at(tx, &["devices"])?;
+    if tx.get(&devices, mine)?.is_none() {
+        autosurgeon::reconcile_prop(&mut *tx, devices, mine, DeviceEscrow::default())?;
     }
+    object_at(tx, &["devices", mine, field])
 }

@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use automerge::ActorId;
+use std::borrow::BorrowMut;
+
+use automerge::{ActorId, Automerge};
 use autosurgeon::{Hydrate, Reconcile};
 use thiserror::Error;
 
@@ -165,7 +167,9 @@ impl Doc<Ledger> {
             },
         )
     }
+}
 
+impl<D: BorrowMut<Automerge>> Doc<Ledger, D> {
     pub fn record(&self) -> Result<LedgerRecord, DocError> {
         self.read()
     }

@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use automerge::ActorId;
+use std::borrow::BorrowMut;
+
+use automerge::{ActorId, Automerge};
 use autosurgeon::{Hydrate, Reconcile};
 use thiserror::Error;
 
@@ -91,7 +93,9 @@ impl Doc<Manifest> {
             },
         )
     }
+}
 
+impl<D: BorrowMut<Automerge>> Doc<Manifest, D> {
     pub fn record(&self) -> Result<ManifestRecord, DocError> {
         self.read()
     }
@@ -118,14 +122,14 @@ impl Doc<Manifest> {
         if !self.record()?.entries.contains_key(name) {
             return Err(ManifestError::UnknownFallback(name.to_owned()));
         }
-        autosurgeon::reconcile_prop(
-            self.automerge_mut(),
-            automerge::ROOT,
-            "fallback",
-            Some(name),
-        )
-        .map_err(DocError::from)?;
-        self.automerge_mut().commit();
+        self.transact(|tx| {
+            Ok(autosurgeon::reconcile_prop(
+                tx,
+                automerge::ROOT,
+                "fallback",
+                Some(name),
+            )?)
+        })?;
         Ok(())
     }
 }

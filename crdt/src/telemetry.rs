@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use automerge::ActorId;
+use std::borrow::BorrowMut;
+
+use automerge::{ActorId, Automerge};
 use autosurgeon::{Counter, Hydrate, Reconcile};
 use thiserror::Error;
 
@@ -104,7 +106,9 @@ impl Doc<Telemetry> {
             },
         )
     }
+}
 
+impl<D: BorrowMut<Automerge>> Doc<Telemetry, D> {
     /// Applies coalesced increments: one operation per counter, in one change. Counters past [`COUNTERS_MAX`] are
     /// refused as a whole flush, so nothing is half-applied.
     pub fn flush(&mut self, increments: &BTreeMap<String, i64>) -> Result<(), DocError> {
@@ -114,8 +118,8 @@ impl Doc<Telemetry> {
             .filter(|k| !record.counters.contains_key(*k))
             .count();
         if record.counters.len() + new > COUNTERS_MAX {
-            return Err(DocError::Missing(format!(
-                "room for {new} more counters (max {COUNTERS_MAX})"
+            return Err(DocError::LimitReached(format!(
+                "{new} new counters would pass the {COUNTERS_MAX} a device may keep"
             )));
         }
         for (name, by) in increments {
@@ -125,9 +129,7 @@ impl Doc<Telemetry> {
                 .or_default()
                 .increment(*by);
         }
-        autosurgeon::reconcile(self.automerge_mut(), &record)?;
-        self.automerge_mut().commit();
-        Ok(())
+        self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))
     }
 
     pub fn counters(&self) -> Result<BTreeMap<String, i64>, DocError> {

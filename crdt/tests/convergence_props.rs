@@ -6,7 +6,7 @@
 //! several random orders; every replica must end with the same heads, the same stored record and the same set of
 //! trusted devices as the replicas that saw the live history.
 
-use automerge::AutoCommit;
+use automerge::Automerge;
 use popmesh_crdt::directory::{Directory, ShowRecord, SlotRecord};
 use popmesh_crdt::enrollment::{RevocationTarget, SiteAuthority};
 use popmesh_crdt::{DeviceId, Doc, Role, SecretKey, UnixMillis, actor_id};
@@ -58,7 +58,7 @@ proptest! {
     ) {
         let authority = SiteAuthority::new(SecretKey::from_seed([1; 32]));
         let writer_ids: Vec<DeviceId> = (0..WRITERS).map(|i| SecretKey::from_seed([50 + i as u8; 32]).public()).collect();
-        let mut root = Doc::<Directory>::create_site(actor_id(writer_ids[0], 0), authority.public(), "Harbour Market")
+        let root = Doc::<Directory>::create_site(actor_id(writer_ids[0], 0), authority.public(), "Harbour Market")
             .expect("create");
         let mut writers: Vec<Doc<Directory>> = writer_ids[1..].iter().map(|w| root.fork_as(actor_id(*w, 0))).collect();
         writers.insert(0, root);
@@ -97,7 +97,7 @@ proptest! {
             everything.merge(w).expect("merge");
         }
         let all_changes: Vec<automerge::Change> =
-            everything.automerge_mut().get_changes(&[]);
+            everything.automerge().get_changes(&[]);
         let expected_record = everything.record().expect("hydrate");
         let expected_trusted = everything.view().expect("view").trusted_devices(UnixMillis(500));
         let expected_heads = everything.heads();
@@ -105,10 +105,10 @@ proptest! {
         for seed in orders {
             let mut changes = all_changes.clone();
             shuffle(&mut changes, seed);
-            let mut fresh = AutoCommit::new().with_actor(actor_id(DeviceId([9; 32]), 0));
+            let mut fresh = Automerge::new().with_actor(actor_id(DeviceId([9; 32]), 0));
             // Automerge holds back a change until its dependencies arrive, so any order is accepted.
             fresh.apply_changes(changes).expect("apply");
-            let mut fresh = Doc::<Directory>::from_automerge(fresh).expect("a directory");
+            let fresh = Doc::<Directory>::attach(fresh).expect("a directory");
             prop_assert_eq!(fresh.heads(), expected_heads.clone());
             prop_assert_eq!(fresh.record().expect("hydrate"), expected_record.clone());
             prop_assert_eq!(fresh.view().expect("view").trusted_devices(UnixMillis(500)), expected_trusted.clone());

@@ -56,7 +56,7 @@ fn devices() -> Vec<DeviceId> {
 fn replicas(capacity: u64, grants: &[u64]) -> Vec<Doc<Slot>> {
     let ids = devices();
     let grants: BTreeMap<DeviceId, u64> = ids.iter().copied().zip(grants.iter().copied()).collect();
-    let mut origin =
+    let origin =
         Doc::<Slot>::create_slot(actor_id(ids[0], 0), "show-1", "slot-1", capacity, &grants)
             .expect("grants fit the capacity");
     let mut all: Vec<Doc<Slot>> = ids[1..]
@@ -177,8 +177,8 @@ fn a_device_that_sells_beyond_its_quota_is_caught_by_the_checker() {
     let ids = devices();
     let mut all = replicas(4, &[2, 2]);
     use automerge::transaction::Transactable as _;
-    let doc = all[0].automerge_mut();
-    let devices = match automerge::ReadDoc::get(doc, automerge::ROOT, "devices").expect("read") {
+    let mut doc = all[0].automerge_mut().transaction();
+    let devices = match automerge::ReadDoc::get(&doc, automerge::ROOT, "devices").expect("read") {
         Some((_, id)) => id,
         None => panic!("slot has a devices map"),
     };
@@ -197,4 +197,28 @@ fn a_device_that_sells_beyond_its_quota_is_caught_by_the_checker() {
     doc.put(&sale, "at", 0_u64).expect("put");
     doc.commit();
     assert!(all[0].view().expect("view").check_invariant().is_err());
+}
+
+#[test]
+fn a_slot_held_by_a_sync_engine_sells_through_a_borrowed_handle() {
+    // samod's document actors own the `Automerge` and lend it out; the same escrow code runs on the loan.
+    let ids = devices();
+    let mut all = replicas(10, &[5, 5]);
+    let mut owned: automerge::Automerge = all.remove(0).into_automerge();
+    {
+        let mut lent =
+            Doc::<Slot, &mut automerge::Automerge>::attach(&mut owned).expect("a slot document");
+        lent.sell(ids[0], "walk-in-1", 2, UnixMillis(1))
+            .expect("quota");
+        assert!(matches!(
+            lent.sell(ids[0], "walk-in-2", 4, UnixMillis(2)),
+            Err(EscrowError::QuotaSpent { available: 3, .. })
+        ));
+    }
+    let back = Doc::<Slot>::attach(owned).expect("still a slot");
+    assert_eq!(back.view().expect("view").sold(&ids[0].to_hex()), 2);
+    assert!(
+        Doc::<popmesh_crdt::ledger::Ledger>::attach(back.into_automerge()).is_err(),
+        "not a ledger"
+    );
 }

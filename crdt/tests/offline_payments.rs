@@ -209,7 +209,7 @@ fn forged_unknown_revoked_and_tampered_receipts_are_each_rejected_with_a_reason(
     {
         use automerge::ReadDoc as _;
         use automerge::transaction::Transactable as _;
-        let doc = c.ledger.automerge_mut();
+        let mut doc = c.ledger.automerge_mut().transaction();
         let (_, receipts) = doc
             .get(automerge::ROOT, "receipts")
             .expect("read")
