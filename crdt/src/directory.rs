@@ -14,6 +14,7 @@ use autosurgeon::bytes::ByteVec;
 use autosurgeon::{Hydrate, Reconcile};
 
 use crate::doc::{Doc, DocError, Schema};
+use crate::docs::DocName;
 use crate::enrollment::{EnrollmentCert, Revocation, RevocationTarget, TrustError};
 use crate::identity::{DeviceId, PublicKey, Role, SiteId, UnixMillis};
 
@@ -29,6 +30,8 @@ impl Schema for Directory {
 /// Shows and slots a directory may list; beyond these a write is refused.
 pub const SHOWS_MAX: usize = 256;
 pub const SLOTS_PER_SHOW_MAX: usize = 512;
+/// Documents a site's directory may register.
+pub const DOCUMENTS_MAX: usize = 8192;
 
 /// The directory as stored.
 #[derive(Debug, Clone, PartialEq, Reconcile, Hydrate)]
@@ -41,6 +44,9 @@ pub struct DirectoryRecord {
     pub devices: BTreeMap<String, ByteVec>,
     /// `device:<hex>` or `invite:<hex>` -> canonical revocation.
     pub revocations: BTreeMap<String, ByteVec>,
+    /// Document name (see [`crate::docs::DocName`]) -> the sync engine's document id. Each device registers the
+    /// documents it creates (its ledgers, its telemetry); the creator of a slot registers the slot.
+    pub documents: BTreeMap<String, String>,
 }
 
 /// A show: a run of slots sold in one currency.
@@ -72,6 +78,8 @@ pub enum DirectoryError {
     Full { what: &'static str, max: usize },
     #[error("show '{0}' is not in the directory")]
     UnknownShow(String),
+    #[error("document '{name}' is already registered as {existing}")]
+    DocumentConflict { name: String, existing: String },
 }
 
 impl Doc<Directory> {
@@ -91,6 +99,7 @@ impl Doc<Directory> {
                 shows: BTreeMap::new(),
                 devices: BTreeMap::new(),
                 revocations: BTreeMap::new(),
+                documents: BTreeMap::new(),
             },
         )?)
     }
@@ -127,6 +136,31 @@ impl<D: BorrowMut<Automerge>> Doc<Directory, D> {
             &revocation_key(revocation.target),
             &ByteVec::from(revocation.to_bytes()),
         )?;
+        Ok(())
+    }
+
+    /// Records where a document lives in the sync engine, so that a device that joins later can find it.
+    /// Registering the same name twice with the same id is a no-op; with another id, an error.
+    pub fn register_document(&mut self, name: &DocName, id: &str) -> Result<(), DirectoryError> {
+        let key = name.to_string();
+        let record = self.record()?;
+        match record.documents.get(&key) {
+            Some(existing) if existing == id => return Ok(()),
+            Some(existing) => {
+                return Err(DirectoryError::DocumentConflict {
+                    name: key,
+                    existing: existing.clone(),
+                });
+            }
+            None => {}
+        }
+        if record.documents.len() >= DOCUMENTS_MAX {
+            return Err(DirectoryError::Full {
+                what: "documents",
+                max: DOCUMENTS_MAX,
+            });
+        }
+        self.write_at(&["documents"], &key, &id.to_owned())?;
         Ok(())
     }
 
@@ -178,6 +212,8 @@ pub struct DirectoryView {
     pub name: String,
     pub authority: PublicKey,
     pub shows: BTreeMap<String, ShowRecord>,
+    /// Document name -> sync engine id, as registered.
+    pub documents: BTreeMap<String, String>,
     certs: BTreeMap<DeviceId, EnrollmentCert>,
     revocations: BTreeMap<String, Revocation>,
     /// Entries that did not verify, with the reason: shown to operators, trusted by nobody.
@@ -226,6 +262,7 @@ impl DirectoryView {
             name: record.name,
             authority,
             shows: record.shows,
+            documents: record.documents,
             certs,
             revocations,
             rejected,
