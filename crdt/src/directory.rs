@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use std::borrow::BorrowMut;
+use std::borrow::{Borrow, BorrowMut};
 
 use automerge::{ActorId, Automerge};
 use autosurgeon::bytes::ByteVec;
@@ -105,7 +105,7 @@ impl Doc<Directory> {
     }
 }
 
-impl<D: BorrowMut<Automerge>> Doc<Directory, D> {
+impl<D: Borrow<Automerge>> Doc<Directory, D> {
     pub fn record(&self) -> Result<DirectoryRecord, DirectoryError> {
         Ok(self.read()?)
     }
@@ -114,7 +114,9 @@ impl<D: BorrowMut<Automerge>> Doc<Directory, D> {
     pub fn view(&self) -> Result<DirectoryView, DirectoryError> {
         DirectoryView::from_record(self.record()?)
     }
+}
 
+impl<D: BorrowMut<Automerge>> Doc<Directory, D> {
     /// Adds a certificate after checking its chain back to this site's authority.
     pub fn add_device(&mut self, cert: &EnrollmentCert) -> Result<(), DirectoryError> {
         let view = self.view()?;

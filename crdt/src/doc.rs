@@ -10,7 +10,7 @@
 //! the document's creator before the document was shared, so concurrent creation of a container can never shadow
 //! another device's entries.
 
-use std::borrow::BorrowMut;
+use std::borrow::{Borrow, BorrowMut};
 use std::marker::PhantomData;
 
 use automerge::sync::SyncDoc as _;
@@ -51,6 +51,10 @@ pub enum DocError {
     Missing(String),
     #[error("limit reached: {0}")]
     LimitReached(String),
+    #[error(
+        "refusing to write as actor {0}: popmesh writes only as a device key and epoch (use Doc::attach_as)"
+    )]
+    NotADeviceActor(String),
 }
 
 // The wrapped errors are large; boxing them keeps every `Result` in the core small.
@@ -222,7 +226,7 @@ impl<S: Schema> Doc<S, Automerge> {
     }
 }
 
-impl<S: Schema, D: BorrowMut<Automerge>> Doc<S, D> {
+impl<S: Schema, D: Borrow<Automerge>> Doc<S, D> {
     /// Adopts a document held by someone else (received from a peer, loaded from disk, or inside a samod document
     /// actor), checking its header first.
     pub fn attach(inner: D) -> Result<Self, DocError> {
@@ -237,6 +241,21 @@ impl<S: Schema, D: BorrowMut<Automerge>> Doc<S, D> {
         self.automerge().save()
     }
 
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.automerge().get_heads()
+    }
+
+    pub fn automerge(&self) -> &Automerge {
+        self.inner.borrow()
+    }
+
+    /// The whole document as its typed value.
+    pub(crate) fn read<T: Hydrate>(&self) -> Result<T, DocError> {
+        Ok(autosurgeon::hydrate(self.automerge())?)
+    }
+}
+
+impl<S: Schema, D: BorrowMut<Automerge>> Doc<S, D> {
     /// Merges everything `other` has that this replica lacks.
     pub fn merge<D2: BorrowMut<Automerge>>(
         &mut self,
@@ -255,28 +274,34 @@ impl<S: Schema, D: BorrowMut<Automerge>> Doc<S, D> {
         sync_until_quiet(self.inner.borrow_mut(), other.inner.borrow_mut())
     }
 
-    pub fn heads(&self) -> Vec<ChangeHash> {
-        self.automerge().get_heads()
-    }
-
-    pub fn automerge(&self) -> &Automerge {
-        self.inner.borrow()
-    }
-
     pub fn automerge_mut(&mut self) -> &mut Automerge {
         self.inner.borrow_mut()
     }
 
-    /// The whole document as its typed value.
-    pub(crate) fn read<T: Hydrate>(&self) -> Result<T, DocError> {
-        Ok(autosurgeon::hydrate(self.automerge())?)
+    /// Adopts a document someone else holds, to write into it as `actor` (a device key and epoch): how the node
+    /// and the simulator write through a samod document actor, whose document carries no actor of ours.
+    pub fn attach_as(mut inner: D, actor: ActorId) -> Result<Self, DocError> {
+        check_header::<S>(inner.borrow())?;
+        if device_of_actor(&actor).is_none() {
+            return Err(DocError::NotADeviceActor(actor.to_hex_string()));
+        }
+        inner.borrow_mut().set_actor(actor);
+        Ok(Self {
+            inner,
+            _schema: PhantomData,
+        })
     }
 
-    /// Runs `f` in one transaction: committed as one change if it succeeds, rolled back if it fails.
+    /// Runs `f` in one transaction: committed as one change if it succeeds, rolled back if it fails. Refuses to
+    /// write under an actor that is not a device key and epoch, so every change names the device that made it.
     pub(crate) fn transact<T>(
         &mut self,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, DocError>,
     ) -> Result<T, DocError> {
+        let actor = self.automerge().get_actor();
+        if device_of_actor(actor).is_none() {
+            return Err(DocError::NotADeviceActor(actor.to_hex_string()));
+        }
         let mut tx = self.inner.borrow_mut().transaction();
         match f(&mut tx) {
             Ok(value) => {

@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use std::borrow::BorrowMut;
+use std::borrow::{Borrow, BorrowMut};
 
 use automerge::transaction::Transaction;
 use automerge::{ActorId, Automerge, ReadDoc as _};
@@ -271,13 +271,15 @@ impl Doc<Slot> {
     }
 }
 
-impl<D: BorrowMut<Automerge>> Doc<Slot, D> {
+impl<D: Borrow<Automerge>> Doc<Slot, D> {
     pub fn view(&self) -> Result<SlotView, EscrowError> {
         Ok(SlotView {
             record: self.read()?,
         })
     }
+}
 
+impl<D: BorrowMut<Automerge>> Doc<Slot, D> {
     /// Sells `seats` from `me`'s quota under `booking`. Retrying the same booking is a no-op.
     pub fn sell(
         &mut self,
@@ -379,4 +381,60 @@ fn own_entry(
         autosurgeon::reconcile_prop(&mut *tx, devices, mine, DeviceEscrow::default())?;
     }
     object_at(tx, &["devices", mine, field])
+}
+
+/// The rebalancing policy: which quota a well-stocked device gives away, and to whom.
+///
+/// A device that holds more than twice `low_water` seats gives to the connected peer that is furthest below
+/// `low_water`, enough to bring it up to `low_water`, never leaving itself below `low_water`. Only the giving device
+/// runs this (it is the only writer of its transfers), so it needs no agreement with anyone.
+pub fn plan_rebalance(
+    view: &SlotView,
+    me: &str,
+    connected: &[String],
+    low_water: u64,
+) -> Option<(String, u64)> {
+    let mine = view.available(me);
+    if mine <= 2 * low_water {
+        return None;
+    }
+    let (needy, has) = connected
+        .iter()
+        .filter(|peer| peer.as_str() != me)
+        .map(|peer| (peer, view.available(peer)))
+        .filter(|(_, has)| *has < low_water)
+        .min_by_key(|(peer, has)| (*has, (*peer).clone()))?;
+    let give = (low_water - has).min(mine - low_water);
+    (give > 0).then(|| (needy.clone(), give))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(grants: &[(&str, u64)]) -> SlotView {
+        SlotView {
+            record: SlotRecord {
+                show: "s".into(),
+                slot: "t".into(),
+                capacity: 100,
+                grants: grants.iter().map(|(d, n)| ((*d).to_owned(), *n)).collect(),
+                devices: BTreeMap::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_well_stocked_kiosk_tops_up_the_neediest_connected_peer() {
+        let v = view(&[("a", 20), ("b", 1), ("c", 3)]);
+        let peers = vec!["b".to_owned(), "c".to_owned()];
+        assert_eq!(
+            plan_rebalance(&v, "a", &peers, 5),
+            Some(("b".to_owned(), 4))
+        );
+        // Nobody connected is low: nothing to do.
+        assert_eq!(plan_rebalance(&v, "a", &["c".to_owned()], 3), None);
+        // A device without a surplus gives nothing.
+        assert_eq!(plan_rebalance(&v, "c", &peers, 5), None);
+    }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use std::borrow::BorrowMut;
+use std::borrow::{Borrow, BorrowMut};
 
 use automerge::{ActorId, Automerge};
 use autosurgeon::{Hydrate, Reconcile};
@@ -169,7 +169,7 @@ impl Doc<Ledger> {
     }
 }
 
-impl<D: BorrowMut<Automerge>> Doc<Ledger, D> {
+impl<D: Borrow<Automerge>> Doc<Ledger, D> {
     pub fn record(&self) -> Result<LedgerRecord, DocError> {
         self.read()
     }
@@ -197,7 +197,9 @@ impl<D: BorrowMut<Automerge>> Doc<Ledger, D> {
             reconciled: record.reconciled,
         })
     }
+}
 
+impl<D: BorrowMut<Automerge>> Doc<Ledger, D> {
     /// Takes an offline payment: validates the request, replays an earlier identical request, checks the risk
     /// limits, then signs and records the receipt. `stored_elsewhere_minor` is what the device holds unreconciled
     /// in its other shows' ledgers. The caller persists the document before acknowledging the payment.

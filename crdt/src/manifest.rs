@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use std::borrow::BorrowMut;
+use std::borrow::{Borrow, BorrowMut};
 
 use automerge::{ActorId, Automerge};
 use autosurgeon::{Hydrate, Reconcile};
@@ -95,11 +95,13 @@ impl Doc<Manifest> {
     }
 }
 
-impl<D: BorrowMut<Automerge>> Doc<Manifest, D> {
+impl<D: Borrow<Automerge>> Doc<Manifest, D> {
     pub fn record(&self) -> Result<ManifestRecord, DocError> {
         self.read()
     }
+}
 
+impl<D: BorrowMut<Automerge>> Doc<Manifest, D> {
     /// Publishes (or replaces) the entry `name`.
     pub fn publish(&mut self, name: &str, entry: &MediaEntry) -> Result<(), ManifestError> {
         if name.is_empty()

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use std::borrow::BorrowMut;
+use std::borrow::{Borrow, BorrowMut};
 
 use automerge::{ActorId, Automerge};
 use autosurgeon::{Counter, Hydrate, Reconcile};
@@ -108,6 +108,17 @@ impl Doc<Telemetry> {
     }
 }
 
+impl<D: Borrow<Automerge>> Doc<Telemetry, D> {
+    pub fn counters(&self) -> Result<BTreeMap<String, i64>, DocError> {
+        let record: TelemetryRecord = self.read()?;
+        Ok(record
+            .counters
+            .into_iter()
+            .map(|(k, c)| (k, c.value()))
+            .collect())
+    }
+}
+
 impl<D: BorrowMut<Automerge>> Doc<Telemetry, D> {
     /// Applies coalesced increments: one operation per counter, in one change. Counters past [`COUNTERS_MAX`] are
     /// refused as a whole flush, so nothing is half-applied.
@@ -130,15 +141,6 @@ impl<D: BorrowMut<Automerge>> Doc<Telemetry, D> {
                 .increment(*by);
         }
         self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))
-    }
-
-    pub fn counters(&self) -> Result<BTreeMap<String, i64>, DocError> {
-        let record: TelemetryRecord = self.read()?;
-        Ok(record
-            .counters
-            .into_iter()
-            .map(|(k, c)| (k, c.value()))
-            .collect())
     }
 }
 

@@ -206,8 +206,17 @@ fn a_slot_held_by_a_sync_engine_sells_through_a_borrowed_handle() {
     let mut all = replicas(10, &[5, 5]);
     let mut owned: automerge::Automerge = all.remove(0).into_automerge();
     {
+        // A document loaded by the engine writes as a random actor until we name the device.
+        owned.set_actor(automerge::ActorId::random());
+        assert!(matches!(
+            Doc::<Slot, &mut automerge::Automerge>::attach(&mut owned)
+                .expect("a slot document")
+                .sell(ids[0], "walk-in-0", 1, UnixMillis(1)),
+            Err(EscrowError::Doc(popmesh_crdt::DocError::NotADeviceActor(_)))
+        ));
         let mut lent =
-            Doc::<Slot, &mut automerge::Automerge>::attach(&mut owned).expect("a slot document");
+            Doc::<Slot, &mut automerge::Automerge>::attach_as(&mut owned, actor_id(ids[0], 3))
+                .expect("a slot document");
         lent.sell(ids[0], "walk-in-1", 2, UnixMillis(1))
             .expect("quota");
         assert!(matches!(

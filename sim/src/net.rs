@@ -1,0 +1,178 @@
+//! The simulated site network: one link per pair of devices, carrying samod wire messages in order.
+//!
+//! The Automerge sync protocol assumes in-order delivery within a connection, so the network never reorders or
+//! silently drops inside a connection. Loss, partitions and crashes all end the connection instead: both hubs are
+//! told the connection was lost (they reload sync state from scratch on the next one), in-flight messages are
+//! discarded, and the link reconnects after a backoff once it may. Which device dials is fixed (the lower index),
+//! so there is never a duplicate connection between two devices.
+
+use samod_core::ConnectionId;
+
+/// How a link's messages are delayed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    pub base_ms: u64,
+    pub jitter_ms: u64,
+}
+
+/// One direction of a link, as seen from its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// From the lower-index device to the higher.
+    Up,
+    /// From the higher-index device to the lower.
+    Down,
+}
+
+/// A connection between devices `a < b`.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub a: usize,
+    pub b: usize,
+    pub latency: Latency,
+    /// The current connection, if up: (a's connection id, b's connection id).
+    pub conns: Option<(ConnectionId, ConnectionId)>,
+    /// Bumped on every reset, so messages of an old connection are discarded on arrival.
+    pub epoch: u64,
+    /// Last scheduled arrival per direction, to keep each direction in order.
+    pub last_arrival: [u64; 2],
+    /// A reconnect is already scheduled.
+    pub reconnect_pending: bool,
+    /// Messages sent per direction over the link's life: with the link and direction, a message's place in the
+    /// event order, independent of the order in which the sync engine emitted messages for different links.
+    pub sent: [u64; 2],
+    /// Messages and bytes carried.
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+impl Link {
+    pub fn new(a: usize, b: usize, latency: Latency) -> Self {
+        debug_assert!(a < b);
+        Self {
+            a,
+            b,
+            latency,
+            conns: None,
+            epoch: 0,
+            last_arrival: [0; 2],
+            reconnect_pending: false,
+            sent: [0; 2],
+            messages: 0,
+            bytes: 0,
+        }
+    }
+
+    /// The direction from `sender`.
+    pub fn dir_from(&self, sender: usize) -> Dir {
+        if sender == self.a { Dir::Up } else { Dir::Down }
+    }
+
+    /// The receiving device and its connection id for a message travelling `dir`.
+    pub fn receiver(&self, dir: Dir) -> Option<(usize, ConnectionId)> {
+        let (ca, cb) = self.conns?;
+        Some(match dir {
+            Dir::Up => (self.b, cb),
+            Dir::Down => (self.a, ca),
+        })
+    }
+
+    /// When a message sent now travelling `dir` arrives: after its delay, and never before an earlier one.
+    pub fn schedule(&mut self, dir: Dir, now: u64, delay_ms: u64) -> u64 {
+        let i = match dir {
+            Dir::Up => 0,
+            Dir::Down => 1,
+        };
+        let at = (now + delay_ms).max(self.last_arrival[i]);
+        self.last_arrival[i] = at;
+        at
+    }
+
+    /// Ends the connection; returns the connection ids to report lost, if it was up.
+    pub fn reset(&mut self) -> Option<(ConnectionId, ConnectionId)> {
+        self.epoch += 1;
+        self.last_arrival = [0; 2];
+        self.conns.take()
+    }
+}
+
+/// All links of the site, indexed by device pair.
+#[derive(Debug, Clone, Default)]
+pub struct Network {
+    pub links: Vec<Link>,
+    devices: usize,
+}
+
+impl Network {
+    pub fn new(devices: usize, mut latency: impl FnMut(usize, usize) -> Latency) -> Self {
+        let mut links = Vec::new();
+        for a in 0..devices {
+            for b in a + 1..devices {
+                links.push(Link::new(a, b, latency(a, b)));
+            }
+        }
+        Self { links, devices }
+    }
+
+    /// The index of the link between two distinct devices.
+    pub fn index(&self, x: usize, y: usize) -> usize {
+        let (a, b) = if x < y { (x, y) } else { (y, x) };
+        // Row-major upper triangle without the diagonal.
+        a * self.devices - a * (a + 1) / 2 + (b - a - 1)
+    }
+
+    /// The link whose connection on `device`'s side is `conn`.
+    pub fn by_conn(&self, device: usize, conn: ConnectionId) -> Option<usize> {
+        self.links.iter().position(|l| match l.conns {
+            Some((ca, _)) if l.a == device => ca == conn,
+            Some((_, cb)) if l.b == device => cb == conn,
+            _ => false,
+        })
+    }
+
+    /// Links touching `device`.
+    pub fn of_device(&self, device: usize) -> impl Iterator<Item = usize> + '_ {
+        self.links
+            .iter()
+            .enumerate()
+            .filter(move |(_, l)| l.a == device || l.b == device)
+            .map(|(i, _)| i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pair_has_exactly_one_link_and_finds_it() {
+        let net = Network::new(5, |_, _| Latency {
+            base_ms: 1,
+            jitter_ms: 0,
+        });
+        assert_eq!(net.links.len(), 10);
+        for a in 0..5 {
+            for b in 0..5 {
+                if a != b {
+                    let l = &net.links[net.index(a, b)];
+                    assert_eq!((l.a, l.b), (a.min(b), a.max(b)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_direction_never_delivers_out_of_order() {
+        let mut link = Link::new(
+            0,
+            1,
+            Latency {
+                base_ms: 5,
+                jitter_ms: 5,
+            },
+        );
+        let first = link.schedule(Dir::Up, 100, 9);
+        let second = link.schedule(Dir::Up, 101, 1);
+        assert!(second >= first);
+    }
+}

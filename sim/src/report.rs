@@ -1,0 +1,157 @@
+//! What a simulation run found: violations, convergence times, MTTR, traffic, and a hash of the whole trace.
+
+use serde::Serialize;
+
+/// Percentiles of a list of durations, in simulated milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Quantiles {
+    pub count: usize,
+    pub p50_ms: u64,
+    pub p95_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Quantiles {
+    pub fn of(samples: &[u64]) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        let mut sorted = samples.to_vec();
+        sorted.sort_unstable();
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+        Self {
+            count: sorted.len(),
+            p50_ms: at(0.50),
+            p95_ms: at(0.95),
+            p99_ms: at(0.99),
+            max_ms: *sorted.last().unwrap_or(&0),
+        }
+    }
+}
+
+/// One run's outcome.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunReport {
+    pub seed: u64,
+    pub devices: usize,
+    pub simulated_ms: u64,
+    /// BLAKE3 of every event the run processed, in order: equal for equal seeds.
+    pub trace_hash: String,
+    /// Invariant violations, each saying what broke and where.
+    pub violations: Vec<String>,
+    /// Time from each heal (partition end, device restart, origin arrival) to full convergence.
+    pub convergence_after_heal: Quantiles,
+    /// Time from the end of faults to full convergence, if it converged.
+    pub final_convergence_ms: Option<u64>,
+    /// Time from each device failure to its full feature parity (documents open and caught up, media preseeded).
+    pub mttr: Quantiles,
+    pub messages: u64,
+    pub bytes: u64,
+    pub documents: usize,
+    pub seats_sold: u64,
+    pub sales_refused: u64,
+    pub quota_transfers: u64,
+    pub receipts: u64,
+    pub payments_refused: u64,
+    pub payment_retries: u64,
+    pub crashes: u64,
+    pub partitions: u64,
+    pub connection_resets: u64,
+    pub blob_fetch_failures: u64,
+    #[serde(skip)]
+    pub heal_samples_ms: Vec<u64>,
+    #[serde(skip)]
+    pub mttr_samples_ms: Vec<u64>,
+    /// One line per event, when asked for.
+    #[serde(skip)]
+    pub trace: Vec<String>,
+    /// Every delivered wire message, when a trace is kept.
+    #[serde(skip)]
+    pub messages_seen: Vec<Vec<u8>>,
+}
+
+impl RunReport {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    pub fn messages_per_document(&self) -> f64 {
+        self.messages as f64 / self.documents.max(1) as f64
+    }
+
+    pub fn bytes_per_document(&self) -> f64 {
+        self.bytes as f64 / self.documents.max(1) as f64
+    }
+}
+
+/// A sweep over many seeds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SweepReport {
+    pub seeds_run: usize,
+    pub failed_seeds: Vec<u64>,
+    pub violations: Vec<String>,
+    pub convergence_after_heal: Quantiles,
+    pub final_convergence: Quantiles,
+    pub mttr: Quantiles,
+    pub messages_per_document: f64,
+    pub bytes_per_document: f64,
+    pub simulated_ms: u64,
+    /// Filled in by the caller, which owns the wall clock.
+    pub wall_ms: Option<u64>,
+}
+
+impl SweepReport {
+    pub fn of(runs: &[RunReport]) -> Self {
+        let heal_samples: Vec<u64> = runs
+            .iter()
+            .flat_map(|r| r.heal_samples_ms.iter().copied())
+            .collect();
+        let mttr_samples: Vec<u64> = runs
+            .iter()
+            .flat_map(|r| r.mttr_samples_ms.iter().copied())
+            .collect();
+        let finals: Vec<u64> = runs.iter().filter_map(|r| r.final_convergence_ms).collect();
+        let docs: usize = runs.iter().map(|r| r.documents).sum();
+        Self {
+            seeds_run: runs.len(),
+            failed_seeds: runs
+                .iter()
+                .filter(|r| !r.passed())
+                .map(|r| r.seed)
+                .collect(),
+            violations: runs
+                .iter()
+                .flat_map(|r| {
+                    r.violations
+                        .iter()
+                        .map(move |v| format!("seed {}: {v}", r.seed))
+                })
+                .collect(),
+            convergence_after_heal: Quantiles::of(&heal_samples),
+            final_convergence: Quantiles::of(&finals),
+            mttr: Quantiles::of(&mttr_samples),
+            messages_per_document: runs.iter().map(|r| r.messages).sum::<u64>() as f64
+                / docs.max(1) as f64,
+            bytes_per_document: runs.iter().map(|r| r.bytes).sum::<u64>() as f64
+                / docs.max(1) as f64,
+            simulated_ms: runs.iter().map(|r| r.simulated_ms).sum(),
+            wall_ms: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_of_a_known_list() {
+        let q = Quantiles::of(&(1..=100).collect::<Vec<u64>>());
+        assert_eq!(
+            (q.count, q.p50_ms, q.p95_ms, q.p99_ms, q.max_ms),
+            (100, 51, 95, 99, 100)
+        );
+        assert_eq!(Quantiles::of(&[]), Quantiles::default());
+    }
+}
