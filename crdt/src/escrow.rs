@@ -130,6 +130,8 @@ pub enum EscrowViolation {
     SlotOversold { sold: u64, capacity: u64 },
     #[error("grants total {granted} seats, more than the capacity of {capacity}")]
     OverGranted { granted: u64, capacity: u64 },
+    #[error("the escrow entries of device {0} cannot be read")]
+    Unreadable(String),
 }
 
 pub(crate) fn check_id(id: &str) -> Result<(), EscrowError> {
@@ -142,6 +144,30 @@ pub(crate) fn check_id(id: &str) -> Result<(), EscrowError> {
         Ok(())
     } else {
         Err(EscrowError::BadId(id.to_owned()))
+    }
+}
+
+/// One device's side of a slot; see [`Doc::totals_for`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceTotals {
+    pub grant: u64,
+    pub transferred_in: u64,
+    pub sales: BTreeMap<String, Sale>,
+    pub transfers_out: BTreeMap<String, Transfer>,
+}
+
+impl DeviceTotals {
+    pub fn sold(&self) -> u64 {
+        self.sales.values().map(|s| s.seats).sum()
+    }
+
+    pub fn transferred_out(&self) -> u64 {
+        self.transfers_out.values().map(|t| t.seats).sum()
+    }
+
+    /// Seats the device may still sell or give away, as far as this replica knows.
+    pub fn available(&self) -> u64 {
+        (self.grant + self.transferred_in).saturating_sub(self.sold() + self.transferred_out())
     }
 }
 
@@ -279,6 +305,56 @@ impl<D: Borrow<Automerge>> Doc<Slot, D> {
     }
 }
 
+impl<D: Borrow<Automerge>> Doc<Slot, D> {
+    /// One device's side of the slot, read without touching other devices' sales: its grant, its sales, its
+    /// transfers out, and the transfers to it from everyone. What a sale or a transfer needs, in time proportional
+    /// to the device's own history rather than the whole slot's.
+    pub fn totals_for(&self, device: &str) -> Result<DeviceTotals, EscrowError> {
+        let am = self.automerge();
+        let grants: BTreeMap<String, u64> =
+            autosurgeon::hydrate_prop(am, automerge::ROOT, "grants").map_err(DocError::from)?;
+        let devices = object_at(am, &["devices"])?;
+        let mut totals = DeviceTotals {
+            grant: grants.get(device).copied().unwrap_or(0),
+            ..DeviceTotals::default()
+        };
+        for key in am.keys(&devices) {
+            let entry = object_at(am, &["devices", &key])?;
+            let transfers: BTreeMap<String, Transfer> =
+                autosurgeon::hydrate_prop(am, &entry, "transfers").map_err(DocError::from)?;
+            totals.transferred_in += transfers
+                .values()
+                .filter(|t| t.to == device)
+                .map(|t| t.seats)
+                .sum::<u64>();
+            if key == device {
+                totals.sales =
+                    autosurgeon::hydrate_prop(am, &entry, "sales").map_err(DocError::from)?;
+                totals.transfers_out = transfers;
+            }
+        }
+        Ok(totals)
+    }
+
+    /// The no-oversell invariant for one device (see the module docs): what the device that just wrote checks.
+    pub fn check_device(&self, device: &str) -> Result<(), EscrowViolation> {
+        let totals = self
+            .totals_for(device)
+            .map_err(|_| EscrowViolation::Unreadable(device.to_owned()))?;
+        let quota = i128::from(totals.grant) + i128::from(totals.transferred_in)
+            - i128::from(totals.transferred_out());
+        let sold = i128::from(totals.sold());
+        if sold > quota {
+            return Err(EscrowViolation::DeviceOversold {
+                device: device.to_owned(),
+                sold,
+                quota,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl<D: BorrowMut<Automerge>> Doc<Slot, D> {
     /// Sells `seats` from `me`'s quota under `booking`. Retrying the same booking is a no-op.
     pub fn sell(
@@ -292,24 +368,23 @@ impl<D: BorrowMut<Automerge>> Doc<Slot, D> {
         if seats == 0 || seats > SEATS_PER_BOOKING_MAX {
             return Err(EscrowError::BadSeatCount(seats));
         }
-        let view = self.view()?;
         let mine = me.to_hex();
-        let existing = view.record.devices.get(&mine);
-        if let Some(sale) = existing.and_then(|d| d.sales.get(booking)) {
-            return if sale.seats == seats {
+        let totals = self.totals_for(&mine)?;
+        if let Some(existing) = totals.sales.get(booking) {
+            return if existing.seats == seats {
                 Ok(SaleOutcome::AlreadyRecorded)
             } else {
                 Err(EscrowError::BookingConflict {
                     id: booking.to_owned(),
-                    existing: sale.seats,
+                    existing: existing.seats,
                     requested: seats,
                 })
             };
         }
-        if existing.is_some_and(|d| d.sales.len() >= SALES_PER_DEVICE_MAX) {
+        if totals.sales.len() >= SALES_PER_DEVICE_MAX {
             return Err(EscrowError::Full);
         }
-        let available = view.available(&mine);
+        let available = totals.available();
         if seats > available {
             return Err(EscrowError::QuotaSpent {
                 available,
@@ -338,17 +413,12 @@ impl<D: BorrowMut<Automerge>> Doc<Slot, D> {
         if me == to {
             return Err(EscrowError::SelfTransfer);
         }
-        let view = self.view()?;
         let mine = me.to_hex();
-        if view
-            .record
-            .devices
-            .get(&mine)
-            .is_some_and(|d| d.transfers.contains_key(transfer))
-        {
+        let totals = self.totals_for(&mine)?;
+        if totals.transfers_out.contains_key(transfer) {
             return Ok(());
         }
-        let available = view.available(&mine);
+        let available = totals.available();
         if seats == 0 || seats > available {
             return Err(EscrowError::QuotaSpent {
                 available,

@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod receipt;
 pub mod risk;
 pub mod telemetry;
+pub mod topology;
 
 pub use doc::{Doc, DocError, SyncStats, actor_id};
 pub use identity::{DeviceId, DeviceKey, PublicKey, Role, SecretKey, SiteId, UnixMillis};

@@ -1,6 +1,6 @@
 //! `popmesh`: the daemon every kiosk, POS terminal, edge box and origin runs, and its command-line tools.
 //!
-//! Today it runs the in-process demo (`popmesh demo`). The daemon (`popmesh run`), site administration
+//! Today it runs the in-process demo (`popmesh demo`) and the chaos simulator (`popmesh sim`). The daemon (`popmesh run`), site administration
 //! (`site init`, `site invite`, `join`) and the HTTP API arrive with the site mesh.
 
 use std::io::Write as _;
@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod clock;
 mod demo;
+mod sim_cmd;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +31,28 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Rehearse a show in the deterministic chaos simulator: real sync and domain code under partitions, crashes,
+    /// loss and clock skew; checks that no receipt is lost, no seat oversold, and every device converges.
+    Sim {
+        /// Replay one seed.
+        #[arg(long, conflicts_with = "seeds")]
+        seed: Option<u64>,
+        /// Sweep a range of seeds, such as 0..200.
+        #[arg(long, value_parser = sim_cmd::parse_seeds)]
+        seeds: Option<std::ops::Range<u64>>,
+        /// Devices on the site, the origin and a late kiosk included.
+        #[arg(long, default_value_t = 6)]
+        devices: usize,
+        /// Length of the show, such as 1h or 20m.
+        #[arg(long, default_value = "10m", value_parser = sim_cmd::parse_duration)]
+        duration: u64,
+        /// Run the show without faults.
+        #[arg(long)]
+        no_faults: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +68,32 @@ fn main() -> ExitCode {
                     "the demo did not end in agreement: {outcome:?}"
                 );
                 out.flush()?;
+                Ok(())
+            })
+        }
+        Command::Sim {
+            seed,
+            seeds,
+            devices,
+            duration,
+            no_faults,
+            json,
+        } => {
+            let args = sim_cmd::SimArgs {
+                seed,
+                seeds,
+                devices,
+                duration_ms: duration,
+                no_faults,
+                json,
+            };
+            let mut out = std::io::stdout().lock();
+            sim_cmd::run(args, &mut out).and_then(|passed| {
+                out.flush()?;
+                anyhow::ensure!(
+                    passed,
+                    "the simulation found invariant violations (see above)"
+                );
                 Ok(())
             })
         }

@@ -6,6 +6,8 @@
 //! discarded, and the link reconnects after a backoff once it may. Which device dials is fixed (the lower index),
 //! so there is never a duplicate connection between two devices.
 
+use std::collections::BTreeMap;
+
 use samod_core::ConnectionId;
 
 /// How a link's messages are delayed.
@@ -96,47 +98,66 @@ impl Link {
     }
 }
 
-/// All links of the site, indexed by device pair.
+/// The links of the site: one per pair of devices the topology connects, with indexes to find them.
 #[derive(Debug, Clone, Default)]
 pub struct Network {
     pub links: Vec<Link>,
-    devices: usize,
+    by_pair: BTreeMap<(usize, usize), usize>,
+    by_device: Vec<Vec<usize>>,
+    by_conn: BTreeMap<(usize, u32), usize>,
 }
 
 impl Network {
-    pub fn new(devices: usize, mut latency: impl FnMut(usize, usize) -> Latency) -> Self {
-        let mut links = Vec::new();
-        for a in 0..devices {
-            for b in a + 1..devices {
-                links.push(Link::new(a, b, latency(a, b)));
-            }
+    /// Links for each pair in `pairs` (each `(a, b)` with `a < b`).
+    pub fn new(
+        devices: usize,
+        pairs: &[(usize, usize)],
+        mut latency: impl FnMut(usize, usize) -> Latency,
+    ) -> Self {
+        let mut net = Self {
+            by_device: vec![Vec::new(); devices],
+            ..Self::default()
+        };
+        for &(a, b) in pairs {
+            let i = net.links.len();
+            net.links.push(Link::new(a, b, latency(a, b)));
+            net.by_pair.insert((a, b), i);
+            net.by_device[a].push(i);
+            net.by_device[b].push(i);
         }
-        Self { links, devices }
+        net
     }
 
-    /// The index of the link between two distinct devices.
-    pub fn index(&self, x: usize, y: usize) -> usize {
-        let (a, b) = if x < y { (x, y) } else { (y, x) };
-        // Row-major upper triangle without the diagonal.
-        a * self.devices - a * (a + 1) / 2 + (b - a - 1)
+    /// The link between two devices, if the topology connects them.
+    pub fn between(&self, x: usize, y: usize) -> Option<usize> {
+        self.by_pair.get(&(x.min(y), x.max(y))).copied()
     }
 
     /// The link whose connection on `device`'s side is `conn`.
     pub fn by_conn(&self, device: usize, conn: ConnectionId) -> Option<usize> {
-        self.links.iter().position(|l| match l.conns {
-            Some((ca, _)) if l.a == device => ca == conn,
-            Some((_, cb)) if l.b == device => cb == conn,
-            _ => false,
-        })
+        self.by_conn.get(&(device, u32::from(conn))).copied()
     }
 
     /// Links touching `device`.
     pub fn of_device(&self, device: usize) -> impl Iterator<Item = usize> + '_ {
-        self.links
-            .iter()
-            .enumerate()
-            .filter(move |(_, l)| l.a == device || l.b == device)
-            .map(|(i, _)| i)
+        self.by_device[device].iter().copied()
+    }
+
+    /// Records a new connection on `link`.
+    pub fn connect(&mut self, link: usize, ca: ConnectionId, cb: ConnectionId) {
+        let (a, b) = (self.links[link].a, self.links[link].b);
+        self.links[link].conns = Some((ca, cb));
+        self.by_conn.insert((a, u32::from(ca)), link);
+        self.by_conn.insert((b, u32::from(cb)), link);
+    }
+
+    /// Ends the connection on `link`; returns its connection ids if it was up.
+    pub fn reset(&mut self, link: usize) -> Option<(ConnectionId, ConnectionId)> {
+        let (a, b) = (self.links[link].a, self.links[link].b);
+        let conns = self.links[link].reset()?;
+        self.by_conn.remove(&(a, u32::from(conns.0)));
+        self.by_conn.remove(&(b, u32::from(conns.1)));
+        Some(conns)
     }
 }
 
@@ -145,20 +166,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_pair_has_exactly_one_link_and_finds_it() {
-        let net = Network::new(5, |_, _| Latency {
+    fn every_connected_pair_has_exactly_one_link_and_finds_it() {
+        let pairs = [(0, 1), (0, 2), (1, 3)];
+        let mut net = Network::new(4, &pairs, |_, _| Latency {
             base_ms: 1,
             jitter_ms: 0,
         });
-        assert_eq!(net.links.len(), 10);
-        for a in 0..5 {
-            for b in 0..5 {
-                if a != b {
-                    let l = &net.links[net.index(a, b)];
-                    assert_eq!((l.a, l.b), (a.min(b), a.max(b)));
-                }
-            }
-        }
+        assert_eq!(net.links.len(), 3);
+        assert_eq!(net.between(3, 1), Some(2));
+        assert_eq!(net.between(2, 3), None);
+        assert_eq!(net.of_device(0).collect::<Vec<_>>(), vec![0, 1]);
+        net.connect(2, ConnectionId::from(7), ConnectionId::from(9));
+        assert_eq!(net.by_conn(3, ConnectionId::from(9)), Some(2));
+        assert!(net.reset(2).is_some());
+        assert_eq!(net.by_conn(3, ConnectionId::from(9)), None);
     }
 
     #[test]

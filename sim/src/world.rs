@@ -21,7 +21,7 @@ use popmesh_crdt::manifest::{Manifest, MediaEntry};
 use popmesh_crdt::receipt::{PaymentRequest, ReceiptError};
 use popmesh_crdt::risk::RiskLimits;
 use popmesh_crdt::telemetry::{CounterBuffer, Telemetry};
-use popmesh_crdt::{Doc, Role, SecretKey, UnixMillis, actor_id};
+use popmesh_crdt::{Doc, Role, SecretKey, UnixMillis, actor_id, topology};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use samod_core::{DocumentId, UnixTimestamp};
@@ -32,14 +32,23 @@ use crate::report::{Quantiles, RunReport};
 
 const SHOW: &str = "show-1";
 const SLOTS: usize = 3;
-const SLOT_CAPACITY: u64 = 60;
+/// Seats per seller per slot granted at the start; the edge box holds half as many again in reserve.
+const GRANT_PER_SELLER: u64 = 8;
 const LOW_WATER: u64 = 3;
 const BLOBS: usize = 4;
-const TICK_MS: u64 = 1_000;
+/// The hub tick. samod ticks every 100 ms to drive dialer backoff, which the simulator replaces with its own
+/// reconnects, so a slower tick changes no outcome and saves most of the hub's per-event bookkeeping.
+const TICK_MS: u64 = 5_000;
 const PROBE_MS: u64 = 1_000;
-const FLUSH_MS: u64 = 10_000;
-/// Simulated bandwidth for media between two devices, bytes per millisecond (about 50 MB/s).
-const BLOB_BYTES_PER_MS: u64 = 50_000;
+/// How often every changed slot replica is re-checked in full, behind the writer-side check.
+const SWEEP_MS: u64 = 60_000;
+const FLUSH_MS: u64 = 120_000;
+/// Mean time between sales at a seller, between payments at a POS terminal, and between rebalancing checks.
+const SELL_EVERY_MS: u64 = 45_000;
+const PAY_EVERY_MS: u64 = 60_000;
+const REBALANCE_EVERY_MS: u64 = 60_000;
+/// Simulated bandwidth for media between two devices, bytes per millisecond (about 20 MB/s).
+const BLOB_BYTES_PER_MS: u64 = 20_000;
 /// How long a one-way-broken connection takes to be noticed and reset.
 const DEAD_CONNECTION_MS: u64 = 5_000;
 
@@ -127,6 +136,10 @@ enum Event {
     Crash {
         dev: usize,
     },
+    /// A device serving media drops off the network for a moment (its links reset; it reconnects on backoff).
+    Vanish {
+        dev: usize,
+    },
     Restart {
         dev: usize,
     },
@@ -165,6 +178,11 @@ struct Device {
     failed_at: Option<u64>,
     /// The join token a dropped-in device enrolls with.
     token: Option<String>,
+    /// What this device knows from its directory replica, refreshed when that replica changes.
+    known: BTreeMap<String, DocumentId>,
+    view: Option<DirectoryView>,
+    /// Receipts this device has already verified.
+    verified: BTreeSet<String>,
 }
 
 /// A simulation in progress.
@@ -194,6 +212,8 @@ pub struct World {
     trace: blake3::Hasher,
     report: RunReport,
     heal_pending: Option<u64>,
+    /// Slot replicas changed since the last backstop sweep.
+    dirty_slots: BTreeSet<(usize, DocumentId)>,
     faults_ended_at: Option<u64>,
     converged_at: Option<u64>,
 }
@@ -264,11 +284,26 @@ impl World {
                     fetching: BTreeSet::new(),
                     failed_at: None,
                     token: None,
+                    known: BTreeMap::new(),
+                    view: None,
+                    verified: BTreeSet::new(),
                 }
             })
             .collect();
+        // The site mesh is the one the node builds: hubs plus ring neighbours (popmesh_crdt::topology).
+        let ids: Vec<(popmesh_crdt::DeviceId, Role)> =
+            devices.iter().map(|d| (d.key.public(), d.role)).collect();
+        let mut pairs = Vec::new();
+        for (a, (me, _)) in ids.iter().enumerate() {
+            let mine = topology::neighbours(*me, &ids, topology::RING_K_DEFAULT);
+            for (b, (peer, _)) in ids.iter().enumerate().skip(a + 1) {
+                if mine.contains(peer) {
+                    pairs.push((a, b));
+                }
+            }
+        }
         let mut shape = seeded(seed, "latency");
-        let net = Network::new(n, |a, b| {
+        let net = Network::new(n, &pairs, |a, b| {
             if b == origin || a == origin {
                 Latency {
                     base_ms: shape.random_range(40..200),
@@ -317,6 +352,7 @@ impl World {
                 ..RunReport::default()
             },
             heal_pending: None,
+            dirty_slots: BTreeSet::new(),
             faults_ended_at: None,
             converged_at: None,
             opts,
@@ -417,6 +453,9 @@ impl World {
         let sellers: Vec<usize> = (0..n)
             .filter(|i| self.devices[*i].sells && *i != late)
             .collect();
+        // Each seller starts with a grant; the edge box holds a reserve that it hands out to sellers running low.
+        let reserve = GRANT_PER_SELLER * sellers.len() as u64 / 2;
+        let capacity = GRANT_PER_SELLER * sellers.len() as u64 + reserve;
         for s in 0..SLOTS {
             let label = format!("slot-{s}");
             directory
@@ -426,7 +465,7 @@ impl World {
                     &SlotRecord {
                         label: label.clone(),
                         starts_at: 0,
-                        capacity: SLOT_CAPACITY,
+                        capacity,
                     },
                 )
                 .expect("slot");
@@ -439,17 +478,17 @@ impl World {
             .expect("directory stored");
         self.directory = directory_id.clone();
         self.names.insert(directory_id.clone(), DocName::Directory);
-        let share = SLOT_CAPACITY / sellers.len() as u64;
         for s in 0..SLOTS {
-            let grants = sellers
+            let mut grants: BTreeMap<popmesh_crdt::DeviceId, u64> = sellers
                 .iter()
-                .map(|i| (self.devices[*i].key.public(), share))
+                .map(|i| (self.devices[*i].key.public(), GRANT_PER_SELLER))
                 .collect();
+            grants.insert(self.devices[0].key.public(), reserve);
             let slot = Doc::<Slot>::create_slot(
                 edge_actor.clone(),
                 SHOW,
                 &format!("slot-{s}"),
-                SLOT_CAPACITY,
+                capacity,
                 &grants,
             )
             .expect("grants fit");
@@ -556,17 +595,25 @@ impl World {
     fn schedule_device(&mut self, dev: usize) {
         let jitter = self.workload.random_range(0..TICK_MS);
         self.at(jitter, Event::Tick { dev });
-        let (sells, pays, counts) = {
+        let (sells, pays, counts, gives) = {
             let d = &self.devices[dev];
-            (d.sells, d.pays, d.role != Role::Origin)
+            (
+                d.sells,
+                d.pays,
+                d.role != Role::Origin,
+                d.sells || d.role == Role::Edge,
+            )
         };
         if sells {
-            let next = self.workload.random_range(1_000..20_000);
+            let next = self.workload.random_range(1_000..SELL_EVERY_MS);
             self.at(next, Event::Sell { dev });
-            self.at(next + 5_000, Event::Rebalance { dev });
+        }
+        if gives {
+            let next = self.workload.random_range(1_000..REBALANCE_EVERY_MS);
+            self.at(next, Event::Rebalance { dev });
         }
         if pays {
-            let next = self.workload.random_range(1_000..20_000);
+            let next = self.workload.random_range(1_000..PAY_EVERY_MS);
             self.at(next, Event::Pay { dev });
         }
         if counts {
@@ -603,7 +650,7 @@ impl World {
     /// Ends a connection: both hubs hear it is lost, in-flight messages die with it.
     fn reset(&mut self, link: usize) {
         let (a, b) = (self.net.links[link].a, self.net.links[link].b);
-        if let Some((ca, cb)) = self.net.links[link].reset() {
+        if let Some((ca, cb)) = self.net.reset(link) {
             self.report.connection_resets += 1;
             for (dev, conn) in [(a, ca), (b, cb)] {
                 let ts = self.ts(dev);
@@ -729,12 +776,16 @@ impl World {
             }
             Event::Sell { dev } => {
                 self.sell(dev);
-                let next = self.workload.random_range(2_000..30_000);
+                let next = self
+                    .workload
+                    .random_range(SELL_EVERY_MS / 4..SELL_EVERY_MS * 7 / 4);
                 self.reschedule(dev, next, Event::Sell { dev });
             }
             Event::Pay { dev } => {
                 self.pay(dev);
-                let next = self.workload.random_range(5_000..40_000);
+                let next = self
+                    .workload
+                    .random_range(PAY_EVERY_MS / 4..PAY_EVERY_MS * 7 / 4);
                 self.reschedule(dev, next, Event::Pay { dev });
             }
             Event::Count { dev } => {
@@ -752,7 +803,7 @@ impl World {
             }
             Event::Rebalance { dev } => {
                 self.rebalance(dev);
-                self.reschedule(dev, 15_000, Event::Rebalance { dev });
+                self.reschedule(dev, REBALANCE_EVERY_MS, Event::Rebalance { dev });
             }
             Event::BlobDone {
                 dev,
@@ -772,6 +823,14 @@ impl World {
                 }
             }
             Event::Crash { dev } => self.crash(dev),
+            Event::Vanish { dev } => {
+                if self.faults_ended_at.is_none() {
+                    let links: Vec<usize> = self.net.of_device(dev).collect();
+                    for link in links {
+                        self.reset(link);
+                    }
+                }
+            }
             Event::Restart { dev } => {
                 if self.devices[dev].host.is_none() {
                     self.devices[dev].epoch += 1;
@@ -875,7 +934,7 @@ impl World {
             .as_mut()
             .expect("wanted link has both hosts")
             .open_connection(Side::Listener, tb);
-        self.net.links[link].conns = Some((ca, cb));
+        self.net.connect(link, ca, cb);
         self.route(a);
         self.route(b);
     }
@@ -954,6 +1013,9 @@ impl World {
         // In-memory state is gone: unflushed counter increments and transfers in flight.
         d.counter = CounterBuffer::new(FLUSH_MS, UnixMillis(0));
         d.fetching.clear();
+        d.known.clear();
+        d.view = None;
+        d.verified.clear();
         d.failed_at = Some(self.now);
         self.heal_pending = None;
         let links: Vec<usize> = self.net.of_device(dev).collect();
@@ -1002,20 +1064,34 @@ impl World {
 /// Domain operations, each through the real crdt code on the document the device's sync engine holds.
 impl World {
     fn doc_id(&self, dev: usize, name: &DocName) -> Option<DocumentId> {
-        let host = self.devices[dev].host.as_ref()?;
-        let key = name.to_string();
-        host.read(&self.directory, |am| {
-            Doc::<Directory, &Automerge>::attach(am)
-                .ok()?
-                .record()
-                .ok()?
-                .documents
-                .get(&key)
-                .cloned()
-        })
-        .ok()
-        .flatten()
-        .and_then(|id| id.parse().ok())
+        self.devices[dev].known.get(&name.to_string()).cloned()
+    }
+
+    /// Re-reads this device's directory replica: the documents it registers and the verified view of its
+    /// certificates. Runs when the replica changes, as a node would on a change notification.
+    fn refresh_directory(&mut self, dev: usize) {
+        let Some(host) = self.devices[dev].host.as_ref() else {
+            return;
+        };
+        let view = host
+            .read(&self.directory, |am| {
+                Doc::<Directory, &Automerge>::attach(am)
+                    .ok()
+                    .and_then(|d| d.view().ok())
+            })
+            .ok()
+            .flatten();
+        let d = &mut self.devices[dev];
+        d.known = view
+            .as_ref()
+            .map(|v| {
+                v.documents
+                    .iter()
+                    .filter_map(|(k, id)| id.parse().ok().map(|id| (k.clone(), id)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        d.view = view;
     }
 
     fn sell(&mut self, dev: usize) {
@@ -1068,6 +1144,7 @@ impl World {
                     .entry(slot.to_string())
                     .or_default() += seats;
                 self.report.seats_sold += seats;
+                self.check_writer(dev, &slot);
             }
             Ok(Ok(SaleOutcome::AlreadyRecorded)) => {}
             Ok(Err(EscrowError::QuotaSpent { .. })) => self.report.sales_refused += 1,
@@ -1249,6 +1326,7 @@ impl World {
             });
             if matches!(moved, Ok(Ok(true))) {
                 self.report.quota_transfers += 1;
+                self.check_writer(dev, &slot);
             }
         }
         self.route(dev);
@@ -1257,6 +1335,50 @@ impl World {
 
 /// Checkers: safety after every event, liveness at every probe.
 impl World {
+    /// The escrow invariant for the device that just wrote, on its own replica (cheap: its own entries only).
+    fn check_writer(&mut self, dev: usize, id: &DocumentId) {
+        let me = self.devices[dev].key.public().to_hex();
+        let Some(host) = self.devices[dev].host.as_ref() else {
+            return;
+        };
+        let verdict = host.read(id, |am| {
+            Doc::<Slot, &Automerge>::attach(am)
+                .ok()
+                .map(|d| d.check_device(&me))
+        });
+        if let Ok(Some(Err(broken))) = verdict {
+            let name = self.devices[dev].name.clone();
+            self.violation(format!("seat oversold on {name} as it wrote: {broken}"));
+        }
+    }
+
+    /// The escrow invariant on one device's replica of a slot.
+    ///
+    /// Run on the writer's replica right after every sale and transfer: by causality (see `popmesh_crdt::escrow`),
+    /// a replica that holds a device's sale holds everything that justified it, so an oversell is visible on the
+    /// writer's replica the moment it is written. Other replicas are swept every minute and at the end.
+    fn check_slot(&mut self, dev: usize, id: &DocumentId) {
+        let Some(host) = self.devices[dev].host.as_ref() else {
+            return;
+        };
+        let verdict = host.read(id, |am| {
+            Doc::<Slot, &Automerge>::attach(am)
+                .ok()
+                .and_then(|d| d.view().ok())
+                .map(|v| v.check_invariant())
+        });
+        if let Ok(Some(Err(broken))) = verdict {
+            let slot = match self.names.get(id) {
+                Some(DocName::Slot { slot, .. }) => slot.clone(),
+                _ => id.to_string(),
+            };
+            let name = self.devices[dev].name.clone();
+            self.violation(format!(
+                "seat oversold in {slot} as seen on {name}: {broken}"
+            ));
+        }
+    }
+
     /// Every document a device changed since the last event is checked against its invariant at once.
     fn check_changes(&mut self) {
         for dev in 0..self.devices.len() {
@@ -1281,25 +1403,22 @@ impl World {
                         .push(format!("{} dev={dev} doc={id} heads={short:?}", self.now));
                 }
             }
+            if changed.contains(&self.directory) {
+                self.refresh_directory(dev);
+            }
             for id in changed {
                 match self.names.get(&id) {
-                    Some(DocName::Slot { slot, .. }) => {
-                        let slot = slot.clone();
-                        let host = self.devices[dev].host.as_ref().expect("checked");
-                        let verdict = host.read(&id, |am| {
-                            Doc::<Slot, &Automerge>::attach(am)
-                                .ok()
-                                .and_then(|d| d.view().ok())
-                                .map(|v| v.check_invariant())
-                        });
-                        if let Ok(Some(Err(broken))) = verdict {
-                            let name = self.devices[dev].name.clone();
-                            self.violation(format!(
-                                "seat oversold in {slot} as seen on {name}: {broken}"
-                            ));
-                        }
+                    Some(DocName::Slot { .. }) => {
+                        // The writer's replica was checked when it wrote (see `check_slot`); other replicas are
+                        // swept every minute as a backstop.
+                        self.dirty_slots.insert((dev, id.clone()));
                     }
-                    Some(DocName::Ledger { .. }) => self.check_ledger(dev, &id, false),
+                    Some(DocName::Ledger { device, .. }) => {
+                        if *device == self.devices[dev].key.public() {
+                            self.check_own_receipts(dev);
+                        }
+                        self.check_ledger(dev, &id, false);
+                    }
                     Some(DocName::Telemetry { device }) => {
                         let owner = self.devices.iter().position(|d| d.key.public() == *device);
                         let host = self.devices[dev].host.as_ref().expect("checked");
@@ -1333,18 +1452,13 @@ impl World {
     /// Every receipt in a ledger replica must verify; an issuer not yet in this replica's directory is only an error
     /// once everything has converged (`strict`).
     fn check_ledger(&mut self, dev: usize, id: &DocumentId, strict: bool) {
-        let Some(host) = self.devices[dev].host.as_ref() else {
+        if self.devices[dev].view.is_none() {
+            self.refresh_directory(dev);
+        }
+        let d = &self.devices[dev];
+        let (Some(host), Some(directory)) = (d.host.as_ref(), d.view.as_ref()) else {
             return;
         };
-        let directory = host
-            .read(&self.directory, |am| {
-                Doc::<Directory, &Automerge>::attach(am)
-                    .ok()
-                    .and_then(|d| d.view().ok())
-            })
-            .ok()
-            .flatten();
-        let Some(directory) = directory else { return };
         let receipts = host
             .read(id, |am| {
                 Doc::<Ledger, &Automerge>::attach(am)
@@ -1358,18 +1472,71 @@ impl World {
         for (token, err) in &ledger.malformed {
             problems.push(format!("malformed receipt {token}: {err}"));
         }
+        let mut newly_verified = Vec::new();
         for receipt in &ledger.receipts {
-            match receipt.verify(&directory) {
-                Ok(()) => {}
+            let token = receipt.token.to_string();
+            if !strict && d.verified.contains(&token) {
+                continue;
+            }
+            match receipt.verify(directory) {
+                Ok(()) => newly_verified.push(token),
                 Err(ReceiptError::Untrusted(_)) if !strict => {}
                 Err(err) => {
                     problems.push(format!("receipt {} does not verify: {err}", receipt.token))
                 }
             }
         }
+        self.devices[dev].verified.extend(newly_verified);
         let name = self.devices[dev].name.clone();
         for p in problems {
             self.violation(format!("on {name}: {p}"));
+        }
+    }
+
+    /// No acknowledged receipt lost: a device still holds every receipt it acknowledged.
+    fn check_own_receipts(&mut self, dev: usize) {
+        let Some(host) = self.devices[dev].host.as_ref() else {
+            return;
+        };
+        if self.devices[dev].view.is_none() {
+            return;
+        }
+        let name = DocName::Ledger {
+            show: SHOW.into(),
+            device: self.devices[dev].key.public(),
+        };
+        let Some(id) = self.doc_id(dev, &name) else {
+            if !self.devices[dev].acked_receipts.is_empty() {
+                let who = self.devices[dev].name.clone();
+                self.violation(format!("{who} lost the registration of its ledger"));
+            }
+            return;
+        };
+        if !host.is_open(&id) {
+            return;
+        }
+        let held: BTreeSet<String> = host
+            .read(&id, |am| {
+                Doc::<Ledger, &Automerge>::attach(am)
+                    .ok()
+                    .and_then(|d| d.view().ok())
+                    .map(|v| v.receipts.iter().map(|r| r.token.to_string()).collect())
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let lost: Vec<String> = self.devices[dev]
+            .acked_receipts
+            .difference(&held)
+            .cloned()
+            .collect();
+        if !lost.is_empty() {
+            let who = self.devices[dev].name.clone();
+            self.violation(format!(
+                "{who} lost {} acknowledged receipts, e.g. {}",
+                lost.len(),
+                lost[0]
+            ));
         }
     }
 
@@ -1380,47 +1547,15 @@ impl World {
             self.open_documents(dev);
             self.preseed(dev);
         }
-        // No acknowledged receipt lost: each device still holds every receipt it acknowledged.
-        for dev in 0..n {
-            let Some(host) = self.devices[dev].host.as_ref() else {
-                continue;
-            };
-            let name = DocName::Ledger {
-                show: SHOW.into(),
-                device: self.devices[dev].key.public(),
-            };
-            let Some(id) = self.doc_id(dev, &name) else {
-                if !self.devices[dev].acked_receipts.is_empty() && host.is_open(&self.directory) {
-                    let who = self.devices[dev].name.clone();
-                    self.violation(format!("{who} lost the registration of its ledger"));
-                }
-                continue;
-            };
-            if !host.is_open(&id) {
-                continue;
+        // No acknowledged receipt lost (also checked whenever a device's own ledger changes).
+        if self.now.is_multiple_of(10_000) {
+            for dev in 0..n {
+                self.check_own_receipts(dev);
             }
-            let held: BTreeSet<String> = host
-                .read(&id, |am| {
-                    Doc::<Ledger, &Automerge>::attach(am)
-                        .ok()
-                        .and_then(|d| d.view().ok())
-                        .map(|v| v.receipts.iter().map(|r| r.token.to_string()).collect())
-                })
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            let lost: Vec<String> = self.devices[dev]
-                .acked_receipts
-                .difference(&held)
-                .cloned()
-                .collect();
-            if !lost.is_empty() {
-                let who = self.devices[dev].name.clone();
-                self.violation(format!(
-                    "{who} lost {} acknowledged receipts, e.g. {}",
-                    lost.len(),
-                    lost[0]
-                ));
+        }
+        if self.now.is_multiple_of(SWEEP_MS) {
+            for (dev, id) in std::mem::take(&mut self.dirty_slots) {
+                self.check_slot(dev, &id);
             }
         }
         // Feature parity after a failure: documents open and caught up, media preseeded.
@@ -1462,21 +1597,13 @@ impl World {
             self.route(dev);
             return;
         }
-        let registered: Vec<DocumentId> = host
-            .read(&directory, |am| {
-                Doc::<Directory, &Automerge>::attach(am)
-                    .ok()
-                    .and_then(|d| d.record().ok())
-                    .map(|r| {
-                        r.documents
-                            .values()
-                            .filter_map(|id| id.parse().ok())
-                            .collect()
-                    })
-            })
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        if self.devices[dev].view.is_none() {
+            self.refresh_directory(dev);
+        }
+        let registered: Vec<DocumentId> = self.devices[dev].known.values().cloned().collect();
+        let Some(host) = self.devices[dev].host.as_mut() else {
+            return;
+        };
         for id in registered {
             if !host.is_open(&id) {
                 host.find_document(&id, ts);
@@ -1503,7 +1630,8 @@ impl World {
 
     /// Fetches missing media of the manifest from a connected peer that has it.
     fn preseed(&mut self, dev: usize) {
-        if self.devices[dev].host.is_none() || !self.devices[dev].present {
+        let d = &self.devices[dev];
+        if d.host.is_none() || !d.present || d.blobs.len() + d.fetching.len() >= BLOBS {
             return;
         }
         let host = self.devices[dev].host.as_ref().expect("checked");
@@ -1541,9 +1669,13 @@ impl World {
             if providers.is_empty() {
                 continue;
             }
-            let (link, _) = providers[self.workload.random_range(0..providers.len())];
+            let (link, provider) = providers[self.workload.random_range(0..providers.len())];
             let time =
                 self.blob_sizes[blob] / BLOB_BYTES_PER_MS + self.net.links[link].latency.base_ms;
+            if self.opts.faults && self.faults_ended_at.is_none() && self.faults.random_bool(0.1) {
+                // The provider vanishes mid-transfer; the fetch fails and the next probe picks another provider.
+                self.at(time / 2, Event::Vanish { dev: provider });
+            }
             let epoch = self.net.links[link].epoch;
             self.devices[dev].fetching.insert(blob);
             self.at(
