@@ -556,6 +556,24 @@ impl World {
         self.link_all(0);
     }
 
+    /// The id of one of the device's own documents (its ledger, its telemetry), creating and registering it the
+    /// first time. `None` while the device is down or does not hold the directory yet.
+    fn own_document(
+        &mut self,
+        dev: usize,
+        name: DocName,
+        make: impl FnOnce(automerge::ActorId) -> Automerge,
+    ) -> Option<DocumentId> {
+        if let Some(id) = self.doc_id(dev, &name) {
+            return Some(id);
+        }
+        if !self.devices[dev].host.as_ref()?.is_open(&self.directory) {
+            return None;
+        }
+        let content = make(self.actor(dev));
+        Some(self.create_and_register(dev, content, name))
+    }
+
     fn create_and_register(&mut self, dev: usize, content: Automerge, name: DocName) -> DocumentId {
         let ts = self.ts(dev);
         let host = self.devices[dev].host.as_mut().expect("device is up");
@@ -1162,26 +1180,14 @@ impl World {
             show: SHOW.into(),
             device: self.devices[dev].key.public(),
         };
-        let ledger = match self.doc_id(dev, &name) {
-            Some(id) => id,
-            None => {
-                // First payment on this device: open its ledger and register it in the directory.
-                let Some(host) = self.devices[dev].host.as_ref() else {
-                    return;
-                };
-                if !host.is_open(&self.directory) {
-                    return;
-                }
-                let d = &self.devices[dev];
-                let doc = Doc::<Ledger>::create_ledger(
-                    actor_id(d.key.public(), d.epoch),
-                    self.authority.site(),
-                    SHOW,
-                    d.key.public(),
-                )
-                .expect("ledger");
-                self.create_and_register(dev, doc.into_automerge(), name)
-            }
+        let site = self.authority.site();
+        let me = self.devices[dev].key.public();
+        let Some(ledger) = self.own_document(dev, name, |actor| {
+            Doc::<Ledger>::create_ledger(actor, site, SHOW, me)
+                .expect("ledger")
+                .into_automerge()
+        }) else {
+            return;
         };
         let retry = self.workload.random_bool(0.1) && self.devices[dev].last_payment.is_some();
         let request = if retry {
@@ -1254,23 +1260,13 @@ impl World {
         let name = DocName::Telemetry {
             device: self.devices[dev].key.public(),
         };
-        let id = match self.doc_id(dev, &name) {
-            Some(id) => id,
-            None => {
-                let Some(host) = self.devices[dev].host.as_ref() else {
-                    return;
-                };
-                if !host.is_open(&self.directory) {
-                    return;
-                }
-                let d = &self.devices[dev];
-                let doc = Doc::<Telemetry>::create_telemetry(
-                    actor_id(d.key.public(), d.epoch),
-                    d.key.public(),
-                )
-                .expect("telemetry");
-                self.create_and_register(dev, doc.into_automerge(), name)
-            }
+        let me = self.devices[dev].key.public();
+        let Some(id) = self.own_document(dev, name, |actor| {
+            Doc::<Telemetry>::create_telemetry(actor, me)
+                .expect("telemetry")
+                .into_automerge()
+        }) else {
+            return;
         };
         let ts = self.ts(dev);
         let actor = self.actor(dev);
