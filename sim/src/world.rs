@@ -178,6 +178,8 @@ struct Device {
     failed_at: Option<u64>,
     /// The join token a dropped-in device enrolls with.
     token: Option<String>,
+    /// When this device last dropped off the network as a media provider (at most once a minute).
+    vanished_at: Option<u64>,
     /// What this device knows from its directory replica, refreshed when that replica changes.
     known: BTreeMap<String, DocumentId>,
     view: Option<DirectoryView>,
@@ -284,6 +286,7 @@ impl World {
                     fetching: BTreeSet::new(),
                     failed_at: None,
                     token: None,
+                    vanished_at: None,
                     known: BTreeMap::new(),
                     view: None,
                     verified: BTreeSet::new(),
@@ -1668,7 +1671,15 @@ impl World {
             let (link, provider) = providers[self.workload.random_range(0..providers.len())];
             let time =
                 self.blob_sizes[blob] / BLOB_BYTES_PER_MS + self.net.links[link].latency.base_ms;
-            if self.opts.faults && self.faults_ended_at.is_none() && self.faults.random_bool(0.1) {
+            let calm = self.devices[provider]
+                .vanished_at
+                .is_none_or(|t| self.now >= t + 60_000);
+            if self.opts.faults
+                && self.faults_ended_at.is_none()
+                && calm
+                && self.faults.random_bool(0.1)
+            {
+                self.devices[provider].vanished_at = Some(self.now);
                 // The provider vanishes mid-transfer; the fetch fails and the next probe picks another provider.
                 self.at(time / 2, Event::Vanish { dev: provider });
             }
@@ -1698,12 +1709,15 @@ impl World {
             .collect()
     }
 
-    /// Every present device holds every document, with the same heads.
+    /// Every present device holds every document, with the same heads, and every media blob of the manifest.
     fn converged(&self) -> bool {
         let mut first: Option<BTreeMap<DocumentId, Vec<ChangeHash>>> = None;
         for dev in 0..self.devices.len() {
             if !self.devices[dev].present {
                 continue;
+            }
+            if self.devices[dev].blobs.len() < BLOBS {
+                return false;
             }
             let Some(heads) = self.heads_of(dev) else {
                 return false;
@@ -1764,6 +1778,13 @@ impl World {
         let mut out = Vec::new();
         for dev in 0..self.devices.len() {
             let d = &self.devices[dev];
+            if d.present && d.blobs.len() < BLOBS {
+                out.push(format!(
+                    "{} holds {} of {BLOBS} media blobs",
+                    d.name,
+                    d.blobs.len()
+                ));
+            }
             if self.heads_of(dev).is_none() {
                 let open = d
                     .host
