@@ -27,8 +27,6 @@ use samod_core::{
 #[derive(Debug, Clone, Default)]
 pub struct Storage {
     entries: BTreeMap<String, (StorageKey, Vec<u8>)>,
-    /// Bytes written, over the storage's life.
-    pub bytes_written: u64,
 }
 
 impl Storage {
@@ -46,7 +44,6 @@ impl Storage {
                     .collect(),
             },
             StorageTask::Put { key, value } => {
-                self.bytes_written += value.len() as u64;
                 self.entries.insert(key.to_string(), (key, value));
                 StorageResult::Put
             }
@@ -55,14 +52,6 @@ impl Storage {
                 StorageResult::Delete
             }
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 
@@ -173,11 +162,6 @@ impl Host {
 
     pub fn peer_id(&self) -> PeerId {
         self.hub.peer_id()
-    }
-
-    /// What this device's storage holds: all that survives a crash.
-    pub fn storage(&self) -> &Storage {
-        &self.storage
     }
 
     /// Ends this incarnation; only storage survives.

@@ -1933,8 +1933,3 @@ impl World {
         Some(hasher.finalize().to_hex().to_string())
     }
 }
-
-/// The directory view a device holds, for callers outside the world.
-pub fn directory_view(am: &Automerge) -> Option<DirectoryView> {
-    Doc::<Directory, &Automerge>::attach(am).ok()?.view().ok()
-}
