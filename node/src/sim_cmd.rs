@@ -140,22 +140,12 @@ fn print_run(out: &mut impl Write, r: &RunReport, wall_ms: u64) -> Result<()> {
         "  faults           {} partitions, {} crashes, {} connection resets, {} blob fetches cut",
         r.partitions, r.crashes, r.connection_resets, r.blob_fetch_failures
     )?;
-    let q = &r.convergence_after_heal;
-    writeln!(
-        out,
-        "  heal -> converge p50 {} ms, p95 {} ms, p99 {} ms, max {} ms ({} heals)",
-        q.p50_ms, q.p95_ms, q.p99_ms, q.max_ms, q.count
-    )?;
+    writeln!(out, "  heal -> converge {}", r.convergence_after_heal)?;
     match r.final_convergence_ms {
         Some(ms) => writeln!(out, "  after faults     converged in {ms} ms")?,
         None => writeln!(out, "  after faults     DID NOT CONVERGE")?,
     }
-    let m = &r.mttr;
-    writeln!(
-        out,
-        "  MTTR             p50 {} ms, max {} ms ({} failures)",
-        m.p50_ms, m.max_ms, m.count
-    )?;
+    writeln!(out, "  MTTR             {}", r.mttr)?;
     writeln!(
         out,
         "  traffic          {:.0} messages and {:.0} bytes per document ({} documents)",
@@ -194,24 +184,14 @@ fn print_sweep(out: &mut impl Write, s: &SweepReport, devices: usize) -> Result<
         s.seeds_run,
         s.failed_seeds.len()
     )?;
-    let q = &s.convergence_after_heal;
-    writeln!(
-        out,
-        "  heal -> converge p50 {} ms, p95 {} ms, p99 {} ms, max {} ms ({} heals)",
-        q.p50_ms, q.p95_ms, q.p99_ms, q.max_ms, q.count
-    )?;
+    writeln!(out, "  heal -> converge {}", s.convergence_after_heal)?;
     let f = &s.final_convergence;
     writeln!(
         out,
         "  after faults     p50 {} ms, p99 {} ms, max {} ms",
         f.p50_ms, f.p99_ms, f.max_ms
     )?;
-    let m = &s.mttr;
-    writeln!(
-        out,
-        "  MTTR             p50 {} ms, p95 {} ms, max {} ms ({} failures)",
-        m.p50_ms, m.p95_ms, m.max_ms, m.count
-    )?;
+    writeln!(out, "  MTTR             {}", s.mttr)?;
     writeln!(
         out,
         "  traffic          {:.0} messages and {:.0} bytes per document",

@@ -30,6 +30,16 @@ impl Quantiles {
     }
 }
 
+impl std::fmt::Display for Quantiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {} ms, p95 {} ms, p99 {} ms, max {} ms ({} samples)",
+            self.p50_ms, self.p95_ms, self.p99_ms, self.max_ms, self.count
+        )
+    }
+}
+
 /// One run's outcome.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunReport {
