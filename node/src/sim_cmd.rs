@@ -155,7 +155,7 @@ fn print_run(out: &mut impl Write, r: &RunReport, wall_ms: u64) -> Result<()> {
     )?;
     writeln!(
         out,
-        "  speed            {:.0} simulated seconds per wall second",
+        "  speed            {:.2} simulated seconds per wall second",
         r.simulated_ms as f64 / wall_ms as f64
     )?;
     if r.passed() {
@@ -200,7 +200,7 @@ fn print_sweep(out: &mut impl Write, s: &SweepReport, devices: usize) -> Result<
     let device_hours = s.simulated_ms as f64 * devices as f64 / 3_600_000.0;
     writeln!(
         out,
-        "  speed            {:.0} simulated seconds per wall second; {:.1} device-hours per wall minute",
+        "  speed            {:.2} simulated seconds per wall second; {:.2} device-hours per wall minute",
         s.simulated_ms as f64 / wall_ms as f64,
         device_hours / (wall_ms as f64 / 60_000.0)
     )?;
