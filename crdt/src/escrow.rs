@@ -157,17 +157,52 @@ pub struct DeviceTotals {
 }
 
 impl DeviceTotals {
-    pub fn sold(&self) -> u64 {
-        self.sales.values().map(|s| s.seats).sum()
-    }
-
-    pub fn transferred_out(&self) -> u64 {
-        self.transfers_out.values().map(|t| t.seats).sum()
+    pub fn balance(&self) -> Balance {
+        Balance {
+            grant: self.grant,
+            transferred_in: self.transferred_in,
+            transferred_out: self.transfers_out.values().map(|t| t.seats).sum(),
+            sold: self.sales.values().map(|s| s.seats).sum(),
+        }
     }
 
     /// Seats the device may still sell or give away, as far as this replica knows.
     pub fn available(&self) -> u64 {
-        (self.grant + self.transferred_in).saturating_sub(self.sold() + self.transferred_out())
+        self.balance().available()
+    }
+}
+
+/// A device's seat account in one slot: the numbers the escrow rule is stated over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Balance {
+    pub grant: u64,
+    pub transferred_in: u64,
+    pub transferred_out: u64,
+    pub sold: u64,
+}
+
+impl Balance {
+    /// `grant + in - out`, which may be negative on a replica that holds a broken device's writes.
+    pub fn quota(&self) -> i128 {
+        i128::from(self.grant) + i128::from(self.transferred_in) - i128::from(self.transferred_out)
+    }
+
+    /// Seats the device may still sell or give away.
+    pub fn available(&self) -> u64 {
+        (self.grant + self.transferred_in).saturating_sub(self.sold + self.transferred_out)
+    }
+
+    /// The no-oversell invariant for one device: `sold <= quota`.
+    pub fn check(&self, device: &str) -> Result<(), EscrowViolation> {
+        let sold = i128::from(self.sold);
+        if sold > self.quota() {
+            return Err(EscrowViolation::DeviceOversold {
+                device: device.to_owned(),
+                sold,
+                quota: self.quota(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -206,10 +241,19 @@ impl SlotView {
             .sum()
     }
 
+    /// One device's seat account, as far as this replica knows.
+    pub fn balance(&self, device: &str) -> Balance {
+        Balance {
+            grant: self.grant(device),
+            transferred_in: self.transferred_in(device),
+            transferred_out: self.transferred_out(device),
+            sold: self.sold(device),
+        }
+    }
+
     /// Seats this device may still sell or give away, as far as this replica knows.
     pub fn available(&self, device: &str) -> u64 {
-        (self.grant(device) + self.transferred_in(device))
-            .saturating_sub(self.sold(device) + self.transferred_out(device))
+        self.balance(device).available()
     }
 
     pub fn total_sold(&self) -> u64 {
@@ -248,16 +292,7 @@ impl SlotView {
             });
         }
         for device in self.devices() {
-            let quota = i128::from(self.grant(&device)) + i128::from(self.transferred_in(&device))
-                - i128::from(self.transferred_out(&device));
-            let sold = i128::from(self.sold(&device));
-            if sold > quota {
-                return Err(EscrowViolation::DeviceOversold {
-                    device,
-                    sold,
-                    quota,
-                });
-            }
+            self.balance(&device).check(&device)?;
         }
         if self.total_sold() > self.record.capacity {
             return Err(EscrowViolation::SlotOversold {
@@ -338,20 +373,10 @@ impl<D: Borrow<Automerge>> Doc<Slot, D> {
 
     /// The no-oversell invariant for one device (see the module docs): what the device that just wrote checks.
     pub fn check_device(&self, device: &str) -> Result<(), EscrowViolation> {
-        let totals = self
-            .totals_for(device)
-            .map_err(|_| EscrowViolation::Unreadable(device.to_owned()))?;
-        let quota = i128::from(totals.grant) + i128::from(totals.transferred_in)
-            - i128::from(totals.transferred_out());
-        let sold = i128::from(totals.sold());
-        if sold > quota {
-            return Err(EscrowViolation::DeviceOversold {
-                device: device.to_owned(),
-                sold,
-                quota,
-            });
-        }
-        Ok(())
+        self.totals_for(device)
+            .map_err(|_| EscrowViolation::Unreadable(device.to_owned()))?
+            .balance()
+            .check(device)
     }
 }
 

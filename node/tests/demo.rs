@@ -1,18 +1,11 @@
 //! The README's main job: `popmesh demo` plays the site's story and ends with every receipt verified.
 
-use std::process::Command;
+mod common;
 
 fn demo(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_popmesh"))
-        .arg("demo")
-        .args(args)
-        .output()
-        .expect("popmesh runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec!["demo"];
+    all.extend_from_slice(args);
+    common::popmesh(&all)
 }
 
 #[test]

@@ -1,18 +1,8 @@
 //! `popmesh sim` from the command line: a readable report, JSON for machines, clear errors for bad flags.
 
-use std::process::Command;
+mod common;
 
-fn popmesh(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_popmesh"))
-        .args(args)
-        .output()
-        .expect("popmesh runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::popmesh;
 
 #[test]
 fn a_producer_rehearses_a_short_show_and_reads_the_report() {

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use automerge::{Automerge, ChangeHash};
 use popmesh_crdt::directory::{Directory, DirectoryView, ShowRecord, SlotRecord};
+use popmesh_crdt::doc::Schema;
 use popmesh_crdt::docs::DocName;
 use popmesh_crdt::enrollment::{InviteTerms, JoinToken, SiteAuthority};
 use popmesh_crdt::escrow::{EscrowError, SaleOutcome, Slot, plan_rebalance};
@@ -1088,20 +1089,43 @@ impl World {
         self.devices[dev].known.get(&name.to_string()).cloned()
     }
 
+    /// Reads device `dev`'s replica of `id` as an `S` document. `None` when the device is down, does not hold the
+    /// document, or `f` finds nothing.
+    fn replica<S: Schema, T>(
+        &self,
+        dev: usize,
+        id: &DocumentId,
+        f: impl FnOnce(&Doc<S, &Automerge>) -> Option<T>,
+    ) -> Option<T> {
+        let host = self.devices[dev].host.as_ref()?;
+        host.read(id, |am| {
+            Doc::<S, &Automerge>::attach(am).ok().and_then(|d| f(&d))
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// The receipt tokens in device `dev`'s replica of ledger `id`.
+    fn receipt_tokens(&self, dev: usize, id: &DocumentId) -> BTreeSet<String> {
+        self.replica::<Ledger, _>(dev, id, |d| d.view().ok())
+            .map(|v| v.receipts.iter().map(|r| r.token.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The `visits` counter in device `dev`'s replica of telemetry document `id`.
+    fn visits(&self, dev: usize, id: &DocumentId) -> i64 {
+        self.replica::<Telemetry, _>(dev, id, |d| d.counters().ok())
+            .and_then(|c| c.get("visits").copied())
+            .unwrap_or(0)
+    }
+
     /// Re-reads this device's directory replica: the documents it registers and the verified view of its
     /// certificates. Runs when the replica changes, as a node would on a change notification.
     fn refresh_directory(&mut self, dev: usize) {
-        let Some(host) = self.devices[dev].host.as_ref() else {
+        if self.devices[dev].host.is_none() {
             return;
-        };
-        let view = host
-            .read(&self.directory, |am| {
-                Doc::<Directory, &Automerge>::attach(am)
-                    .ok()
-                    .and_then(|d| d.view().ok())
-            })
-            .ok()
-            .flatten();
+        }
+        let view = self.replica::<Directory, _>(dev, &self.directory, |d| d.view().ok());
         let d = &mut self.devices[dev];
         d.known = view
             .as_ref()
@@ -1213,23 +1237,15 @@ impl World {
         let Some(host) = self.devices[dev].host.as_mut() else {
             return;
         };
-        let count = |host: &Host| {
-            host.read(&ledger, |am| {
-                Doc::<Ledger, &Automerge>::attach(am)
-                    .ok()
-                    .and_then(|d| d.view().ok())
-                    .map(|v| v.receipts.len())
-            })
-            .ok()
-            .flatten()
-        };
-        let before = count(host);
+        // A replayed payment must leave the ledger exactly as it was.
+        let heads = |host: &Host| host.read(&ledger, |am| am.get_heads()).ok();
+        let before = heads(host);
         let outcome = host.change(&ledger, ts, |am| {
             let mut doc =
                 Doc::<Ledger, &mut Automerge>::attach_as(am, actor).map_err(PaymentError::from)?;
             doc.take_payment(&key, &limits, &request, 0, at)
         });
-        let after = count(host);
+        let after = heads(host);
         match outcome {
             Ok(Ok(taken)) => {
                 if taken.replayed && before != after {
@@ -1337,15 +1353,8 @@ impl World {
     /// The escrow invariant for the device that just wrote, on its own replica (cheap: its own entries only).
     fn check_writer(&mut self, dev: usize, id: &DocumentId) {
         let me = self.devices[dev].key.public().to_hex();
-        let Some(host) = self.devices[dev].host.as_ref() else {
-            return;
-        };
-        let verdict = host.read(id, |am| {
-            Doc::<Slot, &Automerge>::attach(am)
-                .ok()
-                .map(|d| d.check_device(&me))
-        });
-        if let Ok(Some(Err(broken))) = verdict {
+        let verdict = self.replica::<Slot, _>(dev, id, |d| Some(d.check_device(&me)));
+        if let Some(Err(broken)) = verdict {
             let name = self.devices[dev].name.clone();
             self.violation(format!("seat oversold on {name} as it wrote: {broken}"));
         }
@@ -1357,16 +1366,9 @@ impl World {
     /// a replica that holds a device's sale holds everything that justified it, so an oversell is visible on the
     /// writer's replica the moment it is written. Other replicas are swept every minute and at the end.
     fn check_slot(&mut self, dev: usize, id: &DocumentId) {
-        let Some(host) = self.devices[dev].host.as_ref() else {
-            return;
-        };
-        let verdict = host.read(id, |am| {
-            Doc::<Slot, &Automerge>::attach(am)
-                .ok()
-                .and_then(|d| d.view().ok())
-                .map(|v| v.check_invariant())
-        });
-        if let Ok(Some(Err(broken))) = verdict {
+        let verdict =
+            self.replica::<Slot, _>(dev, id, |d| d.view().ok().map(|v| v.check_invariant()));
+        if let Some(Err(broken)) = verdict {
             let slot = match self.names.get(id) {
                 Some(DocName::Slot { slot, .. }) => slot.clone(),
                 _ => id.to_string(),
@@ -1420,17 +1422,7 @@ impl World {
                     }
                     Some(DocName::Telemetry { device }) => {
                         let owner = self.devices.iter().position(|d| d.key.public() == *device);
-                        let host = self.devices[dev].host.as_ref().expect("checked");
-                        let value = host
-                            .read(&id, |am| {
-                                Doc::<Telemetry, &Automerge>::attach(am)
-                                    .ok()
-                                    .and_then(|d| d.counters().ok())
-                            })
-                            .ok()
-                            .flatten()
-                            .and_then(|c| c.get("visits").copied())
-                            .unwrap_or(0);
+                        let value = self.visits(dev, &id);
                         if let Some(owner) = owner {
                             // Jepsen's counter bound: no read exceeds what was attempted.
                             if value > self.devices[owner].attempted {
@@ -1454,19 +1446,13 @@ impl World {
         if self.devices[dev].view.is_none() {
             self.refresh_directory(dev);
         }
-        let d = &self.devices[dev];
-        let (Some(host), Some(directory)) = (d.host.as_ref(), d.view.as_ref()) else {
+        let Some(ledger) = self.replica::<Ledger, _>(dev, id, |d| d.view().ok()) else {
             return;
         };
-        let receipts = host
-            .read(id, |am| {
-                Doc::<Ledger, &Automerge>::attach(am)
-                    .ok()
-                    .and_then(|d| d.view().ok())
-            })
-            .ok()
-            .flatten();
-        let Some(ledger) = receipts else { return };
+        let d = &self.devices[dev];
+        let Some(directory) = d.view.as_ref() else {
+            return;
+        };
         let mut problems = Vec::new();
         for (token, err) in &ledger.malformed {
             problems.push(format!("malformed receipt {token}: {err}"));
@@ -1514,16 +1500,7 @@ impl World {
         if !host.is_open(&id) {
             return;
         }
-        let held: BTreeSet<String> = host
-            .read(&id, |am| {
-                Doc::<Ledger, &Automerge>::attach(am)
-                    .ok()
-                    .and_then(|d| d.view().ok())
-                    .map(|v| v.receipts.iter().map(|r| r.token.to_string()).collect())
-            })
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let held = self.receipt_tokens(dev, &id);
         let lost: Vec<String> = self.devices[dev]
             .acked_receipts
             .difference(&held)
@@ -1633,17 +1610,9 @@ impl World {
         if d.host.is_none() || !d.present || d.blobs.len() + d.fetching.len() >= BLOBS {
             return;
         }
-        let host = self.devices[dev].host.as_ref().expect("checked");
-        let wanted = host
-            .read(&self.manifest, |am| {
-                Doc::<Manifest, &Automerge>::attach(am)
-                    .ok()
-                    .and_then(|d| d.record().ok())
-                    .map(|r| r.entries.len())
-            })
-            .ok()
-            .flatten()
-            .unwrap_or(0);
+        let wanted = self
+            .replica::<Manifest, _>(dev, &self.manifest, |d| d.record().ok())
+            .map_or(0, |r| r.entries.len());
         for blob in 0..wanted.min(BLOBS) {
             let d = &self.devices[dev];
             if d.blobs.contains(&blob) || d.fetching.contains(&blob) {
@@ -1821,21 +1790,7 @@ impl World {
         let mut at_origin = BTreeSet::new();
         for id in &ledgers {
             self.check_ledger(origin, id, true);
-            let host = self.devices[origin]
-                .host
-                .as_ref()
-                .expect("origin is up at the end");
-            let tokens: Vec<String> = host
-                .read(id, |am| {
-                    Doc::<Ledger, &Automerge>::attach(am)
-                        .ok()
-                        .and_then(|d| d.view().ok())
-                        .map(|v| v.receipts.iter().map(|r| r.token.to_string()).collect())
-                })
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            at_origin.extend(tokens);
+            at_origin.extend(self.receipt_tokens(origin, id));
         }
         let missing = all_acked.difference(&at_origin).count();
         if missing > 0 {
@@ -1845,16 +1800,9 @@ impl World {
         }
         // No seat lost or oversold: each slot holds exactly what was acknowledged, within capacity.
         for slot in self.slots.clone() {
-            let host = self.devices[origin].host.as_ref().expect("origin is up");
-            let view = host
-                .read(&slot, |am| {
-                    Doc::<Slot, &Automerge>::attach(am)
-                        .ok()
-                        .and_then(|d| d.view().ok())
-                })
-                .ok()
-                .flatten();
-            let Some(view) = view else { continue };
+            let Some(view) = self.replica::<Slot, _>(origin, &slot, |d| d.view().ok()) else {
+                continue;
+            };
             let acked: u64 = self
                 .devices
                 .iter()
@@ -1873,21 +1821,11 @@ impl World {
         // Counters: every converged read lies between what was confirmed and what was attempted.
         let confirmed: i64 = self.devices.iter().map(|d| d.confirmed).sum();
         let attempted: i64 = self.devices.iter().map(|d| d.attempted).sum();
-        let host = self.devices[origin].host.as_ref().expect("origin is up");
         let read: i64 = self
             .names
             .iter()
             .filter(|(_, n)| matches!(n, DocName::Telemetry { .. }))
-            .filter_map(|(id, _)| {
-                host.read(id, |am| {
-                    Doc::<Telemetry, &Automerge>::attach(am)
-                        .ok()
-                        .and_then(|d| d.counters().ok())
-                })
-                .ok()
-                .flatten()
-            })
-            .map(|c| c.get("visits").copied().unwrap_or(0))
+            .map(|(id, _)| self.visits(origin, id))
             .sum();
         if read < confirmed || read > attempted {
             self.violation(format!(
