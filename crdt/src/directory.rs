@@ -346,6 +346,39 @@ impl DirectoryView {
     }
 }
 
+/// Whether a peer that presented `cert` when a link opened may sync with this device.
+///
+/// The certificate must be for `peer` (the device the transport authenticated), chain to the site `authority`,
+/// and be valid at `at`. When this device holds the directory (`view`), the device and its invite must not be
+/// revoked, and the invite's use limit must hold counting this certificate, by the same rule as
+/// [`DirectoryView::verify_device`]. A device that enrolled from a join token moments ago is not in anyone's
+/// directory yet, and is admitted on its chain alone: its first write is its certificate.
+pub fn admit_peer(
+    cert: &EnrollmentCert,
+    peer: &DeviceId,
+    authority: &PublicKey,
+    at: UnixMillis,
+    view: Option<&DirectoryView>,
+) -> Result<(), TrustError> {
+    if cert.device != *peer {
+        return Err(TrustError::NotTheirCertificate {
+            cert: cert.device.to_hex(),
+            peer: peer.to_hex(),
+        });
+    }
+    cert.verify_chain(authority, SiteId::for_authority(authority))?;
+    cert.check_valid_at(at)?;
+    let Some(view) = view else {
+        return Ok(());
+    };
+    if view.certs.get(peer) == Some(cert) {
+        return view.verify_device(peer, at).map(|_| ());
+    }
+    let mut with_cert = view.clone();
+    with_cert.certs.insert(*peer, cert.clone());
+    with_cert.verify_device(peer, at).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,6 +523,62 @@ mod tests {
         assert!(matches!(
             view.verify_device(&stranger, UnixMillis(0)),
             Err(TrustError::UnknownDevice(_))
+        ));
+    }
+
+    #[test]
+    fn a_peer_is_admitted_on_its_chain_and_refused_once_revoked_forged_or_over_its_invite() {
+        let mut site = site();
+        let t = token(&site, 7, 1);
+        let now = UnixMillis(HOUR);
+        let kiosk = SecretKey::from_seed([2; 32]).public();
+        let cert = t.enroll(kiosk, "kiosk-2", now).expect("enroll");
+        let authority = site.authority.public();
+
+        // Not yet in anyone's directory: admitted on the chain alone, with or without a directory replica.
+        admit_peer(&cert, &kiosk, &authority, now, None).expect("fresh joiner, no directory");
+        let view = site.dir.view().expect("view");
+        admit_peer(&cert, &kiosk, &authority, now, Some(&view)).expect("fresh joiner");
+
+        // Presenting someone else's certificate.
+        let thief = SecretKey::from_seed([3; 32]).public();
+        assert!(matches!(
+            admit_peer(&cert, &thief, &authority, now, Some(&view)),
+            Err(TrustError::NotTheirCertificate { .. })
+        ));
+
+        // A certificate from another authority (a forged site).
+        let forger = SiteAuthority::new(SecretKey::from_seed([9; 32]));
+        let forged = forger.enroll(kiosk, Role::Edge, "kiosk-2", now, UnixMillis(10 * HOUR));
+        assert!(admit_peer(&forged, &kiosk, &authority, now, Some(&view)).is_err());
+
+        // A second device on a one-use invite, once the first is in the directory.
+        site.dir.add_device(&cert).expect("add");
+        let second = SecretKey::from_seed([4; 32]).public();
+        let later = t
+            .enroll(second, "kiosk-3", UnixMillis(2 * HOUR))
+            .expect("enroll");
+        let view = site.dir.view().expect("view");
+        assert!(matches!(
+            admit_peer(
+                &later,
+                &second,
+                &authority,
+                UnixMillis(2 * HOUR),
+                Some(&view)
+            ),
+            Err(TrustError::InviteOverused { .. })
+        ));
+
+        // Revoked.
+        let revocation = site
+            .authority
+            .revoke(RevocationTarget::Device(kiosk), now, "stolen");
+        site.dir.add_revocation(&revocation).expect("revoke");
+        let view = site.dir.view().expect("view");
+        assert!(matches!(
+            admit_peer(&cert, &kiosk, &authority, now, Some(&view)),
+            Err(TrustError::DeviceRevoked { .. })
         ));
     }
 }

@@ -35,6 +35,8 @@ pub enum TrustError {
     BadSignature { what: &'static str },
     #[error("device {0} is not enrolled at this site")]
     UnknownDevice(String),
+    #[error("the certificate is for device {cert}, but the peer authenticated as {peer}")]
+    NotTheirCertificate { cert: String, peer: String },
     #[error("device {device} was revoked at {at} ms: {reason}")]
     DeviceRevoked {
         device: String,

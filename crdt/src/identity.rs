@@ -210,7 +210,7 @@ pub(crate) fn hex_encode(bytes: &[u8]) -> String {
 }
 
 /// Parses exactly `2 * N` hex digits.
-pub(crate) fn hex_decode<const N: usize>(s: &str) -> Result<[u8; N], IdError> {
+pub fn hex_decode<const N: usize>(s: &str) -> Result<[u8; N], IdError> {
     if s.len() != 2 * N {
         return Err(IdError::WrongLength {
             expected: 2 * N,

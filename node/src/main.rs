@@ -1,16 +1,18 @@
 //! `popmesh`: the daemon every kiosk, POS terminal, edge box and origin runs, and its command-line tools.
 //!
-//! Today it runs the in-process demo (`popmesh demo`) and the chaos simulator (`popmesh sim`). The daemon (`popmesh run`), site administration
-//! (`site init`, `site invite`, `join`) and the HTTP API arrive with the site mesh.
+//! `site init` creates a site, `site invite` prints join tokens, `join` enrolls a new device from one, `run` is the
+//! daemon (site mesh, document sync, local HTTP API), `status` asks a running daemon. `demo` plays a site in one
+//! process and `sim` rehearses a show in the chaos simulator.
 
 use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-mod clock;
-mod demo;
-mod sim_cmd;
+use popmesh_crdt::Role;
+use popmesh_node::config::LogFormat;
+use popmesh_node::{cli, demo, sim_cmd};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +27,51 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create, invite to, and administer a site.
+    #[command(subcommand)]
+    Site(SiteCommand),
+    /// Enroll this device in a site from a join token (printed by `popmesh site invite`).
+    Join {
+        /// The one-line join token.
+        token: String,
+        /// The new device's data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// A name for this device, such as kiosk-3 (default: role and a short id).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Run the node: join the site mesh, sync documents, serve the local API.
+    Run {
+        #[arg(long)]
+        data: PathBuf,
+        /// Local API address (default from popmesh.toml: 127.0.0.1:7700).
+        #[arg(long)]
+        api: Option<SocketAddr>,
+        /// Mesh listen address (multiaddr); repeat for several. Replaces the config's list.
+        #[arg(long)]
+        listen: Vec<String>,
+        /// A peer to dial besides mDNS discovery (multiaddr); repeat for several. Added to the config's list.
+        #[arg(long)]
+        bootstrap: Vec<String>,
+        /// Do not use mDNS discovery.
+        #[arg(long)]
+        no_mdns: bool,
+        /// Log format.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Show a running node's peers, documents and sync lag.
+    Status {
+        #[arg(long)]
+        data: PathBuf,
+        /// The node's API address (default from popmesh.toml).
+        #[arg(long)]
+        api: Option<SocketAddr>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Play a site in one process: enroll two devices, sell and take payments while they are apart, merge, verify.
     Demo {
         /// Derive every key and the clock from this seed, so the output is the same every run.
@@ -55,9 +102,104 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum SiteCommand {
+    /// Create a new site; this data directory becomes its first device and holds the site authority key.
+    Init {
+        #[arg(long)]
+        data: PathBuf,
+        /// The site's name, such as "Harbour Market".
+        #[arg(long)]
+        name: String,
+        /// This device's role.
+        #[arg(long, default_value = "edge")]
+        role: Role,
+        /// This device's name (default: edge-1).
+        #[arg(long)]
+        device_name: Option<String>,
+    },
+    /// Print a one-line join token for new devices (needs the site authority key).
+    Invite {
+        #[arg(long)]
+        data: PathBuf,
+        /// The role the new devices get.
+        #[arg(long)]
+        role: Role,
+        /// How many devices may enroll with this token.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long the token can be used, such as 24h.
+        #[arg(long, default_value = "24h", value_parser = cli::parse_span)]
+        expires: u64,
+        /// How long the new devices' certificates are valid, such as 30d.
+        #[arg(long, default_value = "30d", value_parser = cli::parse_span)]
+        valid: u64,
+        /// An address the new device dials to find the site (multiaddr); repeat for several. Without one it
+        /// relies on mDNS.
+        #[arg(long)]
+        bootstrap: Vec<String>,
+    },
+    /// Revoke a device (needs the site authority key and this device's node running).
+    Revoke {
+        #[arg(long)]
+        data: PathBuf,
+        /// The device id (hex) to revoke.
+        device: String,
+        #[arg(long, default_value = "revoked by the operator")]
+        reason: String,
+        #[arg(long)]
+        api: Option<SocketAddr>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Site(SiteCommand::Init {
+            data,
+            name,
+            role,
+            device_name,
+        }) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(cli::init(&data, &name, role, device_name))),
+        Command::Site(SiteCommand::Invite {
+            data,
+            role,
+            uses,
+            expires,
+            valid,
+            bootstrap,
+        }) => {
+            cli::invite(&data, role, uses, expires, valid, bootstrap).map(|line| println!("{line}"))
+        }
+        Command::Site(SiteCommand::Revoke {
+            data,
+            device,
+            reason,
+            api,
+        }) => cli::revoke(&data, &device, &reason, api),
+        Command::Join { token, data, name } => cli::join(&token, &data, name),
+        Command::Run {
+            data,
+            api,
+            listen,
+            bootstrap,
+            no_mdns,
+            log_format,
+        } => cli::run(
+            data,
+            cli::RunFlags {
+                api,
+                listen,
+                bootstrap,
+                no_mdns,
+                log_format,
+            },
+        ),
+        Command::Status { data, api, json } => cli::status(&data, api, json),
         Command::Demo { seed } => {
             let entropy = seed.map_or(demo::Entropy::Os, demo::Entropy::Seeded);
             let mut out = std::io::stdout().lock();

@@ -53,6 +53,7 @@ pub fn parse_seeds(s: &str) -> Result<Range<u64>, String> {
     Ok(a..b)
 }
 
+#[derive(Debug)]
 pub struct SimArgs {
     pub seed: Option<u64>,
     pub seeds: Option<Range<u64>>,

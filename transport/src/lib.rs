@@ -1,11 +1,17 @@
-//! popmesh's networking: how devices find each other, prove who they are, and move documents and blobs.
+//! popmesh's networking: how devices find each other, prove who they are, and move documents.
 //!
-//! Today this crate maps the one device key onto the identities the networking stacks use ([`identity`]). The site
-//! mesh (libp2p over TCP with the site's pre-shared key, noise and yamux; mDNS and bootstrap discovery; certificate
-//! exchange on connect; samod document sync bound to the authenticated peer id) and the iroh-blobs media transport
-//! land here next, so that `node` only wires them to storage and the HTTP API.
+//! - [`identity`] maps the one device key onto the identities the networking stacks use.
+//! - [`mesh`] runs the site mesh: libp2p over TCP with the site's pre-shared key, noise and yamux; mDNS and
+//!   bootstrap discovery; one connection and one sync session per pair of peers; admission by certificate.
+//! - [`link`] is one site link: the hello exchange, then samod's sync messages in bounded frames, bound to the
+//!   authenticated peer id.
 //!
 //! Architecture Invariant: this crate decides nothing about the site's data. Whether a peer is enrolled, a receipt
-//! valid, or a seat available is asked of `popmesh-crdt`.
+//! valid, or a seat available is asked of `popmesh-crdt` (through the node's [`link::Gate`]).
 
 pub mod identity;
+pub mod link;
+pub mod mesh;
+
+pub use link::{Gate, Hello};
+pub use mesh::{Mesh, MeshConfig, PeerStatus};

@@ -1,0 +1,332 @@
+//! The local HTTP API for kiosk and POS apps, under `/v1`, plus `/metrics`.
+//!
+//! Every error is a JSON body `{"error": {"status": 409, "message": "..."}}` that says what was wrong. Fixed names
+//! that apps rely on: `GET /v1/status`, `POST /v1/payments`, `GET /v1/receipts`, `GET /metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use popmesh_crdt::enrollment::Revocation;
+use popmesh_crdt::receipt::PaymentRequest;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::node::{Failure, Node, ShowSpec};
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Failure> for ApiError {
+    fn from(f: Failure) -> Self {
+        let status = match &f {
+            Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::Forbidden(_) => StatusCode::FORBIDDEN,
+            Failure::NotFound(_) => StatusCode::NOT_FOUND,
+            Failure::Conflict(_) => StatusCode::CONFLICT,
+            Failure::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Failure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, f.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let status = match r {
+            JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            JsonRejection::JsonSyntaxError(_) | JsonRejection::JsonDataError(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => r.status(),
+        };
+        Self::new(status, r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "status": self.status.as_u16(), "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type Api<T> = Result<T, ApiError>;
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/payments", post(pay))
+        .route("/v1/receipts", get(receipts))
+        .route("/v1/shows", get(shows).post(create_show))
+        .route("/v1/shows/{show}/slots/{slot}", get(availability))
+        .route("/v1/shows/{show}/slots/{slot}/bookings", post(book))
+        .route("/v1/shows/{show}/slots/{slot}/transfers", post(transfer))
+        .route("/v1/telemetry", get(counters).post(count))
+        .route("/v1/revocations", post(revoke))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/status")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        })
+        .with_state(node)
+}
+
+async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    Json(node.status().await)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PaymentBody {
+    amount_minor: u64,
+    currency: String,
+    idempotency_key: String,
+    /// The show the payment is for; the show on now when absent.
+    show: Option<String>,
+}
+
+async fn pay(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<PaymentBody>, JsonRejection>,
+) -> Api<Response> {
+    let Json(body) = body?;
+    let request = PaymentRequest {
+        idempotency_key: body.idempotency_key,
+        amount_minor: body.amount_minor,
+        currency: body.currency,
+    };
+    let (receipt, replayed) = node.pay(request, body.show).await?;
+    let json = crate::node::ReceiptJson::new(&receipt, false, Ok(()));
+    // A replay answers exactly like the first time, so a retrying client cannot tell the difference.
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "receipt": json, "replayed": replayed })),
+    )
+        .into_response())
+}
+
+async fn receipts(State(node): State<Arc<Node>>) -> Api<Response> {
+    let receipts = node.receipts().await?;
+    Ok(Json(json!({ "receipts": receipts })).into_response())
+}
+
+async fn shows(State(node): State<Arc<Node>>) -> Api<Response> {
+    let view = node.view()?;
+    let shows: serde_json::Map<String, serde_json::Value> = view
+        .shows
+        .iter()
+        .map(|(id, s)| {
+            let slots: serde_json::Map<String, serde_json::Value> = s
+                .slots
+                .iter()
+                .map(|(sid, slot)| {
+                    (
+                        sid.clone(),
+                        json!({ "label": slot.label, "starts_at": slot.starts_at, "capacity": slot.capacity }),
+                    )
+                })
+                .collect();
+            (id.clone(), json!({ "name": s.name, "currency": s.currency, "slots": slots }))
+        })
+        .collect();
+    Ok(Json(json!({ "shows": shows })).into_response())
+}
+
+async fn create_show(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<ShowSpec>, JsonRejection>,
+) -> Api<Response> {
+    let Json(spec) = body?;
+    let id = spec.id.clone();
+    node.create_show(spec).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "show": id }))).into_response())
+}
+
+async fn availability(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Api<Response> {
+    let Path((show, slot)) = path?;
+    Ok(Json(node.availability(&show, &slot).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BookingBody {
+    seats: u64,
+    /// The client's id for this booking; retrying with the same id books once. Drawn at random when absent.
+    booking_id: Option<String>,
+}
+
+async fn book(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Json<BookingBody>, JsonRejection>,
+) -> Api<Response> {
+    let Path((show, slot)) = path?;
+    let Json(body) = body?;
+    let booking = match body.booking_id {
+        Some(id) => id,
+        None => random_id("bk")?,
+    };
+    let new = node.book(&show, &slot, &booking, body.seats).await?;
+    let availability = node.availability(&show, &slot).await?;
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "booking": { "booking_id": booking, "show": show, "slot": slot, "seats": body.seats, "device": node.dir.device().to_hex() },
+        "replayed": !new,
+        "availability": availability,
+    });
+    Ok((status, Json(body)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    /// The receiving device, by id or name.
+    to: String,
+    seats: u64,
+    transfer_id: Option<String>,
+}
+
+async fn transfer(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Json<TransferBody>, JsonRejection>,
+) -> Api<Response> {
+    let Path((show, slot)) = path?;
+    let Json(body) = body?;
+    let view = node.view()?;
+    let to = node.resolve_device(&view, &body.to)?;
+    let id = match body.transfer_id {
+        Some(id) => id,
+        None => random_id("tr")?,
+    };
+    node.transfer(&show, &slot, to, &id, body.seats).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "transfer": { "transfer_id": id, "to": to.to_hex(), "seats": body.seats } })),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CountBody {
+    counter: String,
+    #[serde(default = "one")]
+    by: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+async fn count(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<CountBody>, JsonRejection>,
+) -> Api<Response> {
+    let Json(body) = body?;
+    node.count(&body.counter, body.by)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "counter": body.counter, "by": body.by })),
+    )
+        .into_response())
+}
+
+async fn counters(State(node): State<Arc<Node>>) -> Api<Response> {
+    Ok(Json(json!({ "counters": node.counters().await? })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevocationBody {
+    /// The authority-signed revocation, canonical bytes in base64 (`popmesh site revoke` makes one).
+    revocation: String,
+}
+
+async fn revoke(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<RevocationBody>, JsonRejection>,
+) -> Api<Response> {
+    let Json(body) = body?;
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(body.revocation.trim_end_matches('='))
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("revocation: not base64: {e}"),
+            )
+        })?;
+    let revocation = Revocation::from_bytes(&bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("revocation: {e}")))?;
+    node.revoke(revocation).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "revoked": true }))).into_response())
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Api<Response> {
+    // Refresh the gauges that are computed on demand.
+    let _ = node.receipts().await;
+    let _ = node.status().await;
+    let mut text = String::new();
+    {
+        let registry = node.registry.lock().unwrap_or_else(|e| e.into_inner());
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+fn random_id(prefix: &str) -> Api<String> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no randomness: {e}"),
+        )
+    })?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{prefix}-{hex}"))
+}

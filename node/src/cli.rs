@@ -1,0 +1,383 @@
+//! The site commands: `site init`, `site invite`, `site revoke`, `join`, `run`, `status`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use base64::Engine as _;
+use popmesh_crdt::directory::Directory;
+use popmesh_crdt::enrollment::{InviteTerms, JoinToken, RevocationTarget, SiteAuthority};
+use popmesh_crdt::{DeviceId, Doc, Role, SecretKey, actor_id};
+use popmesh_transport::MeshConfig;
+
+use crate::client::Client;
+use crate::clock;
+use crate::config::{Config, LogFormat};
+use crate::node::{Node, RunOptions};
+use crate::site::{DataDir, SiteFile, random_seed};
+use crate::store::Store;
+
+const DAY_MS: u64 = 24 * 3_600_000;
+
+/// Parses a span such as `30d`, `24h`, `90m` or `45s` into milliseconds.
+pub fn parse_span(s: &str) -> Result<u64, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a span: use a number with d, h, m or s, such as 24h"))?;
+    let unit_ms = match unit {
+        "d" => DAY_MS,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1_000,
+        other => return Err(format!("unknown unit '{other}' in '{s}': use d, h, m or s")),
+    };
+    n.checked_mul(unit_ms)
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| format!("'{s}' is not a usable span"))
+}
+
+/// `popmesh site init`: a new site whose first device is `data`.
+pub async fn init(data: &Path, name: &str, role: Role, device_name: Option<String>) -> Result<()> {
+    if name.trim().is_empty() {
+        bail!("--name must not be empty");
+    }
+    if DataDir::exists(data) {
+        bail!(
+            "{} already holds a device ({} exists); choose another --data directory",
+            data.display(),
+            DataDir::site_path(data).display()
+        );
+    }
+    let authority = SiteAuthority::new(SecretKey::from_seed(random_seed()?));
+    let key = SecretKey::from_seed(random_seed()?);
+    let network_key = random_seed()?;
+    let now = clock::now();
+    let device_name = device_name.unwrap_or_else(|| format!("{role}-1"));
+    let cert = authority.enroll(
+        key.public(),
+        role,
+        &device_name,
+        now,
+        now.saturating_add_ms(365 * DAY_MS),
+    );
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+
+    // The site directory: created here, so this device knows its id from the start.
+    let store = Store::open(&DataDir::store_path(data))?;
+    store.set_meta("epoch", "0")?;
+    let mut directory =
+        Doc::<Directory>::create_site(actor_id(key.public(), 0), authority.public(), name)?;
+    directory.add_device(&cert)?;
+    let content = directory.into_automerge();
+    let bytes = content.save();
+    let repo = samod::Repo::build_tokio()
+        .with_storage(store.clone())
+        .with_peer_id(samod::PeerId::from_string(key.public().to_hex()))
+        .load()
+        .await;
+    let handle = repo
+        .create(content)
+        .await
+        .map_err(|_| anyhow::anyhow!("document engine stopped"))?;
+    let directory_id = handle.document_id().to_string();
+    store.put_ack(&directory_id, &bytes)?;
+    repo.stop().await;
+    store.flush()?;
+    drop(store);
+
+    let site = SiteFile {
+        site_name: name.to_owned(),
+        site_id: authority.site().to_hex(),
+        authority: authority.public().to_hex(),
+        device_name: device_name.clone(),
+        role,
+        cert: DataDir::encode_cert(&cert),
+        directory: Some(directory_id),
+    };
+    DataDir::create(data, &site, &key, &network_key, Some(&authority))?;
+    Config::write_template(&DataDir::config_path(data), &[])?;
+    println!("site \"{name}\" created: site id {}", authority.site());
+    println!("  this device: {device_name} ({role}) {}", key.public());
+    println!("  data directory: {}", data.display());
+    println!(
+        "  invite devices: popmesh site invite --data {} --role pos",
+        data.display()
+    );
+    println!("  start the node: popmesh run --data {}", data.display());
+    Ok(())
+}
+
+/// `popmesh site invite`: prints a one-line join token.
+pub fn invite(
+    data: &Path,
+    role: Role,
+    uses: u32,
+    expires_ms: u64,
+    valid_ms: u64,
+    bootstrap: Vec<String>,
+) -> Result<String> {
+    let dir = DataDir::load(data)?;
+    let authority = dir.authority_key()?;
+    for addr in &bootstrap {
+        addr.parse::<libp2p::Multiaddr>()
+            .map_err(|e| anyhow::anyhow!("--bootstrap {addr:?} is not a multiaddr: {e}"))?;
+    }
+    if uses == 0 {
+        bail!("--uses must be at least 1");
+    }
+    let now = clock::now();
+    let (invite, invite_key) = authority.invite(
+        random_seed()?,
+        InviteTerms {
+            role,
+            expires_at: now.saturating_add_ms(expires_ms),
+            max_uses: uses,
+            cert_valid_until: now.saturating_add_ms(valid_ms),
+        },
+    );
+    Ok(JoinToken {
+        site_name: dir.site.site_name.clone(),
+        authority: authority.public(),
+        invite,
+        invite_secret: invite_key.seed(),
+        network_key: dir.network_key,
+        bootstrap,
+    }
+    .to_line())
+}
+
+/// `popmesh join`: a new device enrolled from a join token.
+pub fn join(token: &str, data: &Path, name: Option<String>) -> Result<()> {
+    let token = JoinToken::from_line(token.trim()).context("the join token")?;
+    if DataDir::exists(data) {
+        bail!(
+            "{} already holds a device ({} exists); choose another --data directory",
+            data.display(),
+            DataDir::site_path(data).display()
+        );
+    }
+    let key = SecretKey::from_seed(random_seed()?);
+    let name =
+        name.unwrap_or_else(|| format!("{}-{}", token.invite.role, &key.public().to_hex()[..6]));
+    let cert = token
+        .enroll(key.public(), &name, clock::now())
+        .context("enrolling with the join token")?;
+    let site = SiteFile {
+        site_name: token.site_name.clone(),
+        site_id: token.site().to_hex(),
+        authority: token.authority.to_hex(),
+        device_name: name.clone(),
+        role: cert.role,
+        cert: DataDir::encode_cert(&cert),
+        directory: None,
+    };
+    DataDir::create(data, &site, &key, &token.network_key, None)?;
+    Config::write_template(&DataDir::config_path(data), &token.bootstrap)?;
+    println!(
+        "joined site \"{}\" ({}) as {name} ({}) {}",
+        token.site_name,
+        token.site(),
+        cert.role,
+        key.public()
+    );
+    println!("  start the node: popmesh run --data {}", data.display());
+    Ok(())
+}
+
+/// `popmesh site revoke`: signs a revocation with the authority key and hands it to the running node.
+pub fn revoke(data: &Path, device: &str, reason: &str, api: Option<SocketAddr>) -> Result<()> {
+    let dir = DataDir::load(data)?;
+    let authority = dir.authority_key()?;
+    let config = Config::load(&DataDir::config_path(data))?;
+    let device =
+        DeviceId::from_hex(device).map_err(|e| anyhow::anyhow!("DEVICE {device:?}: {e}"))?;
+    let revocation = authority.revoke(RevocationTarget::Device(device), clock::now(), reason);
+    let body = serde_json::json!({
+        "revocation": base64::engine::general_purpose::STANDARD_NO_PAD.encode(revocation.to_bytes())
+    });
+    let client = Client::new(api.unwrap_or(config.api.listen));
+    let answer = client.post("/v1/revocations", &body)?;
+    if answer.status != 201 {
+        bail!(
+            "the node refused the revocation ({}): {}",
+            answer.status,
+            answer.body
+        );
+    }
+    println!("device {device} revoked; the site drops it as the directory syncs");
+    Ok(())
+}
+
+/// `popmesh status`: asks the running node.
+pub fn status(data: &Path, api: Option<SocketAddr>, json: bool) -> Result<()> {
+    let config = Config::load(&DataDir::config_path(data))?;
+    let dir = DataDir::load(data)?;
+    let addr = api.unwrap_or(config.api.listen);
+    let answer = Client::new(addr).get("/v1/status").map_err(|e| {
+        anyhow::anyhow!("{e}\n(is `popmesh run --data {}` running? its API address is set by --api or [api] listen)", data.display())
+    })?;
+    let s = answer.json();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let str_of = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    println!(
+        "{} ({}) at site \"{}\" {}",
+        dir.site.device_name, dir.site.role, dir.site.site_name, dir.site.site_id
+    );
+    println!("  device     {}", str_of(&s["device"]));
+    println!(
+        "  directory  {} ({}, {})",
+        str_of(&s["directory"]),
+        if s["directory_synced"] == true {
+            "synced"
+        } else {
+            "not synced yet"
+        },
+        if s["enrolled"] == true {
+            "enrolled"
+        } else {
+            "not enrolled yet"
+        }
+    );
+    println!(
+        "  documents  {} open of {} registered",
+        s["documents"]["open"], s["documents"]["registered"]
+    );
+    println!(
+        "  store      {} bytes, {} acknowledged writes{}",
+        s["store"]["bytes"],
+        s["store"]["acknowledged_writes"],
+        if s["store"]["healthy"] == true {
+            ""
+        } else {
+            ", FAILED WRITES"
+        }
+    );
+    let peers = s["peers"].as_array().cloned().unwrap_or_default();
+    println!("  peers      {}", peers.len());
+    for p in peers {
+        let lag = match p["documents_behind"].as_u64() {
+            Some(0) => "in sync".to_owned(),
+            Some(n) => format!("{n} documents behind"),
+            None => "no sync session".to_owned(),
+        };
+        println!(
+            "    {:<12} {:<7} {}  {}{}",
+            p["name"].as_str().unwrap_or("?"),
+            p["role"].as_str().unwrap_or("?"),
+            &str_of(&p["device"]).chars().take(12).collect::<String>(),
+            lag,
+            if p["admitted"] == true {
+                ""
+            } else {
+                " (not admitted)"
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Flags to `popmesh run` that override the config file.
+#[derive(Debug, Clone, Default)]
+pub struct RunFlags {
+    pub api: Option<SocketAddr>,
+    pub listen: Vec<String>,
+    pub bootstrap: Vec<String>,
+    pub no_mdns: bool,
+    pub log_format: Option<LogFormat>,
+}
+
+/// `popmesh run`: the daemon, until SIGINT or SIGTERM.
+pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
+    let dir = DataDir::load(&data)?;
+    let mut config = Config::load(&DataDir::config_path(&data))?;
+    if let Some(api) = flags.api {
+        config.api.listen = api;
+    }
+    if !flags.listen.is_empty() {
+        config.p2p.listen = flags.listen;
+    }
+    config.p2p.bootstrap.extend(flags.bootstrap);
+    if flags.no_mdns {
+        config.p2p.mdns = false;
+    }
+    if let Some(f) = flags.log_format {
+        config.log.format = f;
+    }
+    init_logging(&config)?;
+    let parse = |flag: &str, addrs: &[String]| -> Result<Vec<libp2p::Multiaddr>> {
+        addrs
+            .iter()
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| anyhow::anyhow!("{flag} {a:?} is not a multiaddr: {e}"))
+            })
+            .collect()
+    };
+    let mesh = MeshConfig {
+        listen: parse("--listen", &config.p2p.listen)?,
+        bootstrap: parse("--bootstrap", &config.p2p.bootstrap)?,
+        mdns: config.p2p.mdns,
+        network_key: dir.network_key,
+    };
+    let options = RunOptions {
+        mesh,
+        limits: config.payments.limits(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(dir, options, config.api.listen))
+}
+
+async fn serve(dir: DataDir, options: RunOptions, api: SocketAddr) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(api)
+        .await
+        .with_context(|| format!("the API cannot listen on {api} (--api or [api] listen)"))?;
+    let name = dir.site.device_name.clone();
+    let node = Node::start(dir, options).await?;
+    let api_addr = listener.local_addr()?;
+    tracing::info!(device = %node.dir.device(), %name, api = %api_addr, "popmesh node running");
+    let app = crate::api::router(node.clone());
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler installs");
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving the API")?;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+fn init_logging(config: &Config) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
+        .map_err(|e| anyhow::anyhow!("[log] filter {:?}: {e}", config.log.filter))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let result = match config.log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("logging: {e}"))
+}

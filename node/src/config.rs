@@ -1,0 +1,199 @@
+//! `DIR/popmesh.toml`: the node's settings, with defaults for everything. Flags to `popmesh run` override it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+/// The file `site init` and `join` write, with every default spelled out.
+pub const TEMPLATE: &str = r#"# popmesh node settings. Flags given to `popmesh run` override them.
+
+[api]
+# The local HTTP API for the kiosk and POS apps. Loopback only unless you mean it.
+listen = "127.0.0.1:7700"
+
+[p2p]
+# Where the site mesh listens (libp2p multiaddrs).
+listen = ["/ip4/0.0.0.0/tcp/4701"]
+# Peers to dial besides those mDNS finds: the origin over the WAN, networks that block multicast.
+bootstrap = []
+# Find site peers on the local network by mDNS.
+mdns = true
+
+[log]
+# "text" or "json".
+format = "text"
+# A tracing filter, such as "info" or "popmesh_node=debug,info".
+filter = "info,samod_core=warn,samod=warn"
+
+[payments]
+# Offline payment limits, in minor units of `currency`.
+currency = "EUR"
+payment_max_minor = 15000
+stored_total_max_minor = 200000
+stale_after_hours = 24
+"#;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub api: Api,
+    pub p2p: P2p,
+    pub log: Log,
+    pub payments: Payments,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Api {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct P2p {
+    pub listen: Vec<String>,
+    pub bootstrap: Vec<String>,
+    pub mdns: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Payments {
+    pub currency: String,
+    pub payment_max_minor: u64,
+    pub stored_total_max_minor: u64,
+    pub stale_after_hours: u64,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+        }
+    }
+}
+
+impl Default for P2p {
+    fn default() -> Self {
+        Self {
+            listen: vec!["/ip4/0.0.0.0/tcp/4701".into()],
+            bootstrap: Vec::new(),
+            mdns: true,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info,samod_core=warn,samod=warn".into(),
+        }
+    }
+}
+
+impl Default for Payments {
+    fn default() -> Self {
+        let limits = popmesh_crdt::risk::RiskLimits::default();
+        Self {
+            currency: limits.currency,
+            payment_max_minor: limits.payment_max_minor,
+            stored_total_max_minor: limits.stored_total_max_minor,
+            stale_after_hours: limits.stale_after_ms / 3_600_000,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            api: Api::default(),
+            p2p: P2p::default(),
+            log: Log::default(),
+            payments: Payments::default(),
+        }
+    }
+}
+
+impl Payments {
+    pub fn limits(&self) -> popmesh_crdt::risk::RiskLimits {
+        popmesh_crdt::risk::RiskLimits {
+            currency: self.currency.clone(),
+            payment_max_minor: self.payment_max_minor,
+            stored_total_max_minor: self.stored_total_max_minor,
+            stale_after_ms: self.stale_after_hours.saturating_mul(3_600_000),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or the defaults when it does not exist. A bad file is an error naming the file and field.
+    pub fn load(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Ok(Self::default());
+        }
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text)
+            .with_context(|| format!("{} is not a valid popmesh config", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for addr in config.p2p.listen.iter().chain(&config.p2p.bootstrap) {
+            addr.parse::<libp2p::Multiaddr>()
+                .map_err(|e| anyhow::anyhow!("p2p: {addr:?} is not a multiaddr: {e}"))?;
+        }
+        Ok(config)
+    }
+
+    /// Writes [`TEMPLATE`] with `bootstrap` filled in.
+    pub fn write_template(path: &Path, bootstrap: &[String]) -> Result<()> {
+        let list = bootstrap
+            .iter()
+            .map(|b| format!("{b:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = TEMPLATE.replace("bootstrap = []", &format!("bootstrap = [{list}]"));
+        crate::site::write_atomic(path, text.as_bytes(), false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_is_the_defaults() {
+        assert_eq!(
+            Config::parse(TEMPLATE).expect("template parses"),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn a_misspelt_field_is_named() {
+        let err = Config::parse("[api]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")
+            .expect_err("unknown field");
+        assert!(format!("{err:#}").contains("lisen"), "{err:#}");
+        let err =
+            Config::parse("[p2p]\nbootstrap = [\"not an addr\"]\n").expect_err("bad multiaddr");
+        assert!(format!("{err:#}").contains("not an addr"), "{err:#}");
+    }
+}

@@ -1,0 +1,20 @@
+//! The popmesh node: the daemon every kiosk, POS terminal, edge box and origin runs, and the commands around it.
+//!
+//! - [`cli`]: `site init`, `site invite`, `site revoke`, `join`, `run`, `status`.
+//! - [`node`]: the running daemon: samod on the data file, the site mesh, and the operations the API offers.
+//! - [`api`]: the local HTTP API (axum) and `/metrics`.
+//! - [`store`]: the data file (redb): samod's storage and acknowledged writes, fsync'd before the answer.
+//! - [`site`], [`config`]: the data directory's files.
+//! - [`client`]: a small HTTP client for the CLI and the tests.
+//! - [`demo`], [`sim_cmd`]: the in-process demo and the chaos simulator's command.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod node;
+pub mod sim_cmd;
+pub mod site;
+pub mod store;

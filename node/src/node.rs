@@ -1,0 +1,1214 @@
+//! The daemon: one device's samod repo on its data file, joined to the site mesh, and the operations the local API
+//! offers on top of the domain core.
+//!
+//! Lifecycle: open the data file, draw a fresh Automerge actor epoch (so a crash that lost unsynced local changes
+//! never reuses their sequence numbers), start samod and the mesh, then let the *librarian* find the site directory
+//! (known locally, or learned from the first admitted peer's hello), add this device's certificate to it, and open
+//! every document it registers, again whenever it changes.
+//!
+//! Every write the API acknowledges is made durable with [`Store::put_ack`] before the answer goes out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use automerge::Automerge;
+use popmesh_crdt::directory::{Directory, DirectoryView, ShowRecord, SlotRecord, admit_peer};
+use popmesh_crdt::docs::DocName;
+use popmesh_crdt::enrollment::{EnrollmentCert, Revocation};
+use popmesh_crdt::escrow::{EscrowError, SaleOutcome, Slot};
+use popmesh_crdt::ledger::{Ledger, LedgerView, PaymentError};
+use popmesh_crdt::receipt::{PaymentRequest, Receipt};
+use popmesh_crdt::risk::RiskLimits;
+use popmesh_crdt::telemetry::{CounterBuffer, Telemetry};
+use popmesh_crdt::{DeviceId, Doc, Role, actor_id};
+use popmesh_transport::{Gate, Hello, Mesh, MeshConfig};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use samod::{DocHandle, DocumentId};
+use serde::Serialize;
+
+use crate::clock;
+use crate::site::DataDir;
+use crate::store::{FLUSH_EVERY, Store};
+
+/// How often buffered telemetry increments become one Automerge change.
+const TELEMETRY_WINDOW_MS: u64 = 5_000;
+/// How often the librarian looks for documents it could not open yet.
+const LIBRARIAN_EVERY: Duration = Duration::from_millis(500);
+
+/// What went wrong with a request, in terms the API maps to a status code.
+#[derive(Debug)]
+pub enum Failure {
+    /// The request is malformed (400).
+    BadRequest(String),
+    /// This device may not do that (403).
+    Forbidden(String),
+    /// No such show, slot or device (404).
+    NotFound(String),
+    /// The request conflicts with the site's state: quota spent, idempotency key reused (409).
+    Conflict(String),
+    /// Well formed, but refused by a business rule: over the risk limits (422).
+    Refused(String),
+    /// Not possible yet: the directory is not synced, the store failed (503).
+    Unavailable(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (Failure::BadRequest(m)
+        | Failure::Forbidden(m)
+        | Failure::NotFound(m)
+        | Failure::Conflict(m)
+        | Failure::Refused(m)
+        | Failure::Unavailable(m)) = self;
+        f.write_str(m)
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Failure {
+    Failure::Unavailable(format!("internal error: {e}"))
+}
+
+fn stopped(_: samod::Stopped) -> Failure {
+    Failure::Unavailable("the document engine is shutting down".into())
+}
+
+/// Admission against this device's replica of the directory (see `admit_peer` in popmesh-crdt).
+struct SiteGate {
+    site_hex: String,
+    authority: DeviceId,
+    cert: Vec<u8>,
+    directory: RwLock<Option<DocumentId>>,
+    view: RwLock<Option<DirectoryView>>,
+    learned: tokio::sync::Notify,
+}
+
+impl Gate for SiteGate {
+    fn hello(&self) -> Hello {
+        let directory = read(&self.directory).as_ref().map(|d| d.to_string());
+        Hello::new(self.site_hex.clone(), &self.cert, directory)
+    }
+
+    fn admit(&self, device: DeviceId, hello: &Hello) -> Result<(), String> {
+        if hello.v != 1 {
+            return Err(format!("unsupported hello version {}", hello.v));
+        }
+        if hello.site != self.site_hex {
+            return Err(format!(
+                "peer belongs to site {}, not this site {}",
+                hello.site, self.site_hex
+            ));
+        }
+        let cert = EnrollmentCert::from_bytes(&hello.cert_bytes()?).map_err(|e| e.to_string())?;
+        admit_peer(
+            &cert,
+            &device,
+            &self.authority,
+            clock::now(),
+            read(&self.view).as_ref(),
+        )
+        .map_err(|e| e.to_string())?;
+        // A new device learns where the directory is from the first peer it admits.
+        if let Some(id) = &hello.directory {
+            let mut mine = write(&self.directory);
+            if mine.is_none()
+                && let Ok(id) = id.parse::<DocumentId>()
+            {
+                *mine = Some(id);
+                self.learned.notify_one();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The node's own gauges (the mesh registers its own, and libp2p-metrics its own, in the same registry).
+#[derive(Debug, Default, Clone)]
+struct NodeMetrics {
+    documents: Gauge,
+    receipts: Gauge,
+    unreconciled_minor: Gauge,
+    acked_writes: Gauge,
+}
+
+impl NodeMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "popmesh_documents",
+            "Documents open on this device",
+            m.documents.clone(),
+        );
+        registry.register(
+            "popmesh_receipts",
+            "Receipts this device holds, from every device",
+            m.receipts.clone(),
+        );
+        registry.register(
+            "popmesh_unreconciled_minor",
+            "Sum of receipts not yet reconciled, in minor units (all currencies added)",
+            m.unreconciled_minor.clone(),
+        );
+        registry.register(
+            "popmesh_acknowledged_writes",
+            "Writes made durable before the API acknowledged them, since start",
+            m.acked_writes.clone(),
+        );
+        m
+    }
+}
+
+/// How `popmesh run` was asked to start.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub mesh: MeshConfig,
+    pub limits: RiskLimits,
+}
+
+/// A running node.
+pub struct Node {
+    pub dir: DataDir,
+    repo: samod::Repo,
+    store: Store,
+    mesh: Mesh,
+    gate: Arc<SiteGate>,
+    epoch: u32,
+    limits: RiskLimits,
+    /// Open documents by id, with their registered names.
+    docs: RwLock<BTreeMap<DocumentId, (DocName, DocHandle)>>,
+    directory: RwLock<Option<DocHandle>>,
+    /// Serializes creating and registering this device's own documents.
+    creating: tokio::sync::Mutex<()>,
+    telemetry: Mutex<CounterBuffer>,
+    metrics: NodeMetrics,
+    pub registry: Mutex<Registry>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("device", &self.dir.device())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Opens the data file, starts samod and the mesh, and spawns the background tasks.
+    pub async fn start(dir: DataDir, options: RunOptions) -> anyhow::Result<Arc<Self>> {
+        let store = Store::open(&DataDir::store_path(&dir.root))?;
+        let epoch = next_epoch(&store)?;
+        let directory_id = match &dir.site.directory {
+            Some(id) => Some(id.clone()),
+            None => store.meta("directory")?,
+        }
+        .map(|id| {
+            id.parse::<DocumentId>()
+                .map_err(|e| anyhow::anyhow!("directory document id {id:?}: {e}"))
+        })
+        .transpose()?;
+        let repo = samod::Repo::build_tokio()
+            .with_storage(store.clone())
+            .with_peer_id(samod::PeerId::from_string(dir.device().to_hex()))
+            .load()
+            .await;
+        let gate = Arc::new(SiteGate {
+            site_hex: dir.site_id().to_hex(),
+            authority: dir.authority,
+            cert: dir.cert.to_bytes(),
+            directory: RwLock::new(directory_id),
+            view: RwLock::new(None),
+            learned: tokio::sync::Notify::new(),
+        });
+        let mut registry = Registry::with_prefix_and_labels(
+            "",
+            [(
+                std::borrow::Cow::Borrowed("device"),
+                std::borrow::Cow::Owned(dir.device().short()),
+            )]
+            .into_iter(),
+        );
+        let metrics = NodeMetrics::register(&mut registry);
+        let mesh = Mesh::start(
+            &dir.key,
+            options.mesh,
+            repo.clone(),
+            gate.clone(),
+            &mut registry,
+        )?;
+        let now = clock::now();
+        let node = Arc::new(Self {
+            dir,
+            repo,
+            store,
+            mesh,
+            gate,
+            epoch,
+            limits: options.limits,
+            docs: RwLock::new(BTreeMap::new()),
+            directory: RwLock::new(None),
+            creating: tokio::sync::Mutex::new(()),
+            telemetry: Mutex::new(CounterBuffer::new(TELEMETRY_WINDOW_MS, now)),
+            metrics,
+            registry: Mutex::new(registry),
+            started: Instant::now(),
+        });
+        tokio::spawn(librarian(node.clone()));
+        tokio::spawn(flusher(node.clone()));
+        Ok(node)
+    }
+
+    /// Stops samod (which finishes its storage writes) and makes everything durable.
+    pub async fn shutdown(&self) {
+        self.repo.stop().await;
+        if let Err(e) = self.store.flush() {
+            tracing::error!("final flush failed: {e}");
+        }
+    }
+
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    fn me(&self) -> DeviceId {
+        self.dir.device()
+    }
+
+    fn actor(&self) -> automerge::ActorId {
+        actor_id(self.me(), self.epoch)
+    }
+
+    fn directory_handle(&self) -> Result<DocHandle, Failure> {
+        read(&self.directory).clone().ok_or_else(|| {
+            Failure::Unavailable(
+                "this device has not received the site directory yet; is a site peer reachable?"
+                    .into(),
+            )
+        })
+    }
+
+    pub fn view(&self) -> Result<DirectoryView, Failure> {
+        self.directory_handle()?;
+        read(&self.gate.view)
+            .clone()
+            .ok_or_else(|| Failure::Unavailable("the site directory is not readable yet".into()))
+    }
+
+    fn handle_by_name(&self, name: &DocName) -> Option<DocHandle> {
+        read(&self.docs)
+            .values()
+            .find(|(n, _)| n == name)
+            .map(|(_, h)| h.clone())
+    }
+
+    /// Runs `f` on a document and makes whatever it changed durable before returning.
+    async fn change<T: Send + 'static>(
+        &self,
+        handle: &DocHandle,
+        f: impl FnOnce(&mut Automerge) -> T + Send + 'static,
+    ) -> Result<T, Failure> {
+        let (out, bytes) = handle
+            .with_document_async(move |am| {
+                let before = am.get_heads();
+                let out = f(am);
+                let bytes = am.save_after(&before);
+                (out, bytes)
+            })
+            .await
+            .map_err(stopped)?;
+        if !bytes.is_empty() {
+            self.ack(handle.document_id(), bytes).await?;
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, doc: &DocumentId, bytes: Vec<u8>) -> Result<(), Failure> {
+        let store = self.store.clone();
+        let doc = doc.to_string();
+        tokio::task::spawn_blocking(move || store.put_ack(&doc, &bytes))
+            .await
+            .map_err(internal)?
+            .map_err(|e| Failure::Unavailable(format!("could not make the write durable: {e}")))?;
+        self.metrics.acked_writes.set(self.store.acks() as i64);
+        Ok(())
+    }
+
+    async fn change_directory<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Doc<Directory, &mut Automerge>) -> T + Send + 'static,
+    ) -> Result<T, Failure> {
+        let handle = self.directory_handle()?;
+        let actor = self.actor();
+        let out = self
+            .change(&handle, move |am| {
+                Doc::<Directory, &mut Automerge>::attach_as(am, actor).map(|mut d| f(&mut d))
+            })
+            .await?;
+        out.map_err(internal)
+    }
+
+    /// This device's own document `name`, created and registered in the directory the first time.
+    async fn own_document(
+        &self,
+        name: DocName,
+        make: impl FnOnce(automerge::ActorId) -> Result<Automerge, Failure>,
+    ) -> Result<DocHandle, Failure> {
+        if let Some(h) = self.handle_by_name(&name) {
+            return Ok(h);
+        }
+        let _guard = self.creating.lock().await;
+        if let Some(h) = self.handle_by_name(&name) {
+            return Ok(h);
+        }
+        let view = self.view()?;
+        if let Some(id) = view.documents.get(&name.to_string()) {
+            // Registered (by an earlier run) but not open yet: open it.
+            let id: DocumentId = id.parse().map_err(internal)?;
+            let handle = self
+                .repo
+                .find(id.clone())
+                .await
+                .map_err(stopped)?
+                .ok_or_else(|| {
+                    Failure::Unavailable(format!("document {name} is registered but not found"))
+                })?;
+            write(&self.docs).insert(id, (name, handle.clone()));
+            return Ok(handle);
+        }
+        let content = make(self.actor())?;
+        let bytes = content.save();
+        let handle = self.repo.create(content).await.map_err(stopped)?;
+        let id = handle.document_id().clone();
+        self.ack(&id, bytes).await?;
+        let key = id.to_string();
+        let doc_name = name.clone();
+        self.change_directory(move |d| d.register_document(&doc_name, &key))
+            .await?
+            .map_err(internal)?;
+        tracing::info!(%name, %id, "created document");
+        write(&self.docs).insert(id, (name, handle.clone()));
+        Ok(handle)
+    }
+
+    fn default_show(&self, view: &DirectoryView) -> Result<String, Failure> {
+        // The show whose latest slot starts last: the one on tonight.
+        view.shows
+            .iter()
+            .max_by_key(|(id, show)| {
+                (
+                    show.slots.values().map(|s| s.starts_at).max(),
+                    (*id).clone(),
+                )
+            })
+            .map(|(id, _)| id.clone())
+            .ok_or_else(|| {
+                Failure::Conflict(
+                    "no show is open at this site yet; create one with POST /v1/shows".into(),
+                )
+            })
+    }
+
+    // ----- operations the API offers -----
+
+    /// Takes an offline payment. Returns the receipt and whether it replays an earlier identical request.
+    pub async fn pay(
+        &self,
+        request: PaymentRequest,
+        show: Option<String>,
+    ) -> Result<(Receipt, bool), Failure> {
+        request
+            .validate()
+            .map_err(|e| Failure::BadRequest(e.to_string()))?;
+        let view = self.view()?;
+        let show = match show {
+            Some(s) => s,
+            None => self.default_show(&view)?,
+        };
+        if !view.shows.contains_key(&show) {
+            return Err(Failure::NotFound(format!(
+                "show {show:?} does not exist at this site"
+            )));
+        }
+        let me = self.me();
+        let site = self.dir.site_id();
+        let name = DocName::Ledger {
+            show: show.clone(),
+            device: me,
+        };
+        let ledger = {
+            let show = show.clone();
+            self.own_document(name, move |actor| {
+                Doc::create_ledger(actor, site, &show, me)
+                    .map(Doc::into_automerge)
+                    .map_err(internal)
+            })
+            .await?
+        };
+        // What this device holds unreconciled in its other shows' ledgers counts against the stored limit.
+        let mut elsewhere = 0u64;
+        for (other, handle) in self.own_ledgers() {
+            if other != show {
+                elsewhere = elsewhere.saturating_add(
+                    read_ledger(&handle)
+                        .await?
+                        .map(|v| v.unreconciled_minor())
+                        .unwrap_or(0),
+                );
+            }
+        }
+        let key = self.dir.key.clone();
+        let limits = self.limits.clone();
+        let actor = self.actor();
+        let now = clock::now();
+        let outcome = self
+            .change(&ledger, move |am| {
+                Doc::<Ledger, &mut Automerge>::attach_as(am, actor)
+                    .map_err(PaymentError::Doc)
+                    .and_then(|mut d| d.take_payment(&key, &limits, &request, elsewhere, now))
+            })
+            .await?;
+        match outcome {
+            Ok(o) => Ok((o.receipt, o.replayed)),
+            Err(PaymentError::BadRequest(e)) => Err(Failure::BadRequest(e.to_string())),
+            Err(PaymentError::OverLimit(e)) => Err(Failure::Refused(e.to_string())),
+            Err(e @ PaymentError::IdempotencyKeyReused { .. }) => {
+                Err(Failure::Conflict(e.to_string()))
+            }
+            Err(e @ PaymentError::Full) => Err(Failure::Conflict(e.to_string())),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    fn own_ledgers(&self) -> Vec<(String, DocHandle)> {
+        let me = self.me();
+        read(&self.docs)
+            .values()
+            .filter_map(|(name, h)| match name {
+                DocName::Ledger { show, device } if *device == me => {
+                    Some((show.clone(), h.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every receipt this device holds, from every device's ledger, checked against the directory.
+    pub async fn receipts(&self) -> Result<Vec<ReceiptJson>, Failure> {
+        let view = self.view().ok();
+        let ledgers: Vec<DocHandle> = read(&self.docs)
+            .values()
+            .filter(|(n, _)| matches!(n, DocName::Ledger { .. }))
+            .map(|(_, h)| h.clone())
+            .collect();
+        let mut out = Vec::new();
+        for handle in ledgers {
+            let Some(ledger) = read_ledger(&handle).await? else {
+                continue;
+            };
+            for r in &ledger.receipts {
+                let verified = match &view {
+                    Some(v) => r.verify(v).map_err(|e| e.to_string()),
+                    None => Err("the site directory is not synced yet".to_owned()),
+                };
+                out.push(ReceiptJson::new(
+                    r,
+                    ledger.is_reconciled(&r.token),
+                    verified,
+                ));
+            }
+        }
+        out.sort_by(|a, b| (&a.show, &a.device, a.seq).cmp(&(&b.show, &b.device, b.seq)));
+        let unreconciled: u64 = out
+            .iter()
+            .filter(|r| !r.reconciled)
+            .map(|r| r.amount_minor)
+            .sum();
+        self.metrics.receipts.set(out.len() as i64);
+        self.metrics.unreconciled_minor.set(unreconciled as i64);
+        Ok(out)
+    }
+
+    fn slot_handle(
+        &self,
+        view: &DirectoryView,
+        show: &str,
+        slot: &str,
+    ) -> Result<DocHandle, Failure> {
+        let known = view
+            .shows
+            .get(show)
+            .is_some_and(|s| s.slots.contains_key(slot));
+        if !known {
+            return Err(Failure::NotFound(format!(
+                "show {show:?} has no slot {slot:?}"
+            )));
+        }
+        self.handle_by_name(&DocName::Slot {
+            show: show.into(),
+            slot: slot.into(),
+        })
+        .ok_or_else(|| {
+            Failure::Unavailable(format!(
+                "slot {show}/{slot} has not synced to this device yet"
+            ))
+        })
+    }
+
+    /// Books `seats` in a slot against this device's escrow quota. Returns whether the booking is new.
+    pub async fn book(
+        &self,
+        show: &str,
+        slot: &str,
+        booking: &str,
+        seats: u64,
+    ) -> Result<bool, Failure> {
+        let view = self.view()?;
+        let handle = self.slot_handle(&view, show, slot)?;
+        let (me, actor, at, booking) = (self.me(), self.actor(), clock::now(), booking.to_owned());
+        let outcome = self
+            .change(&handle, move |am| {
+                Doc::<Slot, &mut Automerge>::attach_as(am, actor)
+                    .map_err(EscrowError::Doc)
+                    .and_then(|mut d| d.sell(me, &booking, seats, at))
+            })
+            .await?;
+        escrow_outcome(outcome.map(|o| o == SaleOutcome::Recorded))
+    }
+
+    /// Gives `seats` of this device's quota in a slot to another device.
+    pub async fn transfer(
+        &self,
+        show: &str,
+        slot: &str,
+        to: DeviceId,
+        transfer: &str,
+        seats: u64,
+    ) -> Result<(), Failure> {
+        let view = self.view()?;
+        let handle = self.slot_handle(&view, show, slot)?;
+        let (me, actor, at, transfer) =
+            (self.me(), self.actor(), clock::now(), transfer.to_owned());
+        let outcome = self
+            .change(&handle, move |am| {
+                Doc::<Slot, &mut Automerge>::attach_as(am, actor)
+                    .map_err(EscrowError::Doc)
+                    .and_then(|mut d| d.transfer(me, to, &transfer, seats, at))
+            })
+            .await?;
+        escrow_outcome(outcome)
+    }
+
+    /// A slot's availability as this device sees it.
+    pub async fn availability(&self, show: &str, slot: &str) -> Result<Availability, Failure> {
+        let view = self.view()?;
+        let handle = self.slot_handle(&view, show, slot)?;
+        let record = view.shows[show].slots[slot].clone();
+        let slot_view = handle
+            .with_document_async(|am| {
+                Doc::<Slot, &mut Automerge>::attach(am)
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| d.view().map_err(|e| e.to_string()))
+            })
+            .await
+            .map_err(stopped)?
+            .map_err(internal)?;
+        let me = self.me().to_hex();
+        let devices = slot_view
+            .devices()
+            .into_iter()
+            .map(|d| {
+                let entry = DeviceSeats {
+                    grant: slot_view.grant(&d),
+                    sold: slot_view.sold(&d),
+                    available: slot_view.available(&d),
+                };
+                (d, entry)
+            })
+            .collect();
+        Ok(Availability {
+            show: show.into(),
+            slot: slot.into(),
+            label: record.label,
+            starts_at: record.starts_at,
+            capacity: record.capacity,
+            sold: slot_view.total_sold(),
+            remaining: slot_view.remaining(),
+            available_here: slot_view.available(&me),
+            devices,
+        })
+    }
+
+    /// Creates a show with its slots, escrowing each slot's seats to the devices named in `grants`.
+    pub async fn create_show(&self, spec: ShowSpec) -> Result<(), Failure> {
+        if !matches!(self.dir.cert.role, Role::Edge | Role::Origin) {
+            return Err(Failure::Forbidden(format!(
+                "a {} may not create shows; ask the site's edge box or the origin",
+                self.dir.cert.role
+            )));
+        }
+        let view = self.view()?;
+        if view.shows.contains_key(&spec.id) {
+            return Err(Failure::Conflict(format!(
+                "show {:?} already exists",
+                spec.id
+            )));
+        }
+        let mut grants_by_slot = Vec::new();
+        for slot in &spec.slots {
+            let mut grants = BTreeMap::new();
+            for (who, seats) in &slot.grants {
+                grants.insert(self.resolve_device(&view, who)?, *seats);
+            }
+            if slot.grants.is_empty() {
+                grants.insert(self.me(), slot.capacity);
+            }
+            let granted: u64 = grants.values().sum();
+            if granted > slot.capacity {
+                return Err(Failure::BadRequest(format!(
+                    "slot {:?}: grants total {granted} seats, more than its capacity of {}",
+                    slot.id, slot.capacity
+                )));
+            }
+            grants_by_slot.push(grants);
+        }
+        let record = ShowRecord {
+            name: spec.name.clone(),
+            currency: spec.currency.clone(),
+            slots: BTreeMap::new(),
+        };
+        let id = spec.id.clone();
+        self.change_directory(move |d| d.add_show(&id, &record))
+            .await?
+            .map_err(|e| Failure::BadRequest(e.to_string()))?;
+        for (slot, grants) in spec.slots.into_iter().zip(grants_by_slot) {
+            let (show_id, slot_id) = (spec.id.clone(), slot.id.clone());
+            let record = SlotRecord {
+                label: slot.label,
+                starts_at: slot.starts_at,
+                capacity: slot.capacity,
+            };
+            self.change_directory(move |d| d.add_slot(&show_id, &slot_id, &record))
+                .await?
+                .map_err(|e| Failure::BadRequest(e.to_string()))?;
+            let name = DocName::Slot {
+                show: spec.id.clone(),
+                slot: slot.id.clone(),
+            };
+            let (show_id, slot_id, capacity) = (spec.id.clone(), slot.id.clone(), slot.capacity);
+            self.own_document(name, move |actor| {
+                Doc::create_slot(actor, &show_id, &slot_id, capacity, &grants)
+                    .map(Doc::into_automerge)
+                    .map_err(|e| Failure::BadRequest(e.to_string()))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A device named by hex id or by its certificate's name.
+    pub fn resolve_device(&self, view: &DirectoryView, who: &str) -> Result<DeviceId, Failure> {
+        if let Ok(id) = DeviceId::from_hex(who) {
+            return Ok(id);
+        }
+        view.certificates()
+            .find(|c| c.name == who)
+            .map(|c| c.device)
+            .ok_or_else(|| {
+                Failure::NotFound(format!("no device named {who:?} is enrolled at this site"))
+            })
+    }
+
+    /// Records an authority-signed revocation and drops the revoked peers at once.
+    pub async fn revoke(&self, revocation: Revocation) -> Result<(), Failure> {
+        revocation
+            .verify(&self.dir.authority, self.dir.site_id())
+            .map_err(|e| Failure::BadRequest(format!("revocation refused: {e}")))?;
+        self.change_directory(move |d| d.add_revocation(&revocation))
+            .await?
+            .map_err(|e| Failure::BadRequest(e.to_string()))?;
+        self.refresh_view().await;
+        self.mesh.reverify().await;
+        Ok(())
+    }
+
+    /// Counts telemetry; buffered and written as one change per counter per window.
+    pub fn count(&self, counter: &str, by: i64) -> Result<(), Failure> {
+        lock(&self.telemetry)
+            .handle_increment(counter, by)
+            .map_err(|e| Failure::BadRequest(e.to_string()))
+    }
+
+    /// Every device's counters, summed.
+    pub async fn counters(&self) -> Result<BTreeMap<String, i64>, Failure> {
+        let handles: Vec<DocHandle> = read(&self.docs)
+            .values()
+            .filter(|(n, _)| matches!(n, DocName::Telemetry { .. }))
+            .map(|(_, h)| h.clone())
+            .collect();
+        let mut total = BTreeMap::new();
+        for h in handles {
+            let counters = h
+                .with_document_async(|am| {
+                    Doc::<Telemetry, &mut Automerge>::attach(am).and_then(|d| d.counters())
+                })
+                .await
+                .map_err(stopped)?;
+            for (k, v) in counters.unwrap_or_default() {
+                *total.entry(k).or_insert(0) += v;
+            }
+        }
+        for (k, v) in lock(&self.telemetry).pending() {
+            *total.entry(k.clone()).or_insert(0) += v;
+        }
+        Ok(total)
+    }
+
+    async fn flush_telemetry(&self) -> Result<(), Failure> {
+        let Some(increments) = lock(&self.telemetry).poll_flush(clock::now()) else {
+            return Ok(());
+        };
+        if increments.is_empty() {
+            return Ok(());
+        }
+        let me = self.me();
+        let handle = self
+            .own_document(DocName::Telemetry { device: me }, move |actor| {
+                Doc::create_telemetry(actor, me)
+                    .map(Doc::into_automerge)
+                    .map_err(internal)
+            })
+            .await?;
+        let actor = self.actor();
+        self.change(&handle, move |am| {
+            Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)
+                .and_then(|mut d| d.flush(&increments))
+        })
+        .await?
+        .map_err(internal)
+    }
+
+    /// What `popmesh status` and `GET /v1/status` show.
+    pub async fn status(&self) -> Status {
+        let view = read(&self.gate.view).clone();
+        let names: BTreeMap<DeviceId, (String, Role)> = view
+            .as_ref()
+            .map(|v| {
+                v.certificates()
+                    .map(|c| (c.device, (c.name.clone(), c.role)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let docs: Vec<(DocumentId, DocName, DocHandle)> = read(&self.docs)
+            .iter()
+            .map(|(id, (n, h))| (id.clone(), n.clone(), h.clone()))
+            .collect();
+        let mut heads = BTreeMap::new();
+        for (id, _, h) in &docs {
+            if let Ok(hs) = h.with_document_async(|am| am.get_heads()).await {
+                heads.insert(id.clone(), hs);
+            }
+        }
+        let (conns, _) = self.repo.connected_peers();
+        let peers = self
+            .mesh
+            .peers()
+            .into_iter()
+            .map(|p| {
+                let device = DeviceId::from_hex(&p.device).ok();
+                let (name, role) = device
+                    .and_then(|d| names.get(&d).cloned())
+                    .or_else(|| {
+                        let hello = p.hello.as_ref()?;
+                        let cert = EnrollmentCert::from_bytes(&hello.cert_bytes().ok()?).ok()?;
+                        Some((cert.name, cert.role))
+                    })
+                    .map(|(n, r)| (Some(n), Some(r)))
+                    .unwrap_or((None, None));
+                // Sync lag: documents whose heads the peer has not acknowledged yet, and its last message.
+                let conn = conns.iter().find(|c| {
+                    matches!(&c.state, samod::ConnectionState::Connected { their_peer_id } if their_peer_id.to_string() == p.device)
+                });
+                let behind = conn.map(|c| {
+                    heads
+                        .iter()
+                        .filter(|(id, ours)| {
+                            c.docs.get(*id).and_then(|s| s.last_acked_heads.as_ref()) != Some(*ours)
+                        })
+                        .count()
+                });
+                let last_heard_ms_ago = conn
+                    .and_then(|c| c.last_received)
+                    .map(|t| (chrono_now_ms() - t.timestamp_millis()).max(0) as u64);
+                PeerJson {
+                    device: p.device,
+                    name,
+                    role,
+                    admitted: p.admitted,
+                    connections: p.connections,
+                    connected_for_ms: p.connected_for_ms,
+                    documents_behind: behind,
+                    last_heard_ms_ago,
+                }
+            })
+            .collect();
+        let mut by_kind: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for (_, name, _) in &docs {
+            *by_kind.entry(kind_of(name)).or_default() += 1;
+        }
+        // The registry names every document but the directory itself.
+        let registered = view.as_ref().map(|v| v.documents.len() + 1).unwrap_or(0);
+        self.metrics.documents.set(docs.len() as i64);
+        Status {
+            device: self.me().to_hex(),
+            name: self.dir.cert.name.clone(),
+            role: self.dir.cert.role,
+            site: self.dir.site_id().to_hex(),
+            site_name: self.dir.site.site_name.clone(),
+            directory: read(&self.gate.directory).as_ref().map(|d| d.to_string()),
+            directory_synced: view.is_some(),
+            enrolled: view
+                .as_ref()
+                .is_some_and(|v| v.verify_device(&self.me(), clock::now()).is_ok()),
+            listening: self
+                .mesh
+                .listening()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            peers,
+            documents: DocsJson {
+                open: docs.len(),
+                registered,
+                by_kind,
+            },
+            shows: view
+                .as_ref()
+                .map(|v| v.shows.keys().cloned().collect())
+                .unwrap_or_default(),
+            store: StoreJson {
+                path: self.store.path().display().to_string(),
+                bytes: self.store.file_bytes(),
+                acknowledged_writes: self.store.acks(),
+                healthy: !self.store.has_failed(),
+            },
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+        }
+    }
+
+    async fn refresh_view(&self) {
+        let Ok(handle) = self.directory_handle() else {
+            return;
+        };
+        let view = handle
+            .with_document_async(|am| {
+                Doc::<Directory, &mut Automerge>::attach(am)
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| d.view().map_err(|e| e.to_string()))
+            })
+            .await;
+        match view {
+            Ok(Ok(v)) => *write(&self.gate.view) = Some(v),
+            Ok(Err(e)) => tracing::warn!("the site directory does not read: {e}"),
+            Err(_) => {}
+        }
+    }
+}
+
+fn chrono_now_ms() -> i64 {
+    clock::now().0 as i64
+}
+
+fn kind_of(name: &DocName) -> &'static str {
+    match name {
+        DocName::Directory => "directory",
+        DocName::Slot { .. } => "slot",
+        DocName::Ledger { .. } => "ledger",
+        DocName::Telemetry { .. } => "telemetry",
+        DocName::Manifest { .. } => "manifest",
+    }
+}
+
+fn escrow_outcome<T>(outcome: Result<T, EscrowError>) -> Result<T, Failure> {
+    match outcome {
+        Ok(v) => Ok(v),
+        Err(
+            e @ (EscrowError::QuotaSpent { .. }
+            | EscrowError::BookingConflict { .. }
+            | EscrowError::Full),
+        ) => Err(Failure::Conflict(e.to_string())),
+        Err(
+            e @ (EscrowError::BadSeatCount(_)
+            | EscrowError::BadId(_)
+            | EscrowError::SelfTransfer
+            | EscrowError::OverGranted { .. }),
+        ) => Err(Failure::BadRequest(e.to_string())),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+async fn read_ledger(handle: &DocHandle) -> Result<Option<LedgerView>, Failure> {
+    let view = handle
+        .with_document_async(|am| Doc::<Ledger, &mut Automerge>::attach(am).and_then(|d| d.view()))
+        .await
+        .map_err(stopped)?;
+    Ok(view.ok())
+}
+
+/// A fresh actor epoch for this run, durably counted.
+fn next_epoch(store: &Store) -> anyhow::Result<u32> {
+    let last = store
+        .meta("epoch")?
+        .map(|e| e.parse::<u32>())
+        .transpose()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: stored epoch is not a number: {e}",
+                store.path().display()
+            )
+        })?;
+    let next = last.map_or(0, |e| e.saturating_add(1));
+    store.set_meta("epoch", &next.to_string())?;
+    Ok(next)
+}
+
+/// Finds the directory, enrolls this device in it, and keeps every registered document open.
+async fn librarian(node: Arc<Node>) {
+    // 1. Where the directory is: known, or learned from the first admitted peer.
+    let directory_id = loop {
+        let known = read(&node.gate.directory).clone();
+        if let Some(id) = known {
+            break id;
+        }
+        tracing::info!("waiting for a site peer to learn where the site directory is");
+        node.gate.learned.notified().await;
+    };
+    if node.dir.site.directory.is_none()
+        && node.store.meta("directory").ok().flatten().is_none()
+        && let Err(e) = node.store.set_meta("directory", &directory_id.to_string())
+    {
+        tracing::error!("could not record the directory id: {e}");
+    }
+    // 2. Open it: from storage, or from a peer.
+    let handle = loop {
+        match node.repo.find(directory_id.clone()).await {
+            Ok(Some(h)) => break h,
+            Ok(None) => tokio::time::sleep(LIBRARIAN_EVERY).await,
+            Err(_) => return,
+        }
+    };
+    tracing::info!(%directory_id, "site directory open");
+    *write(&node.directory) = Some(handle.clone());
+    write(&node.docs).insert(directory_id.clone(), (DocName::Directory, handle.clone()));
+    node.refresh_view().await;
+    // 3. Make sure this device's certificate is in it (a device that joined from a token adds its own).
+    let me = node.me();
+    let listed = read(&node.gate.view)
+        .as_ref()
+        .is_some_and(|v| v.certificates().any(|c| c.device == me));
+    if !listed {
+        let cert = node.dir.cert.clone();
+        match node.change_directory(move |d| d.add_device(&cert)).await {
+            Ok(Ok(())) => tracing::info!("enrolled in the site directory"),
+            Ok(Err(e)) => tracing::error!("the directory refused this device's certificate: {e}"),
+            Err(e) => tracing::error!("could not enroll in the site directory: {e}"),
+        }
+        node.refresh_view().await;
+    }
+    // 4. Follow the directory: open what it registers, re-check peers when it changes.
+    let mut changes = Box::pin(handle.changes());
+    let mut pending: BTreeSet<String> = BTreeSet::new();
+    loop {
+        node.refresh_view().await;
+        node.mesh.reverify().await;
+        let registered = read(&node.gate.view)
+            .as_ref()
+            .map(|v| v.documents.clone())
+            .unwrap_or_default();
+        for (name, id) in registered {
+            let (Ok(parsed_name), Ok(doc_id)) = (name.parse::<DocName>(), id.parse::<DocumentId>())
+            else {
+                continue;
+            };
+            if read(&node.docs).contains_key(&doc_id) || pending.contains(&id) {
+                continue;
+            }
+            pending.insert(id.clone());
+            let node = node.clone();
+            tokio::spawn(async move {
+                loop {
+                    match node.repo.find(doc_id.clone()).await {
+                        Ok(Some(h)) => {
+                            write(&node.docs).insert(doc_id, (parsed_name, h));
+                            return;
+                        }
+                        Ok(None) => tokio::time::sleep(LIBRARIAN_EVERY).await,
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+        pending.retain(|id| {
+            id.parse::<DocumentId>()
+                .map(|d| !read(&node.docs).contains_key(&d))
+                .unwrap_or(false)
+        });
+        tokio::select! {
+            next = futures::StreamExt::next(&mut changes) => if next.is_none() { return },
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Makes samod's lazy writes durable every [`FLUSH_EVERY`], and writes buffered telemetry.
+async fn flusher(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    loop {
+        tick.tick().await;
+        let store = node.store.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.flush()).await {
+            tracing::error!("flush failed: {e}");
+        }
+        if let Err(e) = node.flush_telemetry().await {
+            tracing::debug!("telemetry not written yet: {e}");
+        }
+    }
+}
+
+// ----- JSON shapes -----
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceiptJson {
+    pub token: String,
+    pub show: String,
+    pub device: String,
+    pub seq: u64,
+    pub amount_minor: u64,
+    pub currency: String,
+    pub idempotency_key: String,
+    pub issued_at: u64,
+    pub signature: String,
+    pub reconciled: bool,
+    pub verified: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify_error: Option<String>,
+}
+
+impl ReceiptJson {
+    pub fn new(r: &Receipt, reconciled: bool, verified: Result<(), String>) -> Self {
+        Self {
+            token: r.token.to_string(),
+            show: r.show.clone(),
+            device: r.device.to_hex(),
+            seq: r.seq,
+            amount_minor: r.amount_minor,
+            currency: r.currency.clone(),
+            idempotency_key: r.idempotency_key.clone(),
+            issued_at: r.issued_at.0,
+            signature: r.signature.iter().map(|b| format!("{b:02x}")).collect(),
+            reconciled,
+            verified: verified.is_ok(),
+            verify_error: verified.err(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShowSpec {
+    pub id: String,
+    pub name: String,
+    pub currency: String,
+    pub slots: Vec<SlotSpec>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotSpec {
+    pub id: String,
+    pub label: String,
+    pub starts_at: u64,
+    pub capacity: u64,
+    /// Seats escrowed to devices (by device id or name); all to this device when empty.
+    #[serde(default)]
+    pub grants: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceSeats {
+    pub grant: u64,
+    pub sold: u64,
+    pub available: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Availability {
+    pub show: String,
+    pub slot: String,
+    pub label: String,
+    pub starts_at: u64,
+    pub capacity: u64,
+    pub sold: u64,
+    pub remaining: u64,
+    /// Seats this device can still sell from its own quota, offline.
+    pub available_here: u64,
+    pub devices: BTreeMap<String, DeviceSeats>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerJson {
+    pub device: String,
+    pub name: Option<String>,
+    pub role: Option<Role>,
+    pub admitted: bool,
+    pub connections: usize,
+    pub connected_for_ms: u64,
+    /// Open documents whose latest heads the peer has not acknowledged (None before its sync session is up).
+    pub documents_behind: Option<usize>,
+    pub last_heard_ms_ago: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DocsJson {
+    pub open: usize,
+    pub registered: usize,
+    pub by_kind: BTreeMap<&'static str, usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreJson {
+    pub path: String,
+    pub bytes: u64,
+    pub acknowledged_writes: u64,
+    pub healthy: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub device: String,
+    pub name: String,
+    pub role: Role,
+    pub site: String,
+    pub site_name: String,
+    pub directory: Option<String>,
+    pub directory_synced: bool,
+    pub enrolled: bool,
+    pub listening: Vec<String>,
+    pub peers: Vec<PeerJson>,
+    pub documents: DocsJson,
+    pub shows: Vec<String>,
+    pub store: StoreJson,
+    pub uptime_ms: u64,
+}

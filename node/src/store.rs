@@ -1,0 +1,327 @@
+//! The node's one data file: samod's document storage and the node's own metadata, in redb.
+//!
+//! Two write paths with different promises:
+//! - **samod's own writes** (sync traffic, compaction) commit without fsync ([`Durability::None`]) and are made
+//!   durable by the next durable commit, at the latest [`FLUSH_EVERY`] later. A crash loses at most that window of
+//!   *synced* data, which peers still hold and send again.
+//! - **Acknowledged writes** (a payment, a booking, an enrollment) go through [`Store::put_ack`]: the change bytes
+//!   are committed with fsync under samod's own key layout (`<doc>/incremental/<name>`) before the API answers. On
+//!   restart samod loads them with the rest of the document, so nothing acknowledged depends on samod's timing.
+//!
+//! redb checksums its pages and refuses a damaged file; the error names the file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redb::{Database, Durability, ReadableDatabase as _, TableDefinition};
+use samod::storage::StorageKey;
+
+/// samod's key/value space: `/`-joined storage keys to bytes.
+const DOCS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("samod");
+/// The node's small facts (the directory's document id, once learned).
+const META: TableDefinition<'_, &str, &str> = TableDefinition::new("meta");
+
+/// How often samod's unsynced writes are made durable.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
+
+/// Why the data file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "data file {path} is in use by another popmesh process (is `popmesh run` already running on it?)"
+    )]
+    InUse { path: PathBuf },
+    #[error(
+        "data file {path} is damaged ({reason}); move it aside and run again to resync this device from the site \
+         (acknowledged payments only in this file would be lost)"
+    )]
+    Damaged { path: PathBuf, reason: String },
+    #[error("data file {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+}
+
+/// The node's data file. Cloning shares it.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: Arc<PathBuf>,
+    dirty: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
+    acks: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                path: path.to_owned(),
+            },
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
+                StoreError::Damaged {
+                    path: path.to_owned(),
+                    reason,
+                }
+            }
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                StoreError::InUse {
+                    path: path.to_owned(),
+                }
+            }
+            other => StoreError::Damaged {
+                path: path.to_owned(),
+                reason: other.to_string(),
+            },
+        })?;
+        let store = Self {
+            db: Arc::new(db),
+            path: Arc::new(path.to_owned()),
+            dirty: Arc::new(AtomicBool::new(false)),
+            failed: Arc::new(AtomicBool::new(false)),
+            acks: Arc::new(AtomicU64::new(0)),
+        };
+        // Create the tables, so that readers never see them missing.
+        store.write(Durability::Immediate, |tx| {
+            tx.open_table(DOCS)?;
+            tx.open_table(META)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether a write has failed since start (the node reports itself degraded and refuses money writes).
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Acknowledged writes made durable since start.
+    pub fn acks(&self) -> u64 {
+        self.acks.load(Ordering::Relaxed)
+    }
+
+    fn io(&self, e: impl std::fmt::Display) -> StoreError {
+        self.failed.store(true, Ordering::Relaxed);
+        StoreError::Io {
+            path: self.path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn write(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.io(e))?;
+        tx.set_durability(durability).map_err(|e| self.io(e))?;
+        f(&tx).map_err(|e| self.io(e))?;
+        tx.commit().map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// Makes `bytes` (Automerge changes, or a whole document) part of document `doc` on disk, fsync'd, before
+    /// returning. Blocking: call it off the async runtime.
+    pub fn put_ack(&self, doc: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let name = format!("ack-{}", blake3::hash(bytes).to_hex());
+        let key = StorageKey::from_parts([doc, "incremental", name.as_str()])
+            .map_err(|_| self.io(format!("document id {doc:?} is not a storage key")))?;
+        let key = key_string(&key);
+        self.write(Durability::Immediate, |tx| {
+            tx.open_table(DOCS)?.insert(key.as_str(), bytes)?;
+            Ok(())
+        })?;
+        self.dirty.store(false, Ordering::Relaxed);
+        self.acks.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = tx.open_table(META).map_err(|e| self.io(e))?;
+        let value = table.get(key).map_err(|e| self.io(e))?;
+        Ok(value.map(|v| v.value().to_owned()))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.write(Durability::Immediate, |tx| {
+            tx.open_table(META)?.insert(key, value)?;
+            Ok(())
+        })
+    }
+
+    /// Makes every earlier write durable, if any is not yet.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        if self.dirty.swap(false, Ordering::Relaxed) {
+            self.write(Durability::Immediate, |_| Ok(()))?;
+        }
+        Ok(())
+    }
+
+    /// Size of the data file in bytes.
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&*self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn load_one(&self, key: &StorageKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = tx.open_table(DOCS).map_err(|e| self.io(e))?;
+        let value = table
+            .get(key_string(key).as_str())
+            .map_err(|e| self.io(e))?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    fn load_prefix(&self, prefix: &StorageKey) -> Result<HashMap<StorageKey, Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = tx.open_table(DOCS).map_err(|e| self.io(e))?;
+        let start = key_string(prefix);
+        let mut out = HashMap::new();
+        for entry in table.range(start.as_str()..).map_err(|e| self.io(e))? {
+            let (k, v) = entry.map_err(|e| self.io(e))?;
+            let k = k.value();
+            if !k.starts_with(start.as_str()) {
+                break;
+            }
+            if let Ok(key) = StorageKey::from_parts(k.split('/'))
+                && prefix.is_prefix_of(&key)
+            {
+                out.insert(key, v.value().to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_lazy(&self, key: &StorageKey, data: &[u8]) -> Result<(), StoreError> {
+        let key = key_string(key);
+        self.write(Durability::None, |tx| {
+            tx.open_table(DOCS)?.insert(key.as_str(), data)?;
+            Ok(())
+        })?;
+        self.dirty.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn delete_lazy(&self, key: &StorageKey) -> Result<(), StoreError> {
+        let key = key_string(key);
+        self.write(Durability::None, |tx| {
+            tx.open_table(DOCS)?.remove(key.as_str())?;
+            Ok(())
+        })?;
+        self.dirty.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Option<T> {
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::error!("storage {what} failed: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::error!("storage {what} task failed: {e}");
+                None
+            }
+        }
+    }
+}
+
+fn key_string(key: &StorageKey) -> String {
+    key.to_string()
+}
+
+impl samod::storage::Storage for Store {
+    async fn load(&self, key: StorageKey) -> Option<Vec<u8>> {
+        self.blocking("load", move |s| s.load_one(&key))
+            .await
+            .flatten()
+    }
+
+    async fn load_range(&self, prefix: StorageKey) -> HashMap<StorageKey, Vec<u8>> {
+        self.blocking("load_range", move |s| s.load_prefix(&prefix))
+            .await
+            .unwrap_or_default()
+    }
+
+    async fn put(&self, key: StorageKey, data: Vec<u8>) {
+        self.blocking("put", move |s| s.put_lazy(&key, &data)).await;
+    }
+
+    async fn delete(&self, key: StorageKey) {
+        self.blocking("delete", move |s| s.delete_lazy(&key)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use samod::storage::Storage as _;
+
+    #[tokio::test]
+    async fn acknowledged_and_synced_writes_read_back_under_samods_prefixes() {
+        let dir = tempdir();
+        let store = Store::open(&dir.join("store.redb")).expect("open");
+        let doc = "3j5VgbDMDHqJkGtrEQS2ywxF3Zw6";
+        let synced = StorageKey::from_parts([doc, "incremental", "abc"]).expect("key");
+        store.put(synced.clone(), b"synced".to_vec()).await;
+        store.put_ack(doc, b"acked").expect("ack");
+        let other =
+            StorageKey::from_parts([format!("{doc}x").as_str(), "incremental", "z"]).expect("key");
+        store.put(other, b"other doc".to_vec()).await;
+        let prefix = StorageKey::from_parts([doc, "incremental"]).expect("prefix");
+        let found = store.load_range(prefix).await;
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found.get(&synced).map(Vec::as_slice), Some(&b"synced"[..]));
+        assert!(found.values().any(|v| v == b"acked"));
+        store.delete(synced.clone()).await;
+        assert_eq!(store.load(synced).await, None);
+    }
+
+    #[test]
+    fn a_damaged_data_file_is_refused_with_its_name() {
+        let dir = tempdir();
+        let path = dir.join("store.redb");
+        drop(Store::open(&path).expect("create"));
+        let mut bytes = std::fs::read(&path).expect("read");
+        for b in bytes.iter_mut().take(4096) {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&path, bytes).expect("write");
+        let err = Store::open(&path).expect_err("damaged file must be refused");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "popmesh-store-{}-{}",
+            std::process::id(),
+            blake3::hash(format!("{:?}", std::time::Instant::now()).as_bytes()).to_hex()
+        ));
+        std::fs::create_dir_all(&dir).expect("tempdir");
+        dir
+    }
+}

@@ -1,0 +1,236 @@
+//! One site link: a libp2p stream that starts with the hello exchange and then carries samod's sync messages.
+//!
+//! The peer with the smaller PeerId opens the stream (it is samod's dialer); the other side accepts it. Before
+//! either side hands the stream to samod, each sends a [`Hello`] carrying its enrollment certificate, and each asks
+//! its [`Gate`] whether to admit the other. A refused peer gets one [`Verdict::Refused`] frame saying why, and the
+//! stream is closed before any document byte moves. Every frame is length-delimited and bounded
+//! ([`FRAME_BYTES_MAX`]); a frame over the bound closes the link.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
+use futures::{SinkExt as _, StreamExt as _, TryStreamExt as _};
+use libp2p::{PeerId, StreamProtocol};
+use popmesh_crdt::DeviceId;
+use prometheus_client::metrics::counter::Counter;
+use serde::{Deserialize, Serialize};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt as _};
+
+use crate::identity::device_of_peer;
+
+/// The protocol every site link speaks.
+pub const SITE_PROTOCOL: StreamProtocol = StreamProtocol::new("/popmesh/site/1");
+
+/// The largest sync frame a link accepts. A bigger one closes the link (samod splits nothing itself, so this also
+/// bounds the largest single change bundle: 32 MiB is far above a show's documents).
+pub const FRAME_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// The largest hello frame (a certificate and a document id).
+pub const HELLO_BYTES_MAX: usize = 16 * 1024;
+
+/// How long the hello exchange may take before the link is dropped.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a device says about itself when a link opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Wire version, `1`.
+    pub v: u32,
+    /// The site id (hex) the device believes it belongs to.
+    pub site: String,
+    /// The device's enrollment certificate, canonical bytes in base64.
+    pub cert: String,
+    /// The samod document id of the site directory, when the device holds it.
+    pub directory: Option<String>,
+}
+
+impl Hello {
+    pub fn new(site: String, cert: &[u8], directory: Option<String>) -> Self {
+        Self {
+            v: 1,
+            site,
+            cert: B64.encode(cert),
+            directory,
+        }
+    }
+
+    /// The certificate bytes, or why they are not base64.
+    pub fn cert_bytes(&self) -> Result<Vec<u8>, String> {
+        B64.decode(&self.cert)
+            .map_err(|e| format!("certificate is not base64: {e}"))
+    }
+}
+
+/// The acceptor's answer to a hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    Admitted { hello: Hello },
+    Refused { reason: String },
+}
+
+/// Decides who may sync: the node implements it against its replica of the site directory.
+pub trait Gate: Send + Sync + 'static {
+    /// What this device says when a link opens.
+    fn hello(&self) -> Hello;
+    /// Whether to admit `device` (authenticated by noise as the link's PeerId) after it said `hello`.
+    fn admit(&self, device: DeviceId, hello: &Hello) -> Result<(), String>;
+}
+
+/// Why a link did not come up.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("link i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("peer closed the link during the hello")]
+    Closed,
+    #[error("hello timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("malformed hello: {0}")]
+    Malformed(String),
+    #[error("peer id {0} is not an ed25519 device key")]
+    NotADevice(PeerId),
+    /// We refused the peer.
+    #[error("refused {peer}: {reason}")]
+    WeRefused { peer: PeerId, reason: String },
+    /// The peer refused us.
+    #[error("peer {peer} refused us: {reason}")]
+    TheyRefused { peer: PeerId, reason: String },
+}
+
+impl LinkError {
+    /// Whether the link failed because one side does not trust the other (as opposed to the network).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            LinkError::WeRefused { .. }
+                | LinkError::TheyRefused { .. }
+                | LinkError::NotADevice(_)
+                | LinkError::Malformed(_)
+        )
+    }
+}
+
+/// Sync traffic counters shared by every link.
+#[derive(Debug, Clone, Default)]
+pub struct LinkCounters {
+    pub messages_in: Counter,
+    pub messages_out: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+}
+
+type Framing = Framed<Compat<libp2p::Stream>, LengthDelimitedCodec>;
+
+fn framing(stream: libp2p::Stream, max: usize) -> Framing {
+    let codec = LengthDelimitedCodec::builder()
+        .max_frame_length(max)
+        .new_codec();
+    Framed::new(stream.compat(), codec)
+}
+
+async fn read_json<T: for<'de> Deserialize<'de>>(framed: &mut Framing) -> Result<T, LinkError> {
+    let frame = framed.next().await.ok_or(LinkError::Closed)??;
+    serde_json::from_slice(&frame).map_err(|e| LinkError::Malformed(e.to_string()))
+}
+
+async fn write_json<T: Serialize>(framed: &mut Framing, value: &T) -> Result<(), LinkError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| LinkError::Malformed(e.to_string()))?;
+    framed.send(bytes::Bytes::from(bytes)).await?;
+    Ok(())
+}
+
+fn device(peer: PeerId) -> Result<DeviceId, LinkError> {
+    device_of_peer(&peer).ok_or(LinkError::NotADevice(peer))
+}
+
+/// The opening side of the hello: send ours, read the verdict, check theirs.
+pub async fn open(
+    stream: libp2p::Stream,
+    peer: PeerId,
+    gate: &dyn Gate,
+) -> Result<(Hello, Framing), LinkError> {
+    let device = device(peer)?;
+    let mut framed = framing(stream, HELLO_BYTES_MAX);
+    let exchange = async {
+        write_json(&mut framed, &gate.hello()).await?;
+        match read_json::<Verdict>(&mut framed).await? {
+            Verdict::Refused { reason } => Err(LinkError::TheyRefused { peer, reason }),
+            Verdict::Admitted { hello } => match gate.admit(device, &hello) {
+                Ok(()) => Ok(hello),
+                Err(reason) => Err(LinkError::WeRefused { peer, reason }),
+            },
+        }
+    };
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, exchange)
+        .await
+        .map_err(|_| LinkError::Timeout(HELLO_TIMEOUT))??;
+    Ok((hello, framed))
+}
+
+/// The accepting side of the hello: read theirs, answer with a verdict.
+pub async fn accept(
+    stream: libp2p::Stream,
+    peer: PeerId,
+    gate: &dyn Gate,
+) -> Result<(Hello, Framing), LinkError> {
+    let device = device(peer)?;
+    let mut framed = framing(stream, HELLO_BYTES_MAX);
+    let exchange = async {
+        let hello: Hello = read_json(&mut framed).await?;
+        match gate.admit(device, &hello) {
+            Ok(()) => {
+                let ours = Verdict::Admitted {
+                    hello: gate.hello(),
+                };
+                write_json(&mut framed, &ours).await?;
+                Ok(hello)
+            }
+            Err(reason) => {
+                let refusal = Verdict::Refused {
+                    reason: reason.clone(),
+                };
+                // Best effort: the peer learns why, then the stream closes.
+                let _ = write_json(&mut framed, &refusal).await;
+                let _ = futures::SinkExt::<bytes::Bytes>::close(&mut framed).await;
+                Err(LinkError::WeRefused { peer, reason })
+            }
+        }
+    };
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, exchange)
+        .await
+        .map_err(|_| LinkError::Timeout(HELLO_TIMEOUT))??;
+    Ok((hello, framed))
+}
+
+/// Turns a link whose hello succeeded into a samod transport bound to the authenticated device.
+pub fn into_samod(framed: Framing, peer: PeerId, counters: Arc<LinkCounters>) -> samod::Transport {
+    // Keep what was buffered after the hello, and raise the frame bound from hello size to sync size.
+    let mut parts = framed.into_parts();
+    parts.codec = LengthDelimitedCodec::builder()
+        .max_frame_length(FRAME_BYTES_MAX)
+        .new_codec();
+    let framed = Framed::from_parts(parts);
+    let (sink, stream) = framed.split();
+    let c_in = counters.clone();
+    let stream = stream.map_ok(move |frame| {
+        c_in.messages_in.inc();
+        c_in.bytes_in.inc_by(frame.len() as u64);
+        frame.to_vec()
+    });
+    let sink = sink.with(move |msg: Vec<u8>| {
+        counters.messages_out.inc();
+        counters.bytes_out.inc_by(msg.len() as u64);
+        futures::future::ready(Ok::<_, io::Error>(bytes::Bytes::from(msg)))
+    });
+    let expected = device_of_peer(&peer).map(|d| samod::PeerId::from_string(d.to_hex()));
+    let transport = samod::Transport::new(stream, Box::pin(sink));
+    match expected {
+        Some(id) => transport.with_expected_peer_id(id),
+        None => transport,
+    }
+}
