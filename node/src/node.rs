@@ -233,8 +233,7 @@ impl Node {
             view: RwLock::new(None),
             learned: tokio::sync::Notify::new(),
         });
-        let mut registry = Registry::with_prefix_and_labels(
-            "",
+        let mut registry = Registry::with_labels(
             [(
                 std::borrow::Cow::Borrowed("device"),
                 std::borrow::Cow::Owned(dir.device().short()),

@@ -69,8 +69,15 @@ impl Hello {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
-    Admitted { hello: Hello },
-    Refused { reason: String },
+    /// The acceptor admits the opener, and says its own hello.
+    Admitted {
+        hello: Hello,
+    },
+    /// The opener admits the acceptor in turn: only now does either side hand the stream to samod.
+    Confirmed,
+    Refused {
+        reason: String,
+    },
 }
 
 /// Decides who may sync: the node implements it against its replica of the site directory.
@@ -148,7 +155,7 @@ fn device(peer: PeerId) -> Result<DeviceId, LinkError> {
     device_of_peer(&peer).ok_or(LinkError::NotADevice(peer))
 }
 
-/// The opening side of the hello: send ours, read the verdict, check theirs.
+/// The opening side of the hello: send ours, read the verdict, check theirs, confirm or refuse.
 pub async fn open(
     stream: libp2p::Stream,
     peer: PeerId,
@@ -160,9 +167,19 @@ pub async fn open(
         write_json(&mut framed, &gate.hello()).await?;
         match read_json::<Verdict>(&mut framed).await? {
             Verdict::Refused { reason } => Err(LinkError::TheyRefused { peer, reason }),
+            Verdict::Confirmed => Err(LinkError::Malformed("confirmation before hello".into())),
             Verdict::Admitted { hello } => match gate.admit(device, &hello) {
-                Ok(()) => Ok(hello),
-                Err(reason) => Err(LinkError::WeRefused { peer, reason }),
+                Ok(()) => {
+                    write_json(&mut framed, &Verdict::Confirmed).await?;
+                    Ok(hello)
+                }
+                Err(reason) => {
+                    let refusal = Verdict::Refused {
+                        reason: reason.clone(),
+                    };
+                    let _ = write_json(&mut framed, &refusal).await;
+                    Err(LinkError::WeRefused { peer, reason })
+                }
             },
         }
     };
@@ -172,7 +189,7 @@ pub async fn open(
     Ok((hello, framed))
 }
 
-/// The accepting side of the hello: read theirs, answer with a verdict.
+/// The accepting side of the hello: read theirs, answer with a verdict, wait for the opener to confirm.
 pub async fn accept(
     stream: libp2p::Stream,
     peer: PeerId,
@@ -188,7 +205,11 @@ pub async fn accept(
                     hello: gate.hello(),
                 };
                 write_json(&mut framed, &ours).await?;
-                Ok(hello)
+                match read_json::<Verdict>(&mut framed).await? {
+                    Verdict::Confirmed => Ok(hello),
+                    Verdict::Refused { reason } => Err(LinkError::TheyRefused { peer, reason }),
+                    Verdict::Admitted { .. } => Err(LinkError::Malformed("a second hello".into())),
+                }
             }
             Err(reason) => {
                 let refusal = Verdict::Refused {

@@ -692,9 +692,12 @@ impl SwarmTask {
                 }
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
-                // Most often a device without the site key: the pnet/noise handshake fails.
-                tracing::debug!("inbound handshake failed: {error}");
-                self.metrics.reject("handshake");
+                // A transport error here is most often a device without the site key: the pnet/noise handshake
+                // fails. Denials (a blocked peer trying again) were counted when the peer was refused.
+                tracing::debug!("inbound connection failed: {error}");
+                if matches!(error, libp2p::swarm::ListenError::Transport(_)) {
+                    self.metrics.reject("handshake");
+                }
             }
             _ => {}
         }

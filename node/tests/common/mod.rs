@@ -3,6 +3,7 @@
 use std::process::Command;
 
 /// Runs `popmesh ARGS...`; returns whether it succeeded, its standard output and its standard error.
+#[allow(dead_code)]
 pub fn popmesh(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_popmesh"))
         .args(args)
@@ -14,3 +15,5 @@ pub fn popmesh(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+pub mod site;

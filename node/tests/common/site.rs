@@ -1,0 +1,314 @@
+//! A site of real `popmesh run` processes on 127.0.0.1, for the scenario tests.
+//!
+//! Each device gets its own data directory, API port and mesh port. Devices find each other through bootstrap
+//! addresses (mDNS is off, so parallel tests never see each other). When a wait times out, the panic message
+//! carries the tail of every device's log.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use popmesh_node::client::{Answer, Client};
+use serde_json::Value;
+
+/// The `popmesh` binary: cargo names it for the node package's tests; elsewhere it sits beside the test binary's
+/// directory (`target/<profile>/popmesh`).
+pub fn binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_popmesh") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    profile_dir.join("popmesh")
+}
+
+/// Runs `popmesh ARGS...` to completion.
+pub fn popmesh(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .output()
+        .expect("popmesh runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A scratch directory removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(label: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "popmesh-{label}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One device's data directory and ports.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub name: String,
+    pub data: PathBuf,
+    pub api: SocketAddr,
+    pub p2p: u16,
+}
+
+impl Device {
+    fn new(root: &Path, name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            data: root.join(name),
+            api: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            p2p: free_port(),
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("/ip4/127.0.0.1/tcp/{}", self.p2p)
+    }
+
+    pub fn data_str(&self) -> &str {
+        self.data.to_str().expect("utf-8 path")
+    }
+
+    /// The device id, from the device's key file.
+    pub fn device_id(&self) -> String {
+        let seed = std::fs::read_to_string(self.data.join("keys/device.key")).expect("device.key");
+        let seed = popmesh_crdt::identity::hex_decode::<32>(seed.trim()).expect("hex");
+        popmesh_crdt::SecretKey::from_seed(seed).public().to_hex()
+    }
+}
+
+/// A site under test: an edge box that created it, and the devices that joined.
+pub struct Site {
+    pub scratch: Scratch,
+    pub edge: Device,
+}
+
+impl Site {
+    /// `popmesh site init`: the edge box creates the site.
+    pub fn create(label: &str) -> Self {
+        let scratch = Scratch::new(label);
+        let edge = Device::new(&scratch.0, "edge-1");
+        let (ok, out, err) = popmesh(&[
+            "site",
+            "init",
+            "--data",
+            edge.data_str(),
+            "--name",
+            "Harbour Market",
+            "--device-name",
+            "edge-1",
+        ]);
+        assert!(ok, "site init failed: {out}{err}");
+        Self { scratch, edge }
+    }
+
+    /// `popmesh site invite` on the edge box, with the edge's mesh address as bootstrap.
+    pub fn invite(&self, role: &str) -> String {
+        let (ok, out, err) = popmesh(&[
+            "site",
+            "invite",
+            "--data",
+            self.edge.data_str(),
+            "--role",
+            role,
+            "--bootstrap",
+            &self.edge.addr(),
+        ]);
+        assert!(ok, "site invite failed: {err}");
+        out.trim().to_owned()
+    }
+
+    /// `popmesh join` for a new device named `name`.
+    pub fn join(&self, role: &str, name: &str) -> Device {
+        let token = self.invite(role);
+        let device = Device::new(&self.scratch.0, name);
+        let (ok, out, err) =
+            popmesh(&["join", &token, "--data", device.data_str(), "--name", name]);
+        assert!(ok, "join failed: {out}{err}");
+        device
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.scratch.0
+    }
+}
+
+/// A running `popmesh run`, killed with SIGKILL when dropped.
+pub struct Node {
+    pub device: Device,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Starts the daemon and waits until its API answers.
+    pub fn start(device: &Device, bootstrap: &[&Device]) -> Self {
+        Self::start_with(device, bootstrap, &[])
+    }
+
+    pub fn start_with(device: &Device, bootstrap: &[&Device], extra: &[&str]) -> Self {
+        let log = device
+            .data
+            .with_extension(format!("log.{}", SEQ.fetch_add(1, Ordering::Relaxed)));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(binary());
+        cmd.args(["run", "--data", device.data_str()])
+            .args(["--api", &device.api.to_string()])
+            .args(["--listen", &device.addr()])
+            .arg("--no-mdns")
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file);
+        for b in bootstrap {
+            cmd.args(["--bootstrap", &b.addr()]);
+        }
+        let child = cmd.spawn().expect("popmesh run starts");
+        let node = Self {
+            device: device.clone(),
+            child: Some(child),
+            log,
+        };
+        node.wait_for("its API to answer", Duration::from_secs(30), |n| {
+            n.client().get("/v1/status").is_ok_and(|a| a.status == 200)
+        });
+        node
+    }
+
+    pub fn client(&self) -> Client {
+        let mut c = Client::new(self.device.api);
+        c.timeout = Duration::from_secs(20);
+        c
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let answer = self.client().get(path).unwrap_or_else(|e| {
+            panic!(
+                "GET {path} on {}: {e}\n{}",
+                self.device.name,
+                self.log_tail()
+            )
+        });
+        answer.json()
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> Answer {
+        self.client().post(path, &body).unwrap_or_else(|e| {
+            panic!(
+                "POST {path} on {}: {e}\n{}",
+                self.device.name,
+                self.log_tail()
+            )
+        })
+    }
+
+    pub fn status(&self) -> Value {
+        self.get("/v1/status")
+    }
+
+    /// Tokens of every receipt this node has merged.
+    pub fn receipt_tokens(&self) -> Vec<String> {
+        self.get("/v1/receipts")["receipts"]
+            .as_array()
+            .map(|rs| {
+                rs.iter()
+                    .filter_map(|r| r["token"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn admitted_peers(&self) -> usize {
+        self.status()["peers"]
+            .as_array()
+            .map(|ps| ps.iter().filter(|p| p["admitted"] == true).count())
+            .unwrap_or(0)
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        format!("--- last log lines of {} ---\n{tail}", self.device.name)
+    }
+
+    /// Polls `cond` every 100 ms until it holds, or panics after `limit` with this node's log.
+    pub fn wait_for(&self, what: &str, limit: Duration, mut cond: impl FnMut(&Self) -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if cond(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{} waited {limit:?} for {what}\n{}",
+            self.device.name,
+            self.log_tail()
+        );
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A show with one slot of `capacity` seats escrowed to the named devices.
+pub fn show(id: &str, capacity: u64, grants: &[(&str, u64)]) -> Value {
+    let grants: serde_json::Map<String, Value> = grants
+        .iter()
+        .map(|(n, s)| ((*n).to_owned(), Value::from(*s)))
+        .collect();
+    serde_json::json!({
+        "id": id,
+        "name": "Friday Night Market",
+        "currency": "EUR",
+        "slots": [{ "id": "s1900", "label": "19:00", "starts_at": 1_795_892_400_000u64, "capacity": capacity, "grants": grants }]
+    })
+}
+
+pub fn payment(key: &str, amount_minor: u64) -> Value {
+    serde_json::json!({ "amount_minor": amount_minor, "currency": "EUR", "idempotency_key": key })
+}
