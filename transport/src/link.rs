@@ -131,21 +131,31 @@ pub struct LinkCounters {
     pub bytes_out: Counter,
 }
 
-type Framing = Framed<Compat<libp2p::Stream>, LengthDelimitedCodec>;
+/// Any byte stream a link can run over: a libp2p stream in the node, an in-memory pipe in tests.
+pub trait LinkIo: futures::AsyncRead + futures::AsyncWrite + Send + Unpin + 'static {}
+impl<T: futures::AsyncRead + futures::AsyncWrite + Send + Unpin + 'static> LinkIo for T {}
 
-fn framing(stream: libp2p::Stream, max: usize) -> Framing {
+/// A link's framed stream.
+pub type Framing<S> = Framed<Compat<S>, LengthDelimitedCodec>;
+
+fn framing<S: LinkIo>(stream: S, max: usize) -> Framing<S> {
     let codec = LengthDelimitedCodec::builder()
         .max_frame_length(max)
         .new_codec();
     Framed::new(stream.compat(), codec)
 }
 
-async fn read_json<T: for<'de> Deserialize<'de>>(framed: &mut Framing) -> Result<T, LinkError> {
+async fn read_json<T: for<'de> Deserialize<'de>, S: LinkIo>(
+    framed: &mut Framing<S>,
+) -> Result<T, LinkError> {
     let frame = framed.next().await.ok_or(LinkError::Closed)??;
     serde_json::from_slice(&frame).map_err(|e| LinkError::Malformed(e.to_string()))
 }
 
-async fn write_json<T: Serialize>(framed: &mut Framing, value: &T) -> Result<(), LinkError> {
+async fn write_json<T: Serialize, S: LinkIo>(
+    framed: &mut Framing<S>,
+    value: &T,
+) -> Result<(), LinkError> {
     let bytes = serde_json::to_vec(value).map_err(|e| LinkError::Malformed(e.to_string()))?;
     framed.send(bytes::Bytes::from(bytes)).await?;
     Ok(())
@@ -156,16 +166,16 @@ fn device(peer: PeerId) -> Result<DeviceId, LinkError> {
 }
 
 /// The opening side of the hello: send ours, read the verdict, check theirs, confirm or refuse.
-pub async fn open(
-    stream: libp2p::Stream,
+pub async fn open<S: LinkIo>(
+    stream: S,
     peer: PeerId,
     gate: &dyn Gate,
-) -> Result<(Hello, Framing), LinkError> {
+) -> Result<(Hello, Framing<S>), LinkError> {
     let device = device(peer)?;
     let mut framed = framing(stream, HELLO_BYTES_MAX);
     let exchange = async {
         write_json(&mut framed, &gate.hello()).await?;
-        match read_json::<Verdict>(&mut framed).await? {
+        match read_json::<Verdict, S>(&mut framed).await? {
             Verdict::Refused { reason } => Err(LinkError::TheyRefused { peer, reason }),
             Verdict::Confirmed => Err(LinkError::Malformed("confirmation before hello".into())),
             Verdict::Admitted { hello } => match gate.admit(device, &hello) {
@@ -190,11 +200,11 @@ pub async fn open(
 }
 
 /// The accepting side of the hello: read theirs, answer with a verdict, wait for the opener to confirm.
-pub async fn accept(
-    stream: libp2p::Stream,
+pub async fn accept<S: LinkIo>(
+    stream: S,
     peer: PeerId,
     gate: &dyn Gate,
-) -> Result<(Hello, Framing), LinkError> {
+) -> Result<(Hello, Framing<S>), LinkError> {
     let device = device(peer)?;
     let mut framed = framing(stream, HELLO_BYTES_MAX);
     let exchange = async {
@@ -205,7 +215,7 @@ pub async fn accept(
                     hello: gate.hello(),
                 };
                 write_json(&mut framed, &ours).await?;
-                match read_json::<Verdict>(&mut framed).await? {
+                match read_json::<Verdict, S>(&mut framed).await? {
                     Verdict::Confirmed => Ok(hello),
                     Verdict::Refused { reason } => Err(LinkError::TheyRefused { peer, reason }),
                     Verdict::Admitted { .. } => Err(LinkError::Malformed("a second hello".into())),
@@ -229,7 +239,7 @@ pub async fn accept(
 }
 
 /// Turns a link whose hello succeeded into a samod transport bound to the authenticated device.
-pub fn into_samod(framed: Framing, peer: PeerId, counters: Arc<LinkCounters>) -> samod::Transport {
+pub fn into_samod<S: LinkIo>(framed: Framing<S>, peer: PeerId, counters: Arc<LinkCounters>) -> samod::Transport {
     // Keep what was buffered after the hello, and raise the frame bound from hello size to sync size.
     let mut parts = framed.into_parts();
     parts.codec = LengthDelimitedCodec::builder()
@@ -253,5 +263,98 @@ pub fn into_samod(framed: Framing, peer: PeerId, counters: Arc<LinkCounters>) ->
     match expected {
         Some(id) => transport.with_expected_peer_id(id),
         None => transport,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A hostile or broken peer on the other end of a link: every case ends in an error, none in a panic, and
+    //! nothing reaches samod.
+
+    use super::*;
+    use crate::identity::{libp2p_keypair, peer_id};
+    use popmesh_crdt::SecretKey;
+    use tokio::io::AsyncWriteExt as _;
+    use tokio_util::compat::TokioAsyncReadCompatExt as _;
+
+    /// Admits hellos whose site is "site-a" and says it is `me`.
+    struct TestGate(&'static str);
+
+    impl Gate for TestGate {
+        fn hello(&self) -> Hello {
+            Hello::new(self.0.into(), b"cert", None)
+        }
+        fn admit(&self, _device: DeviceId, hello: &Hello) -> Result<(), String> {
+            if hello.site == "site-a" {
+                Ok(())
+            } else {
+                Err(format!("wrong site {}", hello.site))
+            }
+        }
+    }
+
+    fn peer(seed: u8) -> PeerId {
+        let key = SecretKey::from_seed([seed; 32]);
+        assert_eq!(libp2p_keypair(&key).public().to_peer_id(), peer_id(&key.public()).expect("ed25519"));
+        peer_id(&key.public()).expect("ed25519")
+    }
+
+    #[tokio::test]
+    async fn two_members_of_one_site_admit_each_other() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (opened, accepted) = tokio::join!(
+            open(a.compat(), peer(2), &TestGate("site-a")),
+            accept(b.compat(), peer(1), &TestGate("site-a"))
+        );
+        assert_eq!(opened.expect("opener admitted").0.site, "site-a");
+        assert_eq!(accepted.expect("acceptor admitted").0.site, "site-a");
+    }
+
+    #[tokio::test]
+    async fn a_peer_from_another_site_is_refused_by_whichever_side_checks_first() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (opened, accepted) = tokio::join!(
+            open(a.compat(), peer(2), &TestGate("site-b")),
+            accept(b.compat(), peer(1), &TestGate("site-a"))
+        );
+        assert!(matches!(accepted, Err(LinkError::WeRefused { .. })), "{accepted:?}");
+        assert!(matches!(opened, Err(LinkError::TheyRefused { .. })), "{opened:?}");
+
+        // The acceptor is the outsider: the opener refuses it, and the acceptor learns it was refused.
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (opened, accepted) = tokio::join!(
+            open(a.compat(), peer(2), &TestGate("site-a")),
+            accept(b.compat(), peer(1), &TestGate("site-b"))
+        );
+        assert!(matches!(opened, Err(LinkError::WeRefused { .. })), "{opened:?}");
+        assert!(matches!(accepted, Err(LinkError::TheyRefused { .. })), "{accepted:?}");
+    }
+
+    #[tokio::test]
+    async fn garbage_an_oversized_frame_or_silence_end_the_link_without_a_panic() {
+        // Garbage in a well-formed frame.
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
+        b.write_all(&[0, 0, 0, 5, b'{', b'x', 0xff, b'!', b'}']).await.expect("write");
+        let out = accept(a.compat(), peer(1), &TestGate("site-a")).await;
+        assert!(matches!(out, Err(LinkError::Malformed(_))), "{out:?}");
+
+        // A frame header announcing 4 GiB.
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
+        b.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.expect("write");
+        let out = accept(a.compat(), peer(1), &TestGate("site-a")).await;
+        assert!(matches!(out, Err(LinkError::Io(_))), "{out:?}");
+
+        // A peer that hangs up mid-hello.
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        drop(b);
+        let out = accept(a.compat(), peer(1), &TestGate("site-a")).await;
+        assert!(matches!(out, Err(LinkError::Closed | LinkError::Io(_))), "{out:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_never_says_hello_times_out() {
+        let (a, _b) = tokio::io::duplex(64 * 1024);
+        let out = accept(a.compat(), peer(1), &TestGate("site-a")).await;
+        assert!(matches!(out, Err(LinkError::Timeout(_))), "{out:?}");
     }
 }
