@@ -239,7 +239,11 @@ pub async fn accept<S: LinkIo>(
 }
 
 /// Turns a link whose hello succeeded into a samod transport bound to the authenticated device.
-pub fn into_samod<S: LinkIo>(framed: Framing<S>, peer: PeerId, counters: Arc<LinkCounters>) -> samod::Transport {
+pub fn into_samod<S: LinkIo>(
+    framed: Framing<S>,
+    peer: PeerId,
+    counters: Arc<LinkCounters>,
+) -> samod::Transport {
     // Keep what was buffered after the hello, and raise the frame bound from hello size to sync size.
     let mut parts = framed.into_parts();
     parts.codec = LengthDelimitedCodec::builder()
@@ -295,7 +299,10 @@ mod tests {
 
     fn peer(seed: u8) -> PeerId {
         let key = SecretKey::from_seed([seed; 32]);
-        assert_eq!(libp2p_keypair(&key).public().to_peer_id(), peer_id(&key.public()).expect("ed25519"));
+        assert_eq!(
+            libp2p_keypair(&key).public().to_peer_id(),
+            peer_id(&key.public()).expect("ed25519")
+        );
         peer_id(&key.public()).expect("ed25519")
     }
 
@@ -317,8 +324,14 @@ mod tests {
             open(a.compat(), peer(2), &TestGate("site-b")),
             accept(b.compat(), peer(1), &TestGate("site-a"))
         );
-        assert!(matches!(accepted, Err(LinkError::WeRefused { .. })), "{accepted:?}");
-        assert!(matches!(opened, Err(LinkError::TheyRefused { .. })), "{opened:?}");
+        assert!(
+            matches!(accepted, Err(LinkError::WeRefused { .. })),
+            "{accepted:?}"
+        );
+        assert!(
+            matches!(opened, Err(LinkError::TheyRefused { .. })),
+            "{opened:?}"
+        );
 
         // The acceptor is the outsider: the opener refuses it, and the acceptor learns it was refused.
         let (a, b) = tokio::io::duplex(64 * 1024);
@@ -326,21 +339,31 @@ mod tests {
             open(a.compat(), peer(2), &TestGate("site-a")),
             accept(b.compat(), peer(1), &TestGate("site-b"))
         );
-        assert!(matches!(opened, Err(LinkError::WeRefused { .. })), "{opened:?}");
-        assert!(matches!(accepted, Err(LinkError::TheyRefused { .. })), "{accepted:?}");
+        assert!(
+            matches!(opened, Err(LinkError::WeRefused { .. })),
+            "{opened:?}"
+        );
+        assert!(
+            matches!(accepted, Err(LinkError::TheyRefused { .. })),
+            "{accepted:?}"
+        );
     }
 
     #[tokio::test]
     async fn garbage_an_oversized_frame_or_silence_end_the_link_without_a_panic() {
         // Garbage in a well-formed frame.
         let (a, mut b) = tokio::io::duplex(64 * 1024);
-        b.write_all(&[0, 0, 0, 5, b'{', b'x', 0xff, b'!', b'}']).await.expect("write");
+        b.write_all(&[0, 0, 0, 5, b'{', b'x', 0xff, b'!', b'}'])
+            .await
+            .expect("write");
         let out = accept(a.compat(), peer(1), &TestGate("site-a")).await;
         assert!(matches!(out, Err(LinkError::Malformed(_))), "{out:?}");
 
         // A frame header announcing 4 GiB.
         let (a, mut b) = tokio::io::duplex(64 * 1024);
-        b.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.expect("write");
+        b.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+            .await
+            .expect("write");
         let out = accept(a.compat(), peer(1), &TestGate("site-a")).await;
         assert!(matches!(out, Err(LinkError::Io(_))), "{out:?}");
 
@@ -348,7 +371,10 @@ mod tests {
         let (a, b) = tokio::io::duplex(64 * 1024);
         drop(b);
         let out = accept(a.compat(), peer(1), &TestGate("site-a")).await;
-        assert!(matches!(out, Err(LinkError::Closed | LinkError::Io(_))), "{out:?}");
+        assert!(
+            matches!(out, Err(LinkError::Closed | LinkError::Io(_))),
+            "{out:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

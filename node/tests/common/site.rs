@@ -26,7 +26,17 @@ pub fn binary() -> PathBuf {
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>/deps/<test>");
-    profile_dir.join("popmesh")
+    let path = profile_dir.join("popmesh");
+    if !path.exists() {
+        // Run alone (`cargo test -p popmesh-tests`), nothing has built the binary yet.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo)
+            .args(["build", "-p", "popmesh-node", "--bin", "popmesh"])
+            .status()
+            .expect("cargo runs");
+        assert!(built.success(), "building the popmesh binary failed");
+    }
+    path
 }
 
 /// Runs `popmesh ARGS...` to completion.
@@ -83,7 +93,7 @@ pub struct Device {
 }
 
 impl Device {
-    fn new(root: &Path, name: &str) -> Self {
+    pub fn new(root: &Path, name: &str) -> Self {
         Self {
             name: name.to_owned(),
             data: root.join(name),
@@ -178,23 +188,36 @@ impl Node {
     }
 
     pub fn start_with(device: &Device, bootstrap: &[&Device], extra: &[&str]) -> Self {
+        let mut args: Vec<String> = vec!["--listen".into(), device.addr(), "--no-mdns".into()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        for b in bootstrap {
+            args.extend(["--bootstrap".to_owned(), b.addr()]);
+        }
+        Self::launch(device, &[], &args)
+    }
+
+    /// Runs `WRAPPER... popmesh run --data D --api A ARGS...` (the wrapper is, say, `ip netns exec lab-a`).
+    pub fn launch(device: &Device, wrapper: &[&str], args: &[String]) -> Self {
         let log = device
             .data
             .with_extension(format!("log.{}", SEQ.fetch_add(1, Ordering::Relaxed)));
         let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(binary());
+        let binary = binary();
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&binary);
+                c
+            }
+            None => Command::new(&binary),
+        };
         cmd.args(["run", "--data", device.data_str()])
             .args(["--api", &device.api.to_string()])
-            .args(["--listen", &device.addr()])
-            .arg("--no-mdns")
-            .args(extra)
+            .args(args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file);
-        for b in bootstrap {
-            cmd.args(["--bootstrap", &b.addr()]);
-        }
         let child = cmd.spawn().expect("popmesh run starts");
         let node = Self {
             device: device.clone(),
