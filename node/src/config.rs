@@ -35,7 +35,7 @@ stored_total_max_minor = 200000
 stale_after_hours = 24
 "#;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub api: Api,
@@ -116,17 +116,6 @@ impl Default for Payments {
             payment_max_minor: limits.payment_max_minor,
             stored_total_max_minor: limits.stored_total_max_minor,
             stale_after_hours: limits.stale_after_ms / 3_600_000,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            api: Api::default(),
-            p2p: P2p::default(),
-            log: Log::default(),
-            payments: Payments::default(),
         }
     }
 }

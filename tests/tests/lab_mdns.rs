@@ -30,7 +30,11 @@ fn ip(args: &[&str]) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)))
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
@@ -49,9 +53,30 @@ impl Lab {
         for (n, host) in [("a", 1u8), ("b", 2)] {
             let inner = format!("{prefix}{n}");
             let port = format!("{prefix}p{n}");
-            ip(&["link", "add", &inner, "netns", &ns(n), "type", "veth", "peer", "name", &port, "netns", &ns("br")])?;
+            ip(&[
+                "link",
+                "add",
+                &inner,
+                "netns",
+                &ns(n),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &ns("br"),
+            ])?;
             ip(&["-n", &ns("br"), "link", "set", &port, "master", "br0", "up"])?;
-            ip(&["-n", &ns(n), "addr", "add", &format!("10.77.{subnet}.{host}/24"), "dev", &inner])?;
+            ip(&[
+                "-n",
+                &ns(n),
+                "addr",
+                "add",
+                &format!("10.77.{subnet}.{host}/24"),
+                "dev",
+                &inner,
+            ])?;
             ip(&["-n", &ns(n), "link", "set", &inner, "up"])?;
             ip(&["-n", &ns(n), "link", "set", "lo", "up"])?;
             ip(&["-n", &ns(n), "route", "add", "224.0.0.0/4", "dev", &inner])?;
@@ -59,9 +84,26 @@ impl Lab {
         // The test's own way in, to call the two APIs.
         let root = format!("{prefix}r");
         let port = format!("{prefix}pr");
-        ip(&["link", "add", &root, "type", "veth", "peer", "name", &port, "netns", &ns("br")])?;
+        ip(&[
+            "link",
+            "add",
+            &root,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &ns("br"),
+        ])?;
         ip(&["-n", &ns("br"), "link", "set", &port, "master", "br0", "up"])?;
-        ip(&["addr", "add", &format!("10.77.{subnet}.254/24"), "dev", &root])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.77.{subnet}.254/24"),
+            "dev",
+            &root,
+        ])?;
         ip(&["link", "set", &root, "up"])?;
         Ok(lab)
     }
@@ -90,7 +132,9 @@ fn is_root() -> bool {
 #[test]
 fn a_kiosk_dropped_onto_the_site_lan_with_only_a_join_token_finds_the_site_by_mdns_and_syncs() {
     if !is_root() || Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("SKIPPED: this lab test needs root and iproute2 to create network namespaces (CI runs it as root)");
+        eprintln!(
+            "SKIPPED: this lab test needs root and iproute2 to create network namespaces (CI runs it as root)"
+        );
         return;
     }
     let tag = std::process::id() % 10_000;
@@ -105,16 +149,33 @@ fn a_kiosk_dropped_onto_the_site_lan_with_only_a_join_token_finds_the_site_by_md
     let mut edge = site.edge.clone();
     edge.api = SocketAddr::from(([10, 77, subnet, 1], 7700));
     let token = {
-        let (ok, out, err) = popmesh(&["site", "invite", "--data", site.edge.data_str(), "--role", "kiosk"]);
+        let (ok, out, err) = popmesh(&[
+            "site",
+            "invite",
+            "--data",
+            site.edge.data_str(),
+            "--role",
+            "kiosk",
+        ]);
         assert!(ok, "{err}");
         out.trim().to_owned()
     };
     let mut kiosk = Device::new(site.root(), "kiosk-lab");
     kiosk.api = SocketAddr::from(([10, 77, subnet, 2], 7700));
-    let (ok, out, err) = popmesh(&["join", &token, "--data", kiosk.data_str(), "--name", "kiosk-lab"]);
+    let (ok, out, err) = popmesh(&[
+        "join",
+        &token,
+        "--data",
+        kiosk.data_str(),
+        "--name",
+        "kiosk-lab",
+    ]);
     assert!(ok, "{out}{err}");
     let config = std::fs::read_to_string(kiosk.data.join("popmesh.toml")).expect("config");
-    assert!(config.contains("bootstrap = []"), "the kiosk must have no address configured:\n{config}");
+    assert!(
+        config.contains("bootstrap = []"),
+        "the kiosk must have no address configured:\n{config}"
+    );
 
     // Both run with the defaults: listen on every interface, mDNS on.
     let listen = ["--listen".to_owned(), "/ip4/0.0.0.0/tcp/4701".to_owned()];
@@ -124,16 +185,26 @@ fn a_kiosk_dropped_onto_the_site_lan_with_only_a_join_token_finds_the_site_by_md
     assert_eq!(edge.post("/v1/shows", show("fri", 10, &[])).status, 201);
     let paid = edge.post("/v1/payments", payment("lab-1", 700));
     assert_eq!(paid.status, 201, "{}", paid.body);
-    let token = paid.json()["receipt"]["token"].as_str().expect("token").to_owned();
+    let token = paid.json()["receipt"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
 
     let limit = Duration::from_secs(60);
-    kiosk.wait_for("the edge box, found by mDNS, to admit it", limit, |n| n.admitted_peers() == 1);
-    kiosk.wait_for("enrollment in the directory", limit, |n| n.status()["enrolled"] == true);
-    kiosk.wait_for("the edge box's payment", limit, |n| n.receipt_tokens().contains(&token));
+    kiosk.wait_for("the edge box, found by mDNS, to admit it", limit, |n| {
+        n.admitted_peers() == 1
+    });
+    kiosk.wait_for("enrollment in the directory", limit, |n| {
+        n.status()["enrolled"] == true
+    });
+    kiosk.wait_for("the edge box's payment", limit, |n| {
+        n.receipt_tokens().contains(&token)
+    });
     edge.wait_for("the kiosk listed as a peer by name", limit, |n| {
-        n.status()["peers"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().any(|p| p["name"] == "kiosk-lab" && p["admitted"] == true))
+        n.status()["peers"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["name"] == "kiosk-lab" && p["admitted"] == true)
+        })
     });
     drop((edge, kiosk));
     drop(lab);
