@@ -1,18 +1,22 @@
 //! A device's payment ledger for one show: the receipts it issued and the origin's reconciliation marks.
 //!
 //! One ledger per device per show keeps each document small and single-writer: only the issuing device writes
-//! `receipts`; only the origin writes `reconciled`. Both maps exist from creation, so neither writer ever creates a
-//! container concurrently with another.
+//! `receipts` (with its `keys` index and its `issued_minor` counter); only the origin writes `reconciled`. Every
+//! container exists from creation, so no two writers ever create one concurrently.
+//!
+//! Taking a payment reads what it needs by key (the token, the idempotency key, the counter), not the whole
+//! ledger, so its cost does not grow with the show: the 20,000th payment costs what the first did.
 
 use std::collections::BTreeMap;
 
 use std::borrow::{Borrow, BorrowMut};
 
-use automerge::{ActorId, Automerge};
+use automerge::transaction::Transactable as _;
+use automerge::{ActorId, Automerge, ReadDoc as _};
 use autosurgeon::{Hydrate, Reconcile};
 use thiserror::Error;
 
-use crate::doc::{Doc, DocError, Schema};
+use crate::doc::{Doc, DocError, Schema, object_at};
 use crate::identity::{DeviceId, DeviceKey, SiteId, UnixMillis, hex_decode, hex_encode};
 use crate::receipt::{PaymentRequest, Receipt, ReceiptError, ReceiptToken, RequestError};
 use crate::risk::{RiskError, RiskLimits};
@@ -23,7 +27,8 @@ pub struct Ledger;
 
 impl Schema for Ledger {
     const KIND: &'static str = "popmesh.ledger";
-    const VERSION: u64 = 1;
+    /// 2: the `keys` index and the `issued_minor` counter.
+    const VERSION: u64 = 2;
 }
 
 /// Receipts one ledger holds; a device that reaches it opens no more payments for the show.
@@ -149,6 +154,11 @@ impl LedgerView {
     }
 }
 
+/// Idempotency key -> token, written with each receipt.
+const KEYS: &str = "keys";
+/// Sum of every receipt's amount, in minor units: an Automerge counter only the issuing device increments.
+const ISSUED: &str = "issued_minor";
+
 impl Doc<Ledger> {
     pub fn create_ledger(
         actor: ActorId,
@@ -156,7 +166,7 @@ impl Doc<Ledger> {
         show: &str,
         device: DeviceId,
     ) -> Result<Self, DocError> {
-        Doc::create(
+        let mut doc = Doc::create(
             actor,
             &LedgerRecord {
                 site: site.to_hex(),
@@ -165,13 +175,61 @@ impl Doc<Ledger> {
                 receipts: BTreeMap::new(),
                 reconciled: BTreeMap::new(),
             },
-        )
+        )?;
+        doc.transact(|tx| {
+            tx.put_object(automerge::ROOT, KEYS, automerge::ObjType::Map)?;
+            tx.put(automerge::ROOT, ISSUED, automerge::ScalarValue::counter(0))?;
+            Ok(())
+        })?;
+        Ok(doc)
     }
+}
+
+/// The ledger's header: whose receipts, for which show.
+struct Header {
+    site: SiteId,
+    show: String,
+    device: DeviceId,
 }
 
 impl<D: Borrow<Automerge>> Doc<Ledger, D> {
     pub fn record(&self) -> Result<LedgerRecord, DocError> {
         self.read()
+    }
+
+    fn header(&self) -> Result<Header, DocError> {
+        let am = self.automerge();
+        let field = |name: &str| -> Result<String, DocError> {
+            let value: Option<String> = autosurgeon::hydrate_prop(am, automerge::ROOT, name)?;
+            value.ok_or_else(|| DocError::Missing(format!("ledger {name}")))
+        };
+        let bad = |name: &str| DocError::Missing(format!("valid {name} in ledger header"));
+        Ok(Header {
+            site: parse_site(&field("site")?).ok_or_else(|| bad("site"))?,
+            show: field("show")?,
+            device: DeviceId::from_hex(&field("device")?).map_err(|_| bad("device"))?,
+        })
+    }
+
+    /// What this ledger holds unreconciled, in minor units, read from the issued counter and the reconciliation
+    /// marks (not from every receipt).
+    pub fn unreconciled_minor(&self) -> Result<u64, DocError> {
+        let am = self.automerge();
+        let issued = match am.get(automerge::ROOT, ISSUED)? {
+            Some((automerge::Value::Scalar(v), _)) => match v.as_ref() {
+                automerge::ScalarValue::Counter(c) => i64::from(c).max(0) as u64,
+                _ => return Err(DocError::Missing("issued_minor counter".into())),
+            },
+            _ => return Err(DocError::Missing("issued_minor counter".into())),
+        };
+        let receipts = object_at(am, &["receipts"])?;
+        let reconciled = object_at(am, &["reconciled"])?;
+        let mut settled = 0u64;
+        for token in am.keys(&reconciled) {
+            let entry: Option<ReceiptRecord> = get_opt(am, &receipts, token.as_str())?;
+            settled = settled.saturating_add(entry.map_or(0, |e| e.amount_minor));
+        }
+        Ok(issued.saturating_sub(settled))
     }
 
     pub fn view(&self) -> Result<LedgerView, DocError> {
@@ -212,56 +270,78 @@ impl<D: BorrowMut<Automerge>> Doc<Ledger, D> {
         now: UnixMillis,
     ) -> Result<PaymentOutcome, PaymentError> {
         request.validate()?;
-        let view = self.view()?;
-        if view.device != key.public() {
+        let header = self.header()?;
+        if header.device != key.public() {
             return Err(PaymentError::WrongDevice {
-                ledger: view.device.to_hex(),
+                ledger: header.device.to_hex(),
                 key: key.public().to_hex(),
             });
         }
         let token = ReceiptToken::derive(
-            view.site,
-            &view.show,
-            view.device,
+            header.site,
+            &header.show,
+            header.device,
             &request.idempotency_key,
             request.amount_minor,
             &request.currency,
         );
-        if let Some(existing) = view.receipts.iter().find(|r| r.token == token) {
+        let am = self.automerge();
+        let receipts = object_at(am, &["receipts"])?;
+        let existing: Option<ReceiptRecord> = get_opt(am, &receipts, token.to_string().as_str())?;
+        if let Some(entry) = existing {
+            let receipt = to_receipt(
+                header.site,
+                &header.show,
+                header.device,
+                &token.to_string(),
+                &entry,
+            )
+            .map_err(|_| DocError::Missing(format!("a readable receipt under {token}")))?;
             return Ok(PaymentOutcome {
-                receipt: existing.clone(),
+                receipt,
                 replayed: true,
             });
         }
-        if let Some(other) = view
-            .receipts
-            .iter()
-            .find(|r| r.idempotency_key == request.idempotency_key)
-        {
+        let keys = object_at(am, &[KEYS])?;
+        let used: Option<String> = get_opt(am, &keys, request.idempotency_key.as_str())?;
+        if let Some(other) = used {
             return Err(PaymentError::IdempotencyKeyReused {
                 key: request.idempotency_key.clone(),
-                existing: other.token,
+                existing: ReceiptToken::parse(&other).unwrap_or(token),
             });
         }
-        if view.receipts.len() >= RECEIPTS_PER_LEDGER_MAX {
+        let count = am.length(&receipts);
+        if count >= RECEIPTS_PER_LEDGER_MAX {
             return Err(PaymentError::Full);
         }
         limits.check(
-            view.unreconciled_minor()
+            self.unreconciled_minor()?
                 .saturating_add(stored_elsewhere_minor),
             request.amount_minor,
             &request.currency,
         )?;
-        let seq = view.receipts.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
-        let receipt = Receipt::issue(key, view.site, &view.show, seq, request, now);
-        self.write_at(
-            &["receipts"],
-            &receipt.token.to_string(),
-            &to_record(&receipt),
-        )?;
+        let seq = count as u64 + 1;
+        let receipt = Receipt::issue(key, header.site, &header.show, seq, request, now);
+        self.record_receipt(&receipt)?;
         Ok(PaymentOutcome {
             receipt,
             replayed: false,
+        })
+    }
+
+    /// Writes a receipt, its idempotency key and its amount as one change.
+    fn record_receipt(&mut self, receipt: &Receipt) -> Result<(), DocError> {
+        let token = receipt.token.to_string();
+        let amount = i64::try_from(receipt.amount_minor).map_err(|_| {
+            DocError::LimitReached(format!("amount {} minor units", receipt.amount_minor))
+        })?;
+        self.transact(|tx| {
+            let receipts = object_at(tx, &["receipts"])?;
+            autosurgeon::reconcile_prop(tx, receipts, token.as_str(), &to_record(receipt))?;
+            let keys = object_at(tx, &[KEYS])?;
+            tx.put(&keys, receipt.idempotency_key.as_str(), token.as_str())?;
+            tx.increment(automerge::ROOT, ISSUED, amount)?;
+            Ok(())
         })
     }
 
@@ -269,21 +349,29 @@ impl<D: BorrowMut<Automerge>> Doc<Ledger, D> {
     /// on its own and belong to this ledger; inserting the same receipt twice is a no-op.
     pub fn insert(&mut self, receipt: &Receipt) -> Result<Inserted, InsertError> {
         receipt.verify_signature()?;
-        let record = self.record()?;
-        if receipt.device.to_hex() != record.device || receipt.show != record.show {
+        let header = self.header()?;
+        if receipt.device != header.device || receipt.show != header.show {
             return Err(InsertError::WrongLedger {
                 receipt: receipt.device.to_hex(),
                 show: receipt.show.clone(),
-                ledger: record.device,
+                ledger: header.device.to_hex(),
             });
         }
         let key = receipt.token.to_string();
         let entry = to_record(receipt);
-        match record.receipts.get(&key) {
-            Some(existing) if *existing == entry => Ok(Inserted::AlreadyPresent),
+        let am = self.automerge();
+        let receipts = object_at(am, &["receipts"])?;
+        let existing: Option<ReceiptRecord> = get_opt(am, &receipts, key.as_str())?;
+        match existing {
+            Some(existing) if existing == entry => Ok(Inserted::AlreadyPresent),
             Some(_) => Err(InsertError::Conflict(receipt.token)),
             None => {
-                self.write_at(&["receipts"], &key, &entry)?;
+                let keys = object_at(am, &[KEYS])?;
+                let used: Option<String> = get_opt(am, &keys, receipt.idempotency_key.as_str())?;
+                if used.is_some() {
+                    return Err(InsertError::Conflict(receipt.token));
+                }
+                self.record_receipt(receipt)?;
                 Ok(Inserted::New)
             }
         }
@@ -344,6 +432,18 @@ fn to_receipt(
         token,
         signature,
     })
+}
+
+/// The value at `key` in map `obj`, or `None` when the key is absent.
+fn get_opt<T: Hydrate>(
+    am: &Automerge,
+    obj: &automerge::ObjId,
+    key: &str,
+) -> Result<Option<T>, DocError> {
+    if am.get(obj, key)?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(autosurgeon::hydrate_prop(am, obj, key)?))
 }
 
 fn parse_site(hex: &str) -> Option<SiteId> {

@@ -139,8 +139,12 @@ fn the_terminal_stops_at_its_offline_limits_until_the_origin_reconciles() {
         .take_payment(&c.pos, &c.limits, &pay("b", 3_001), 0, UnixMillis(5))
         .expect("room again");
 
-    // A payment left unreconciled for a day is flagged.
+    // The fast count (issued counter minus reconciled marks) agrees with summing every receipt.
     let view = c.ledger.view().expect("view");
+    assert_eq!(c.ledger.unreconciled_minor().expect("count"), 3_001);
+    assert_eq!(view.unreconciled_minor(), 3_001);
+
+    // A payment left unreconciled for a day is flagged.
     assert_eq!(view.stale(&c.limits, UnixMillis(5 + 24 * HOUR)).count(), 0);
     assert_eq!(view.stale(&c.limits, UnixMillis(6 + 24 * HOUR)).count(), 1);
 }

@@ -88,6 +88,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/shows/{show}/slots/{slot}/transfers", post(transfer))
         .route("/v1/telemetry", get(counters).post(count))
         .route("/v1/revocations", post(revoke))
+        .route("/v1/documents", get(documents))
+        .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/status")
@@ -297,6 +299,31 @@ async fn revoke(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("revocation: {e}")))?;
     node.revoke(revocation).await?;
     Ok((StatusCode::CREATED, Json(json!({ "revoked": true }))).into_response())
+}
+
+async fn documents(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    Json(json!({ "documents": node.documents().await }))
+}
+
+/// Server-sent events: one `change` event per document change, local or synced. Kiosk screens follow
+/// availability with it; a subscriber that falls behind gets a `lagged` event and should re-read what it shows.
+async fn events(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let rx = node.subscribe();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let event = match rx.recv().await {
+            Ok(change) => Event::default()
+                .event("change")
+                .json_data(&change)
+                .unwrap_or_else(|_| Event::default().event("change")),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                Event::default().event("lagged").data(n.to_string())
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Api<Response> {

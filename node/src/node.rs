@@ -34,6 +34,8 @@ use crate::store::{FLUSH_EVERY, Store};
 
 /// How often buffered telemetry increments become one Automerge change.
 const TELEMETRY_WINDOW_MS: u64 = 5_000;
+/// Change events a slow `/v1/events` subscriber may fall behind by before it is told it lagged.
+const EVENTS_QUEUE: usize = 4096;
 /// How often the librarian looks for documents it could not open yet.
 const LIBRARIAN_EVERY: Duration = Duration::from_millis(500);
 
@@ -193,6 +195,8 @@ pub struct Node {
     /// Serializes creating and registering this device's own documents.
     creating: tokio::sync::Mutex<()>,
     telemetry: Mutex<CounterBuffer>,
+    /// Document changes (local or synced), for `GET /v1/events`.
+    events: tokio::sync::broadcast::Sender<DocEvent>,
     metrics: NodeMetrics,
     pub registry: Mutex<Registry>,
     started: Instant,
@@ -261,6 +265,7 @@ impl Node {
             directory: RwLock::new(None),
             creating: tokio::sync::Mutex::new(()),
             telemetry: Mutex::new(CounterBuffer::new(TELEMETRY_WINDOW_MS, now)),
+            events: tokio::sync::broadcast::channel(EVENTS_QUEUE).0,
             metrics,
             registry: Mutex::new(registry),
             started: Instant::now(),
@@ -304,6 +309,59 @@ impl Node {
         read(&self.gate.view)
             .clone()
             .ok_or_else(|| Failure::Unavailable("the site directory is not readable yet".into()))
+    }
+
+    /// Records an open document and forwards its changes to `/v1/events` subscribers.
+    fn track(&self, id: DocumentId, name: DocName, handle: DocHandle) {
+        {
+            let mut docs = write(&self.docs);
+            if docs.contains_key(&id) {
+                return;
+            }
+            docs.insert(id.clone(), (name.clone(), handle.clone()));
+        }
+        let events = self.events.clone();
+        let (doc, kind) = (name.to_string(), kind_of(&name));
+        tokio::spawn(async move {
+            let mut changes = Box::pin(handle.changes());
+            while let Some(change) = futures::StreamExt::next(&mut changes).await {
+                let heads = change.new_heads.iter().map(|h| h.to_string()).collect();
+                // No subscribers is fine: the event is simply not wanted.
+                let _ = events.send(DocEvent {
+                    doc: doc.clone(),
+                    id: id.to_string(),
+                    kind,
+                    heads,
+                    at_ms: clock::now().0,
+                });
+            }
+        });
+    }
+
+    /// Subscribes to document changes.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<DocEvent> {
+        self.events.subscribe()
+    }
+
+    /// Every open document with its heads, for `GET /v1/documents`.
+    pub async fn documents(&self) -> Vec<DocJson> {
+        let docs: Vec<(DocumentId, DocName, DocHandle)> = read(&self.docs)
+            .iter()
+            .map(|(id, (n, h))| (id.clone(), n.clone(), h.clone()))
+            .collect();
+        let mut out = Vec::with_capacity(docs.len());
+        for (id, name, handle) in docs {
+            if let Ok(heads) = handle.with_document_async(|am| am.get_heads()).await {
+                out.push(DocJson {
+                    name: name.to_string(),
+                    id: id.to_string(),
+                    kind: kind_of(&name),
+                    heads: heads.iter().map(|h| h.to_string()).collect(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     fn handle_by_name(&self, name: &DocName) -> Option<DocHandle> {
@@ -384,7 +442,7 @@ impl Node {
                 .ok_or_else(|| {
                     Failure::Unavailable(format!("document {name} is registered but not found"))
                 })?;
-            write(&self.docs).insert(id, (name, handle.clone()));
+            self.track(id, name, handle.clone());
             return Ok(handle);
         }
         let content = make(self.actor())?;
@@ -398,7 +456,7 @@ impl Node {
             .await?
             .map_err(internal)?;
         tracing::info!(%name, %id, "created document");
-        write(&self.docs).insert(id, (name, handle.clone()));
+        self.track(id, name, handle.clone());
         Ok(handle)
     }
 
@@ -460,12 +518,14 @@ impl Node {
         let mut elsewhere = 0u64;
         for (other, handle) in self.own_ledgers() {
             if other != show {
-                elsewhere = elsewhere.saturating_add(
-                    read_ledger(&handle)
-                        .await?
-                        .map(|v| v.unreconciled_minor())
-                        .unwrap_or(0),
-                );
+                let held = handle
+                    .with_document_async(|am| {
+                        Doc::<Ledger, &mut Automerge>::attach(am).and_then(|d| d.unreconciled_minor())
+                    })
+                    .await
+                    .map_err(stopped)?
+                    .map_err(internal)?;
+                elsewhere = elsewhere.saturating_add(held);
             }
         }
         let key = self.dir.key.clone();
@@ -1010,7 +1070,7 @@ async fn librarian(node: Arc<Node>) {
     };
     tracing::info!(%directory_id, "site directory open");
     *write(&node.directory) = Some(handle.clone());
-    write(&node.docs).insert(directory_id.clone(), (DocName::Directory, handle.clone()));
+    node.track(directory_id.clone(), DocName::Directory, handle.clone());
     node.refresh_view().await;
     // 3. Make sure this device's certificate is in it (a device that joined from a token adds its own).
     let me = node.me();
@@ -1050,7 +1110,7 @@ async fn librarian(node: Arc<Node>) {
                 loop {
                     match node.repo.find(doc_id.clone()).await {
                         Ok(Some(h)) => {
-                            write(&node.docs).insert(doc_id, (parsed_name, h));
+                            node.track(doc_id, parsed_name, h);
                             return;
                         }
                         Ok(None) => tokio::time::sleep(LIBRARIAN_EVERY).await,
@@ -1087,6 +1147,24 @@ async fn flusher(node: Arc<Node>) {
 }
 
 // ----- JSON shapes -----
+
+/// A document changed on this device (a local write or a synced one).
+#[derive(Debug, Clone, Serialize)]
+pub struct DocEvent {
+    pub doc: String,
+    pub id: String,
+    pub kind: &'static str,
+    pub heads: Vec<String>,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DocJson {
+    pub name: String,
+    pub id: String,
+    pub kind: &'static str,
+    pub heads: Vec<String>,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ReceiptJson {

@@ -1,0 +1,381 @@
+//! Site mesh benchmarks with real `popmesh run` processes (release build), recorded in BENCHMARKS.md.
+//!
+//! ```text
+//! cargo bench -p popmesh-node --bench mesh -- latency 3     write-to-visible across 3 nodes (and 10)
+//! cargo bench -p popmesh-node --bench mesh -- bulk          back-to-back payments, rate visible on a peer
+//! cargo bench -p popmesh-node --bench mesh -- join          fresh device joining 10,000 bookings + 20,000 receipts
+//! cargo bench -p popmesh-node --bench mesh -- idle          idle RSS and CPU of a 3-node site
+//! ```
+//!
+//! Write-to-visible: a POS takes a payment through the API; the clock stops when each other node's `/v1/events`
+//! stream reports the POS ledger changed. Writes are sequential: the next starts once every node has seen the last.
+//! The payment is fsync'd on the POS before its 201; the peers do not wait for that.
+
+#[path = "../tests/common/site.rs"]
+mod site;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpStream;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use site::{Device, Node, Site, payment, show};
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let what = args.first().map(String::as_str).unwrap_or("all");
+    let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3);
+    match what {
+        "latency" => latency(n, 300),
+        "bulk" => bulk(4_000, 8),
+        "join" => join(10_000, 20_000),
+        "idle" => idle(),
+        "all" => {
+            latency(3, 300);
+            latency(10, 200);
+            bulk(4_000, 8);
+            join(10_000, 20_000);
+            idle();
+        }
+        other => panic!("unknown benchmark {other:?}: latency N | bulk | join | idle | all"),
+    }
+}
+
+/// Raises the stored-payments limit so a benchmark can take thousands of payments on one device.
+fn relax_limits(device: &Device) {
+    let path = device.data.join("popmesh.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let text = text.replace(
+        "stored_total_max_minor = 200000",
+        "stored_total_max_minor = 100000000000",
+    );
+    std::fs::write(&path, text).expect("config");
+}
+
+/// A site of `n` nodes, every node bootstrapped to every earlier one (a full mesh, as mDNS gives on a LAN).
+fn mesh(label: &str, n: usize) -> (Site, Vec<Node>) {
+    let site = Site::create(label);
+    let mut devices = vec![site.edge.clone()];
+    for i in 1..n {
+        devices.push(site.join("pos", &format!("pos-{i}")));
+    }
+    for d in &devices {
+        relax_limits(d);
+    }
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
+        let earlier: Vec<&Device> = devices[..i].iter().collect();
+        nodes.push(Node::start(d, &earlier));
+    }
+    for node in &nodes[1..] {
+        node.wait_for("enrollment", Duration::from_secs(60), |n| {
+            n.status()["enrolled"] == true
+        });
+    }
+    nodes[0].wait_for("every peer admitted", Duration::from_secs(60), |e| {
+        e.admitted_peers() == n - 1
+    });
+    assert_eq!(
+        nodes[0].post("/v1/shows", show("fri", 10_000, &[])).status,
+        201
+    );
+    (site, nodes)
+}
+
+/// Follows a node's `/v1/events`, sending (arrival time, document name) for every change.
+fn follow(node: &Node, tx: mpsc::Sender<(Instant, usize, String)>, index: usize) {
+    let addr = node.device.api;
+    std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(addr).expect("events");
+        write!(
+            stream,
+            "GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .expect("request");
+        let reader = BufReader::new(stream);
+        for line in reader.lines() {
+            let Ok(line) = line else { return };
+            if let Some(data) = line.strip_prefix("data:") {
+                let event: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+                if let Some(doc) = event["doc"].as_str()
+                    && tx.send((Instant::now(), index, doc.to_owned())).is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+fn latency(n: usize, writes: usize) {
+    let (_site, nodes) = mesh(&format!("lat{n}"), n);
+    let writer = &nodes[1];
+    let ledger_prefix = format!("show/fri/ledger/{}", writer.device.device_id());
+    // Create the ledger (first payment) before measuring, and let every node open it.
+    assert_eq!(
+        writer.post("/v1/payments", payment("warm-0", 1)).status,
+        201
+    );
+    for node in &nodes {
+        node.wait_for("the writer's ledger", Duration::from_secs(60), |n| {
+            n.get("/v1/documents")["documents"]
+                .as_array()
+                .is_some_and(|ds| ds.iter().any(|d| d["name"] == ledger_prefix.as_str()))
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    for (i, node) in nodes.iter().enumerate() {
+        if i != 1 {
+            follow(node, tx.clone(), i);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let client = writer.client();
+    let mut visible = Vec::new();
+    let mut acked = Vec::new();
+    for w in 0..writes {
+        while rx.try_recv().is_ok() {}
+        let start = Instant::now();
+        let answer = client
+            .post("/v1/payments", &payment(&format!("lat-{w}"), 1))
+            .expect("payment");
+        assert_eq!(answer.status, 201, "{}", answer.body);
+        acked.push(start.elapsed().as_secs_f64() * 1e3);
+        let mut seen: BTreeMap<usize, f64> = BTreeMap::new();
+        let deadline = start + Duration::from_secs(10);
+        while seen.len() < n - 1 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok((at, node, doc)) = rx.recv_timeout(left) else {
+                panic!("write {w} not visible everywhere after 10 s: seen by {seen:?}");
+            };
+            if doc == ledger_prefix && at >= start {
+                seen.entry(node)
+                    .or_insert_with(|| at.duration_since(start).as_secs_f64() * 1e3);
+            }
+        }
+        if w >= 20 {
+            visible.extend(seen.values());
+        }
+    }
+    visible.sort_by(f64::total_cmp);
+    acked.sort_by(f64::total_cmp);
+    println!(
+        "latency nodes={n} writes={} samples={}: write-to-visible p50 {:.2} ms p99 {:.2} ms max {:.2} ms; payment acknowledged (fsync'd) p50 {:.2} ms p99 {:.2} ms",
+        writes - 20,
+        visible.len(),
+        quantile(&visible, 0.5),
+        quantile(&visible, 0.99),
+        quantile(&visible, 1.0),
+        quantile(&acked, 0.5),
+        quantile(&acked, 0.99),
+    );
+}
+
+fn heads_of(node: &Node, name: &str) -> Option<Value> {
+    node.get("/v1/documents")["documents"]
+        .as_array()?
+        .iter()
+        .find(|d| d["name"] == name)
+        .map(|d| d["heads"].clone())
+}
+
+fn bulk(total: usize, clients: usize) {
+    let (_site, nodes) = mesh("bulk", 2);
+    let (edge, pos) = (&nodes[0], &nodes[1]);
+    let ledger = format!("show/fri/ledger/{}", pos.device.device_id());
+    assert_eq!(pos.post("/v1/payments", payment("warm-0", 1)).status, 201);
+    let start = Instant::now();
+    let per = total / clients;
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let client = pos.client();
+            std::thread::spawn(move || {
+                for i in 0..per {
+                    let a = client
+                        .post("/v1/payments", &payment(&format!("bulk-{c}-{i}"), 1))
+                        .expect("payment");
+                    assert_eq!(a.status, 201, "{}", a.body);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client");
+    }
+    let acked = start.elapsed();
+    let final_heads = heads_of(pos, &ledger).expect("ledger heads");
+    edge.wait_for("every payment", Duration::from_secs(120), |e| {
+        heads_of(e, &ledger) == Some(final_heads.clone())
+    });
+    let visible = start.elapsed();
+    let count = edge.receipt_tokens().len();
+    assert_eq!(count, per * clients + 1, "the edge box holds every receipt");
+    println!(
+        "bulk payments={} clients={clients}: acknowledged (fsync'd) at {:.0}/s; all visible on the peer after {:.2} s = {:.0} changes/s",
+        per * clients,
+        (per * clients) as f64 / acked.as_secs_f64(),
+        visible.as_secs_f64(),
+        (per * clients) as f64 / visible.as_secs_f64()
+    );
+}
+
+fn join(bookings: usize, receipts: usize) {
+    let (site, nodes) = mesh("join", 2);
+    let (edge, pos) = (&nodes[0], &nodes[1]);
+    // Ten slots of 1,000 seats; the edge box sells every seat, one booking each.
+    let slots: Vec<Value> = (0..10)
+        .map(|i| json!({ "id": format!("t{i}"), "label": format!("{i}:00"), "starts_at": 1_795_900_000_000u64 + i, "capacity": bookings / 10, "grants": {} }))
+        .collect();
+    let spec = json!({ "id": "sat", "name": "Saturday", "currency": "EUR", "slots": slots });
+    assert_eq!(edge.post("/v1/shows", spec).status, 201);
+    let fill = Instant::now();
+    let mut threads = Vec::new();
+    for t in 0..4 {
+        let (ec, pc) = (edge.client(), pos.client());
+        threads.push(std::thread::spawn(move || {
+            for b in (t..bookings).step_by(4) {
+                let path = format!("/v1/shows/sat/slots/t{}/bookings", b % 10);
+                let a = ec
+                    .post(&path, &json!({ "seats": 1, "booking_id": format!("b{b}") }))
+                    .expect("booking");
+                assert_eq!(a.status, 201, "{}", a.body);
+            }
+            for r in (t..receipts).step_by(4) {
+                let c = if r % 2 == 0 { &ec } else { &pc };
+                let a = c
+                    .post("/v1/payments", &payment(&format!("r{r}"), 1))
+                    .expect("payment");
+                assert_eq!(a.status, 201, "{}", a.body);
+            }
+        }));
+    }
+    for t in threads {
+        t.join().expect("filler");
+    }
+    let filled = fill.elapsed();
+    let want: BTreeMap<String, Value> = edge.get("/v1/documents")["documents"]
+        .as_array()
+        .expect("documents")
+        .iter()
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap_or_default().to_owned(),
+                d["heads"].clone(),
+            )
+        })
+        .collect();
+    pos.wait_for(
+        "the pos to hold everything",
+        Duration::from_secs(120),
+        |p| {
+            p.get("/v1/documents")["documents"]
+                .as_array()
+                .is_some_and(|ds| ds.len() == want.len())
+        },
+    );
+    let store_bytes = edge.status()["store"]["bytes"].as_u64().unwrap_or(0);
+
+    let fresh = site.join("kiosk", "kiosk-new");
+    let started = Instant::now();
+    let kiosk = Node::start(&fresh, &[&site.edge]);
+    let api_up = started.elapsed();
+    kiosk.wait_for(
+        "every document at the edge box's heads",
+        Duration::from_secs(300),
+        |k| {
+            let got: BTreeMap<String, Value> = k.get("/v1/documents")["documents"]
+                .as_array()
+                .map(|ds| {
+                    ds.iter()
+                        .map(|d| {
+                            (
+                                d["name"].as_str().unwrap_or_default().to_owned(),
+                                d["heads"].clone(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            want.iter()
+                .all(|(name, heads)| name == "directory" || got.get(name) == Some(heads))
+        },
+    );
+    let caught_up = started.elapsed();
+    let held = kiosk.receipt_tokens().len();
+    let sold: u64 = (0..10)
+        .map(|i| {
+            kiosk.get(&format!("/v1/shows/sat/slots/t{i}"))["sold"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(held, receipts, "the new kiosk holds every receipt");
+    assert_eq!(sold as usize, bookings, "the new kiosk sees every booking");
+    println!(
+        "join bookings={bookings} receipts={receipts} (site filled in {:.1} s, edge data file {:.1} MB): fresh device API up after {:.2} s, every document caught up after {:.2} s",
+        filled.as_secs_f64(),
+        store_bytes as f64 / 1e6,
+        api_up.as_secs_f64(),
+        caught_up.as_secs_f64()
+    );
+}
+
+fn idle() {
+    let (_site, nodes) = mesh("idle", 3);
+    assert_eq!(
+        nodes[1].post("/v1/payments", payment("p-1", 100)).status,
+        201
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    let pids: Vec<u32> = nodes.iter().map(Node::pid).collect();
+    let ticks = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        // utime and stime are fields 14 and 15 of /proc/PID/stat; after the ')' they are the 12th and 13th.
+        fields
+            .get(11)
+            .and_then(|u| u.parse::<u64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)
+    };
+    let before: Vec<u64> = pids.iter().map(|p| ticks(*p)).collect();
+    let window = Duration::from_secs(30);
+    std::thread::sleep(window);
+    for (i, pid) in pids.iter().enumerate() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss_kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0);
+        let cpu_ticks = ticks(*pid) - before[i];
+        // Linux reports CPU time in clock ticks of 1/100 s.
+        let cpu_pct = cpu_ticks as f64 / window.as_secs_f64();
+        println!(
+            "idle node {i}: RSS {:.1} MB, CPU {cpu_pct:.2}% of one core over {} s",
+            rss_kb as f64 / 1024.0,
+            window.as_secs()
+        );
+    }
+}
