@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::borrow::{Borrow, BorrowMut};
 
 use automerge::transaction::Transactable as _;
-use automerge::{ActorId, Automerge, ReadDoc as _};
+use automerge::{ActorId, Automerge, ReadDoc};
 use autosurgeon::{Hydrate, Reconcile};
 use thiserror::Error;
 
@@ -214,22 +214,7 @@ impl<D: Borrow<Automerge>> Doc<Ledger, D> {
     /// What this ledger holds unreconciled, in minor units, read from the issued counter and the reconciliation
     /// marks (not from every receipt).
     pub fn unreconciled_minor(&self) -> Result<u64, DocError> {
-        let am = self.automerge();
-        let issued = match am.get(automerge::ROOT, ISSUED)? {
-            Some((automerge::Value::Scalar(v), _)) => match v.as_ref() {
-                automerge::ScalarValue::Counter(c) => i64::from(c).max(0) as u64,
-                _ => return Err(DocError::Missing("issued_minor counter".into())),
-            },
-            _ => return Err(DocError::Missing("issued_minor counter".into())),
-        };
-        let receipts = object_at(am, &["receipts"])?;
-        let reconciled = object_at(am, &["reconciled"])?;
-        let mut settled = 0u64;
-        for token in am.keys(&reconciled) {
-            let entry: Option<ReceiptRecord> = get_opt(am, &receipts, token.as_str())?;
-            settled = settled.saturating_add(entry.map_or(0, |e| e.amount_minor));
-        }
-        Ok(issued.saturating_sub(settled))
+        unreconciled(self.automerge())
     }
 
     pub fn view(&self) -> Result<LedgerView, DocError> {
@@ -269,63 +254,52 @@ impl<D: BorrowMut<Automerge>> Doc<Ledger, D> {
         stored_elsewhere_minor: u64,
         now: UnixMillis,
     ) -> Result<PaymentOutcome, PaymentError> {
-        request.validate()?;
+        self.take_payments(
+            key,
+            limits,
+            std::slice::from_ref(request),
+            stored_elsewhere_minor,
+            now,
+        )?
+        .pop()
+        .unwrap_or(Err(PaymentError::Full))
+    }
+
+    /// Takes several payments as one Automerge change: what the node does with requests that arrive together,
+    /// so a burst costs one change, one sync message and one fsync instead of one each. Each request is decided
+    /// as [`Doc::take_payment`] would, in order, seeing the ones before it; a refused request writes nothing and
+    /// does not affect the others. The outer error is for the document itself being unreadable.
+    pub fn take_payments(
+        &mut self,
+        key: &DeviceKey,
+        limits: &RiskLimits,
+        requests: &[PaymentRequest],
+        stored_elsewhere_minor: u64,
+        now: UnixMillis,
+    ) -> Result<Vec<Result<PaymentOutcome, PaymentError>>, DocError> {
         let header = self.header()?;
-        if header.device != key.public() {
-            return Err(PaymentError::WrongDevice {
-                ledger: header.device.to_hex(),
-                key: key.public().to_hex(),
-            });
-        }
-        let token = ReceiptToken::derive(
-            header.site,
-            &header.show,
-            header.device,
-            &request.idempotency_key,
-            request.amount_minor,
-            &request.currency,
-        );
-        let am = self.automerge();
-        let receipts = object_at(am, &["receipts"])?;
-        let existing: Option<ReceiptRecord> = get_opt(am, &receipts, token.to_string().as_str())?;
-        if let Some(entry) = existing {
-            let receipt = to_receipt(
-                header.site,
-                &header.show,
-                header.device,
-                &token.to_string(),
-                &entry,
-            )
-            .map_err(|_| DocError::Missing(format!("a readable receipt under {token}")))?;
-            return Ok(PaymentOutcome {
-                receipt,
-                replayed: true,
-            });
-        }
-        let keys = object_at(am, &[KEYS])?;
-        let used: Option<String> = get_opt(am, &keys, request.idempotency_key.as_str())?;
-        if let Some(other) = used {
-            return Err(PaymentError::IdempotencyKeyReused {
-                key: request.idempotency_key.clone(),
-                existing: ReceiptToken::parse(&other).unwrap_or(token),
-            });
-        }
-        let count = am.length(&receipts);
-        if count >= RECEIPTS_PER_LEDGER_MAX {
-            return Err(PaymentError::Full);
-        }
-        limits.check(
-            self.unreconciled_minor()?
-                .saturating_add(stored_elsewhere_minor),
-            request.amount_minor,
-            &request.currency,
-        )?;
-        let seq = count as u64 + 1;
-        let receipt = Receipt::issue(key, header.site, &header.show, seq, request, now);
-        self.record_receipt(&receipt)?;
-        Ok(PaymentOutcome {
-            receipt,
-            replayed: false,
+        self.transact(|tx| {
+            let receipts = object_at(tx, &["receipts"])?;
+            let keys = object_at(tx, &[KEYS])?;
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for request in requests {
+                let outcome = take_one(
+                    tx,
+                    &header,
+                    &receipts,
+                    &keys,
+                    key,
+                    limits,
+                    request,
+                    stored_elsewhere_minor,
+                    now,
+                );
+                match outcome {
+                    Err(PaymentError::Doc(e)) => return Err(e),
+                    other => outcomes.push(other),
+                }
+            }
+            Ok(outcomes)
         })
     }
 
@@ -434,13 +408,110 @@ fn to_receipt(
     })
 }
 
+/// One payment inside a transaction: checks in the order a client would want to hear about them, then writes the
+/// receipt, its idempotency key and its amount. Nothing is written unless every check passed.
+#[allow(clippy::too_many_arguments)]
+fn take_one(
+    tx: &mut automerge::transaction::Transaction<'_>,
+    header: &Header,
+    receipts: &automerge::ObjId,
+    keys: &automerge::ObjId,
+    key: &DeviceKey,
+    limits: &RiskLimits,
+    request: &PaymentRequest,
+    stored_elsewhere_minor: u64,
+    now: UnixMillis,
+) -> Result<PaymentOutcome, PaymentError> {
+    request.validate()?;
+    if header.device != key.public() {
+        return Err(PaymentError::WrongDevice {
+            ledger: header.device.to_hex(),
+            key: key.public().to_hex(),
+        });
+    }
+    let token = ReceiptToken::derive(
+        header.site,
+        &header.show,
+        header.device,
+        &request.idempotency_key,
+        request.amount_minor,
+        &request.currency,
+    );
+    let token_key = token.to_string();
+    let existing: Option<ReceiptRecord> = get_opt(tx, receipts, &token_key)?;
+    if let Some(entry) = existing {
+        let receipt = to_receipt(header.site, &header.show, header.device, &token_key, &entry)
+            .map_err(|_| DocError::Missing(format!("a readable receipt under {token}")))?;
+        return Ok(PaymentOutcome {
+            receipt,
+            replayed: true,
+        });
+    }
+    let used: Option<String> = get_opt(tx, keys, request.idempotency_key.as_str())?;
+    if let Some(other) = used {
+        return Err(PaymentError::IdempotencyKeyReused {
+            key: request.idempotency_key.clone(),
+            existing: ReceiptToken::parse(&other).unwrap_or(token),
+        });
+    }
+    let count = tx.length(receipts);
+    if count >= RECEIPTS_PER_LEDGER_MAX {
+        return Err(PaymentError::Full);
+    }
+    limits.check(
+        unreconciled(tx)?.saturating_add(stored_elsewhere_minor),
+        request.amount_minor,
+        &request.currency,
+    )?;
+    let amount = i64::try_from(request.amount_minor).map_err(|_| {
+        DocError::LimitReached(format!("amount {} minor units", request.amount_minor))
+    })?;
+    let receipt = Receipt::issue(
+        key,
+        header.site,
+        &header.show,
+        count as u64 + 1,
+        request,
+        now,
+    );
+    autosurgeon::reconcile_prop(&mut *tx, receipts, token_key.as_str(), &to_record(&receipt))
+        .map_err(DocError::from)?;
+    tx.put(keys, receipt.idempotency_key.as_str(), token_key.as_str())
+        .map_err(DocError::from)?;
+    tx.increment(automerge::ROOT, ISSUED, amount)
+        .map_err(DocError::from)?;
+    Ok(PaymentOutcome {
+        receipt,
+        replayed: false,
+    })
+}
+
+/// Issued minus reconciled, in minor units: the issued counter, less the amounts of receipts the origin marked.
+fn unreconciled(doc: &(impl ReadDoc + autosurgeon::ReadDoc)) -> Result<u64, DocError> {
+    let issued = match ReadDoc::get(doc, automerge::ROOT, ISSUED)? {
+        Some((automerge::Value::Scalar(v), _)) => match v.as_ref() {
+            automerge::ScalarValue::Counter(c) => i64::from(c).max(0) as u64,
+            _ => return Err(DocError::Missing("issued_minor counter".into())),
+        },
+        _ => return Err(DocError::Missing("issued_minor counter".into())),
+    };
+    let receipts = object_at(doc, &["receipts"])?;
+    let reconciled = object_at(doc, &["reconciled"])?;
+    let mut settled = 0u64;
+    for token in doc.keys(&reconciled) {
+        let entry: Option<ReceiptRecord> = get_opt(doc, &receipts, token.as_str())?;
+        settled = settled.saturating_add(entry.map_or(0, |e| e.amount_minor));
+    }
+    Ok(issued.saturating_sub(settled))
+}
+
 /// The value at `key` in map `obj`, or `None` when the key is absent.
 fn get_opt<T: Hydrate>(
-    am: &Automerge,
+    am: &(impl ReadDoc + autosurgeon::ReadDoc),
     obj: &automerge::ObjId,
     key: &str,
 ) -> Result<Option<T>, DocError> {
-    if am.get(obj, key)?.is_none() {
+    if ReadDoc::get(am, obj, key)?.is_none() {
         return Ok(None);
     }
     Ok(Some(autosurgeon::hydrate_prop(am, obj, key)?))

@@ -245,3 +245,45 @@ fn forged_unknown_revoked_and_tampered_receipts_are_each_rejected_with_a_reason(
         Err(ReceiptError::Untrusted(TrustError::DeviceRevoked { .. }))
     ));
 }
+
+#[test]
+fn a_burst_of_payments_is_one_change_and_each_is_decided_as_if_alone() {
+    let mut c = counter();
+    let before = c.ledger.automerge().get_changes(&[]).len();
+    let burst = [
+        pay("a", 3_000),
+        pay("a", 3_000), // the same request twice in one burst: a replay
+        pay("a", 3_100), // the same key for another amount: refused
+        pay("b", 4_000),
+        pay("c", 2_000), // over the stored limit once a and b are counted
+        pay("d", 1_000),
+    ];
+    let outcomes = c
+        .ledger
+        .take_payments(&c.pos, &c.limits, &burst, 0, UnixMillis(1))
+        .expect("the ledger reads");
+    assert!(matches!(&outcomes[0], Ok(o) if !o.replayed && o.receipt.seq == 1));
+    assert!(matches!(&outcomes[1], Ok(o) if o.replayed && o.receipt.seq == 1));
+    assert!(matches!(
+        outcomes[2],
+        Err(PaymentError::IdempotencyKeyReused { .. })
+    ));
+    assert!(matches!(&outcomes[3], Ok(o) if o.receipt.seq == 2));
+    assert!(matches!(
+        outcomes[4],
+        Err(PaymentError::OverLimit(RiskError::OverStoredLimit {
+            stored: 7_000,
+            ..
+        }))
+    ));
+    assert!(matches!(&outcomes[5], Ok(o) if o.receipt.seq == 3));
+    assert_eq!(
+        c.ledger.automerge().get_changes(&[]).len(),
+        before + 1,
+        "one change for the burst"
+    );
+    let view = c.ledger.view().expect("view");
+    assert_eq!(view.receipts.len(), 3);
+    assert_eq!(view.unreconciled_minor(), 8_000);
+    assert_eq!(c.ledger.unreconciled_minor().expect("count"), 8_000);
+}

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench -p popmesh-node --bench mesh -- latency 3     write-to-visible across 3 nodes (and 10)
-//! cargo bench -p popmesh-node --bench mesh -- bulk          back-to-back payments, rate visible on a peer
+//! cargo bench -p popmesh-node --bench mesh -- bulk 16       back-to-back payments from 16 clients, rate visible on a peer
 //! cargo bench -p popmesh-node --bench mesh -- join          fresh device joining 10,000 bookings + 20,000 receipts
 //! cargo bench -p popmesh-node --bench mesh -- idle          idle RSS and CPU of a 3-node site
 //! ```
@@ -32,13 +32,16 @@ fn main() {
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3);
     match what {
         "latency" => latency(n, 300),
-        "bulk" => bulk(4_000, 8),
+        "bulk" => bulk(
+            8_000,
+            args.get(1).and_then(|s| s.parse().ok()).unwrap_or(16),
+        ),
         "join" => join(10_000, 20_000),
         "idle" => idle(),
         "all" => {
             latency(3, 300);
             latency(10, 200);
-            bulk(4_000, 8);
+            bulk(8_000, 16);
             join(10_000, 20_000);
             idle();
         }

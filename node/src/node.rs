@@ -9,6 +9,7 @@
 //! Every write the API acknowledges is made durable with [`Store::put_ack`] before the answer goes out.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -194,6 +195,8 @@ pub struct Node {
     directory: RwLock<Option<DocHandle>>,
     /// Serializes creating and registering this device's own documents.
     creating: tokio::sync::Mutex<()>,
+    /// Payment queues by show.
+    desks: Mutex<BTreeMap<String, Arc<Desk>>>,
     telemetry: Mutex<CounterBuffer>,
     /// Document changes (local or synced), for `GET /v1/events`.
     events: tokio::sync::broadcast::Sender<DocEvent>,
@@ -264,6 +267,7 @@ impl Node {
             docs: RwLock::new(BTreeMap::new()),
             directory: RwLock::new(None),
             creating: tokio::sync::Mutex::new(()),
+            desks: Mutex::new(BTreeMap::new()),
             telemetry: Mutex::new(CounterBuffer::new(TELEMETRY_WINDOW_MS, now)),
             events: tokio::sync::broadcast::channel(EVENTS_QUEUE).0,
             metrics,
@@ -481,8 +485,13 @@ impl Node {
     // ----- operations the API offers -----
 
     /// Takes an offline payment. Returns the receipt and whether it replays an earlier identical request.
+    ///
+    /// Payments for one show queue at a *desk*: whichever request finds the desk idle starts a drain task that
+    /// takes every waiting request, decides them as one Automerge change, makes that change durable with one
+    /// fsync, and answers each. Under load a burst costs one change, one sync round and one flush; alone, a
+    /// payment is a batch of one.
     pub async fn pay(
-        &self,
+        self: &Arc<Self>,
         request: PaymentRequest,
         show: Option<String>,
     ) -> Result<(Receipt, bool), Failure> {
@@ -514,13 +523,52 @@ impl Node {
             })
             .await?
         };
+        let desk = lock(&self.desks).entry(show.clone()).or_default().clone();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        lock(&desk.queue).push(PendingPayment { request, reply });
+        if !desk.busy.swap(true, Ordering::AcqRel) {
+            // A spawned task, so a client hanging up cannot leave the desk marked busy.
+            tokio::spawn(drain_desk(self.clone(), show, ledger, desk));
+        }
+        answer
+            .await
+            .map_err(|_| Failure::Unavailable("the payment desk stopped".into()))?
+    }
+
+    /// Decides a batch of payments as one change and answers each request.
+    async fn take_batch(&self, show: &str, ledger: &DocHandle, batch: Vec<PendingPayment>) {
+        let (requests, replies): (Vec<PaymentRequest>, Vec<_>) =
+            batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+        let outcomes = self.take_payments(show, ledger, requests).await;
+        match outcomes {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(failure) => {
+                let message = failure.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(Failure::Unavailable(message.clone())));
+                }
+            }
+        }
+    }
+
+    async fn take_payments(
+        &self,
+        show: &str,
+        ledger: &DocHandle,
+        requests: Vec<PaymentRequest>,
+    ) -> Result<Vec<Result<(Receipt, bool), Failure>>, Failure> {
         // What this device holds unreconciled in its other shows' ledgers counts against the stored limit.
         let mut elsewhere = 0u64;
         for (other, handle) in self.own_ledgers() {
             if other != show {
                 let held = handle
                     .with_document_async(|am| {
-                        Doc::<Ledger, &mut Automerge>::attach(am).and_then(|d| d.unreconciled_minor())
+                        Doc::<Ledger, &mut Automerge>::attach(am)
+                            .and_then(|d| d.unreconciled_minor())
                     })
                     .await
                     .map_err(stopped)?
@@ -532,23 +580,26 @@ impl Node {
         let limits = self.limits.clone();
         let actor = self.actor();
         let now = clock::now();
-        let outcome = self
-            .change(&ledger, move |am| {
+        let outcomes = self
+            .change(ledger, move |am| {
                 Doc::<Ledger, &mut Automerge>::attach_as(am, actor)
-                    .map_err(PaymentError::Doc)
-                    .and_then(|mut d| d.take_payment(&key, &limits, &request, elsewhere, now))
+                    .and_then(|mut d| d.take_payments(&key, &limits, &requests, elsewhere, now))
             })
-            .await?;
-        match outcome {
-            Ok(o) => Ok((o.receipt, o.replayed)),
-            Err(PaymentError::BadRequest(e)) => Err(Failure::BadRequest(e.to_string())),
-            Err(PaymentError::OverLimit(e)) => Err(Failure::Refused(e.to_string())),
-            Err(e @ PaymentError::IdempotencyKeyReused { .. }) => {
-                Err(Failure::Conflict(e.to_string()))
-            }
-            Err(e @ PaymentError::Full) => Err(Failure::Conflict(e.to_string())),
-            Err(e) => Err(internal(e)),
-        }
+            .await?
+            .map_err(internal)?;
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(o) => Ok((o.receipt, o.replayed)),
+                Err(PaymentError::BadRequest(e)) => Err(Failure::BadRequest(e.to_string())),
+                Err(PaymentError::OverLimit(e)) => Err(Failure::Refused(e.to_string())),
+                Err(e @ PaymentError::IdempotencyKeyReused { .. }) => {
+                    Err(Failure::Conflict(e.to_string()))
+                }
+                Err(e @ PaymentError::Full) => Err(Failure::Conflict(e.to_string())),
+                Err(e) => Err(internal(e)),
+            })
+            .collect())
     }
 
     fn own_ledgers(&self) -> Vec<(String, DocHandle)> {
@@ -1041,6 +1092,35 @@ fn next_epoch(store: &Store) -> anyhow::Result<u32> {
     let next = last.map_or(0, |e| e.saturating_add(1));
     store.set_meta("epoch", &next.to_string())?;
     Ok(next)
+}
+
+/// A payment waiting at its show's desk.
+struct PendingPayment {
+    request: PaymentRequest,
+    reply: tokio::sync::oneshot::Sender<Result<(Receipt, bool), Failure>>,
+}
+
+/// One show's payment queue, and whether a drain task is running for it.
+#[derive(Default)]
+struct Desk {
+    queue: Mutex<Vec<PendingPayment>>,
+    busy: AtomicBool,
+}
+
+/// Takes batches from a desk until it is empty, then marks it idle (re-checking, so no request is stranded).
+async fn drain_desk(node: Arc<Node>, show: String, ledger: DocHandle, desk: Arc<Desk>) {
+    loop {
+        let batch = std::mem::take(&mut *lock(&desk.queue));
+        if batch.is_empty() {
+            desk.busy.store(false, Ordering::Release);
+            let more = !lock(&desk.queue).is_empty();
+            if more && !desk.busy.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            return;
+        }
+        node.take_batch(&show, &ledger, batch).await;
+    }
 }
 
 /// Finds the directory, enrolls this device in it, and keeps every registered document open.

@@ -7,13 +7,15 @@
 //! - **Acknowledged writes** (a payment, a booking, an enrollment) go through [`Store::put_ack`]: the change bytes
 //!   are committed with fsync under samod's own key layout (`<doc>/incremental/<name>`) before the API answers. On
 //!   restart samod loads them with the rest of the document, so nothing acknowledged depends on samod's timing.
+//!   Acknowledged writes are *group committed*: one committer thread takes every write waiting when it starts a
+//!   transaction and makes them durable with one fsync, so concurrent payments share the disk's flush.
 //!
 //! redb checksums its pages and refuses a damaged file; the error names the file.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use redb::{Database, Durability, ReadableDatabase as _, TableDefinition};
@@ -51,6 +53,72 @@ pub struct Store {
     dirty: Arc<AtomicBool>,
     failed: Arc<AtomicBool>,
     acks: Arc<AtomicU64>,
+    committer: Arc<Committer>,
+}
+
+/// An acknowledged write waiting for the committer.
+struct AckRequest {
+    key: String,
+    bytes: Vec<u8>,
+    done: std::sync::mpsc::SyncSender<Result<(), String>>,
+}
+
+#[derive(Default)]
+struct AckQueue {
+    pending: Mutex<(Vec<AckRequest>, bool)>,
+    wake: Condvar,
+}
+
+/// The group-commit thread's handle: dropping the last `Store` clone stops the thread, which closes the file.
+struct Committer {
+    queue: Arc<AckQueue>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        lock(&self.queue.pending).1 = true;
+        self.queue.wake.notify_all();
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes every waiting acknowledged write, commits them in one fsync'd transaction, answers each.
+fn commit_loop(db: Arc<Database>, queue: Arc<AckQueue>) {
+    loop {
+        let batch = {
+            let mut guard = lock(&queue.pending);
+            while guard.0.is_empty() && !guard.1 {
+                guard = queue.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+            }
+            if guard.0.is_empty() {
+                return;
+            }
+            std::mem::take(&mut guard.0)
+        };
+        let result = (|| -> Result<(), redb::Error> {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
+            {
+                let mut table = tx.open_table(DOCS)?;
+                for req in &batch {
+                    table.insert(req.key.as_str(), req.bytes.as_slice())?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })()
+        .map_err(|e| e.to_string());
+        for req in batch {
+            let _ = req.done.send(result.clone());
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -85,12 +153,28 @@ impl Store {
                 reason: other.to_string(),
             },
         })?;
+        let db = Arc::new(db);
+        let queue = Arc::new(AckQueue::default());
+        let thread = {
+            let (db, queue) = (db.clone(), queue.clone());
+            std::thread::Builder::new()
+                .name("popmesh-commit".into())
+                .spawn(move || commit_loop(db, queue))
+                .map_err(|e| StoreError::Io {
+                    path: path.to_owned(),
+                    reason: format!("cannot start the commit thread: {e}"),
+                })?
+        };
         let store = Self {
-            db: Arc::new(db),
+            db,
             path: Arc::new(path.to_owned()),
             dirty: Arc::new(AtomicBool::new(false)),
             failed: Arc::new(AtomicBool::new(false)),
             acks: Arc::new(AtomicU64::new(0)),
+            committer: Arc::new(Committer {
+                queue,
+                thread: Mutex::new(Some(thread)),
+            }),
         };
         // Create the tables, so that readers never see them missing.
         store.write(Durability::Immediate, |tx| {
@@ -141,12 +225,21 @@ impl Store {
         let name = format!("ack-{}", blake3::hash(bytes).to_hex());
         let key = StorageKey::from_parts([doc, "incremental", name.as_str()])
             .map_err(|_| self.io(format!("document id {doc:?} is not a storage key")))?;
-        let key = key_string(&key);
-        self.write(Durability::Immediate, |tx| {
-            tx.open_table(DOCS)?.insert(key.as_str(), bytes)?;
-            Ok(())
-        })?;
-        self.dirty.store(false, Ordering::Relaxed);
+        let (done, answer) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut guard = lock(&self.committer.queue.pending);
+            guard.0.push(AckRequest {
+                key: key_string(&key),
+                bytes: bytes.to_vec(),
+                done,
+            });
+        }
+        self.committer.queue.wake.notify_one();
+        match answer.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(self.io(e)),
+            Err(_) => return Err(self.io("the commit thread stopped")),
+        }
         self.acks.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
