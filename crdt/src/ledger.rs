@@ -305,17 +305,10 @@ impl<D: BorrowMut<Automerge>> Doc<Ledger, D> {
 
     /// Writes a receipt, its idempotency key and its amount as one change.
     fn record_receipt(&mut self, receipt: &Receipt) -> Result<(), DocError> {
-        let token = receipt.token.to_string();
-        let amount = i64::try_from(receipt.amount_minor).map_err(|_| {
-            DocError::LimitReached(format!("amount {} minor units", receipt.amount_minor))
-        })?;
         self.transact(|tx| {
             let receipts = object_at(tx, &["receipts"])?;
-            autosurgeon::reconcile_prop(tx, receipts, token.as_str(), &to_record(receipt))?;
             let keys = object_at(tx, &[KEYS])?;
-            tx.put(&keys, receipt.idempotency_key.as_str(), token.as_str())?;
-            tx.increment(automerge::ROOT, ISSUED, amount)?;
-            Ok(())
+            write_receipt(tx, &receipts, &keys, receipt)
         })
     }
 
@@ -463,9 +456,6 @@ fn take_one(
         request.amount_minor,
         &request.currency,
     )?;
-    let amount = i64::try_from(request.amount_minor).map_err(|_| {
-        DocError::LimitReached(format!("amount {} minor units", request.amount_minor))
-    })?;
     let receipt = Receipt::issue(
         key,
         header.site,
@@ -474,16 +464,28 @@ fn take_one(
         request,
         now,
     );
-    autosurgeon::reconcile_prop(&mut *tx, receipts, token_key.as_str(), &to_record(&receipt))
-        .map_err(DocError::from)?;
-    tx.put(keys, receipt.idempotency_key.as_str(), token_key.as_str())
-        .map_err(DocError::from)?;
-    tx.increment(automerge::ROOT, ISSUED, amount)
-        .map_err(DocError::from)?;
+    write_receipt(tx, receipts, keys, &receipt)?;
     Ok(PaymentOutcome {
         receipt,
         replayed: false,
     })
+}
+
+/// Writes a receipt, its idempotency key and its amount (the three always move together).
+fn write_receipt(
+    tx: &mut automerge::transaction::Transaction<'_>,
+    receipts: &automerge::ObjId,
+    keys: &automerge::ObjId,
+    receipt: &Receipt,
+) -> Result<(), DocError> {
+    let token = receipt.token.to_string();
+    let amount = i64::try_from(receipt.amount_minor).map_err(|_| {
+        DocError::LimitReached(format!("amount {} minor units", receipt.amount_minor))
+    })?;
+    autosurgeon::reconcile_prop(&mut *tx, receipts, token.as_str(), to_record(receipt))?;
+    tx.put(keys, receipt.idempotency_key.as_str(), token.as_str())?;
+    tx.increment(automerge::ROOT, ISSUED, amount)?;
+    Ok(())
 }
 
 /// Issued minus reconciled, in minor units: the issued counter, less the amounts of receipts the origin marked.

@@ -257,7 +257,9 @@ fn join(bookings: usize, receipts: usize) {
         threads.push(std::thread::spawn(move || {
             for b in (t..bookings).step_by(4) {
                 let path = format!("/v1/shows/sat/slots/t{}/bookings", b % 10);
-                let a = ec.post(&path, &json!({ "seats": 1, "booking_id": format!("b{b}") })).expect("booking");
+                let a = ec
+                    .post(&path, &json!({ "seats": 1, "booking_id": format!("b{b}") }))
+                    .expect("booking");
                 assert_eq!(a.status, 201, "{}", a.body);
             }
         }));
@@ -273,8 +275,14 @@ fn join(bookings: usize, receipts: usize) {
         pc.timeout = Duration::from_secs(120);
         threads.push(std::thread::spawn(move || {
             for r in (t..receipts).step_by(PAYERS) {
-                let c = if (r / PAYERS) % 2 == 0 { &ec } else { &pc };
-                let a = c.post("/v1/payments", &payment(&format!("r{r}"), 1)).expect("payment");
+                let c = if (r / PAYERS).is_multiple_of(2) {
+                    &ec
+                } else {
+                    &pc
+                };
+                let a = c
+                    .post("/v1/payments", &payment(&format!("r{r}"), 1))
+                    .expect("payment");
                 assert_eq!(a.status, 201, "{}", a.body);
             }
         }));
