@@ -248,7 +248,7 @@ pub fn status(data: &Path, api: Option<SocketAddr>, json: bool) -> Result<()> {
         s["documents"]["open"], s["documents"]["registered"]
     );
     println!(
-        "  store      {} bytes, {} acknowledged writes{}",
+        "  store      {} bytes, {} acknowledged writes since start{}",
         s["store"]["bytes"],
         s["store"]["acknowledged_writes"],
         if s["store"]["healthy"] == true {

@@ -41,6 +41,10 @@ fn a_booking_and_a_payment_made_on_one_device_appear_on_all_three() {
         });
     }
 
+    // The edge box's screen follows the site's changes as they arrive.
+    let screen = edge.follow_events();
+    std::thread::sleep(Duration::from_millis(200));
+
     // The kiosk sells two seats; the POS takes a payment.
     let booked = kiosk.post(
         "/v1/shows/fri/slots/s1900/bookings",
@@ -68,6 +72,12 @@ fn a_booking_and_a_payment_made_on_one_device_appear_on_all_three() {
         assert_eq!(receipts["receipts"][0]["verified"], true, "{receipts}");
         assert_eq!(receipts["receipts"][0]["amount_minor"], 1250);
     }
+    let slot_changed = std::iter::from_fn(|| screen.recv_timeout(SYNC).ok())
+        .any(|e| e["doc"] == "show/fri/slot/s1900" && e["kind"] == "slot");
+    assert!(
+        slot_changed,
+        "the edge box's event stream never reported the kiosk's sale"
+    );
     let seen_by_edge = edge.get("/v1/shows/fri/slots/s1900");
     assert_eq!(seen_by_edge["remaining"], 10, "{seen_by_edge}");
 

@@ -277,6 +277,36 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// Follows `/v1/events` on a thread: every change event's JSON arrives on the returned channel.
+    pub fn follow_events(&self) -> std::sync::mpsc::Receiver<Value> {
+        use std::io::{BufRead as _, Write as _};
+        let addr = self.device.api;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+                return;
+            };
+            if write!(
+                stream,
+                "GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            .is_err()
+            {
+                return;
+            }
+            for line in std::io::BufReader::new(stream).lines() {
+                let Ok(line) = line else { return };
+                if let Some(data) = line.strip_prefix("data:")
+                    && let Ok(event) = serde_json::from_str::<Value>(data.trim())
+                    && tx.send(event).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
     pub fn admitted_peers(&self) -> usize {
         self.status()["peers"]
             .as_array()
