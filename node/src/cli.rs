@@ -327,6 +327,7 @@ pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
     let options = RunOptions {
         mesh,
         limits: config.payments.limits(),
+        escrow: config.escrow.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

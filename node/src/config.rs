@@ -27,6 +27,12 @@ format = "text"
 # A tracing filter, such as "info" or "popmesh_node=debug,info".
 filter = "info,samod_core=warn,samod=warn"
 
+[escrow]
+# A device holding more than twice this many seats of a slot gives seats to a connected device below it.
+low_water = 3
+# How often each device looks for a connected peer running low, in seconds (0: never).
+rebalance_every_secs = 5
+
 [payments]
 # Offline payment limits, in minor units of `currency`.
 currency = "EUR"
@@ -41,7 +47,24 @@ pub struct Config {
     pub api: Api,
     pub p2p: P2p,
     pub log: Log,
+    pub escrow: Escrow,
     pub payments: Payments,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Escrow {
+    pub low_water: u64,
+    pub rebalance_every_secs: u64,
+}
+
+impl Default for Escrow {
+    fn default() -> Self {
+        Self {
+            low_water: 3,
+            rebalance_every_secs: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ use automerge::Automerge;
 use popmesh_crdt::directory::{Directory, DirectoryView, ShowRecord, SlotRecord, admit_peer};
 use popmesh_crdt::docs::DocName;
 use popmesh_crdt::enrollment::{EnrollmentCert, Revocation};
-use popmesh_crdt::escrow::{EscrowError, SaleOutcome, Slot};
+use popmesh_crdt::escrow::{EscrowError, SaleOutcome, Slot, plan_rebalance};
 use popmesh_crdt::ledger::{Ledger, LedgerView, PaymentError};
 use popmesh_crdt::receipt::{PaymentRequest, Receipt};
 use popmesh_crdt::risk::RiskLimits;
@@ -179,6 +179,7 @@ impl NodeMetrics {
 pub struct RunOptions {
     pub mesh: MeshConfig,
     pub limits: RiskLimits,
+    pub escrow: crate::config::Escrow,
 }
 
 /// A running node.
@@ -190,6 +191,9 @@ pub struct Node {
     gate: Arc<SiteGate>,
     epoch: u32,
     limits: RiskLimits,
+    escrow: crate::config::Escrow,
+    /// Numbers this run's automatic quota transfers (with the epoch, a unique transfer id).
+    transfers: std::sync::atomic::AtomicU64,
     /// Open documents by id, with their registered names.
     docs: RwLock<BTreeMap<DocumentId, (DocName, DocHandle)>>,
     directory: RwLock<Option<DocHandle>>,
@@ -264,6 +268,8 @@ impl Node {
             gate,
             epoch,
             limits: options.limits,
+            escrow: options.escrow,
+            transfers: std::sync::atomic::AtomicU64::new(0),
             docs: RwLock::new(BTreeMap::new()),
             directory: RwLock::new(None),
             creating: tokio::sync::Mutex::new(()),
@@ -276,6 +282,9 @@ impl Node {
         });
         tokio::spawn(librarian(node.clone()));
         tokio::spawn(flusher(node.clone()));
+        if node.escrow.rebalance_every_secs > 0 {
+            tokio::spawn(rebalancer(node.clone()));
+        }
         Ok(node)
     }
 
@@ -719,6 +728,59 @@ impl Node {
             })
             .await?;
         escrow_outcome(outcome)
+    }
+
+    /// Gives seats from this device's quota in each slot to a connected device running low, by the policy in
+    /// `popmesh_crdt::escrow::plan_rebalance` (only the giver writes a transfer). Returns the transfers made.
+    pub async fn rebalance(&self) -> Result<usize, Failure> {
+        let connected: Vec<String> = self
+            .mesh
+            .peers()
+            .into_iter()
+            .filter(|p| p.admitted)
+            .map(|p| p.device)
+            .collect();
+        if connected.is_empty() {
+            return Ok(0);
+        }
+        let slots: Vec<DocHandle> = read(&self.docs)
+            .values()
+            .filter(|(n, _)| matches!(n, DocName::Slot { .. }))
+            .map(|(_, h)| h.clone())
+            .collect();
+        let mut made = 0;
+        for handle in slots {
+            let n = self.transfers.fetch_add(1, Ordering::Relaxed);
+            let id = format!("rb-{}-{n}", self.epoch);
+            let (me, actor, at, low) =
+                (self.me(), self.actor(), clock::now(), self.escrow.low_water);
+            let connected = connected.clone();
+            let moved = self
+                .change(&handle, move |am| {
+                    let mut doc = Doc::<Slot, &mut Automerge>::attach_as(am, actor)
+                        .map_err(EscrowError::Doc)?;
+                    let view = doc.view()?;
+                    match plan_rebalance(&view, &me.to_hex(), &connected, low) {
+                        Some((to, seats)) => {
+                            let to = DeviceId::from_hex(&to)
+                                .map_err(|_| EscrowError::BadId(to.clone()))?;
+                            doc.transfer(me, to, &id, seats, at)
+                                .map(|()| Some((to, seats)))
+                        }
+                        None => Ok(None),
+                    }
+                })
+                .await?;
+            match moved {
+                Ok(Some((to, seats))) => {
+                    tracing::info!(to = %to.short(), seats, "gave quota to a device running low");
+                    made += 1;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("rebalancing a slot failed: {e}"),
+            }
+        }
+        Ok(made)
     }
 
     /// A slot's availability as this device sees it.
@@ -1207,6 +1269,17 @@ async fn librarian(node: Arc<Node>) {
         tokio::select! {
             next = futures::StreamExt::next(&mut changes) => if next.is_none() { return },
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Runs [`Node::rebalance`] every `rebalance_every_secs`.
+async fn rebalancer(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(node.escrow.rebalance_every_secs));
+    loop {
+        tick.tick().await;
+        if let Err(e) = node.rebalance().await {
+            tracing::debug!("no rebalancing now: {e}");
         }
     }
 }

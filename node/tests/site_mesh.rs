@@ -317,3 +317,55 @@ fn devices_with_the_wrong_site_key_or_a_forged_or_revoked_enrollment_receive_not
         rejected(n, "not_enrolled") >= 2
     });
 }
+
+#[test]
+fn a_kiosk_that_sells_out_its_quota_is_topped_up_by_the_edge_box_and_sells_again() {
+    let site = Site::create("rebalance");
+    let kiosk = site.join("kiosk", "kiosk-1");
+    let edge = Node::start(&site.edge, &[]);
+    let kiosk = Node::start(&kiosk, &[&site.edge]);
+    kiosk.wait_for("enrollment", SYNC, |n| n.status()["enrolled"] == true);
+    edge.wait_for("the kiosk admitted", SYNC, |n| n.admitted_peers() == 1);
+
+    // The edge box keeps most seats in reserve; the kiosk starts with two.
+    let created = edge.post(
+        "/v1/shows",
+        show("fri", 20, &[("edge-1", 18), ("kiosk-1", 2)]),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    kiosk.wait_for("the slot", SYNC, |n| {
+        n.client()
+            .get("/v1/shows/fri/slots/s1900")
+            .is_ok_and(|a| a.status == 200)
+    });
+    let book = |id: &str| {
+        kiosk.post(
+            "/v1/shows/fri/slots/s1900/bookings",
+            json!({ "seats": 2, "booking_id": id }),
+        )
+    };
+    assert_eq!(book("first").status, 201);
+
+    // The kiosk runs dry; the edge box notices within a rebalancing round and gives it seats.
+    kiosk.wait_for("seats from the edge box", SYNC, |n| {
+        n.get("/v1/shows/fri/slots/s1900")["available_here"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2
+    });
+    let again = book("second");
+    assert_eq!(again.status, 201, "{}", again.body);
+
+    // The whole slot is never oversold: seats sold plus every device's quota is the capacity.
+    edge.wait_for("the second sale", SYNC, |n| {
+        n.get("/v1/shows/fri/slots/s1900")["sold"] == 4
+    });
+    let slot = edge.get("/v1/shows/fri/slots/s1900");
+    let quotas: u64 = slot["devices"]
+        .as_object()
+        .expect("devices")
+        .values()
+        .map(|d| d["available"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(quotas + 4, 20, "{slot}");
+}
