@@ -383,4 +383,47 @@ mod tests {
         let out = accept(a.compat(), peer(1), &TestGate("site-a")).await;
         assert!(matches!(out, Err(LinkError::Timeout(_))), "{out:?}");
     }
+
+    #[tokio::test]
+    async fn garbage_after_the_hello_ends_that_link_and_the_engine_keeps_serving() {
+        use tokio::io::AsyncReadExt as _;
+        let repo = samod::Repo::build_tokio().load().await;
+        let acceptor = repo
+            .make_acceptor(samod::Url::parse("test://hostile").expect("url"))
+            .expect("acceptor");
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let framed = framing(ours.compat(), FRAME_BYTES_MAX);
+        acceptor
+            .accept(into_samod(
+                framed,
+                peer(1),
+                Arc::new(LinkCounters::default()),
+            ))
+            .expect("accepted");
+        // Frames that are not samod messages, then one that is not even CBOR.
+        for junk in [&b"\xa1\x64type\x64join"[..], &[0xde, 0xad, 0xbe, 0xef][..]] {
+            let mut frame = (junk.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(junk);
+            let _ = theirs.write_all(&frame).await;
+        }
+        // The engine ends the link: the peer's read sees the end of the stream.
+        let mut buf = [0u8; 1024];
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match theirs.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the engine kept a link that sent garbage");
+        // And it still works for everyone else.
+        let doc = repo
+            .create(automerge::Automerge::new())
+            .await
+            .expect("engine still running");
+        assert!(!doc.document_id().to_string().is_empty());
+        repo.stop().await;
+    }
 }
