@@ -15,7 +15,8 @@ fn a_booking_and_a_payment_made_on_one_device_appear_on_all_three() {
     let site = Site::create("three");
     let kiosk = site.join("kiosk", "kiosk-1");
     let pos = site.join("pos", "pos-1");
-    let edge = Node::start(&site.edge, &[]);
+    // Every device is given every other's address, so pairs dial each other from both ends at once.
+    let edge = Node::start(&site.edge, &[&kiosk, &pos]);
     let kiosk = Node::start(&kiosk, &[&site.edge]);
     let pos = Node::start(&pos, &[&site.edge, &kiosk.device]);
 
@@ -80,6 +81,14 @@ fn a_booking_and_a_payment_made_on_one_device_appear_on_all_three() {
     );
     let seen_by_edge = edge.get("/v1/shows/fri/slots/s1900");
     assert_eq!(seen_by_edge["remaining"], 10, "{seen_by_edge}");
+
+    // One connection per pair, although both ends of every pair dialed.
+    for n in [&edge, &kiosk, &pos] {
+        n.wait_for("exactly one connection to each peer", SYNC, |n| {
+            let peers = n.status()["peers"].as_array().cloned().unwrap_or_default();
+            peers.len() == 2 && peers.iter().all(|p| p["connections"] == 1)
+        });
+    }
 
     // Status names the peers and shows them in sync; metrics count them.
     edge.wait_for("every document acknowledged by both peers", SYNC, |n| {
