@@ -12,10 +12,23 @@ use crate::identity::DeviceId;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DocName {
     Directory,
-    Slot { show: String, slot: String },
-    Ledger { show: String, device: DeviceId },
-    Telemetry { device: DeviceId },
-    Manifest { show: String },
+    Slot {
+        show: String,
+        slot: String,
+    },
+    /// One page of a device's receipts for a show. A page holds a bounded number of receipts, so no document
+    /// grows with the show: page 0 is `show/{show}/ledger/{device}`, later pages add `/{page}`.
+    Ledger {
+        show: String,
+        device: DeviceId,
+        page: u32,
+    },
+    Telemetry {
+        device: DeviceId,
+    },
+    Manifest {
+        show: String,
+    },
 }
 
 impl fmt::Display for DocName {
@@ -23,7 +36,14 @@ impl fmt::Display for DocName {
         match self {
             DocName::Directory => f.write_str("directory"),
             DocName::Slot { show, slot } => write!(f, "show/{show}/slot/{slot}"),
-            DocName::Ledger { show, device } => write!(f, "show/{show}/ledger/{device}"),
+            DocName::Ledger {
+                show,
+                device,
+                page: 0,
+            } => write!(f, "show/{show}/ledger/{device}"),
+            DocName::Ledger { show, device, page } => {
+                write!(f, "show/{show}/ledger/{device}/{page}")
+            }
             DocName::Telemetry { device } => write!(f, "telemetry/{device}"),
             DocName::Manifest { show } => write!(f, "show/{show}/manifest"),
         }
@@ -45,7 +65,17 @@ impl std::str::FromStr for DocName {
             ["show", show, "ledger", dev] => Ok(DocName::Ledger {
                 show: (*show).to_owned(),
                 device: device(dev)?,
+                page: 0,
             }),
+            ["show", show, "ledger", dev, text] => match text.parse::<u32>() {
+                // Page 0 has one spelling only, so every device derives the same name.
+                Ok(page) if page > 0 && !text.starts_with('0') => Ok(DocName::Ledger {
+                    show: (*show).to_owned(),
+                    device: device(dev)?,
+                    page,
+                }),
+                _ => Err(format!("'{s}': ledger page must be a number from 1")),
+            },
             ["telemetry", dev] => Ok(DocName::Telemetry {
                 device: device(dev)?,
             }),
@@ -73,6 +103,12 @@ mod tests {
             DocName::Ledger {
                 show: "s1".into(),
                 device,
+                page: 0,
+            },
+            DocName::Ledger {
+                show: "s1".into(),
+                device,
+                page: 7,
             },
             DocName::Telemetry { device },
             DocName::Manifest { show: "s1".into() },
@@ -80,5 +116,16 @@ mod tests {
             assert_eq!(name.to_string().parse::<DocName>(), Ok(name));
         }
         assert!("show/x".parse::<DocName>().is_err());
+        let dev = device.to_hex();
+        assert!(
+            format!("show/s1/ledger/{dev}/0")
+                .parse::<DocName>()
+                .is_err()
+        );
+        assert!(
+            format!("show/s1/ledger/{dev}/07")
+                .parse::<DocName>()
+                .is_err()
+        );
     }
 }

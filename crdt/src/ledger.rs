@@ -31,6 +31,29 @@ impl Schema for Ledger {
     const VERSION: u64 = 2;
 }
 
+/// What a ledger page needs to know of the same device's earlier pages for the show, so that a retry of a payment
+/// recorded on an earlier page replays it, a reused idempotency key is caught, sequence numbers continue, and the
+/// stored limit counts everything. The node builds it from the full pages (which never change again but for the
+/// origin's reconciliation marks, hence `unreconciled_minor` is refreshed by the caller).
+#[derive(Debug, Clone, Default)]
+pub struct EarlierPages {
+    /// Receipts on earlier pages, by idempotency key.
+    pub by_key: BTreeMap<String, Receipt>,
+    /// Unreconciled on earlier pages, minor units.
+    pub unreconciled_minor: u64,
+    /// Receipts a page holds before the next one starts (0: no page limit).
+    pub page_capacity: usize,
+}
+
+impl EarlierPages {
+    /// Adds a full page.
+    pub fn absorb(&mut self, page: &LedgerView) {
+        for r in &page.receipts {
+            self.by_key.insert(r.idempotency_key.clone(), r.clone());
+        }
+    }
+}
+
 /// Receipts one ledger holds; a device that reaches it opens no more payments for the show.
 pub const RECEIPTS_PER_LEDGER_MAX: usize = 50_000;
 
@@ -77,6 +100,9 @@ pub enum PaymentError {
     IdempotencyKeyReused { key: String, existing: ReceiptToken },
     #[error("this ledger holds {RECEIPTS_PER_LEDGER_MAX} receipts, the most one show's ledger may")]
     Full,
+    /// This page holds as many receipts as a page may: the caller starts the next page and asks again.
+    #[error("this ledger page is full; the next page takes further payments")]
+    PageFull,
     #[error("this ledger belongs to device {ledger}, not {key}")]
     WrongDevice { ledger: String, key: String },
     #[error(transparent)]
@@ -277,23 +303,35 @@ impl<D: BorrowMut<Automerge>> Doc<Ledger, D> {
         stored_elsewhere_minor: u64,
         now: UnixMillis,
     ) -> Result<Vec<Result<PaymentOutcome, PaymentError>>, DocError> {
+        let single = EarlierPages::default();
+        self.take_payments_paged(key, limits, requests, &single, stored_elsewhere_minor, now)
+    }
+
+    /// [`Doc::take_payments`] on one page of a paged ledger: `earlier` describes the pages before this one. When
+    /// the page fills, the remaining requests come back as [`PaymentError::PageFull`].
+    pub fn take_payments_paged(
+        &mut self,
+        key: &DeviceKey,
+        limits: &RiskLimits,
+        requests: &[PaymentRequest],
+        earlier: &EarlierPages,
+        stored_elsewhere_minor: u64,
+        now: UnixMillis,
+    ) -> Result<Vec<Result<PaymentOutcome, PaymentError>>, DocError> {
         let header = self.header()?;
         self.transact(|tx| {
             let receipts = object_at(tx, &["receipts"])?;
             let keys = object_at(tx, &[KEYS])?;
             let mut outcomes = Vec::with_capacity(requests.len());
             for request in requests {
-                let outcome = take_one(
-                    tx,
-                    &header,
-                    &receipts,
-                    &keys,
-                    key,
-                    limits,
-                    request,
-                    stored_elsewhere_minor,
-                    now,
-                );
+                let page = Page {
+                    header: &header,
+                    receipts: &receipts,
+                    keys: &keys,
+                    earlier,
+                };
+                let outcome =
+                    take_one(tx, &page, key, limits, request, stored_elsewhere_minor, now);
                 match outcome {
                     Err(PaymentError::Doc(e)) => return Err(e),
                     other => outcomes.push(other),
@@ -401,14 +439,19 @@ fn to_receipt(
     })
 }
 
+/// The page a payment is decided on: its header, its containers, and what the pages before it hold.
+struct Page<'a> {
+    header: &'a Header,
+    receipts: &'a automerge::ObjId,
+    keys: &'a automerge::ObjId,
+    earlier: &'a EarlierPages,
+}
+
 /// One payment inside a transaction: checks in the order a client would want to hear about them, then writes the
 /// receipt, its idempotency key and its amount. Nothing is written unless every check passed.
-#[allow(clippy::too_many_arguments)]
 fn take_one(
     tx: &mut automerge::transaction::Transaction<'_>,
-    header: &Header,
-    receipts: &automerge::ObjId,
-    keys: &automerge::ObjId,
+    page: &Page<'_>,
     key: &DeviceKey,
     limits: &RiskLimits,
     request: &PaymentRequest,
@@ -416,6 +459,7 @@ fn take_one(
     now: UnixMillis,
 ) -> Result<PaymentOutcome, PaymentError> {
     request.validate()?;
+    let header = page.header;
     if header.device != key.public() {
         return Err(PaymentError::WrongDevice {
             ledger: header.device.to_hex(),
@@ -430,8 +474,22 @@ fn take_one(
         request.amount_minor,
         &request.currency,
     );
+    // The same key on an earlier page: a replay of that payment, or a reuse for another one.
+    if let Some(before) = page.earlier.by_key.get(&request.idempotency_key) {
+        return if before.token == token {
+            Ok(PaymentOutcome {
+                receipt: before.clone(),
+                replayed: true,
+            })
+        } else {
+            Err(PaymentError::IdempotencyKeyReused {
+                key: request.idempotency_key.clone(),
+                existing: before.token,
+            })
+        };
+    }
     let token_key = token.to_string();
-    let existing: Option<ReceiptRecord> = get_opt(tx, receipts, &token_key)?;
+    let existing: Option<ReceiptRecord> = get_opt(tx, page.receipts, &token_key)?;
     if let Some(entry) = existing {
         let receipt = to_receipt(header.site, &header.show, header.device, &token_key, &entry)
             .map_err(|_| DocError::Missing(format!("a readable receipt under {token}")))?;
@@ -440,31 +498,34 @@ fn take_one(
             replayed: true,
         });
     }
-    let used: Option<String> = get_opt(tx, keys, request.idempotency_key.as_str())?;
+    let used: Option<String> = get_opt(tx, page.keys, request.idempotency_key.as_str())?;
     if let Some(other) = used {
         return Err(PaymentError::IdempotencyKeyReused {
             key: request.idempotency_key.clone(),
             existing: ReceiptToken::parse(&other).unwrap_or(token),
         });
     }
-    let count = tx.length(receipts);
-    if count >= RECEIPTS_PER_LEDGER_MAX {
+    let on_page = tx.length(page.receipts);
+    let total = page.earlier.by_key.len() + on_page;
+    if total >= RECEIPTS_PER_LEDGER_MAX {
         return Err(PaymentError::Full);
     }
-    limits.check(
-        unreconciled(tx)?.saturating_add(stored_elsewhere_minor),
-        request.amount_minor,
-        &request.currency,
-    )?;
+    if page.earlier.page_capacity > 0 && on_page >= page.earlier.page_capacity {
+        return Err(PaymentError::PageFull);
+    }
+    let stored = unreconciled(tx)?
+        .saturating_add(page.earlier.unreconciled_minor)
+        .saturating_add(stored_elsewhere_minor);
+    limits.check(stored, request.amount_minor, &request.currency)?;
     let receipt = Receipt::issue(
         key,
         header.site,
         &header.show,
-        count as u64 + 1,
+        total as u64 + 1,
         request,
         now,
     );
-    write_receipt(tx, receipts, keys, &receipt)?;
+    write_receipt(tx, page.receipts, page.keys, &receipt)?;
     Ok(PaymentOutcome {
         receipt,
         replayed: false,

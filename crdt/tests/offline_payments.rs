@@ -287,3 +287,63 @@ fn a_burst_of_payments_is_one_change_and_each_is_decided_as_if_alone() {
     assert_eq!(view.unreconciled_minor(), 8_000);
     assert_eq!(c.ledger.unreconciled_minor().expect("count"), 8_000);
 }
+
+#[test]
+fn a_full_ledger_page_hands_over_to_the_next_and_retries_still_replay() {
+    use popmesh_crdt::ledger::EarlierPages;
+    let mut c = counter();
+    let mut earlier = EarlierPages {
+        page_capacity: 2,
+        ..EarlierPages::default()
+    };
+    let take = |doc: &mut Doc<Ledger>, earlier: &EarlierPages, reqs: &[PaymentRequest]| {
+        doc.take_payments_paged(&c.pos, &c.limits, reqs, earlier, 0, UnixMillis(1))
+            .expect("the page reads")
+    };
+    let first = take(
+        &mut c.ledger,
+        &earlier,
+        &[pay("a", 100), pay("b", 200), pay("c", 300)],
+    );
+    assert!(matches!(&first[1], Ok(o) if o.receipt.seq == 2));
+    assert!(
+        matches!(first[2], Err(PaymentError::PageFull)),
+        "{:?}",
+        first[2]
+    );
+
+    // The node starts page 1 and tells it what page 0 holds.
+    earlier.absorb(&c.ledger.view().expect("view"));
+    earlier.unreconciled_minor = c.ledger.unreconciled_minor().expect("count");
+    let mut page1 = Doc::<Ledger>::create_ledger(
+        actor_id(c.pos.public(), 1),
+        c.authority.site(),
+        "show-1",
+        c.pos.public(),
+    )
+    .expect("page 1");
+    let a_token = first[0].as_ref().expect("a").receipt.token;
+    let second = take(
+        &mut page1,
+        &earlier,
+        &[pay("c", 300), pay("a", 100), pay("b", 999)],
+    );
+    assert!(matches!(&second[0], Ok(o) if !o.replayed && o.receipt.seq == 3));
+    assert!(matches!(&second[1], Ok(o) if o.replayed && o.receipt.token == a_token));
+    assert!(matches!(
+        second[2],
+        Err(PaymentError::IdempotencyKeyReused { .. })
+    ));
+
+    // The stored limit counts every page: 600 held, 8,000 allowed.
+    earlier.page_capacity = 10;
+    let over = take(&mut page1, &earlier, &[pay("d", 4_000), pay("e", 3_500)]);
+    assert!(over[0].is_ok());
+    assert!(matches!(
+        over[1],
+        Err(PaymentError::OverLimit(RiskError::OverStoredLimit {
+            stored: 4_600,
+            ..
+        }))
+    ));
+}

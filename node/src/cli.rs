@@ -328,6 +328,7 @@ pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
         mesh,
         limits: config.payments.limits(),
         escrow: config.escrow.clone(),
+        receipts_per_page: config.payments.receipts_per_page,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -39,6 +39,8 @@ currency = "EUR"
 payment_max_minor = 15000
 stored_total_max_minor = 200000
 stale_after_hours = 24
+# Receipts per ledger page: each page is one document, so none grows with the show.
+receipts_per_page = 1000
 "#;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +104,7 @@ pub struct Payments {
     pub payment_max_minor: u64,
     pub stored_total_max_minor: u64,
     pub stale_after_hours: u64,
+    pub receipts_per_page: usize,
 }
 
 impl Default for Api {
@@ -139,6 +142,7 @@ impl Default for Payments {
             payment_max_minor: limits.payment_max_minor,
             stored_total_max_minor: limits.stored_total_max_minor,
             stale_after_hours: limits.stale_after_ms / 3_600_000,
+            receipts_per_page: 1000,
         }
     }
 }

@@ -18,7 +18,7 @@ use popmesh_crdt::directory::{Directory, DirectoryView, ShowRecord, SlotRecord, 
 use popmesh_crdt::docs::DocName;
 use popmesh_crdt::enrollment::{EnrollmentCert, Revocation};
 use popmesh_crdt::escrow::{EscrowError, SaleOutcome, Slot, plan_rebalance};
-use popmesh_crdt::ledger::{Ledger, LedgerView, PaymentError};
+use popmesh_crdt::ledger::{EarlierPages, Ledger, LedgerView, PaymentError, PaymentOutcome};
 use popmesh_crdt::receipt::{PaymentRequest, Receipt};
 use popmesh_crdt::risk::RiskLimits;
 use popmesh_crdt::telemetry::{CounterBuffer, Telemetry};
@@ -180,6 +180,8 @@ pub struct RunOptions {
     pub mesh: MeshConfig,
     pub limits: RiskLimits,
     pub escrow: crate::config::Escrow,
+    /// Receipts per ledger page (one document per page).
+    pub receipts_per_page: usize,
 }
 
 /// A running node.
@@ -192,6 +194,7 @@ pub struct Node {
     epoch: u32,
     limits: RiskLimits,
     escrow: crate::config::Escrow,
+    receipts_per_page: usize,
     /// Numbers this run's automatic quota transfers (with the epoch, a unique transfer id).
     transfers: std::sync::atomic::AtomicU64,
     /// Open documents by id, with their registered names.
@@ -269,6 +272,7 @@ impl Node {
             epoch,
             limits: options.limits,
             escrow: options.escrow,
+            receipts_per_page: options.receipts_per_page,
             transfers: std::sync::atomic::AtomicU64::new(0),
             docs: RwLock::new(BTreeMap::new()),
             directory: RwLock::new(None),
@@ -499,6 +503,9 @@ impl Node {
     /// takes every waiting request, decides them as one Automerge change, makes that change durable with one
     /// fsync, and answers each. Under load a burst costs one change, one sync round and one flush; alone, a
     /// payment is a batch of one.
+    ///
+    /// Receipts go into ledger *pages* of `receipts_per_page` each (one document per page), so no document grows
+    /// with the show and the sync engine's whole-document compaction stays cheap.
     pub async fn pay(
         self: &Arc<Self>,
         request: PaymentRequest,
@@ -517,38 +524,24 @@ impl Node {
                 "show {show:?} does not exist at this site"
             )));
         }
-        let me = self.me();
-        let site = self.dir.site_id();
-        let name = DocName::Ledger {
-            show: show.clone(),
-            device: me,
-        };
-        let ledger = {
-            let show = show.clone();
-            self.own_document(name, move |actor| {
-                Doc::create_ledger(actor, site, &show, me)
-                    .map(Doc::into_automerge)
-                    .map_err(internal)
-            })
-            .await?
-        };
         let desk = lock(&self.desks).entry(show.clone()).or_default().clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
         lock(&desk.queue).push(PendingPayment { request, reply });
         if !desk.busy.swap(true, Ordering::AcqRel) {
             // A spawned task, so a client hanging up cannot leave the desk marked busy.
-            tokio::spawn(drain_desk(self.clone(), show, ledger, desk));
+            tokio::spawn(drain_desk(self.clone(), show, desk));
         }
         answer
             .await
             .map_err(|_| Failure::Unavailable("the payment desk stopped".into()))?
     }
 
-    /// Decides a batch of payments as one change and answers each request.
-    async fn take_batch(&self, show: &str, ledger: &DocHandle, batch: Vec<PendingPayment>) {
+    /// Decides a batch of payments as one change (two when a page fills mid-batch) and answers each request.
+    async fn take_batch(&self, show: &str, desk: &Desk, batch: Vec<PendingPayment>) {
         let (requests, replies): (Vec<PaymentRequest>, Vec<_>) =
             batch.into_iter().map(|p| (p.request, p.reply)).unzip();
-        let outcomes = self.take_payments(show, ledger, requests).await;
+        let mut pages = desk.pages.lock().await;
+        let outcomes = self.take_paged(show, &mut pages, requests).await;
         match outcomes {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -564,51 +557,145 @@ impl Node {
         }
     }
 
-    async fn take_payments(
+    /// Takes `requests` on the open page, starting the next page for those that did not fit.
+    async fn take_paged(
         &self,
         show: &str,
-        ledger: &DocHandle,
+        pages: &mut Option<Pages>,
         requests: Vec<PaymentRequest>,
     ) -> Result<Vec<Result<(Receipt, bool), Failure>>, Failure> {
+        if pages.is_none() {
+            *pages = Some(self.open_pages(show).await?);
+        }
+        let Some(pages) = pages.as_mut() else {
+            return Err(internal("no ledger page"));
+        };
+        let mut results: Vec<Option<Result<(Receipt, bool), Failure>>> =
+            requests.iter().map(|_| None).collect();
+        let mut todo: Vec<(usize, PaymentRequest)> = requests.into_iter().enumerate().collect();
+        while !todo.is_empty() {
+            let (indices, batch): (Vec<usize>, Vec<PaymentRequest>) = todo.drain(..).unzip();
+            let outcomes = self.take_on_page(show, pages, batch.clone()).await?;
+            let mut full = false;
+            for ((i, request), outcome) in indices.into_iter().zip(batch).zip(outcomes) {
+                match outcome {
+                    Err(PaymentError::PageFull) => {
+                        full = true;
+                        todo.push((i, request));
+                    }
+                    other => results[i] = Some(payment_result(other)),
+                }
+            }
+            if full {
+                self.next_page(show, pages).await?;
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(internal("payment not decided"))))
+            .collect())
+    }
+
+    /// This device's ledger pages for `show`: every registered one, or a new page 0.
+    async fn open_pages(&self, show: &str) -> Result<Pages, Failure> {
+        let view = self.view()?;
+        let me = self.me();
+        let mut handles = Vec::new();
+        loop {
+            let name = DocName::Ledger {
+                show: show.to_owned(),
+                device: me,
+                page: handles.len() as u32,
+            };
+            if !view.documents.contains_key(&name.to_string()) {
+                break;
+            }
+            handles.push(self.ledger_page(show, handles.len() as u32).await?);
+        }
+        let current = match handles.pop() {
+            Some(h) => h,
+            None => self.ledger_page(show, 0).await?,
+        };
+        let mut earlier = EarlierPages {
+            page_capacity: self.receipts_per_page,
+            ..EarlierPages::default()
+        };
+        for h in &handles {
+            let page = read_ledger(h)
+                .await?
+                .ok_or_else(|| internal("an earlier ledger page does not read"))?;
+            earlier.absorb(&page);
+        }
+        Ok(Pages {
+            page: handles.len() as u32,
+            current,
+            earlier,
+            earlier_handles: handles,
+        })
+    }
+
+    /// Opens (or creates and registers) page `page` of this device's ledger for `show`.
+    async fn ledger_page(&self, show: &str, page: u32) -> Result<DocHandle, Failure> {
+        let (me, site, show) = (self.me(), self.dir.site_id(), show.to_owned());
+        let name = DocName::Ledger {
+            show: show.clone(),
+            device: me,
+            page,
+        };
+        self.own_document(name, move |actor| {
+            Doc::create_ledger(actor, site, &show, me)
+                .map(Doc::into_automerge)
+                .map_err(internal)
+        })
+        .await
+    }
+
+    /// Closes the full page and opens the next.
+    async fn next_page(&self, show: &str, pages: &mut Pages) -> Result<(), Failure> {
+        let full = read_ledger(&pages.current)
+            .await?
+            .ok_or_else(|| internal("the full ledger page does not read"))?;
+        let next = self.ledger_page(show, pages.page + 1).await?;
+        pages.earlier.absorb(&full);
+        pages
+            .earlier_handles
+            .push(std::mem::replace(&mut pages.current, next));
+        pages.page += 1;
+        tracing::info!(show, page = pages.page, "started a new ledger page");
+        Ok(())
+    }
+
+    async fn take_on_page(
+        &self,
+        show: &str,
+        pages: &mut Pages,
+        requests: Vec<PaymentRequest>,
+    ) -> Result<Vec<Result<PaymentOutcome, PaymentError>>, Failure> {
+        // Earlier pages' unreconciled totals change when the origin reconciles: read their counters afresh.
+        let mut earlier_held = 0u64;
+        for h in &pages.earlier_handles {
+            earlier_held = earlier_held.saturating_add(unreconciled_of(h).await?);
+        }
+        pages.earlier.unreconciled_minor = earlier_held;
         // What this device holds unreconciled in its other shows' ledgers counts against the stored limit.
         let mut elsewhere = 0u64;
         for (other, handle) in self.own_ledgers() {
             if other != show {
-                let held = handle
-                    .with_document_async(|am| {
-                        Doc::<Ledger, &mut Automerge>::attach(am)
-                            .and_then(|d| d.unreconciled_minor())
-                    })
-                    .await
-                    .map_err(stopped)?
-                    .map_err(internal)?;
-                elsewhere = elsewhere.saturating_add(held);
+                elsewhere = elsewhere.saturating_add(unreconciled_of(&handle).await?);
             }
         }
         let key = self.dir.key.clone();
         let limits = self.limits.clone();
         let actor = self.actor();
         let now = clock::now();
-        let outcomes = self
-            .change(ledger, move |am| {
-                Doc::<Ledger, &mut Automerge>::attach_as(am, actor)
-                    .and_then(|mut d| d.take_payments(&key, &limits, &requests, elsewhere, now))
+        let earlier = pages.earlier.clone();
+        self.change(&pages.current, move |am| {
+            Doc::<Ledger, &mut Automerge>::attach_as(am, actor).and_then(|mut d| {
+                d.take_payments_paged(&key, &limits, &requests, &earlier, elsewhere, now)
             })
-            .await?
-            .map_err(internal)?;
-        Ok(outcomes
-            .into_iter()
-            .map(|outcome| match outcome {
-                Ok(o) => Ok((o.receipt, o.replayed)),
-                Err(PaymentError::BadRequest(e)) => Err(Failure::BadRequest(e.to_string())),
-                Err(PaymentError::OverLimit(e)) => Err(Failure::Refused(e.to_string())),
-                Err(e @ PaymentError::IdempotencyKeyReused { .. }) => {
-                    Err(Failure::Conflict(e.to_string()))
-                }
-                Err(e @ PaymentError::Full) => Err(Failure::Conflict(e.to_string())),
-                Err(e) => Err(internal(e)),
-            })
-            .collect())
+        })
+        .await?
+        .map_err(internal)
     }
 
     fn own_ledgers(&self) -> Vec<(String, DocHandle)> {
@@ -616,7 +703,7 @@ impl Node {
         read(&self.docs)
             .values()
             .filter_map(|(name, h)| match name {
-                DocName::Ledger { show, device } if *device == me => {
+                DocName::Ledger { show, device, .. } if *device == me => {
                     Some((show.clone(), h.clone()))
                 }
                 _ => None,
@@ -1131,6 +1218,31 @@ fn escrow_outcome<T>(outcome: Result<T, EscrowError>) -> Result<T, Failure> {
     }
 }
 
+/// A ledger page's unreconciled total, from its counter.
+async fn unreconciled_of(handle: &DocHandle) -> Result<u64, Failure> {
+    handle
+        .with_document_async(|am| {
+            Doc::<Ledger, &mut Automerge>::attach(am).and_then(|d| d.unreconciled_minor())
+        })
+        .await
+        .map_err(stopped)?
+        .map_err(internal)
+}
+
+fn payment_result(
+    outcome: Result<PaymentOutcome, PaymentError>,
+) -> Result<(Receipt, bool), Failure> {
+    match outcome {
+        Ok(o) => Ok((o.receipt, o.replayed)),
+        Err(PaymentError::BadRequest(e)) => Err(Failure::BadRequest(e.to_string())),
+        Err(PaymentError::OverLimit(e)) => Err(Failure::Refused(e.to_string())),
+        Err(e @ (PaymentError::IdempotencyKeyReused { .. } | PaymentError::Full)) => {
+            Err(Failure::Conflict(e.to_string()))
+        }
+        Err(e) => Err(internal(e)),
+    }
+}
+
 async fn read_ledger(handle: &DocHandle) -> Result<Option<LedgerView>, Failure> {
     let view = handle
         .with_document_async(|am| Doc::<Ledger, &mut Automerge>::attach(am).and_then(|d| d.view()))
@@ -1162,15 +1274,24 @@ struct PendingPayment {
     reply: tokio::sync::oneshot::Sender<Result<(Receipt, bool), Failure>>,
 }
 
-/// One show's payment queue, and whether a drain task is running for it.
+/// One show's payment queue, whether a drain task is running for it, and its ledger pages (opened on first use).
 #[derive(Default)]
 struct Desk {
     queue: Mutex<Vec<PendingPayment>>,
     busy: AtomicBool,
+    pages: tokio::sync::Mutex<Option<Pages>>,
+}
+
+/// The open page of this device's ledger for a show, and what the pages before it hold.
+struct Pages {
+    page: u32,
+    current: DocHandle,
+    earlier: EarlierPages,
+    earlier_handles: Vec<DocHandle>,
 }
 
 /// Takes batches from a desk until it is empty, then marks it idle (re-checking, so no request is stranded).
-async fn drain_desk(node: Arc<Node>, show: String, ledger: DocHandle, desk: Arc<Desk>) {
+async fn drain_desk(node: Arc<Node>, show: String, desk: Arc<Desk>) {
     loop {
         let batch = std::mem::take(&mut *lock(&desk.queue));
         if batch.is_empty() {
@@ -1181,7 +1302,7 @@ async fn drain_desk(node: Arc<Node>, show: String, ledger: DocHandle, desk: Arc<
             }
             return;
         }
-        node.take_batch(&show, &ledger, batch).await;
+        node.take_batch(&show, &desk, batch).await;
     }
 }
 

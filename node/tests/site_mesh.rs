@@ -378,3 +378,71 @@ fn a_kiosk_that_sells_out_its_quota_is_topped_up_by_the_edge_box_and_sells_again
         .sum();
     assert_eq!(quotas + 4, 20, "{slot}");
 }
+
+#[test]
+fn a_long_show_fills_ledger_pages_and_a_retry_of_an_early_payment_still_replays() {
+    let site = Site::create("pages");
+    let pos_dir = site.join("pos", "pos-1");
+    // Four receipts a page, so a short story crosses several pages.
+    let config = pos_dir.data.join("popmesh.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("receipts_per_page = 1000", "receipts_per_page = 4"),
+    )
+    .expect("config");
+    let edge = Node::start(&site.edge, &[]);
+    let mut pos = Node::start(&pos_dir, &[&site.edge]);
+    pos.wait_for("enrollment", SYNC, |n| n.status()["enrolled"] == true);
+    assert_eq!(edge.post("/v1/shows", show("fri", 10, &[])).status, 201);
+    pos.wait_for("the show", SYNC, |n| {
+        n.get("/v1/shows")["shows"]["fri"].is_object()
+    });
+
+    let mut tokens = Vec::new();
+    for i in 0..10 {
+        let paid = pos.post("/v1/payments", payment(&format!("p-{i}"), 100));
+        assert_eq!(paid.status, 201, "{}", paid.body);
+        assert_eq!(paid.json()["receipt"]["seq"], i + 1);
+        tokens.push(
+            paid.json()["receipt"]["token"]
+                .as_str()
+                .expect("token")
+                .to_owned(),
+        );
+    }
+    let ledgers = |n: &Node| {
+        n.get("/v1/documents")["documents"]
+            .as_array()
+            .map(|ds| ds.iter().filter(|d| d["kind"] == "ledger").count())
+            .unwrap_or(0)
+    };
+    assert_eq!(ledgers(&pos), 3, "ten receipts at four a page");
+
+    // A retry of the very first payment replays it from page 0; its key for another amount is refused.
+    let retry = pos.post("/v1/payments", payment("p-0", 100));
+    assert_eq!(retry.status, 201);
+    assert_eq!(retry.json()["replayed"], true);
+    assert_eq!(retry.json()["receipt"]["token"], tokens[0].as_str());
+    assert_eq!(pos.post("/v1/payments", payment("p-0", 200)).status, 409);
+
+    // After a restart the numbering and the pages carry on.
+    pos.kill();
+    let pos = Node::start(&pos_dir, &[&site.edge]);
+    let next = pos.post("/v1/payments", payment("p-10", 100));
+    assert_eq!(next.status, 201, "{}", next.body);
+    assert_eq!(next.json()["receipt"]["seq"], 11);
+    tokens.push(
+        next.json()["receipt"]["token"]
+            .as_str()
+            .expect("token")
+            .to_owned(),
+    );
+
+    // The edge box holds every page and every receipt.
+    edge.wait_for("all eleven receipts", SYNC, |n| {
+        let held = n.receipt_tokens();
+        tokens.iter().all(|t| held.contains(t))
+    });
+    assert_eq!(ledgers(&edge), 3);
+}

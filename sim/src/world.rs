@@ -1206,6 +1206,7 @@ impl World {
         let name = DocName::Ledger {
             show: SHOW.into(),
             device: self.devices[dev].key.public(),
+            page: 0,
         };
         let site = self.authority.site();
         let me = self.devices[dev].key.public();
@@ -1489,6 +1490,7 @@ impl World {
         let name = DocName::Ledger {
             show: SHOW.into(),
             device: self.devices[dev].key.public(),
+            page: 0,
         };
         let Some(id) = self.doc_id(dev, &name) else {
             if !self.devices[dev].acked_receipts.is_empty() {

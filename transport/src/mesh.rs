@@ -272,7 +272,7 @@ impl Mesh {
                 .listen_on(addr.clone())
                 .map_err(|e| MeshError::Listen {
                     addr: addr.clone(),
-                    reason: e.to_string(),
+                    reason: format!("{e:?}"),
                 })?;
         }
         let local = *swarm.local_peer_id();

@@ -52,11 +52,18 @@ pub fn popmesh(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A free port below Linux's ephemeral range (32768 and up), so an outgoing connection's source port cannot take
+/// it between this check and the daemon's bind. Each test process starts at its own offset.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 120) * 100;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (base + n % 12_000) as u16;
+        if port < 32_000 && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
