@@ -52,13 +52,20 @@ fn main() {
     }
 }
 
-/// Raises the stored-payments limit so a benchmark can take thousands of payments on one device.
+/// Raises the stored-payments limit so a benchmark can take thousands of payments on one device, and turns quota
+/// rebalancing off so the edge box can sell every seat it was granted.
 fn relax_limits(device: &Device) {
     let path = device.data.join("popmesh.toml");
-    let text = std::fs::read_to_string(&path).expect("config");
-    let text = text.replace(
-        "stored_total_max_minor = 200000",
-        "stored_total_max_minor = 100000000000",
+    let text = std::fs::read_to_string(&path)
+        .expect("config")
+        .replace(
+            "stored_total_max_minor = 200000",
+            "stored_total_max_minor = 100000000000",
+        )
+        .replace("rebalance_every_secs = 5", "rebalance_every_secs = 0");
+    assert!(
+        text.contains("rebalance_every_secs = 0"),
+        "the config template changed"
     );
     std::fs::write(&path, text).expect("config");
 }
