@@ -50,24 +50,20 @@ impl Lab {
         }
         ip(&["-n", &ns("br"), "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &ns("br"), "link", "set", "br0", "up"])?;
+        // A veth pair whose `port` end joins the bridge.
+        let cable = |inner: &str, inner_ns: Option<&str>, port: &str| -> Result<(), String> {
+            let mut args = vec!["link", "add", inner];
+            if let Some(n) = inner_ns {
+                args.extend(["netns", n]);
+            }
+            let br = ns("br");
+            args.extend(["type", "veth", "peer", "name", port, "netns", &br]);
+            ip(&args)?;
+            ip(&["-n", &br, "link", "set", port, "master", "br0", "up"])
+        };
         for (n, host) in [("a", 1u8), ("b", 2)] {
             let inner = format!("{prefix}{n}");
-            let port = format!("{prefix}p{n}");
-            ip(&[
-                "link",
-                "add",
-                &inner,
-                "netns",
-                &ns(n),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                &ns("br"),
-            ])?;
-            ip(&["-n", &ns("br"), "link", "set", &port, "master", "br0", "up"])?;
+            cable(&inner, Some(&ns(n)), &format!("{prefix}p{n}"))?;
             ip(&[
                 "-n",
                 &ns(n),
@@ -83,20 +79,7 @@ impl Lab {
         }
         // The test's own way in, to call the two APIs.
         let root = format!("{prefix}r");
-        let port = format!("{prefix}pr");
-        ip(&[
-            "link",
-            "add",
-            &root,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            &ns("br"),
-        ])?;
-        ip(&["-n", &ns("br"), "link", "set", &port, "master", "br0", "up"])?;
+        cable(&root, None, &format!("{prefix}pr"))?;
         ip(&[
             "addr",
             "add",

@@ -306,46 +306,54 @@ mod tests {
         peer_id(&key.public()).expect("ed25519")
     }
 
+    /// Runs the hello between an opener claiming `opener_site` and an acceptor claiming `acceptor_site`.
+    async fn hello_between(
+        opener_site: &'static str,
+        acceptor_site: &'static str,
+    ) -> (
+        Result<(Hello, Framing<impl LinkIo>), LinkError>,
+        Result<(Hello, Framing<impl LinkIo>), LinkError>,
+    ) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (opener, acceptor) = (TestGate(opener_site), TestGate(acceptor_site));
+        tokio::join!(
+            open(a.compat(), peer(2), &opener),
+            accept(b.compat(), peer(1), &acceptor)
+        )
+    }
+
     #[tokio::test]
     async fn two_members_of_one_site_admit_each_other() {
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let (opened, accepted) = tokio::join!(
-            open(a.compat(), peer(2), &TestGate("site-a")),
-            accept(b.compat(), peer(1), &TestGate("site-a"))
-        );
+        let (opened, accepted) = hello_between("site-a", "site-a").await;
         assert_eq!(opened.expect("opener admitted").0.site, "site-a");
         assert_eq!(accepted.expect("acceptor admitted").0.site, "site-a");
     }
 
     #[tokio::test]
     async fn a_peer_from_another_site_is_refused_by_whichever_side_checks_first() {
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let (opened, accepted) = tokio::join!(
-            open(a.compat(), peer(2), &TestGate("site-b")),
-            accept(b.compat(), peer(1), &TestGate("site-a"))
-        );
+        // The opener is the outsider: the acceptor refuses it and says why.
+        let (opened, accepted) = hello_between("site-b", "site-a").await;
         assert!(
             matches!(accepted, Err(LinkError::WeRefused { .. })),
-            "{accepted:?}"
+            "{:?}",
+            accepted.err()
         );
         assert!(
             matches!(opened, Err(LinkError::TheyRefused { .. })),
-            "{opened:?}"
+            "{:?}",
+            opened.err()
         );
-
         // The acceptor is the outsider: the opener refuses it, and the acceptor learns it was refused.
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let (opened, accepted) = tokio::join!(
-            open(a.compat(), peer(2), &TestGate("site-a")),
-            accept(b.compat(), peer(1), &TestGate("site-b"))
-        );
+        let (opened, accepted) = hello_between("site-a", "site-b").await;
         assert!(
             matches!(opened, Err(LinkError::WeRefused { .. })),
-            "{opened:?}"
+            "{:?}",
+            opened.err()
         );
         assert!(
             matches!(accepted, Err(LinkError::TheyRefused { .. })),
-            "{accepted:?}"
+            "{:?}",
+            accepted.err()
         );
     }
 
