@@ -243,6 +243,12 @@ impl<D: Borrow<Automerge>> Doc<Ledger, D> {
         unreconciled(self.automerge())
     }
 
+    /// How many receipts this ledger (page) holds, without reading them.
+    pub fn receipt_count(&self) -> Result<usize, DocError> {
+        let am = self.automerge();
+        Ok(am.length(object_at(am, &["receipts"])?))
+    }
+
     pub fn view(&self) -> Result<LedgerView, DocError> {
         let record = self.record()?;
         let bad_header = |field: &str| DocError::Missing(format!("valid {field} in ledger header"));

@@ -327,9 +327,10 @@ async fn events(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Api<Response> {
-    // Refresh the gauges that are computed on demand.
-    let _ = node.receipts().await;
-    let _ = node.status().await;
+    // The gauges computed on demand; a failure leaves their last values.
+    if let Err(e) = node.refresh_gauges().await {
+        tracing::debug!("gauges not refreshed: {e}");
+    }
     let mut text = String::new();
     {
         let registry = node.registry.lock().unwrap_or_else(|e| e.into_inner());

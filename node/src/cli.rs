@@ -43,13 +43,8 @@ pub async fn init(data: &Path, name: &str, role: Role, device_name: Option<Strin
     if name.trim().is_empty() {
         bail!("--name must not be empty");
     }
-    if DataDir::exists(data) {
-        bail!(
-            "{} already holds a device ({} exists); choose another --data directory",
-            data.display(),
-            DataDir::site_path(data).display()
-        );
-    }
+    // Checked before anything is written: init creates the data file before the device's files.
+    DataDir::ensure_new(data)?;
     let authority = SiteAuthority::new(SecretKey::from_seed(random_seed()?));
     let key = SecretKey::from_seed(random_seed()?);
     let network_key = random_seed()?;
@@ -151,13 +146,6 @@ pub fn invite(
 /// `popmesh join`: a new device enrolled from a join token.
 pub fn join(token: &str, data: &Path, name: Option<String>) -> Result<()> {
     let token = JoinToken::from_line(token.trim()).context("the join token")?;
-    if DataDir::exists(data) {
-        bail!(
-            "{} already holds a device ({} exists); choose another --data directory",
-            data.display(),
-            DataDir::site_path(data).display()
-        );
-    }
     let key = SecretKey::from_seed(random_seed()?);
     let name =
         name.unwrap_or_else(|| format!("{}-{}", token.invite.role, &key.public().to_hex()[..6]));

@@ -416,7 +416,6 @@ impl Node {
             .await
             .map_err(internal)?
             .map_err(|e| Failure::Unavailable(format!("could not make the write durable: {e}")))?;
-        self.metrics.acked_writes.set(self.store.acks() as i64);
         Ok(())
     }
 
@@ -629,7 +628,7 @@ impl Node {
         Ok(Pages {
             page: handles.len() as u32,
             current,
-            earlier,
+            earlier: Arc::new(earlier),
             earlier_handles: handles,
         })
     }
@@ -656,7 +655,7 @@ impl Node {
             .await?
             .ok_or_else(|| internal("the full ledger page does not read"))?;
         let next = self.ledger_page(show, pages.page + 1).await?;
-        pages.earlier.absorb(&full);
+        Arc::make_mut(&mut pages.earlier).absorb(&full);
         pages
             .earlier_handles
             .push(std::mem::replace(&mut pages.current, next));
@@ -676,7 +675,7 @@ impl Node {
         for h in &pages.earlier_handles {
             earlier_held = earlier_held.saturating_add(unreconciled_of(h).await?);
         }
-        pages.earlier.unreconciled_minor = earlier_held;
+        Arc::make_mut(&mut pages.earlier).unreconciled_minor = earlier_held;
         // What this device holds unreconciled in its other shows' ledgers counts against the stored limit.
         let mut elsewhere = 0u64;
         for (other, handle) in self.own_ledgers() {
@@ -688,7 +687,7 @@ impl Node {
         let limits = self.limits.clone();
         let actor = self.actor();
         let now = clock::now();
-        let earlier = pages.earlier.clone();
+        let earlier = Arc::clone(&pages.earlier);
         self.change(&pages.current, move |am| {
             Doc::<Ledger, &mut Automerge>::attach_as(am, actor).and_then(|mut d| {
                 d.take_payments_paged(&key, &limits, &requests, &earlier, elsewhere, now)
@@ -737,14 +736,38 @@ impl Node {
             }
         }
         out.sort_by(|a, b| (&a.show, &a.device, a.seq).cmp(&(&b.show, &b.device, b.seq)));
-        let unreconciled: u64 = out
-            .iter()
-            .filter(|r| !r.reconciled)
-            .map(|r| r.amount_minor)
-            .sum();
-        self.metrics.receipts.set(out.len() as i64);
-        self.metrics.unreconciled_minor.set(unreconciled as i64);
         Ok(out)
+    }
+
+    /// Sets the gauges `/metrics` reports, from counters and lengths (no receipt is read or verified).
+    pub async fn refresh_gauges(&self) -> Result<(), Failure> {
+        let (ledgers, open): (Vec<DocHandle>, usize) = {
+            let docs = read(&self.docs);
+            let ledgers = docs
+                .values()
+                .filter(|(n, _)| matches!(n, DocName::Ledger { .. }))
+                .map(|(_, h)| h.clone())
+                .collect();
+            (ledgers, docs.len())
+        };
+        let (mut receipts, mut unreconciled) = (0u64, 0u64);
+        for handle in ledgers {
+            let (count, held) = handle
+                .with_document_async(|am| {
+                    let d = Doc::<Ledger, &mut Automerge>::attach(am)?;
+                    Ok::<_, popmesh_crdt::DocError>((d.receipt_count()?, d.unreconciled_minor()?))
+                })
+                .await
+                .map_err(stopped)?
+                .map_err(internal)?;
+            receipts = receipts.saturating_add(count as u64);
+            unreconciled = unreconciled.saturating_add(held);
+        }
+        self.metrics.documents.set(open as i64);
+        self.metrics.receipts.set(receipts as i64);
+        self.metrics.unreconciled_minor.set(unreconciled as i64);
+        self.metrics.acked_writes.set(self.store.acks() as i64);
+        Ok(())
     }
 
     fn slot_handle(
@@ -1110,7 +1133,7 @@ impl Node {
                 });
                 let last_heard_ms_ago = conn
                     .and_then(|c| c.last_received)
-                    .map(|t| (chrono_now_ms() - t.timestamp_millis()).max(0) as u64);
+                    .map(|t| (clock::now().0 as i64 - t.timestamp_millis()).max(0) as u64);
                 PeerJson {
                     device: p.device,
                     name,
@@ -1129,7 +1152,6 @@ impl Node {
         }
         // The registry names every document but the directory itself.
         let registered = view.as_ref().map(|v| v.documents.len() + 1).unwrap_or(0);
-        self.metrics.documents.set(docs.len() as i64);
         Status {
             device: self.me().to_hex(),
             name: self.dir.cert.name.clone(),
@@ -1184,10 +1206,6 @@ impl Node {
             Err(_) => {}
         }
     }
-}
-
-fn chrono_now_ms() -> i64 {
-    clock::now().0 as i64
 }
 
 fn kind_of(name: &DocName) -> &'static str {
@@ -1286,7 +1304,8 @@ struct Desk {
 struct Pages {
     page: u32,
     current: DocHandle,
-    earlier: EarlierPages,
+    /// Shared with the payment closure without copying; only the desk's drain task changes it, between batches.
+    earlier: Arc<EarlierPages>,
     earlier_handles: Vec<DocHandle>,
 }
 

@@ -131,6 +131,18 @@ impl DataDir {
         self.key.public()
     }
 
+    /// Refuses a directory that already holds a device.
+    pub fn ensure_new(root: &Path) -> Result<()> {
+        if Self::exists(root) {
+            bail!(
+                "{} already holds a device ({} exists); choose another --data directory",
+                root.display(),
+                Self::site_path(root).display()
+            );
+        }
+        Ok(())
+    }
+
     /// Writes a new device's files. Refuses to overwrite an existing device.
     pub fn create(
         root: &Path,
@@ -139,13 +151,7 @@ impl DataDir {
         network_key: &[u8; 32],
         authority: Option<&SiteAuthority>,
     ) -> Result<()> {
-        if Self::exists(root) {
-            bail!(
-                "{} already holds a device ({} exists); choose another --data directory",
-                root.display(),
-                Self::site_path(root).display()
-            );
-        }
+        Self::ensure_new(root)?;
         std::fs::create_dir_all(root.join("keys"))
             .with_context(|| format!("creating {}", root.join("keys").display()))?;
         write_key(&Self::key_path(root, "device"), &key.seed())?;

@@ -229,7 +229,7 @@ impl Store {
         {
             let mut guard = lock(&self.committer.queue.pending);
             guard.0.push(AckRequest {
-                key: key_string(&key),
+                key: key.to_string(),
                 bytes: bytes.to_vec(),
                 done,
             });
@@ -275,7 +275,7 @@ impl Store {
         let tx = self.db.begin_read().map_err(|e| self.io(e))?;
         let table = tx.open_table(DOCS).map_err(|e| self.io(e))?;
         let value = table
-            .get(key_string(key).as_str())
+            .get(key.to_string().as_str())
             .map_err(|e| self.io(e))?;
         Ok(value.map(|v| v.value().to_vec()))
     }
@@ -283,7 +283,7 @@ impl Store {
     fn load_prefix(&self, prefix: &StorageKey) -> Result<HashMap<StorageKey, Vec<u8>>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.io(e))?;
         let table = tx.open_table(DOCS).map_err(|e| self.io(e))?;
-        let start = key_string(prefix);
+        let start = prefix.to_string();
         let mut out = HashMap::new();
         for entry in table.range(start.as_str()..).map_err(|e| self.io(e))? {
             let (k, v) = entry.map_err(|e| self.io(e))?;
@@ -301,7 +301,7 @@ impl Store {
     }
 
     fn put_lazy(&self, key: &StorageKey, data: &[u8]) -> Result<(), StoreError> {
-        let key = key_string(key);
+        let key = key.to_string();
         self.write(Durability::None, |tx| {
             tx.open_table(DOCS)?.insert(key.as_str(), data)?;
             Ok(())
@@ -311,7 +311,7 @@ impl Store {
     }
 
     fn delete_lazy(&self, key: &StorageKey) -> Result<(), StoreError> {
-        let key = key_string(key);
+        let key = key.to_string();
         self.write(Durability::None, |tx| {
             tx.open_table(DOCS)?.remove(key.as_str())?;
             Ok(())
@@ -338,10 +338,6 @@ impl Store {
             }
         }
     }
-}
-
-fn key_string(key: &StorageKey) -> String {
-    key.to_string()
 }
 
 impl samod::storage::Storage for Store {
