@@ -46,6 +46,10 @@ pub struct Hello {
     pub cert: String,
     /// The samod document id of the site directory, when the device holds it.
     pub directory: Option<String>,
+    /// The UDP port of the device's blob endpoint (iroh), reachable at the address this link came from. Peers learn
+    /// blob addresses here, so the site needs no second discovery service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blobs: Option<u16>,
 }
 
 impl Hello {
@@ -55,7 +59,14 @@ impl Hello {
             site,
             cert: B64.encode(cert),
             directory,
+            blobs: None,
         }
+    }
+
+    /// Says where this device serves blobs.
+    pub fn with_blobs(mut self, port: Option<u16>) -> Self {
+        self.blobs = port;
+        self
     }
 
     /// The certificate bytes, or why they are not base64.

@@ -167,6 +167,9 @@ pub struct PeerStatus {
     pub hello: Option<Hello>,
     pub connected_for_ms: u64,
     pub addresses: Vec<String>,
+    /// The remote IP address of a connection to the peer (where its blob endpoint is reached).
+    #[serde(skip)]
+    pub remote_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Default)]
@@ -476,6 +479,8 @@ struct Bootstrap {
 struct Conn {
     id: ConnectionId,
     dialed_by_me: bool,
+    /// The remote IP address of the connection.
+    remote_ip: Option<std::net::IpAddr>,
 }
 
 /// Addresses a peer was discovered at (mDNS, identify), and when to try it next.
@@ -634,9 +639,19 @@ impl SwarmTask {
                     k.backoff = BACKOFF_MIN;
                 }
                 connected_at.entry(peer_id).or_insert_with(Instant::now);
+                let remote = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => address,
+                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
+                };
+                let remote_ip = remote.iter().find_map(|p| match p {
+                    libp2p::multiaddr::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+                    libp2p::multiaddr::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+                    _ => None,
+                });
                 self.conns.entry(peer_id).or_default().push(Conn {
                     id: connection_id,
                     dialed_by_me,
+                    remote_ip,
                 });
                 self.drop_duplicates(peer_id);
                 if self.local < peer_id && !self.sessions.contains_key(&peer_id) {
@@ -839,6 +854,7 @@ impl SwarmTask {
                         .get(peer)
                         .map(|k| k.addrs.iter().map(|a| a.to_string()).collect())
                         .unwrap_or_default(),
+                    remote_ip: list.iter().find_map(|c| c.remote_ip),
                 };
                 (*peer, status)
             })
