@@ -1,7 +1,8 @@
 //! The local HTTP API for kiosk and POS apps, under `/v1`, plus `/metrics`.
 //!
 //! Every error is a JSON body `{"error": {"status": 409, "message": "..."}}` that says what was wrong. Fixed names
-//! that apps rely on: `GET /v1/status`, `POST /v1/payments`, `GET /v1/receipts`, `GET /metrics`.
+//! that apps rely on: `GET /v1/status`, `POST /v1/payments`, `GET /v1/receipts`, `GET /metrics`, and the media
+//! routes of [`crate::media_api`] (`GET /media/{hash}`, `GET /media/by-name/{name}`).
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use popmesh_crdt::receipt::PaymentRequest;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::media_api;
 use crate::node::{Failure, Node, ShowSpec};
 
 /// An error answer.
@@ -27,11 +29,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 }
 
@@ -91,6 +97,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/documents", get(documents))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
+        .route("/v1/blobs", post(media_api::add))
+        .route("/v1/manifests", get(media_api::manifests))
+        .route("/v1/manifests/{name}", post(media_api::publish))
+        .route("/media/{hash}", get(media_api::by_hash))
+        .route("/media/by-name/{name}", get(media_api::by_name))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/status")
         })

@@ -277,6 +277,7 @@ pub struct RunFlags {
     pub bootstrap: Vec<String>,
     pub no_mdns: bool,
     pub log_format: Option<LogFormat>,
+    pub media_port: Option<u16>,
 }
 
 /// `popmesh run`: the daemon, until SIGINT or SIGTERM.
@@ -295,6 +296,9 @@ pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
     }
     if let Some(f) = flags.log_format {
         config.log.format = f;
+    }
+    if let Some(port) = flags.media_port {
+        config.media.port = port;
     }
     init_logging(&config)?;
     let parse = |flag: &str, addrs: &[String]| -> Result<Vec<libp2p::Multiaddr>> {
@@ -317,6 +321,7 @@ pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
         limits: config.payments.limits(),
         escrow: config.escrow.clone(),
         receipts_per_page: config.payments.receipts_per_page,
+        media: config.media.options(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -30,6 +30,18 @@ pub enum ClientError {
     Malformed { addr: SocketAddr, reason: String },
 }
 
+/// Why an upload failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("reading {}: {source}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Client {
     pub addr: SocketAddr,
@@ -57,6 +69,136 @@ impl Client {
         self.request("POST", path, Some(body))
     }
 
+    /// Sends the file at `file` as the raw body of a POST, calling `progress` with the bytes sent so far.
+    pub fn upload(
+        &self,
+        path: &str,
+        file: &std::path::Path,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Answer, UploadError> {
+        let mut source = std::fs::File::open(file).map_err(|e| UploadError::File {
+            path: file.into(),
+            source: e,
+        })?;
+        let len = source
+            .metadata()
+            .map_err(|e| UploadError::File {
+                path: file.into(),
+                source: e,
+            })?
+            .len();
+        let mut stream = self.connect()?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n",
+            self.addr
+        );
+        let unreachable = |source| ClientError::Unreachable {
+            addr: self.addr,
+            source,
+        };
+        stream.write_all(head.as_bytes()).map_err(unreachable)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut sent = 0u64;
+        loop {
+            let n = source.read(&mut buf).map_err(|e| UploadError::File {
+                path: file.into(),
+                source: e,
+            })?;
+            if n == 0 {
+                break;
+            }
+            stream.write_all(&buf[..n]).map_err(unreachable)?;
+            sent += n as u64;
+            progress(sent);
+        }
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).map_err(unreachable)?;
+        Ok(self.parse(&raw)?)
+    }
+
+    /// GETs `path` and streams a successful body into `sink`, calling `progress` with (bytes so far, length).
+    /// An error answer is returned whole instead.
+    pub fn download(
+        &self,
+        path: &str,
+        sink: &mut dyn std::io::Write,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<Result<u64, Answer>, ClientError> {
+        let unreachable = |source| ClientError::Unreachable {
+            addr: self.addr,
+            source,
+        };
+        let mut stream = self.connect()?;
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        stream.write_all(head.as_bytes()).map_err(unreachable)?;
+        let mut reader = std::io::BufReader::with_capacity(256 * 1024, stream);
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut line = Vec::new();
+            let n =
+                std::io::BufRead::read_until(&mut reader, b'\n', &mut line).map_err(unreachable)?;
+            if n == 0 || head.len() > 64 * 1024 {
+                return Err(ClientError::Malformed {
+                    addr: self.addr,
+                    reason: "the answer ended inside its headers".into(),
+                });
+            }
+            head.extend_from_slice(&line);
+        }
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        let length = text.lines().find_map(|l| {
+            l.strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        if !(200..300).contains(&status) {
+            let mut rest = Vec::new();
+            reader.read_to_end(&mut rest).map_err(unreachable)?;
+            head.extend_from_slice(&rest);
+            return Ok(Err(self.parse(&head)?));
+        }
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0u64;
+        loop {
+            let n = reader.read(&mut buf).map_err(unreachable)?;
+            if n == 0 {
+                break;
+            }
+            sink.write_all(&buf[..n]).map_err(unreachable)?;
+            got += n as u64;
+            progress(got, length);
+        }
+        if length.is_some_and(|l| l != got) {
+            return Err(ClientError::Malformed {
+                addr: self.addr,
+                reason: format!(
+                    "the body ended after {got} of {} bytes",
+                    length.unwrap_or(0)
+                ),
+            });
+        }
+        Ok(Ok(got))
+    }
+
+    fn connect(&self) -> Result<TcpStream, ClientError> {
+        let unreachable = |source| ClientError::Unreachable {
+            addr: self.addr,
+            source,
+        };
+        let stream = TcpStream::connect_timeout(&self.addr, self.timeout).map_err(unreachable)?;
+        stream
+            .set_read_timeout(Some(self.timeout))
+            .map_err(unreachable)?;
+        Ok(stream)
+    }
+
     fn request(
         &self,
         method: &str,
@@ -67,11 +209,7 @@ impl Client {
             addr: self.addr,
             source,
         };
-        let mut stream =
-            TcpStream::connect_timeout(&self.addr, self.timeout).map_err(unreachable)?;
-        stream
-            .set_read_timeout(Some(self.timeout))
-            .map_err(unreachable)?;
+        let mut stream = self.connect()?;
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\n",
             self.addr

@@ -41,6 +41,18 @@ stored_total_max_minor = 200000
 stale_after_hours = 24
 # Receipts per ledger page: each page is one document, so none grows with the show.
 receipts_per_page = 1000
+
+[media]
+# The UDP port of the blob endpoint (iroh, QUIC). Peers learn it through the mesh; 0 picks a free port.
+port = 4702
+# How often to look for media of the manifests that this device lacks, in seconds.
+preseed_every_secs = 2
+# How often garbage collection drops blobs that nothing keeps, in seconds.
+gc_every_secs = 30
+# How long a blob added with `popmesh blob add` (and in no manifest) is kept, in hours.
+default_ttl_hours = 24
+# Check every complete blob against its hash when the node starts (a damaged copy is fetched again).
+verify_on_start = true
 "#;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +63,29 @@ pub struct Config {
     pub log: Log,
     pub escrow: Escrow,
     pub payments: Payments,
+    pub media: Media,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Media {
+    pub port: u16,
+    pub preseed_every_secs: u64,
+    pub gc_every_secs: u64,
+    pub default_ttl_hours: u64,
+    pub verify_on_start: bool,
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Self {
+            port: 4702,
+            preseed_every_secs: 2,
+            gc_every_secs: 30,
+            default_ttl_hours: 24,
+            verify_on_start: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +182,18 @@ impl Default for Payments {
     }
 }
 
+impl Media {
+    pub fn options(&self) -> crate::media::MediaOptions {
+        crate::media::MediaOptions {
+            port: self.port,
+            preseed_every: std::time::Duration::from_secs(self.preseed_every_secs),
+            gc_every: std::time::Duration::from_secs(self.gc_every_secs),
+            default_ttl_ms: self.default_ttl_hours.saturating_mul(3_600_000),
+            verify_on_start: self.verify_on_start,
+        }
+    }
+}
+
 impl Payments {
     pub fn limits(&self) -> popmesh_crdt::risk::RiskLimits {
         popmesh_crdt::risk::RiskLimits {
@@ -172,6 +219,9 @@ impl Config {
 
     pub fn parse(text: &str) -> Result<Self> {
         let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if config.media.preseed_every_secs == 0 || config.media.gc_every_secs == 0 {
+            anyhow::bail!("media: preseed_every_secs and gc_every_secs must be at least 1");
+        }
         for addr in config.p2p.listen.iter().chain(&config.p2p.bootstrap) {
             addr.parse::<libp2p::Multiaddr>()
                 .map_err(|e| anyhow::anyhow!("p2p: {addr:?} is not a multiaddr: {e}"))?;

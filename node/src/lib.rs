@@ -3,6 +3,9 @@
 //! - [`cli`]: `site init`, `site invite`, `site revoke`, `join`, `run`, `status`.
 //! - [`node`]: the running daemon: samod on the data file, the site mesh, and the operations the API offers.
 //! - [`api`]: the local HTTP API (axum) and `/metrics`.
+//! - [`media`]: content-addressed blobs (iroh-blobs): the blob endpoint, preseeding, checked reads for kiosks.
+//! - [`media_api`]: `/media/...` for kiosk browsers (types, ETags, ranges, fetch on miss, fallback) and blob routes.
+//! - [`media_cli`]: `blob add`, `blob get`, `manifest publish` (through the running node's API).
 //! - [`store`]: the data file (redb): samod's storage and acknowledged writes, fsync'd before the answer.
 //! - [`site`], [`config`]: the data directory's files.
 //! - [`client`]: a small HTTP client for the CLI and the tests.
@@ -14,6 +17,9 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod media;
+pub mod media_api;
+pub mod media_cli;
 pub mod node;
 pub mod sim_cmd;
 pub mod site;

@@ -1,7 +1,8 @@
 //! `popmesh`: the daemon every kiosk, POS terminal, edge box and origin runs, and its command-line tools.
 //!
 //! `site init` creates a site, `site invite` prints join tokens, `join` enrolls a new device from one, `run` is the
-//! daemon (site mesh, document sync, local HTTP API), `status` asks a running daemon. `demo` plays a site in one
+//! daemon (site mesh, document sync, local HTTP API), `status` asks a running daemon. `blob` and `manifest` add
+//! media and publish what every device preseeds. `demo` plays a site in one
 //! process and `sim` rehearses a show in the chaos simulator.
 
 use std::io::Write as _;
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use popmesh_crdt::Role;
 use popmesh_node::config::LogFormat;
-use popmesh_node::{cli, demo, sim_cmd};
+use popmesh_node::{cli, demo, media_cli, sim_cmd};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,7 +61,16 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
+        /// UDP port of the blob endpoint (default from popmesh.toml: 4702; 0 picks a free one).
+        #[arg(long)]
+        media_port: Option<u16>,
     },
+    /// Add media blobs to this node, or get one from it (it fetches from the site peers when it lacks it).
+    #[command(subcommand)]
+    Blob(BlobCommand),
+    /// Publish media manifests: what every device preseeds and kiosks show by name.
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
     /// Show a running node's peers, documents and sync lag.
     Status {
         #[arg(long)]
@@ -99,6 +109,55 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BlobCommand {
+    /// Add files as blobs; prints each one's hash, size and name.
+    Add {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        api: Option<SocketAddr>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Write a blob to a file, checked against its hash.
+    Get {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        api: Option<SocketAddr>,
+        /// The blob's BLAKE3 hash (hex).
+        hash: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ManifestCommand {
+    /// Add files and publish them in a manifest (edge box or origin); every device preseeds them.
+    Publish {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        api: Option<SocketAddr>,
+        /// The manifest's name, such as the show's id.
+        #[arg(long)]
+        name: String,
+        /// The entry (file name) served when a blob cannot be had from any peer.
+        #[arg(long)]
+        fallback: Option<String>,
+        /// How long a device keeps a blob after no manifest references it any more.
+        #[arg(long, default_value_t = 72)]
+        ttl_hours: u64,
+        /// Ask a role to preseed only these bytes of each entry, such as kiosk=0-4M; repeat for several.
+        #[arg(long, value_parser = popmesh_node::media_cli::parse_slice)]
+        slice: Vec<(String, popmesh_crdt::manifest::ByteRange)>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -189,6 +248,7 @@ fn main() -> ExitCode {
             bootstrap,
             no_mdns,
             log_format,
+            media_port,
         } => cli::run(
             data,
             cli::RunFlags {
@@ -197,7 +257,39 @@ fn main() -> ExitCode {
                 bootstrap,
                 no_mdns,
                 log_format,
+                media_port,
             },
+        ),
+        Command::Blob(BlobCommand::Add { data, api, files }) => {
+            media_cli::blob_add(&data, api, &files).map(|_| ())
+        }
+        Command::Blob(BlobCommand::Get {
+            data,
+            api,
+            hash,
+            out,
+        }) => media_cli::blob_get(&data, api, &hash, &out).map(|n| {
+            println!(
+                "{hash}  {n} bytes  written to {} (hash checked)",
+                out.display()
+            );
+        }),
+        Command::Manifest(ManifestCommand::Publish {
+            data,
+            api,
+            name,
+            fallback,
+            ttl_hours,
+            slice,
+            files,
+        }) => media_cli::manifest_publish(
+            &data,
+            api,
+            &name,
+            &files,
+            fallback.as_deref(),
+            ttl_hours,
+            &slice,
         ),
         Command::Status { data, api, json } => cli::status(&data, api, json),
         Command::Demo { seed } => {

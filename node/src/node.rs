@@ -27,11 +27,13 @@ use popmesh_transport::{Gate, Hello, Mesh, MeshConfig};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use samod::{DocHandle, DocumentId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock;
+use crate::media::{BlobPeer, Media, MediaOptions, PreseedReport};
 use crate::site::DataDir;
 use crate::store::{FLUSH_EVERY, Store};
+use popmesh_crdt::manifest::{ByteRange, Manifest, ManifestError, ManifestRecord, MediaEntry};
 
 /// How often buffered telemetry increments become one Automerge change.
 const TELEMETRY_WINDOW_MS: u64 = 5_000;
@@ -39,6 +41,8 @@ const TELEMETRY_WINDOW_MS: u64 = 5_000;
 const EVENTS_QUEUE: usize = 4096;
 /// How often the librarian looks for documents it could not open yet.
 const LIBRARIAN_EVERY: Duration = Duration::from_millis(500);
+/// How often the media side learns which peers the mesh admits (and so who may fetch blobs).
+const BLOB_PEERS_EVERY: Duration = Duration::from_millis(500);
 
 /// What went wrong with a request, in terms the API maps to a status code.
 #[derive(Debug)]
@@ -85,12 +89,14 @@ struct SiteGate {
     directory: RwLock<Option<DocumentId>>,
     view: RwLock<Option<DirectoryView>>,
     learned: tokio::sync::Notify,
+    /// The UDP port of this device's blob endpoint, said in every hello.
+    blob_port: Option<u16>,
 }
 
 impl Gate for SiteGate {
     fn hello(&self) -> Hello {
         let directory = read(&self.directory).as_ref().map(|d| d.to_string());
-        Hello::new(self.site_hex.clone(), &self.cert, directory)
+        Hello::new(self.site_hex.clone(), &self.cert, directory).with_blobs(self.blob_port)
     }
 
     fn admit(&self, device: DeviceId, hello: &Hello) -> Result<(), String> {
@@ -182,6 +188,7 @@ pub struct RunOptions {
     pub escrow: crate::config::Escrow,
     /// Receipts per ledger page (one document per page).
     pub receipts_per_page: usize,
+    pub media: MediaOptions,
 }
 
 /// A running node.
@@ -191,6 +198,7 @@ pub struct Node {
     store: Store,
     mesh: Mesh,
     gate: Arc<SiteGate>,
+    media: Arc<Media>,
     epoch: u32,
     limits: RiskLimits,
     escrow: crate::config::Escrow,
@@ -210,6 +218,8 @@ pub struct Node {
     metrics: NodeMetrics,
     pub registry: Mutex<Registry>,
     started: Instant,
+    /// Wakes the preseeder (a manifest was published here).
+    preseed_now: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Node {
@@ -239,14 +249,6 @@ impl Node {
             .with_peer_id(samod::PeerId::from_string(dir.device().to_hex()))
             .load()
             .await;
-        let gate = Arc::new(SiteGate {
-            site_hex: dir.site_id().to_hex(),
-            authority: dir.authority,
-            cert: dir.cert.to_bytes(),
-            directory: RwLock::new(directory_id),
-            view: RwLock::new(None),
-            learned: tokio::sync::Notify::new(),
-        });
         let mut registry = Registry::with_labels(
             [(
                 std::borrow::Cow::Borrowed("device"),
@@ -254,6 +256,24 @@ impl Node {
             )]
             .into_iter(),
         );
+        let media = Media::start(
+            &dir.root.join("blobs"),
+            &dir.key,
+            dir.cert.role,
+            store.clone(),
+            options.media,
+            &mut registry,
+        )
+        .await?;
+        let gate = Arc::new(SiteGate {
+            site_hex: dir.site_id().to_hex(),
+            authority: dir.authority,
+            cert: dir.cert.to_bytes(),
+            directory: RwLock::new(directory_id),
+            view: RwLock::new(None),
+            learned: tokio::sync::Notify::new(),
+            blob_port: media.port(),
+        });
         let metrics = NodeMetrics::register(&mut registry);
         let mesh = Mesh::start(
             &dir.key,
@@ -269,6 +289,7 @@ impl Node {
             store,
             mesh,
             gate,
+            media,
             epoch,
             limits: options.limits,
             escrow: options.escrow,
@@ -283,9 +304,12 @@ impl Node {
             metrics,
             registry: Mutex::new(registry),
             started: Instant::now(),
+            preseed_now: tokio::sync::Notify::new(),
         });
         tokio::spawn(librarian(node.clone()));
         tokio::spawn(flusher(node.clone()));
+        tokio::spawn(blob_peers(node.clone()));
+        tokio::spawn(preseeder(node.clone()));
         if node.escrow.rebalance_every_secs > 0 {
             tokio::spawn(rebalancer(node.clone()));
         }
@@ -294,6 +318,7 @@ impl Node {
 
     /// Stops samod (which finishes its storage writes) and makes everything durable.
     pub async fn shutdown(&self) {
+        self.media.shutdown().await;
         self.repo.stop().await;
         if let Err(e) = self.store.flush() {
             tracing::error!("final flush failed: {e}");
@@ -302,6 +327,123 @@ impl Node {
 
     pub fn mesh(&self) -> &Mesh {
         &self.mesh
+    }
+
+    pub fn media(&self) -> &Arc<Media> {
+        &self.media
+    }
+
+    /// Every media manifest this device holds, by name.
+    pub async fn manifests(&self) -> Vec<(String, ManifestRecord)> {
+        let docs: Vec<(String, DocHandle)> = read(&self.docs)
+            .values()
+            .filter_map(|(n, h)| match n {
+                DocName::Manifest { show } => Some((show.clone(), h.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut out = Vec::with_capacity(docs.len());
+        for (name, handle) in docs {
+            let record = handle
+                .with_document_async(|am| {
+                    Doc::<Manifest, &mut Automerge>::attach(am).and_then(|d| d.record())
+                })
+                .await;
+            match record {
+                Ok(Ok(r)) => out.push((name, r)),
+                Ok(Err(e)) => tracing::warn!(manifest = %name, "manifest does not read: {e}"),
+                Err(_) => {}
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Publishes media entries (and optionally the fallback and per-role slices) in the manifest `name`, creating
+    /// it the first time. Edge boxes and the origin publish; the entries' blobs must be on this device.
+    pub async fn publish_manifest(&self, name: &str, spec: ManifestSpec) -> Result<(), Failure> {
+        if !matches!(self.dir.cert.role, Role::Edge | Role::Origin) {
+            return Err(Failure::Forbidden(format!(
+                "a {} may not publish manifests; publish from the site's edge box or the origin",
+                self.dir.cert.role
+            )));
+        }
+        let doc_name = DocName::Manifest {
+            show: name.to_owned(),
+        };
+        if name.is_empty()
+            || !doc_name
+                .to_string()
+                .parse::<DocName>()
+                .is_ok_and(|n| n == doc_name)
+        {
+            return Err(Failure::BadRequest(format!(
+                "manifest name {name:?} must be one non-empty path segment"
+            )));
+        }
+        let now = clock::now().0;
+        let mut entries = Vec::with_capacity(spec.entries.len());
+        for e in &spec.entries {
+            let hash = crate::media::parse_hash(&e.hash).ok_or_else(|| {
+                Failure::BadRequest(format!(
+                    "entry {:?}: hash {:?} is not 64 lowercase hex digits",
+                    e.name, e.hash
+                ))
+            })?;
+            match self.media.local_size(hash).await {
+                Some(size) if size == e.size => {}
+                Some(size) => {
+                    return Err(Failure::BadRequest(format!(
+                        "entry {:?}: blob {} has {size} bytes, not {}",
+                        e.name, e.hash, e.size
+                    )));
+                }
+                None => {
+                    return Err(Failure::BadRequest(format!(
+                        "entry {:?}: blob {} is not on this device; add it with `popmesh blob add` first",
+                        e.name, e.hash
+                    )));
+                }
+            }
+            entries.push((
+                e.name.clone(),
+                MediaEntry {
+                    hash: e.hash.clone(),
+                    size: e.size,
+                    mime: e.mime.clone(),
+                    ttl_ms: e.ttl_ms,
+                    added_at: now,
+                },
+            ));
+        }
+        let handle = self
+            .own_document(doc_name, {
+                let name = name.to_owned();
+                move |actor| {
+                    Doc::create_manifest(actor, &name)
+                        .map(Doc::into_automerge)
+                        .map_err(internal)
+                }
+            })
+            .await?;
+        let actor = self.actor();
+        self.change(&handle, move |am| {
+            let mut d = Doc::<Manifest, &mut Automerge>::attach_as(am, actor)?;
+            for (name, entry) in &entries {
+                d.publish(name, entry)?;
+            }
+            for (role, ranges) in &spec.slices {
+                d.set_slices(role, ranges)?;
+            }
+            if let Some(fallback) = &spec.fallback {
+                d.set_fallback(fallback)?;
+            }
+            Ok::<_, ManifestError>(())
+        })
+        .await?
+        .map_err(|e| Failure::BadRequest(e.to_string()))?;
+        self.preseed_now.notify_one();
+        Ok(())
     }
 
     fn me(&self) -> DeviceId {
@@ -767,6 +909,7 @@ impl Node {
         self.metrics.receipts.set(receipts as i64);
         self.metrics.unreconciled_minor.set(unreconciled as i64);
         self.metrics.acked_writes.set(self.store.acks() as i64);
+        self.media.refresh_metrics();
         Ok(())
     }
 
@@ -1185,6 +1328,8 @@ impl Node {
                 acknowledged_writes: self.store.acks(),
                 healthy: !self.store.has_failed(),
             },
+            media: self.media.report(),
+            media_port: self.media.port(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
         }
     }
@@ -1424,6 +1569,45 @@ async fn rebalancer(node: Arc<Node>) {
     }
 }
 
+/// Tells the media side which peers the mesh admits, and where their blob endpoints are.
+async fn blob_peers(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(BLOB_PEERS_EVERY);
+    loop {
+        tick.tick().await;
+        let peers: Vec<BlobPeer> = node
+            .mesh
+            .peers()
+            .into_iter()
+            .filter(|p| p.admitted)
+            .filter_map(|p| {
+                let device = DeviceId::from_hex(&p.device).ok()?;
+                let port = p.hello.as_ref().and_then(|h| h.blobs);
+                let addr = port
+                    .zip(p.remote_ip)
+                    .map(|(port, ip)| std::net::SocketAddr::new(ip, port));
+                Some(BlobPeer { device, addr })
+            })
+            .collect();
+        node.media.set_peers(&peers);
+    }
+}
+
+/// Runs a preseed pass every `[media] preseed_every_secs`, and at once when a manifest is published here.
+async fn preseeder(node: Arc<Node>) {
+    let every = node.media.preseed_every();
+    loop {
+        let manifests: Vec<ManifestRecord> =
+            node.manifests().await.into_iter().map(|(_, m)| m).collect();
+        if let Err(e) = node.media.preseed(&manifests, clock::now().0).await {
+            tracing::warn!("preseed pass failed: {e}");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = node.preseed_now.notified() => {}
+        }
+    }
+}
+
 /// Makes samod's lazy writes durable every [`FLUSH_EVERY`], and writes buffered telemetry.
 async fn flusher(node: Arc<Node>) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
@@ -1580,5 +1764,32 @@ pub struct Status {
     pub documents: DocsJson,
     pub shows: Vec<String>,
     pub store: StoreJson,
+    pub media: PreseedReport,
+    /// The UDP port of this device's blob endpoint.
+    pub media_port: Option<u16>,
     pub uptime_ms: u64,
+}
+
+/// What `POST /v1/manifests/{name}` publishes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestSpec {
+    #[serde(default)]
+    pub entries: Vec<EntrySpec>,
+    /// The entry to serve when a requested blob cannot be had from any peer.
+    #[serde(default)]
+    pub fallback: Option<String>,
+    /// Role -> byte ranges of every entry that role preseeds.
+    #[serde(default)]
+    pub slices: BTreeMap<String, Vec<ByteRange>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntrySpec {
+    pub name: String,
+    pub hash: String,
+    pub size: u64,
+    pub mime: String,
+    pub ttl_ms: u64,
 }

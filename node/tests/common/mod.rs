@@ -4,3 +4,4 @@
 pub use site::popmesh;
 
 pub mod site;
+pub mod stranger;

@@ -129,6 +129,23 @@ impl Device {
     }
 }
 
+/// A raw HTTP answer.
+#[derive(Debug)]
+pub struct Raw {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Raw {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// A site under test: an edge box that created it, and the devices that joined.
 pub struct Site {
     pub scratch: Scratch,
@@ -225,6 +242,12 @@ impl Node {
         cmd.args(["run", "--data", device.data_str()])
             .args(["--api", &device.api.to_string()])
             .args(args)
+            // Several nodes share this host: each blob endpoint takes a free UDP port unless the test picks one.
+            .args(if args.iter().any(|a| a == "--media-port") {
+                &[][..]
+            } else {
+                &["--media-port", "0"][..]
+            })
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -266,6 +289,46 @@ impl Node {
                 self.log_tail()
             )
         })
+    }
+
+    /// A raw GET with extra headers, for the media routes: status, headers (lower-case names), body bytes.
+    pub fn http(&self, path: &str, headers: &[(&str, &str)]) -> Raw {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(self.device.api).expect("API reachable");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.device.api
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).expect("request sent");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).expect("answer read");
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("end of headers");
+        let text = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let mut lines = text.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Raw {
+            status,
+            headers,
+            body: raw[split + 4..].to_vec(),
+        }
     }
 
     pub fn status(&self) -> Value {
