@@ -63,6 +63,9 @@ pub struct MediaEntry {
     /// How long after `added_at` an unreferenced copy may be dropped.
     pub ttl_ms: u64,
     pub added_at: u64,
+    /// The device (hex) that published the entry and holds the blob: the seed. Peers ask each other first and
+    /// the seed last, so the seed's uplink is not the only one carrying the show's media.
+    pub added_by: String,
 }
 
 #[derive(Debug, Error)]
@@ -239,6 +242,7 @@ mod tests {
             mime: "video/mp4".into(),
             ttl_ms: 1,
             added_at: 0,
+            added_by: String::new(),
         };
         doc.publish("trailer.mp4", &trailer).expect("publish");
         doc.set_slices(
@@ -327,6 +331,7 @@ mod tests {
             mime: mime.into(),
             ttl_ms: 86_400_000,
             added_at: 0,
+            added_by: String::new(),
         };
         doc.publish("trailer.mp4", &entry("a", "video/mp4"))
             .expect("publish");

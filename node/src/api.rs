@@ -98,6 +98,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .route("/v1/blobs", post(media_api::add))
+        .route("/v1/blobs/{hash}", get(media_api::blob_state))
         .route("/v1/manifests", get(media_api::manifests))
         .route("/v1/manifests/{name}", post(media_api::publish))
         .route("/media/{hash}", get(media_api::by_hash))

@@ -53,6 +53,8 @@ gc_every_secs = 30
 default_ttl_hours = 24
 # Check every complete blob against its hash when the node starts (a damaged copy is fetched again).
 verify_on_start = true
+# Cap on what this device uploads to peers, in MiB/s, so media never starves sales traffic (0: no cap).
+upload_limit_mib_s = 0
 "#;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +76,7 @@ pub struct Media {
     pub gc_every_secs: u64,
     pub default_ttl_hours: u64,
     pub verify_on_start: bool,
+    pub upload_limit_mib_s: u64,
 }
 
 impl Default for Media {
@@ -84,6 +87,7 @@ impl Default for Media {
             gc_every_secs: 30,
             default_ttl_hours: 24,
             verify_on_start: true,
+            upload_limit_mib_s: 0,
         }
     }
 }
@@ -190,6 +194,8 @@ impl Media {
             gc_every: std::time::Duration::from_secs(self.gc_every_secs),
             default_ttl_ms: self.default_ttl_hours.saturating_mul(3_600_000),
             verify_on_start: self.verify_on_start,
+            upload_limit: (self.upload_limit_mib_s > 0)
+                .then_some(self.upload_limit_mib_s.saturating_mul(1 << 20)),
         }
     }
 }

@@ -32,7 +32,7 @@ use iroh_blobs::api::blobs::BlobStatus;
 use iroh_blobs::api::downloader::{DownloadProgressItem, Downloader};
 use iroh_blobs::protocol::{ChunkRanges, ChunkRangesExt as _, GetRequest};
 use iroh_blobs::provider::events::{
-    AbortReason, ConnectMode, EventMask, EventSender, ProviderMessage, RequestMode,
+    AbortReason, ConnectMode, EventMask, EventSender, ProviderMessage, RequestMode, ThrottleMode,
 };
 use iroh_blobs::store::GcConfig;
 use iroh_blobs::store::fs::FsStore;
@@ -52,11 +52,20 @@ pub const TAG_PREFIX: &str = "popmesh/media/";
 /// Where the held-blob records live in the node's meta table.
 const HELD_META: &str = "media.held";
 
-/// A blob is split across several providers only when each part is at least this large.
-const PART_BYTES_MIN: u64 = 8 << 20;
+/// A blob is cut into parts only when each part is at least this large.
+const PART_BYTES_MIN: u64 = 4 << 20;
 
-/// At most this many parts of one blob are fetched at once.
-const PARTS_MAX: usize = 4;
+/// A blob is cut into at most this many parts (for devices to serve each other).
+const PARTS_MAX: usize = 16;
+
+/// Parts of one blob fetched at the same time.
+const PARTS_AT_ONCE: usize = 2;
+
+/// How often a part is asked of the peer that owns it before the seed is asked too.
+const PEER_TRIES: u32 = 3;
+
+/// The wait before asking a peer again, times the attempts so far.
+const PEER_RETRY: Duration = Duration::from_millis(150);
 
 /// Served to HTTP clients in windows of this many bytes, each checked against the hash before it is sent.
 const WINDOW_BYTES: u64 = 1 << 20;
@@ -73,6 +82,9 @@ pub struct MediaOptions {
     /// Time to live of blobs added by hand (and in no manifest).
     pub default_ttl_ms: u64,
     pub verify_on_start: bool,
+    /// Cap on the bytes per second this device uploads to peers (`None`: no cap), so media never starves the
+    /// site network of the traffic that carries sales.
+    pub upload_limit: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +187,20 @@ pub struct PreseedReport {
     pub dropped: usize,
 }
 
+/// Whether the node admits a device right now.
+pub type Gate = Box<dyn Fn(&DeviceId) -> bool + Send + Sync>;
+
+/// What a device holds of one blob.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BlobState {
+    /// `complete`, `partial` or `missing`.
+    pub state: &'static str,
+    pub size: Option<u64>,
+    pub present_bytes: u64,
+    /// The copy failed its hash check and waits to be fetched again.
+    pub damaged: bool,
+}
+
 /// A site peer the mesh admits, and where its blob endpoint is (when it said).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobPeer {
@@ -202,6 +228,11 @@ pub struct Media {
     /// Damaged copies waiting for garbage collection before they are fetched again.
     quarantine: Mutex<BTreeSet<Hash>>,
     report: RwLock<PreseedReport>,
+    /// The node's own word on a device at this instant (admitted by the mesh, not revoked), checked on every
+    /// blob connection and request besides the peer list, which is refreshed a few times a second.
+    gate: std::sync::OnceLock<Gate>,
+    /// Wakes the preseeder when the peers serving blobs change (a fetch that found no provider can try again).
+    pub providers_changed: tokio::sync::Notify,
     wire_seen: Mutex<(u64, u64)>,
     metrics: MediaMetrics,
 }
@@ -340,6 +371,11 @@ impl Media {
             connected: ConnectMode::Intercept,
             get: RequestMode::Intercept,
             get_many: RequestMode::Intercept,
+            throttle: if options.upload_limit.is_some() {
+                ThrottleMode::Intercept
+            } else {
+                ThrottleMode::None
+            },
             ..EventMask::DEFAULT
         };
         let (events, requests) = EventSender::channel(64, mask);
@@ -380,6 +416,8 @@ impl Media {
             inflight: Mutex::new(BTreeSet::new()),
             quarantine: Mutex::new(BTreeSet::new()),
             report: RwLock::new(PreseedReport::default()),
+            providers_changed: tokio::sync::Notify::new(),
+            gate: std::sync::OnceLock::new(),
             wire_seen: Mutex::new((0, 0)),
             metrics: MediaMetrics::register(registry),
         });
@@ -437,7 +475,12 @@ impl Media {
         for gone in mine.keys().filter(|k| !next.contains_key(*k)) {
             self.lookup.remove_endpoint_info(*gone);
         }
+        let changed = *mine != next;
         *mine = next;
+        drop(mine);
+        if changed {
+            self.providers_changed.notify_one();
+        }
     }
 
     fn admitted(&self, id: &EndpointId) -> bool {
@@ -445,6 +488,15 @@ impl Media {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(id)
+            && self
+                .gate
+                .get()
+                .is_none_or(|gate| gate(&DeviceId(*id.as_bytes())))
+    }
+
+    /// Installs the node's check of a device (see [`Media::gate`]); once.
+    pub fn set_gate(&self, gate: Gate) {
+        let _ = self.gate.set(gate);
     }
 
     /// Admitted peers with a blob address, in this device's rotation.
@@ -582,6 +634,35 @@ impl Media {
         }
     }
 
+    /// What this device holds of a blob, for `GET /v1/blobs/{hash}`.
+    pub async fn state(&self, hash: Hash) -> Result<BlobState, MediaError> {
+        let status = self.store.blobs().status(hash).await.map_err(store_err)?;
+        let damaged = lock(&self.quarantine).contains(&hash);
+        Ok(match status {
+            BlobStatus::NotFound => BlobState {
+                state: "missing",
+                size: None,
+                present_bytes: 0,
+                damaged,
+            },
+            BlobStatus::Partial { size } => {
+                let bitfield = self.store.observe(hash).await.map_err(store_err)?;
+                BlobState {
+                    state: "partial",
+                    size,
+                    present_bytes: chunk_bytes(&bitfield.ranges, bitfield.size()),
+                    damaged,
+                }
+            }
+            BlobStatus::Complete { size } => BlobState {
+                state: "complete",
+                size: Some(size),
+                present_bytes: size,
+                damaged,
+            },
+        })
+    }
+
     /// The size of a blob held here in full (a validated size), if any.
     pub async fn local_size(&self, hash: Hash) -> Option<u64> {
         if lock(&self.quarantine).contains(&hash) {
@@ -634,7 +715,10 @@ impl Media {
                 report.present_bytes += have;
                 if have < want {
                     report.missing += 1;
-                    self.spawn_fetch(hash, wanted);
+                    let seed = DeviceId::from_hex(&entry.added_by)
+                        .ok()
+                        .and_then(|d| endpoint_of(&d));
+                    self.spawn_fetch(hash, wanted, seed);
                 } else {
                     report.complete += 1;
                 }
@@ -664,13 +748,18 @@ impl Media {
         Ok(report)
     }
 
-    fn spawn_fetch(self: &Arc<Self>, hash: Hash, wanted: Vec<Range<u64>>) {
+    fn spawn_fetch(
+        self: &Arc<Self>,
+        hash: Hash,
+        wanted: Vec<Range<u64>>,
+        seed: Option<EndpointId>,
+    ) {
         if !lock(&self.inflight).insert(hash) {
             return;
         }
         let media = self.clone();
         tokio::spawn(async move {
-            let result = media.fetch(hash, &wanted).await;
+            let result = media.fetch(hash, &wanted, seed).await;
             lock(&media.inflight).remove(&hash);
             match result {
                 Ok(()) => tracing::info!(%hash, "preseeded"),
@@ -679,49 +768,124 @@ impl Media {
         });
     }
 
-    /// Fetches byte ranges of a blob from the admitted peers, in parts from several providers at once.
-    pub async fn fetch(&self, hash: Hash, wanted: &[Range<u64>]) -> Result<(), MediaError> {
+    /// Fetches byte ranges of a blob from the admitted peers, in parts, several at once.
+    ///
+    /// Swarming: the blob is cut into parts and, when the seed (the device that published the entry) is known,
+    /// each device preseeding it owns every k-th part (k = the devices fetching, ranked by id). It takes its own
+    /// parts from the seed and every other part from the peer that owns it, asking again a little later while that
+    /// peer is still fetching, and falls back to the seed only after [`PEER_TRIES`]. So the seed uploads each byte
+    /// about once, and the devices serve each other the rest. Without a known seed, parts rotate over every peer.
+    pub async fn fetch(
+        &self,
+        hash: Hash,
+        wanted: &[Range<u64>],
+        seed: Option<EndpointId>,
+    ) -> Result<(), MediaError> {
         let providers = self.providers();
         if providers.is_empty() {
             return Err(MediaError::NoProviders);
         }
-        let parts = split(wanted, providers.len());
-        let n = providers.len();
-        let tasks = parts.into_iter().enumerate().map(|(i, part)| {
-            let mut order = providers.clone();
-            order.rotate_left(i % n);
-            let request = GetRequest::blob_ranges(hash, to_chunks(&part));
+        let parts = split(wanted, PARTS_MAX);
+        let seed = seed.filter(|s| providers.contains(s));
+        let peers: Vec<EndpointId> = providers
+            .iter()
+            .copied()
+            .filter(|p| Some(*p) != seed)
+            .collect();
+        // Rank among the devices fetching (the peers and this one), for who owns which part.
+        let me = self.endpoint.id();
+        let mut fetching = peers.clone();
+        fetching.push(me);
+        fetching.sort();
+        let k = fetching.len();
+        let rank = fetching.iter().position(|p| *p == me).unwrap_or(0);
+        let owner = |i: usize| fetching[i % k];
+        let own = |i: usize| seed.is_none() || owner(i) == me;
+        // Own parts first, then the others in the order their owners fetch them.
+        let mut queue: std::collections::VecDeque<(usize, u32)> = (0..parts.len())
+            .filter(|i| own(*i))
+            .chain((0..parts.len()).filter(|i| !own(*i)))
+            .map(|i| (i, 0))
+            .collect();
+        let order_for = |i: usize, tries: u32| -> Vec<EndpointId> {
+            let mut order = Vec::with_capacity(providers.len());
+            match seed {
+                Some(seed) if own(i) => {
+                    order.push(seed);
+                    order.extend(peers.iter().copied());
+                }
+                Some(seed) => {
+                    order.push(owner(i));
+                    if tries >= PEER_TRIES {
+                        order.extend(peers.iter().copied().filter(|p| *p != owner(i)));
+                        order.push(seed);
+                    }
+                }
+                None => {
+                    order.extend(providers.iter().copied());
+                    let n = order.len();
+                    order.rotate_left((i + rank) % n);
+                }
+            }
+            order
+        };
+        let fetch_part = |i: usize, tries: u32| {
+            let order = order_for(i, tries);
+            let request = GetRequest::blob_ranges(hash, to_chunks(&parts[i]));
             let progress = self.downloader.download(request, order);
             let fetched = self.metrics.fetched.clone();
             async move {
-                let mut items = progress.stream().await.map_err(store_err)?;
-                let mut last = 0u64;
-                while let Some(item) = items.next().await {
-                    match item {
-                        DownloadProgressItem::Progress(at) => {
-                            fetched.inc_by(at.saturating_sub(last));
-                            last = at;
-                        }
-                        DownloadProgressItem::ProviderFailed { .. } => last = 0,
-                        DownloadProgressItem::Error(e) => {
-                            return Err(MediaError::Unavailable {
-                                hash: hash.to_hex().to_string(),
-                                reason: e.to_string(),
-                            });
-                        }
-                        DownloadProgressItem::DownloadError => {
-                            return Err(MediaError::Unavailable {
-                                hash: hash.to_hex().to_string(),
-                                reason: "every provider failed".into(),
-                            });
-                        }
-                        _ => {}
-                    }
+                if tries > 0 {
+                    // The owner is still fetching this part: give it a moment.
+                    tokio::time::sleep(PEER_RETRY * tries).await;
                 }
-                Ok(())
+                let mut last = 0u64;
+                let mut failure = None;
+                match progress.stream().await {
+                    Ok(mut items) => {
+                        while let Some(item) = items.next().await {
+                            match item {
+                                DownloadProgressItem::Progress(at) => {
+                                    fetched.inc_by(at.saturating_sub(last));
+                                    last = last.max(at);
+                                }
+                                DownloadProgressItem::Error(e) => failure = Some(e.to_string()),
+                                DownloadProgressItem::DownloadError => {
+                                    failure = Some("every provider asked failed".into());
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    Err(e) => failure = Some(e.to_string()),
+                }
+                (i, tries, failure)
             }
-        });
-        let results = futures::future::join_all(tasks).await;
+        };
+        let mut running = futures::stream::FuturesUnordered::new();
+        let mut last_failure = None;
+        loop {
+            while running.len() < PARTS_AT_ONCE
+                && let Some((i, tries)) = queue.pop_front()
+            {
+                running.push(fetch_part(i, tries));
+            }
+            let Some((i, tries, failure)) = running.next().await else {
+                break;
+            };
+            let mut done = true;
+            for r in &parts[i] {
+                done &= self.covered(hash, r.clone()).await;
+            }
+            if !done {
+                if let Some(f) = failure {
+                    last_failure = Some(f);
+                }
+                if tries < PEER_TRIES + 1 {
+                    queue.push_back((i, tries + 1));
+                }
+            }
+        }
         let mut missing = Vec::new();
         for r in wanted {
             if !self.covered(hash, r.clone()).await {
@@ -731,14 +895,10 @@ impl Media {
         if missing.is_empty() {
             return Ok(());
         }
-        let reason = results
-            .into_iter()
-            .find_map(Result::err)
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| format!("{} ranges still missing", missing.len()));
         Err(MediaError::Unavailable {
             hash: hash.to_hex().to_string(),
-            reason,
+            reason: last_failure
+                .unwrap_or_else(|| format!("{} ranges still missing", missing.len())),
         })
     }
 
@@ -870,7 +1030,7 @@ impl Media {
         self.keep(hash, self.options.default_ttl_ms, crate::clock::now().0);
         let media = self.clone();
         let wanted = vec![range.clone()];
-        let fetch = tokio::spawn(async move { media.fetch(hash, &wanted).await });
+        let fetch = tokio::spawn(async move { media.fetch(hash, &wanted, None).await });
         let first = range.start..(range.start + WINDOW_BYTES).min(range.end);
         let deadline = tokio::time::Instant::now() + FIRST_BYTES_WAIT;
         loop {
@@ -965,6 +1125,8 @@ async fn gatekeeper(
     mut requests: tokio::sync::mpsc::Receiver<ProviderMessage>,
 ) {
     let mut connections: HashMap<u64, EndpointId> = HashMap::new();
+    // The upload cap: when the next byte may go out, over all peers.
+    let next_free = Arc::new(Mutex::new(tokio::time::Instant::now()));
     while let Some(msg) = requests.recv().await {
         let Some(media) = media.upgrade() else {
             return;
@@ -1003,6 +1165,23 @@ async fn gatekeeper(
             ProviderMessage::GetManyRequestReceived(msg) => {
                 let ok = allowed(msg.connection_id);
                 msg.tx.send(verdict(ok)).await.ok();
+            }
+            ProviderMessage::Throttle(msg) => {
+                let Some(rate) = media.options.upload_limit else {
+                    msg.tx.send(Ok(())).await.ok();
+                    continue;
+                };
+                let slot = {
+                    let mut next = lock(&next_free);
+                    let now = tokio::time::Instant::now();
+                    let slot = (*next).max(now);
+                    *next = slot + Duration::from_secs_f64(msg.size as f64 / rate as f64);
+                    slot
+                };
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(slot).await;
+                    msg.tx.send(Ok(())).await.ok();
+                });
             }
             _ => {}
         }

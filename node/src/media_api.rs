@@ -290,6 +290,22 @@ pub async fn add(State(node): State<Arc<Node>>, body: Body) -> Api<Response> {
         .into_response())
 }
 
+/// `GET /v1/blobs/{hash}`: what this device holds of a blob.
+pub async fn blob_state(State(node): State<Arc<Node>>, Path(text): Path<String>) -> Api<Response> {
+    let hash = parse_hash(&text).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{text:?} is not a BLAKE3 hash (64 lowercase hex digits)"),
+        )
+    })?;
+    let state = node
+        .media()
+        .state(hash)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(state).into_response())
+}
+
 pub async fn manifests(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let list: Vec<_> = node
         .manifests()

@@ -42,7 +42,7 @@ const EVENTS_QUEUE: usize = 4096;
 /// How often the librarian looks for documents it could not open yet.
 const LIBRARIAN_EVERY: Duration = Duration::from_millis(500);
 /// How often the media side learns which peers the mesh admits (and so who may fetch blobs).
-const BLOB_PEERS_EVERY: Duration = Duration::from_millis(500);
+const BLOB_PEERS_EVERY: Duration = Duration::from_millis(250);
 
 /// What went wrong with a request, in terms the API maps to a status code.
 #[derive(Debug)]
@@ -308,6 +308,10 @@ impl Node {
         });
         tokio::spawn(librarian(node.clone()));
         tokio::spawn(flusher(node.clone()));
+        let weak = Arc::downgrade(&node);
+        node.media.set_gate(Box::new(move |device: &DeviceId| {
+            weak.upgrade().is_some_and(|node| node.admits_now(device))
+        }));
         tokio::spawn(blob_peers(node.clone()));
         tokio::spawn(preseeder(node.clone()));
         if node.escrow.rebalance_every_secs > 0 {
@@ -327,6 +331,22 @@ impl Node {
 
     pub fn mesh(&self) -> &Mesh {
         &self.mesh
+    }
+
+    /// Whether `device` may have blobs from this device at this instant: the mesh admits it and the directory this
+    /// device holds has not revoked it.
+    fn admits_now(&self, device: &DeviceId) -> bool {
+        let hex = device.to_hex();
+        let admitted = self
+            .mesh
+            .peers()
+            .iter()
+            .any(|p| p.admitted && p.device == hex);
+        let revoked = read(&self.gate.view).as_ref().is_some_and(|v| {
+            v.revocation_of(popmesh_crdt::enrollment::RevocationTarget::Device(*device))
+                .is_some()
+        });
+        admitted && !revoked
     }
 
     pub fn media(&self) -> &Arc<Media> {
@@ -413,6 +433,7 @@ impl Node {
                     mime: e.mime.clone(),
                     ttl_ms: e.ttl_ms,
                     added_at: now,
+                    added_by: self.me().to_hex(),
                 },
             ));
         }
@@ -478,6 +499,10 @@ impl Node {
                 return;
             }
             docs.insert(id.clone(), (name.clone(), handle.clone()));
+        }
+        if matches!(name, DocName::Manifest { .. }) {
+            // A manifest just opened (synced in from a peer): preseed it now, not at the next tick.
+            self.preseed_now.notify_one();
         }
         let events = self.events.clone();
         let (doc, kind) = (name.to_string(), kind_of(&name));
@@ -1592,18 +1617,30 @@ async fn blob_peers(node: Arc<Node>) {
     }
 }
 
-/// Runs a preseed pass every `[media] preseed_every_secs`, and at once when a manifest is published here.
+/// Runs a preseed pass every `[media] preseed_every_secs`, and at once when a manifest changes.
 async fn preseeder(node: Arc<Node>) {
     let every = node.media.preseed_every();
+    let mut changes = node.subscribe();
     loop {
         let manifests: Vec<ManifestRecord> =
             node.manifests().await.into_iter().map(|(_, m)| m).collect();
         if let Err(e) = node.media.preseed(&manifests, clock::now().0).await {
             tracing::warn!("preseed pass failed: {e}");
         }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = node.preseed_now.notified() => {}
+        // Also at once when a manifest changes (published here or synced from a peer).
+        let deadline = tokio::time::sleep(every);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                _ = node.preseed_now.notified() => break,
+                _ = node.media.providers_changed.notified() => break,
+                change = changes.recv() => match change {
+                    Ok(c) if c.kind == "manifest" => break,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
         }
     }
 }

@@ -318,10 +318,67 @@ fn a_device_that_is_not_enrolled_gets_no_blob() {
     let hash = hash_of(&poster);
     let (outcome, held) = tokio::runtime::Runtime::new()
         .expect("runtime")
-        .block_on(common::stranger::try_fetch(&edge_id, port, &hash));
+        .block_on(common::stranger::try_fetch(&edge_id, port, &hash, None));
     assert!(outcome.is_err(), "the stranger got the blob");
     assert!(!held, "the stranger holds none of the blob's bytes");
     edge.wait_for("the refusal counted", SYNC, |n| {
         metric(n, "popmesh_media_refused_connections_total") >= 1.0
     });
+}
+
+#[test]
+fn a_revoked_kiosk_is_refused_blobs_even_with_its_own_key() {
+    let site = Site::create("media-revoked");
+    let kiosk = site.join("kiosk", "kiosk-1");
+    let edge = Node::start(&site.edge, &[]);
+    let kiosk_node = Node::start(&kiosk, &[&site.edge]);
+    kiosk_node.wait_for("enrolled", SYNC, |n| n.status()["enrolled"] == true);
+    let poster = media_bytes(64 << 10, 6);
+    let media = site.root().join("media");
+    std::fs::create_dir_all(&media).expect("media dir");
+    publish(&edge, &[&write_file(&media, "poster.jpg", &poster)], &[]);
+    wait_preseeded(&kiosk_node, 1);
+
+    // The kiosk is reported stolen and revoked from the edge box.
+    let kiosk_id = kiosk.device_id();
+    let (ok, out, err) = popmesh(&[
+        "site",
+        "revoke",
+        "--data",
+        site.edge.data_str(),
+        &kiosk_id,
+        "--api",
+        &site.edge.api.to_string(),
+    ]);
+    assert!(ok, "site revoke failed: {out}{err}");
+    edge.wait_for("the revoked kiosk dropped", SYNC, |n| {
+        n.admitted_peers() == 0
+    });
+
+    // New media is published; whoever holds the stolen kiosk's key asks the edge box's blob endpoint directly.
+    let trailer = media_bytes(256 << 10, 9);
+    publish(&edge, &[&write_file(&media, "trailer.mp4", &trailer)], &[]);
+    let seed_hex = std::fs::read_to_string(kiosk.data.join("keys/device.key")).expect("device.key");
+    let seed = popmesh_crdt::identity::hex_decode::<32>(seed_hex.trim()).expect("hex");
+    let port = edge.status()["media_port"].as_u64().expect("media port") as u16;
+    let (outcome, held) =
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(common::stranger::try_fetch(
+                &site.edge.device_id(),
+                port,
+                &hash_of(&trailer),
+                Some(seed),
+            ));
+    assert!(outcome.is_err(), "the revoked kiosk got the new trailer");
+    assert!(!held, "the revoked kiosk holds none of the new trailer");
+    assert!(metric(&edge, "popmesh_media_refused_connections_total") >= 1.0);
+    // Nor does its own node get it through the mesh.
+    let asked = kiosk_node.http(&format!("/media/{}", hash_of(&trailer)), &[]);
+    assert_eq!(
+        asked.status,
+        404,
+        "{}",
+        String::from_utf8_lossy(&asked.body)
+    );
 }

@@ -519,6 +519,7 @@ impl World {
                 mime: "video/mp4".into(),
                 ttl_ms: 86_400_000,
                 added_at: 0,
+                added_by: String::new(),
             };
             manifest
                 .publish(&format!("clip-{b}.mp4"), &entry)

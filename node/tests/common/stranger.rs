@@ -4,7 +4,13 @@
 
 /// Asks the blob endpoint of device `device_hex` at 127.0.0.1:`port` for `hash_hex`, with a key the site never
 /// enrolled. Returns whether the download succeeded and whether the stranger ended up holding any of the blob.
-pub async fn try_fetch(device_hex: &str, port: u16, hash_hex: &str) -> (Result<(), String>, bool) {
+/// `key` is the asking device's secret seed (a revoked device's own key), or `None` for a fresh random key.
+pub async fn try_fetch(
+    device_hex: &str,
+    port: u16,
+    hash_hex: &str,
+    key: Option<[u8; 32]>,
+) -> (Result<(), String>, bool) {
     let seed = popmesh_crdt::identity::hex_decode::<32>(device_hex).expect("device id hex");
     let edge = iroh::EndpointId::from_bytes(&seed).expect("device id is an ed25519 key");
     let hash: iroh_blobs::Hash = hash_hex.parse().expect("hash");
@@ -13,7 +19,11 @@ pub async fn try_fetch(device_hex: &str, port: u16, hash_hex: &str) -> (Result<(
         iroh::EndpointAddr::new(edge)
             .with_ip_addr(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
     );
-    let endpoint = iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
+    let mut builder = iroh::Endpoint::builder(iroh::endpoint::presets::Minimal);
+    if let Some(seed) = key {
+        builder = builder.secret_key(iroh::SecretKey::from_bytes(&seed));
+    }
+    let endpoint = builder
         .relay_mode(iroh::RelayMode::Disabled)
         .address_lookup(lookup)
         .bind_addr("127.0.0.1:0")
