@@ -236,3 +236,124 @@ fn an_operator_making_mistakes_at_the_command_line_is_told_which_file_or_flag() 
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn media_mistakes_get_answers_that_name_the_blob_the_file_or_the_flag() {
+    let site = Site::create("media-errors");
+    let edge = Node::start(&site.edge, &[]);
+    let c = edge.client();
+    let api = site.edge.api.to_string();
+    let data = site.edge.data_str();
+
+    // A manifest entry whose blob this device does not hold, a bad hash, a bad name, an unknown role.
+    let absent = "ab".repeat(32);
+    let entry = |hash: &str| json!({ "name": "trailer.mp4", "hash": hash, "size": 10, "mime": "video/mp4", "ttl_ms": 1 });
+    let not_here = edge.post("/v1/manifests/fri", json!({ "entries": [entry(&absent)] }));
+    assert_eq!(not_here.status, 400);
+    assert!(
+        error_message(&not_here).contains("not on this device"),
+        "{}",
+        not_here.body
+    );
+    let bad_hash = edge.post("/v1/manifests/fri", json!({ "entries": [entry("xyz")] }));
+    assert_eq!(bad_hash.status, 400);
+    assert!(
+        error_message(&bad_hash).contains("64 lowercase hex"),
+        "{}",
+        bad_hash.body
+    );
+    let bad_role = edge.post(
+        "/v1/manifests/fri",
+        json!({ "slices": { "usher": [{ "start": 0, "end": 10 }] } }),
+    );
+    assert_eq!(bad_role.status, 400);
+    assert!(
+        error_message(&bad_role).contains("usher"),
+        "{}",
+        bad_role.body
+    );
+    let unknown_field = edge.post("/v1/manifests/fri", json!({ "entrys": [] }));
+    assert_eq!(unknown_field.status, 400);
+    assert!(
+        error_message(&unknown_field).contains("entrys"),
+        "{}",
+        unknown_field.body
+    );
+
+    // Blob routes: a bad hash, a blob nobody has.
+    let bad = c.get("/v1/blobs/zzz").expect("answer");
+    assert_eq!(bad.status, 400);
+    assert!(error_message(&bad).contains("BLAKE3"), "{}", bad.body);
+    let nobody = c.get(&format!("/media/{absent}")).expect("answer");
+    assert_eq!(nobody.status, 404);
+    assert!(error_message(&nobody).contains(&absent), "{}", nobody.body);
+    assert_eq!(
+        c.get(&format!("/v1/blobs/{absent}"))
+            .expect("answer")
+            .json()["state"],
+        "missing"
+    );
+
+    // The CLI names what was wrong.
+    let out = site.root().join("out.bin");
+    let (ok, _, err) = popmesh(&[
+        "blob",
+        "get",
+        "--data",
+        data,
+        "--api",
+        &api,
+        "nothex",
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        !ok && err.contains("HASH") && err.contains("nothex"),
+        "{err}"
+    );
+    let (ok, _, err) = popmesh(&[
+        "blob",
+        "get",
+        "--data",
+        data,
+        "--api",
+        &api,
+        &absent,
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(!ok && err.contains(&absent), "{err}");
+    assert!(
+        !out.exists(),
+        "nothing written for a blob that could not be had"
+    );
+    let (ok, _, err) = popmesh(&[
+        "manifest",
+        "publish",
+        "--data",
+        data,
+        "--api",
+        &api,
+        "--name",
+        "fri",
+        "no-such.mp4",
+    ]);
+    assert!(!ok && err.contains("no-such.mp4"), "{err}");
+    let (ok, _, err) = popmesh(&[
+        "manifest",
+        "publish",
+        "--data",
+        data,
+        "--api",
+        &api,
+        "--name",
+        "fri",
+        "--slice",
+        "kiosk=9-1",
+        "x.mp4",
+    ]);
+    assert!(
+        !ok && err.contains("--slice") && err.contains("empty"),
+        "{err}"
+    );
+}
