@@ -295,63 +295,32 @@ fn media_mistakes_get_answers_that_name_the_blob_the_file_or_the_flag() {
     );
 
     // The CLI names what was wrong.
+    let cli = |command: &[&str], rest: &[&str]| {
+        let mut args = command.to_vec();
+        args.extend(["--data", data, "--api", &api]);
+        args.extend(rest);
+        popmesh(&args)
+    };
     let out = site.root().join("out.bin");
-    let (ok, _, err) = popmesh(&[
-        "blob",
-        "get",
-        "--data",
-        data,
-        "--api",
-        &api,
-        "nothex",
-        "--out",
-        out.to_str().expect("utf-8"),
-    ]);
+    let out_s = out.to_str().expect("utf-8");
+    let (ok, _, err) = cli(&["blob", "get"], &["nothex", "--out", out_s]);
     assert!(
         !ok && err.contains("HASH") && err.contains("nothex"),
         "{err}"
     );
-    let (ok, _, err) = popmesh(&[
-        "blob",
-        "get",
-        "--data",
-        data,
-        "--api",
-        &api,
-        &absent,
-        "--out",
-        out.to_str().expect("utf-8"),
-    ]);
+    let (ok, _, err) = cli(&["blob", "get"], &[&absent, "--out", out_s]);
     assert!(!ok && err.contains(&absent), "{err}");
     assert!(
         !out.exists(),
         "nothing written for a blob that could not be had"
     );
-    let (ok, _, err) = popmesh(&[
-        "manifest",
-        "publish",
-        "--data",
-        data,
-        "--api",
-        &api,
-        "--name",
-        "fri",
-        "no-such.mp4",
-    ]);
+    let publish = ["manifest", "publish"];
+    let (ok, _, err) = cli(&publish, &["--name", "fri", "no-such.mp4"]);
     assert!(!ok && err.contains("no-such.mp4"), "{err}");
-    let (ok, _, err) = popmesh(&[
-        "manifest",
-        "publish",
-        "--data",
-        data,
-        "--api",
-        &api,
-        "--name",
-        "fri",
-        "--slice",
-        "kiosk=9-1",
-        "x.mp4",
-    ]);
+    let (ok, _, err) = cli(
+        &publish,
+        &["--name", "fri", "--slice", "kiosk=9-1", "x.mp4"],
+    );
     assert!(
         !ok && err.contains("--slice") && err.contains("empty"),
         "{err}"
