@@ -245,6 +245,15 @@ pub fn status(data: &Path, api: Option<SocketAddr>, json: bool) -> Result<()> {
             ", FAILED WRITES"
         }
     );
+    let m = &s["media"];
+    println!(
+        "  media      {} of {} manifest entries preseeded ({:.0}% of {} bytes), blob port udp/{}",
+        m["complete"],
+        m["entries"],
+        m["completeness"].as_f64().unwrap_or(0.0) * 100.0,
+        m["wanted_bytes"],
+        s["media_port"]
+    );
     let peers = s["peers"].as_array().cloned().unwrap_or_default();
     println!("  peers      {}", peers.len());
     for p in peers {

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! A kiosk dropped onto the bridge with nothing but a join token (no bootstrap address) must find the edge box by
-//! mDNS, be admitted, enroll, and sync. Needs root for `ip netns`; CI runs as root. Elsewhere it says it skipped.
+//! mDNS, be admitted, enroll, sync, and preseed the media the edge box publishes over the LAN. Needs root for
+//! `ip netns`; CI runs as root. Elsewhere it says it skipped.
 
 #[path = "../../node/tests/common/site.rs"]
 mod site;
@@ -113,7 +114,8 @@ fn is_root() -> bool {
 }
 
 #[test]
-fn a_kiosk_dropped_onto_the_site_lan_with_only_a_join_token_finds_the_site_by_mdns_and_syncs() {
+fn a_kiosk_dropped_onto_the_site_lan_with_only_a_join_token_finds_the_site_by_mdns_syncs_and_preseeds_media()
+ {
     if !is_root() || Command::new("ip").arg("-V").output().is_err() {
         eprintln!(
             "SKIPPED: this lab test needs root and iproute2 to create network namespaces (CI runs it as root)"
@@ -189,6 +191,38 @@ fn a_kiosk_dropped_onto_the_site_lan_with_only_a_join_token_finds_the_site_by_md
                 .any(|p| p["name"] == "kiosk-lab" && p["admitted"] == true)
         })
     });
+
+    // The producer publishes tonight's trailer on the edge box; the kiosk preseeds it over the LAN (its blob address
+    // learned through the mesh: the edge box's real address on the bridge) and plays it from its own node.
+    let trailer: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let file = site.root().join("trailer.mp4");
+    std::fs::write(&file, &trailer).expect("trailer file");
+    let edge_api = edge.device.api.to_string();
+    let (ok, out, err) = popmesh(&[
+        "manifest",
+        "publish",
+        "--data",
+        site.edge.data_str(),
+        "--api",
+        &edge_api,
+        "--name",
+        "fri",
+        file.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "manifest publish: {out}{err}");
+    kiosk.wait_for("the trailer preseeded from the edge box", limit, |n| {
+        let p = n.get("/v1/manifests")["preseed"].clone();
+        p["entries"] == 1 && p["complete"] == 1
+    });
+    let played = kiosk.http("/media/by-name/trailer.mp4", &[]);
+    assert_eq!(played.status, 200);
+    assert_eq!(played.header("content-type"), Some("video/mp4"));
+    assert!(
+        played.body == trailer,
+        "the kiosk plays the trailer's exact bytes"
+    );
     drop((edge, kiosk));
     drop(lab);
 }
