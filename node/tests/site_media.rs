@@ -382,3 +382,63 @@ fn a_revoked_kiosk_is_refused_blobs_even_with_its_own_key() {
         String::from_utf8_lossy(&asked.body)
     );
 }
+
+#[test]
+fn a_replaced_trailer_is_dropped_everywhere_once_its_ttl_has_passed() {
+    let site = Site::create("media-ttl");
+    let pos = site.join("pos", "pos-1");
+    // Garbage collection every second, so dropped blobs leave the disk quickly.
+    for d in [&site.edge, &pos] {
+        let toml = d.data.join("popmesh.toml");
+        let text = std::fs::read_to_string(&toml).expect("config");
+        std::fs::write(
+            &toml,
+            text.replace("gc_every_secs = 30", "gc_every_secs = 1"),
+        )
+        .expect("config");
+    }
+    let edge = Node::start(&site.edge, &[]);
+    let pos = Node::start(&pos, &[&site.edge]);
+    pos.wait_for("enrolled", SYNC, |n| n.status()["enrolled"] == true);
+
+    // Tonight's first cut of the trailer, kept 3 s after no manifest references it.
+    let add = |bytes: &[u8]| -> String {
+        let path = write_file(site.root(), "cut.mp4", bytes);
+        let answer = edge
+            .client()
+            .upload("/v1/blobs", &path, &mut |_| {})
+            .expect("upload");
+        assert_eq!(answer.status, 201, "{}", answer.body);
+        answer.json()["hash"].as_str().expect("hash").to_owned()
+    };
+    let publish_cut = |hash: &str, size: usize| {
+        let entry = serde_json::json!({ "entries": [{
+            "name": "trailer.mp4", "hash": hash, "size": size, "mime": "video/mp4", "ttl_ms": 3_000,
+        }] });
+        let answer = edge.post("/v1/manifests/fri", entry);
+        assert_eq!(answer.status, 201, "{}", answer.body);
+    };
+    let first = media_bytes(200 << 10, 11);
+    let first_hash = add(&first);
+    publish_cut(&first_hash, first.len());
+    wait_preseeded(&pos, 1);
+    let state = |n: &Node, hash: &str| n.get(&format!("/v1/blobs/{hash}"))["state"].clone();
+    assert_eq!(state(&pos, &first_hash), "complete");
+
+    // The producer replaces it with the final cut under the same name.
+    let last = media_bytes(210 << 10, 12);
+    let last_hash = add(&last);
+    publish_cut(&last_hash, last.len());
+    pos.wait_for("the final cut preseeded", SYNC, |n| {
+        state(n, &last_hash) == "complete"
+    });
+    // The first cut stays for its time to live (a kiosk may still be playing it)...
+    assert_eq!(state(&pos, &first_hash), "complete");
+    // ...then every device drops it.
+    for n in [&pos, &edge] {
+        n.wait_for("the first cut dropped after its TTL", SYNC, |n| {
+            state(n, &first_hash) == "missing"
+        });
+        assert_eq!(state(n, &last_hash), "complete");
+    }
+}
