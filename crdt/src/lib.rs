@@ -2,7 +2,8 @@
 //!
 //! This crate holds identities and enrollment ([`identity`], [`enrollment`]), the site's typed Automerge documents
 //! ([`directory`], [`escrow`], [`ledger`], [`telemetry`], [`manifest`], named by [`docs`]), signed receipts
-//! ([`receipt`]) and offline payment limits ([`risk`]). It takes time (`UnixMillis`) and key seeds as arguments and
+//! ([`receipt`]), offline payment limits ([`risk`]) and the origin's reconciliation against the processor's
+//! settlement batch ([`settlement`]). It takes time (`UnixMillis`) and key seeds as arguments and
 //! returns values; it never reads a clock, draws OS randomness, touches a file or a socket, or spawns. The node
 //! daemon and the chaos simulator therefore run exactly the same domain code.
 
@@ -17,6 +18,7 @@ pub mod ledger;
 pub mod manifest;
 pub mod receipt;
 pub mod risk;
+pub mod settlement;
 pub mod telemetry;
 pub mod topology;
 

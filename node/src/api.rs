@@ -94,6 +94,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/shows/{show}/slots/{slot}/transfers", post(transfer))
         .route("/v1/telemetry", get(counters).post(count))
         .route("/v1/revocations", post(revoke))
+        .route(
+            "/v1/reconciliations",
+            post(reconcile).layer(axum::extract::DefaultBodyLimit::max(SETTLEMENT_BYTES_MAX)),
+        )
         .route("/v1/documents", get(documents))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
@@ -311,6 +315,48 @@ async fn revoke(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("revocation: {e}")))?;
     node.revoke(revocation).await?;
     Ok((StatusCode::CREATED, Json(json!({ "revoked": true }))).into_response())
+}
+
+/// The largest settlement file the API takes.
+const SETTLEMENT_BYTES_MAX: usize = 256 << 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcileQuery {
+    /// The batch's name, recorded on every mark (such as the settlement file's name).
+    batch: String,
+}
+
+/// `POST /v1/reconciliations?batch=NAME` with the processor's settlement CSV as the body (origin only).
+async fn reconcile(
+    State(node): State<Arc<Node>>,
+    query: Result<axum::extract::Query<ReconcileQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<String, axum::extract::rejection::StringRejection>,
+) -> Api<Response> {
+    let axum::extract::Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let text = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    if query.batch.is_empty() || query.batch.len() > 200 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "batch must name the settlement batch in 1 to 200 bytes",
+        ));
+    }
+    let rows = popmesh_crdt::settlement::parse_csv(&text).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the settlement file: {e}"),
+        )
+    })?;
+    let (report, marked) = node.reconcile(&query.batch, &rows).await?;
+    Ok(Json(json!({
+        "batch": query.batch,
+        "rows": rows.len(),
+        "marked": marked,
+        "clean": report.clean(),
+        "report": report,
+    }))
+    .into_response())
 }
 
 async fn documents(State(node): State<Arc<Node>>) -> impl IntoResponse {

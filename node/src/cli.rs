@@ -385,3 +385,134 @@ fn init_logging(config: &Config) -> Result<()> {
     };
     result.map_err(|e| anyhow::anyhow!("logging: {e}"))
 }
+
+/// `popmesh reconcile --settlement FILE.csv`: the origin matches every receipt against the processor's batch,
+/// marks the matched ones, and prints (and with `--out`, writes as JSON) what did not match.
+pub fn reconcile(
+    data: &Path,
+    api: Option<SocketAddr>,
+    settlement: &Path,
+    out: Option<&Path>,
+) -> Result<bool> {
+    let text = std::fs::read_to_string(settlement)
+        .with_context(|| format!("reading the settlement file {}", settlement.display()))?;
+    // Checked here first, so a mistake names the file.
+    let rows = popmesh_crdt::settlement::parse_csv(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", settlement.display()))?;
+    let batch = settlement
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("settlement")
+        .to_owned();
+    let config = Config::load(&DataDir::config_path(data))?;
+    let mut client = Client::new(api.unwrap_or(config.api.listen));
+    client.timeout = std::time::Duration::from_secs(300);
+    let path = format!("/v1/reconciliations?batch={}", query_escape(&batch));
+    let answer = client.post_raw(&path, text.as_bytes()).map_err(|e| {
+        anyhow::anyhow!("{e}\n(is `popmesh run --data {}` running?)", data.display())
+    })?;
+    let v = answer.json();
+    if answer.status != 200 {
+        bail!(
+            "the node did not reconcile ({}): {}",
+            answer.status,
+            v["error"]["message"].as_str().unwrap_or(&answer.body)
+        );
+    }
+    if let Some(out) = out {
+        crate::site::write_atomic(out, serde_json::to_string_pretty(&v)?.as_bytes(), false)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    let r = &v["report"];
+    let len = |k: &str| r[k].as_array().map_or(0, Vec::len);
+    println!(
+        "settlement batch {batch}: {} rows against the site's receipts; {} reconciled now",
+        rows.len(),
+        v["marked"]
+    );
+    let money = |t: &serde_json::Value| {
+        t.as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(c, n)| format!("{} {c}", n.as_u64().unwrap_or(0)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    println!(
+        "  site receipts (verified)  {} (minor units)",
+        money(&r["site_totals"])
+    );
+    println!(
+        "  settled by the processor  {} (minor units)",
+        money(&r["settled_totals"])
+    );
+    for (key, label) in [
+        ("matched", "matched"),
+        ("missing_at_processor", "missing at the processor"),
+        ("missing_at_site", "missing at the site"),
+        ("amount_mismatches", "amount mismatches"),
+        ("declined", "declined by the processor"),
+        ("duplicates", "duplicates in the batch"),
+        ("rejected", "rejected receipts (do not verify)"),
+    ] {
+        println!("  {label:<34} {}", len(key));
+        if key == "matched" {
+            continue;
+        }
+        for item in r[key].as_array().into_iter().flatten().take(10) {
+            let token = item["token"].as_str().unwrap_or("?");
+            let detail = match key {
+                "amount_mismatches" => format!(
+                    "site {} {}, processor {} {} (line {})",
+                    item["site_amount_minor"],
+                    item["site_currency"].as_str().unwrap_or(""),
+                    item["processor_amount_minor"],
+                    item["processor_currency"].as_str().unwrap_or(""),
+                    item["line"]
+                ),
+                "duplicates" => format!("lines {}", item["lines"]),
+                "rejected" => item["reason"].as_str().unwrap_or("").to_owned(),
+                "declined" => format!(
+                    "{} (line {})",
+                    item["status"].as_str().unwrap_or(""),
+                    item["line"]
+                ),
+                "missing_at_site" => format!(
+                    "{} {} (line {})",
+                    item["amount_minor"],
+                    item["currency"].as_str().unwrap_or(""),
+                    item["line"]
+                ),
+                _ => format!(
+                    "{} {}",
+                    item["amount_minor"],
+                    item["currency"].as_str().unwrap_or("")
+                ),
+            };
+            println!("      {token}  {detail}");
+        }
+    }
+    let clean = v["clean"] == true;
+    println!(
+        "  {}",
+        if clean {
+            "the batch and the site agree"
+        } else {
+            "the batch and the site disagree: see above"
+        }
+    );
+    Ok(clean)
+}
+
+fn query_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

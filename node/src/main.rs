@@ -71,6 +71,20 @@ enum Command {
     /// Publish media manifests: what every device preseeds and kiosks show by name.
     #[command(subcommand)]
     Manifest(ManifestCommand),
+    /// At the origin: match every receipt against the processor's settlement batch (CSV with token, amount,
+    /// currency, status) and mark the matched ones; prints what did not match. Running it twice changes nothing.
+    Reconcile {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        api: Option<SocketAddr>,
+        /// The processor's settlement batch.
+        #[arg(long)]
+        settlement: PathBuf,
+        /// Also write the whole report as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Show a running node's peers, documents and sync lag.
     Status {
         #[arg(long)]
@@ -292,6 +306,13 @@ fn main() -> ExitCode {
             &slice,
         ),
         Command::Status { data, api, json } => cli::status(&data, api, json),
+        // Disagreement is a finding, not a failure: the exit status stays 0 and the report says what differs.
+        Command::Reconcile {
+            data,
+            api,
+            settlement,
+            out,
+        } => cli::reconcile(&data, api, &settlement, out.as_deref()).map(|_| ()),
         Command::Demo { seed } => {
             let entropy = seed.map_or(demo::Entropy::Os, demo::Entropy::Seeded);
             let mut out = std::io::stdout().lock();

@@ -34,6 +34,8 @@ use crate::media::{BlobPeer, Media, MediaOptions, PreseedReport};
 use crate::site::DataDir;
 use crate::store::{FLUSH_EVERY, Store};
 use popmesh_crdt::manifest::{ByteRange, Manifest, ManifestError, ManifestRecord, MediaEntry};
+use popmesh_crdt::receipt::ReceiptToken;
+use popmesh_crdt::settlement::{self, Reconciliation, SettlementRow, SiteReceipt};
 
 /// How often buffered telemetry increments become one Automerge change.
 const TELEMETRY_WINDOW_MS: u64 = 5_000;
@@ -904,6 +906,95 @@ impl Node {
         }
         out.sort_by(|a, b| (&a.show, &a.device, a.seq).cmp(&(&b.show, &b.device, b.seq)));
         Ok(out)
+    }
+
+    /// The origin reconciles every receipt it holds (every device, every ledger page) against the processor's
+    /// settlement batch `batch`, and marks the matched receipts reconciled in their ledgers, durably, so the site
+    /// learns they are settled (and their devices' stored offline totals free up). Receipts that do not verify are
+    /// reported with the reason and never matched. A second run over the same batch writes nothing.
+    pub async fn reconcile(
+        &self,
+        batch: &str,
+        rows: &[SettlementRow],
+    ) -> Result<(Reconciliation, usize), Failure> {
+        if self.dir.cert.role != Role::Origin {
+            return Err(Failure::Forbidden(format!(
+                "a {} may not reconcile; the origin does",
+                self.dir.cert.role
+            )));
+        }
+        let view = self.view()?;
+        let ledgers: Vec<DocHandle> = read(&self.docs)
+            .values()
+            .filter(|(n, _)| matches!(n, DocName::Ledger { .. }))
+            .map(|(_, h)| h.clone())
+            .collect();
+        let mut receipts = Vec::new();
+        let mut home: BTreeMap<String, DocHandle> = BTreeMap::new();
+        for handle in ledgers {
+            let Some(ledger) = read_ledger(&handle).await? else {
+                continue;
+            };
+            for r in &ledger.receipts {
+                receipts.push(SiteReceipt {
+                    token: r.token.to_string(),
+                    show: r.show.clone(),
+                    device: r.device.to_hex(),
+                    amount_minor: r.amount_minor,
+                    currency: r.currency.clone(),
+                    verified: r.verify(&view).map_err(|e| e.to_string()),
+                    reconciled: ledger.is_reconciled(&r.token),
+                });
+                home.insert(r.token.to_string(), handle.clone());
+            }
+            for (token, e) in &ledger.malformed {
+                receipts.push(SiteReceipt {
+                    token: token.clone(),
+                    show: ledger.show.clone(),
+                    device: ledger.device.to_hex(),
+                    amount_minor: 0,
+                    currency: String::new(),
+                    verified: Err(format!("malformed receipt: {e}")),
+                    reconciled: false,
+                });
+            }
+        }
+        let report = settlement::reconcile(&receipts, rows);
+        let mut by_ledger: BTreeMap<DocumentId, (DocHandle, Vec<ReceiptToken>)> = BTreeMap::new();
+        for m in report.to_mark() {
+            if let (Some(handle), Some(token)) = (home.get(&m.token), ReceiptToken::parse(&m.token))
+            {
+                by_ledger
+                    .entry(handle.document_id().clone())
+                    .or_insert_with(|| (handle.clone(), Vec::new()))
+                    .1
+                    .push(token);
+            }
+        }
+        let mut marked = 0;
+        let now = clock::now();
+        for (_, (handle, tokens)) in by_ledger {
+            let (actor, batch) = (self.actor(), batch.to_owned());
+            let n = tokens.len();
+            self.change(&handle, move |am| {
+                let mut d = Doc::<Ledger, &mut Automerge>::attach_as(am, actor)?;
+                for token in &tokens {
+                    d.mark_reconciled(token, &batch, now)?;
+                }
+                Ok::<_, popmesh_crdt::DocError>(())
+            })
+            .await?
+            .map_err(internal)?;
+            marked += n;
+        }
+        tracing::info!(
+            batch,
+            matched = report.matched.len(),
+            marked,
+            clean = report.clean(),
+            "reconciled the settlement batch"
+        );
+        Ok((report, marked))
     }
 
     /// Sets the gauges `/metrics` reports, from counters and lengths (no receipt is read or verified).
