@@ -223,6 +223,7 @@ pub(crate) mod tag {
     pub const REVOCATION: u8 = 0x03;
     pub const RECEIPT: u8 = 0x04;
     pub const JOIN_TOKEN: u8 = 0x05;
+    pub const ACCESS: u8 = 0x06;
 }
 
 #[cfg(test)]

@@ -231,8 +231,9 @@ pub struct Media {
     /// The node's own word on a device at this instant (admitted by the mesh, not revoked), checked on every
     /// blob connection and request besides the peer list, which is refreshed a few times a second.
     gate: std::sync::OnceLock<Gate>,
-    /// Wakes the preseeder when the peers serving blobs change (a fetch that found no provider can try again).
-    pub providers_changed: tokio::sync::Notify,
+    /// Wakes the preseeder: the peers serving blobs changed (a fetch that found no provider can try again), or a
+    /// damaged copy was found (the report must stop counting it).
+    pub wake: tokio::sync::Notify,
     wire_seen: Mutex<(u64, u64)>,
     metrics: MediaMetrics,
 }
@@ -416,7 +417,7 @@ impl Media {
             inflight: Mutex::new(BTreeSet::new()),
             quarantine: Mutex::new(BTreeSet::new()),
             report: RwLock::new(PreseedReport::default()),
-            providers_changed: tokio::sync::Notify::new(),
+            wake: tokio::sync::Notify::new(),
             gate: std::sync::OnceLock::new(),
             wire_seen: Mutex::new((0, 0)),
             metrics: MediaMetrics::register(registry),
@@ -479,7 +480,7 @@ impl Media {
         *mine = next;
         drop(mine);
         if changed {
-            self.providers_changed.notify_one();
+            self.wake.notify_one();
         }
     }
 
@@ -970,6 +971,7 @@ impl Media {
         }
         tracing::warn!(%hash, "the local copy failed its hash check ({why}); fetching it again");
         self.metrics.damaged.inc();
+        self.wake.notify_one();
         if let Err(e) = self.untag(hash).await {
             tracing::error!(%hash, "could not untag a damaged blob: {e}");
         }

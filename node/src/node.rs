@@ -1725,7 +1725,7 @@ async fn preseeder(node: Arc<Node>) {
             tokio::select! {
                 _ = &mut deadline => break,
                 _ = node.preseed_now.notified() => break,
-                _ = node.media.providers_changed.notified() => break,
+                _ = node.media.wake.notified() => break,
                 change = changes.recv() => match change {
                     Ok(c) if c.kind == "manifest" => break,
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

@@ -236,6 +236,12 @@ fn a_damaged_copy_on_disk_is_detected_and_fetched_again() {
     pos_node.wait_for("the damaged copy detected", SYNC, |n| {
         metric(n, "popmesh_media_damaged_blobs_total") >= 1.0
     });
+    // The preseed report may still be from before the check: the blob's own state says when the copy is whole.
+    let state = format!("/v1/blobs/{}", hash_of(&trailer));
+    pos_node.wait_for("the copy fetched again", SYNC, |n| {
+        let s = n.get(&state);
+        s["state"] == "complete" && s["damaged"] == false
+    });
     wait_preseeded(&pos_node, 1);
     let served = pos_node.http(&format!("/media/{}", hash_of(&trailer)), &[]);
     assert_eq!(served.status, 200);
