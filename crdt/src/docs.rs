@@ -29,6 +29,10 @@ pub enum DocName {
     Manifest {
         show: String,
     },
+    /// A show's offline access list: pass revocations, check-ins, the origin's confirmations.
+    Access {
+        show: String,
+    },
 }
 
 impl fmt::Display for DocName {
@@ -46,6 +50,7 @@ impl fmt::Display for DocName {
             }
             DocName::Telemetry { device } => write!(f, "telemetry/{device}"),
             DocName::Manifest { show } => write!(f, "show/{show}/manifest"),
+            DocName::Access { show } => write!(f, "show/{show}/access"),
         }
     }
 }
@@ -82,6 +87,9 @@ impl std::str::FromStr for DocName {
             ["show", show, "manifest"] => Ok(DocName::Manifest {
                 show: (*show).to_owned(),
             }),
+            ["show", show, "access"] => Ok(DocName::Access {
+                show: (*show).to_owned(),
+            }),
             _ => Err(format!("'{s}' is not a popmesh document name")),
         }
     }
@@ -112,6 +120,7 @@ mod tests {
             },
             DocName::Telemetry { device },
             DocName::Manifest { show: "s1".into() },
+            DocName::Access { show: "s1".into() },
         ] {
             assert_eq!(name.to_string().parse::<DocName>(), Ok(name));
         }

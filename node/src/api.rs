@@ -94,6 +94,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/shows/{show}/slots/{slot}/transfers", post(transfer))
         .route("/v1/telemetry", get(counters).post(count))
         .route("/v1/revocations", post(revoke))
+        .route("/v1/passes", post(issue_pass))
+        .route("/v1/passes/revocations", post(revoke_pass))
+        .route("/v1/check-ins", post(check_in))
         .route(
             "/v1/reconciliations",
             post(reconcile).layer(axum::extract::DefaultBodyLimit::max(SETTLEMENT_BYTES_MAX)),
@@ -289,6 +292,81 @@ async fn count(
 
 async fn counters(State(node): State<Arc<Node>>) -> Api<Response> {
     Ok(Json(json!({ "counters": node.counters().await? })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PassBody {
+    kind: popmesh_crdt::access::PassKind,
+    /// A pseudonymous id (never a name).
+    subject: String,
+    /// The show; the one on now when absent.
+    show: Option<String>,
+    valid_secs: u64,
+}
+
+fn pass_json(pass: &popmesh_crdt::access::Pass) -> serde_json::Value {
+    json!({
+        "pass": pass.to_text(),
+        "id": pass.id_hex(),
+        "show": pass.show,
+        "kind": pass.kind,
+        "subject": pass.subject,
+        "issuer": pass.issuer.to_hex(),
+        "issued_at": pass.issued_at.0,
+        "expires_at": pass.expires_at.0,
+    })
+}
+
+/// `POST /v1/passes` (edge box or origin): a signed pass every device checks offline.
+async fn issue_pass(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<PassBody>, JsonRejection>,
+) -> Api<Response> {
+    let Json(b) = body?;
+    let pass = node
+        .issue_pass(b.show, b.kind, &b.subject, b.valid_secs)
+        .await?;
+    Ok((StatusCode::CREATED, Json(pass_json(&pass))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckInBody {
+    /// The pass text (`popmesh-pass1.…`), as scanned.
+    pass: String,
+    /// The show this door is for; the one on now when absent.
+    show: Option<String>,
+}
+
+/// `POST /v1/check-ins`: checks a pass offline and records the check-in; 403 with the reason when refused.
+async fn check_in(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<CheckInBody>, JsonRejection>,
+) -> Api<Response> {
+    let Json(b) = body?;
+    let pass = node.check_in(&b.pass, b.show).await?;
+    let mut out = pass_json(&pass);
+    out["checked_in"] = json!(true);
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PassRevocationBody {
+    /// The pass text or its id.
+    pass: String,
+    reason: String,
+}
+
+/// `POST /v1/passes/revocations` (edge box or origin).
+async fn revoke_pass(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<PassRevocationBody>, JsonRejection>,
+) -> Api<Response> {
+    let Json(b) = body?;
+    node.revoke_pass(&b.pass, &b.reason).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "revoked": true }))).into_response())
 }
 
 #[derive(Debug, Deserialize)]

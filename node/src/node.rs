@@ -33,6 +33,7 @@ use crate::clock;
 use crate::media::{BlobPeer, Media, MediaOptions, PreseedReport};
 use crate::site::DataDir;
 use crate::store::{FLUSH_EVERY, Store};
+use popmesh_crdt::access::{Access, Pass, PassKind};
 use popmesh_crdt::manifest::{ByteRange, Manifest, ManifestError, ManifestRecord, MediaEntry};
 use popmesh_crdt::receipt::ReceiptToken;
 use popmesh_crdt::settlement::{self, Reconciliation, SettlementRow, SiteReceipt};
@@ -43,6 +44,8 @@ const TELEMETRY_WINDOW_MS: u64 = 5_000;
 const EVENTS_QUEUE: usize = 4096;
 /// How often the librarian looks for documents it could not open yet.
 const LIBRARIAN_EVERY: Duration = Duration::from_millis(500);
+/// How often the origin confirms the check-ins it has merged.
+const CONFIRM_EVERY: Duration = Duration::from_secs(2);
 /// How often the media side learns which peers the mesh admits (and so who may fetch blobs).
 const BLOB_PEERS_EVERY: Duration = Duration::from_millis(250);
 
@@ -316,6 +319,9 @@ impl Node {
         }));
         tokio::spawn(blob_peers(node.clone()));
         tokio::spawn(preseeder(node.clone()));
+        if node.dir.cert.role == Role::Origin {
+            tokio::spawn(confirmer(node.clone()));
+        }
         if node.escrow.rebalance_every_secs > 0 {
             tokio::spawn(rebalancer(node.clone()));
         }
@@ -908,6 +914,161 @@ impl Node {
         Ok(out)
     }
 
+    /// Signs a pass for the show on now (or `show`): edge boxes and the origin issue, every device checks offline.
+    pub async fn issue_pass(
+        &self,
+        show: Option<String>,
+        kind: PassKind,
+        subject: &str,
+        valid_secs: u64,
+    ) -> Result<Pass, Failure> {
+        if !matches!(self.dir.cert.role, Role::Edge | Role::Origin) {
+            return Err(Failure::Forbidden(format!(
+                "a {} may not issue passes; the edge box or the origin does",
+                self.dir.cert.role
+            )));
+        }
+        let view = self.view()?;
+        let show = match show {
+            Some(s) if view.shows.contains_key(&s) => s,
+            Some(s) => return Err(Failure::NotFound(format!("no show {s:?}"))),
+            None => self.default_show(&view)?,
+        };
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(internal)?;
+        Pass::issue(
+            &self.dir.key,
+            self.dir.site_id(),
+            id,
+            &show,
+            kind,
+            subject,
+            clock::now(),
+            valid_secs.saturating_mul(1000),
+        )
+        .map_err(|e| Failure::BadRequest(e.to_string()))
+    }
+
+    fn access_handle(&self, show: &str) -> Result<DocHandle, Failure> {
+        self.handle_by_name(&DocName::Access {
+            show: show.to_owned(),
+        })
+        .ok_or_else(|| {
+            Failure::Unavailable(format!(
+                "the access list of show {show:?} has not reached this device yet"
+            ))
+        })
+    }
+
+    /// Checks a pass offline at this device's door and records the check-in durably. A refusal says why.
+    pub async fn check_in(&self, text: &str, show: Option<String>) -> Result<Pass, Failure> {
+        let pass = Pass::from_text(text).map_err(|e| Failure::BadRequest(e.to_string()))?;
+        let view = self.view()?;
+        let show = match show {
+            Some(s) => s,
+            None => self.default_show(&view)?,
+        };
+        let handle = self.access_handle(&show)?;
+        let (me, actor, now) = (self.me(), self.actor(), clock::now());
+        let checked = pass.clone();
+        let outcome = self
+            .change(&handle, move |am| {
+                let mut d = Doc::<Access, &mut Automerge>::attach_as(am, actor)
+                    .map_err(|e| Failure::Unavailable(e.to_string()))?;
+                let record = d.record().map_err(internal)?;
+                checked
+                    .check(&view, &record, &show, now)
+                    .map_err(|e| Failure::Forbidden(format!("refused: {e}")))?;
+                d.check_in(&me, &checked, now).map_err(internal)
+            })
+            .await?;
+        outcome?;
+        Ok(pass)
+    }
+
+    /// Revokes a pass (by its text or its id) on this site: every device refuses it once the revocation syncs.
+    pub async fn revoke_pass(&self, pass: &str, reason: &str) -> Result<(), Failure> {
+        if !matches!(self.dir.cert.role, Role::Edge | Role::Origin) {
+            return Err(Failure::Forbidden(format!(
+                "a {} may not revoke passes; the edge box or the origin does",
+                self.dir.cert.role
+            )));
+        }
+        let (id, show) = match Pass::from_text(pass) {
+            Ok(p) => (p.id_hex(), Some(p.show)),
+            Err(_) if pass.len() == 32 && pass.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                (pass.to_ascii_lowercase(), None)
+            }
+            Err(e) => {
+                return Err(Failure::BadRequest(format!(
+                    "pass: give the pass text or its 32-hex-digit id ({e})"
+                )));
+            }
+        };
+        let view = self.view()?;
+        let shows: Vec<String> = match show {
+            Some(s) => vec![s],
+            None => view.shows.keys().cloned().collect(),
+        };
+        for show in shows {
+            let Ok(handle) = self.access_handle(&show) else {
+                continue;
+            };
+            let (me, actor, now, id, reason) = (
+                self.me(),
+                self.actor(),
+                clock::now(),
+                id.clone(),
+                reason.to_owned(),
+            );
+            self.change(&handle, move |am| {
+                Doc::<Access, &mut Automerge>::attach_as(am, actor)
+                    .and_then(|mut d| d.revoke(&me, &id, &reason, now))
+            })
+            .await?
+            .map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    /// At the origin: confirms every check-in it has merged, retiring the passes they used.
+    pub async fn confirm_checkins(&self) -> Result<usize, Failure> {
+        let handles: Vec<DocHandle> = read(&self.docs)
+            .values()
+            .filter(|(n, _)| matches!(n, DocName::Access { .. }))
+            .map(|(_, h)| h.clone())
+            .collect();
+        let mut total = 0;
+        for handle in handles {
+            let pending = handle
+                .with_document_async(|am| {
+                    Doc::<Access, &mut Automerge>::attach(am)
+                        .and_then(|d| d.record())
+                        .map(|r| {
+                            r.checkins
+                                .values()
+                                .flat_map(|l| l.keys())
+                                .any(|id| !r.confirmed.contains_key(id))
+                        })
+                })
+                .await
+                .map_err(stopped)?
+                .unwrap_or(false);
+            if !pending {
+                continue;
+            }
+            let (actor, now) = (self.actor(), clock::now());
+            total += self
+                .change(&handle, move |am| {
+                    Doc::<Access, &mut Automerge>::attach_as(am, actor)
+                        .and_then(|mut d| d.confirm_checkins(now))
+                })
+                .await?
+                .map_err(internal)?;
+        }
+        Ok(total)
+    }
+
     /// The origin reconciles every receipt it holds (every device, every ledger page) against the processor's
     /// settlement batch `batch`, and marks the matched receipts reconciled in their ledgers, durably, so the site
     /// learns they are settled (and their devices' stored offline totals free up). Receipts that do not verify are
@@ -1234,6 +1395,19 @@ impl Node {
         self.change_directory(move |d| d.add_show(&id, &record))
             .await?
             .map_err(|e| Failure::BadRequest(e.to_string()))?;
+        // The show's access list, created once by the show's creator (its containers in place before it is shared).
+        let show_id = spec.id.clone();
+        self.own_document(
+            DocName::Access {
+                show: spec.id.clone(),
+            },
+            move |actor| {
+                Doc::create_access(actor, &show_id)
+                    .map(Doc::into_automerge)
+                    .map_err(internal)
+            },
+        )
+        .await?;
         for (slot, grants) in spec.slots.into_iter().zip(grants_by_slot) {
             let (show_id, slot_id) = (spec.id.clone(), slot.id.clone());
             let record = SlotRecord {
@@ -1476,6 +1650,7 @@ fn kind_of(name: &DocName) -> &'static str {
         DocName::Ledger { .. } => "ledger",
         DocName::Telemetry { .. } => "telemetry",
         DocName::Manifest { .. } => "manifest",
+        DocName::Access { .. } => "access",
     }
 }
 
@@ -1670,6 +1845,22 @@ async fn librarian(node: Arc<Node>) {
         tokio::select! {
             next = futures::StreamExt::next(&mut changes) => if next.is_none() { return },
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// At the origin: confirms merged check-ins every few seconds, so passes retire without anyone asking.
+async fn confirmer(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(CONFIRM_EVERY);
+    loop {
+        tick.tick().await;
+        match node.confirm_checkins().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                checkins = n,
+                "confirmed check-ins; their passes are retired"
+            ),
+            Err(e) => tracing::debug!("check-ins not confirmed yet: {e}"),
         }
     }
 }
