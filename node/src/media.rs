@@ -49,6 +49,9 @@ use crate::store::Store;
 /// Tags of blobs this node keeps are this prefix and the hash in hex.
 pub const TAG_PREFIX: &str = "popmesh/media/";
 
+/// How far the held-blob records on disk may lag behind memory.
+const HELD_PERSIST_SLACK_MS: u64 = 10 * 60_000;
+
 /// Where the held-blob records live in the node's meta table.
 const HELD_META: &str = "media.held";
 
@@ -235,6 +238,8 @@ pub struct Media {
     /// damaged copy was found (the report must stop counting it).
     pub wake: tokio::sync::Notify,
     wire_seen: Mutex<(u64, u64)>,
+    /// When the held-blob records were last written, and what was written.
+    persisted: Mutex<(u64, BTreeMap<String, Held>)>,
     metrics: MediaMetrics,
 }
 
@@ -420,6 +425,7 @@ impl Media {
             wake: tokio::sync::Notify::new(),
             gate: std::sync::OnceLock::new(),
             wire_seen: Mutex::new((0, 0)),
+            persisted: Mutex::new((0, BTreeMap::new())),
             metrics: MediaMetrics::register(registry),
         });
         tokio::spawn(gatekeeper(Arc::downgrade(&media), requests));
@@ -538,10 +544,26 @@ impl Media {
         self.metrics.held.set(lock(&self.tagged).len() as i64);
     }
 
-    fn persist_held(&self) {
-        let text = serde_json::to_string(&*lock(&self.held)).unwrap_or_default();
-        if let Err(e) = self.meta.set_meta(HELD_META, &text) {
-            tracing::error!("could not record held blobs: {e}");
+    /// Writes the held-blob records when the set changed, or when what is on disk is more than
+    /// [`HELD_PERSIST_SLACK_MS`] behind (a preseed pass refreshes every referenced blob, and a field kit's flash
+    /// should not take a write every two seconds for that; a crash costs at most that much of a time to live).
+    fn persist_held(&self, now_ms: u64) {
+        let held = lock(&self.held).clone();
+        let mut persisted = lock(&self.persisted);
+        let same_set = persisted.1.len() == held.len() && persisted.1.keys().eq(held.keys());
+        let same_ttls = same_set
+            && persisted
+                .1
+                .values()
+                .zip(held.values())
+                .all(|(a, b)| a.ttl_ms == b.ttl_ms);
+        if same_ttls && now_ms.saturating_sub(persisted.0) < HELD_PERSIST_SLACK_MS {
+            return;
+        }
+        let text = serde_json::to_string(&held).unwrap_or_default();
+        match self.meta.set_meta(HELD_META, &text) {
+            Ok(()) => *persisted = (now_ms, held),
+            Err(e) => tracing::error!("could not record held blobs: {e}"),
         }
     }
 
@@ -602,7 +624,7 @@ impl Media {
         h.referenced_at_ms = h.referenced_at_ms.max(now_ms);
         h.ttl_ms = ttl_ms;
         drop(held);
-        self.persist_held();
+        self.persist_held(now_ms);
     }
 
     /// The bytes of `wanted` present here.
@@ -737,7 +759,7 @@ impl Media {
             tracing::info!(hash = %hex, "dropping a blob no manifest references (time to live passed)");
         }
         report.dropped = drop_now.len();
-        self.persist_held();
+        self.persist_held(now_ms);
         report.completeness = if report.wanted_bytes == 0 {
             1.0
         } else {
