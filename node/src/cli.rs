@@ -396,9 +396,6 @@ pub fn reconcile(
 ) -> Result<bool> {
     let text = std::fs::read_to_string(settlement)
         .with_context(|| format!("reading the settlement file {}", settlement.display()))?;
-    // Checked here first, so a mistake names the file.
-    let rows = popmesh_crdt::settlement::parse_csv(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", settlement.display()))?;
     let batch = settlement
         .file_name()
         .and_then(|n| n.to_str())
@@ -412,6 +409,14 @@ pub fn reconcile(
         anyhow::anyhow!("{e}\n(is `popmesh run --data {}` running?)", data.display())
     })?;
     let v = answer.json();
+    if answer.status == 422 {
+        // The node parsed the file and says which line and column are wrong.
+        bail!(
+            "{}: {}",
+            settlement.display(),
+            v["error"]["message"].as_str().unwrap_or(&answer.body)
+        );
+    }
     if answer.status != 200 {
         bail!(
             "the node did not reconcile ({}): {}",
@@ -427,8 +432,7 @@ pub fn reconcile(
     let len = |k: &str| r[k].as_array().map_or(0, Vec::len);
     println!(
         "settlement batch {batch}: {} rows against the site's receipts; {} reconciled now",
-        rows.len(),
-        v["marked"]
+        v["rows"], v["marked"]
     );
     let money = |t: &serde_json::Value| {
         t.as_object()

@@ -616,14 +616,12 @@ impl Media {
     }
 
     fn keep(&self, hash: Hash, ttl_ms: u64, now_ms: u64) {
-        let mut held = lock(&self.held);
-        let h = held.entry(hash.to_hex().to_string()).or_insert(Held {
+        touch(
+            &mut lock(&self.held),
+            hash.to_hex().to_string(),
             ttl_ms,
-            referenced_at_ms: now_ms,
-        });
-        h.referenced_at_ms = h.referenced_at_ms.max(now_ms);
-        h.ttl_ms = ttl_ms;
-        drop(held);
+            now_ms,
+        );
         self.persist_held(now_ms);
     }
 
@@ -715,15 +713,12 @@ impl Media {
                 };
                 report.entries += 1;
                 referenced.insert(entry.hash.clone());
-                {
-                    let mut held = lock(&self.held);
-                    let h = held.entry(entry.hash.clone()).or_insert(Held {
-                        ttl_ms: entry.ttl_ms,
-                        referenced_at_ms: now_ms,
-                    });
-                    h.ttl_ms = entry.ttl_ms;
-                    h.referenced_at_ms = now_ms;
-                }
+                touch(
+                    &mut lock(&self.held),
+                    entry.hash.clone(),
+                    entry.ttl_ms,
+                    now_ms,
+                );
                 if lock(&self.quarantine).contains(&hash) {
                     report.missing += 1;
                     report.wanted_bytes += entry.size;
@@ -1129,6 +1124,16 @@ impl Media {
     pub fn refused(&self) -> u64 {
         self.metrics.refused.get()
     }
+}
+
+/// Records that a blob is referenced (or kept by hand) at `now_ms`, with its time to live.
+fn touch(held: &mut BTreeMap<String, Held>, hex: String, ttl_ms: u64, now_ms: u64) {
+    let h = held.entry(hex).or_insert(Held {
+        ttl_ms,
+        referenced_at_ms: now_ms,
+    });
+    h.referenced_at_ms = h.referenced_at_ms.max(now_ms);
+    h.ttl_ms = ttl_ms;
 }
 
 /// The byte ranges of `entry` a device of `role` preseeds.

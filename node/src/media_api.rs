@@ -54,17 +54,22 @@ async fn find(node: &Node, pick: impl Fn(&str, &MediaEntry) -> bool) -> Option<F
     })
 }
 
+/// A hash from the path, or a 400 that says what a hash looks like.
+fn hash_param(text: &str) -> Api<Hash> {
+    parse_hash(text).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{text:?} is not a BLAKE3 hash (64 lowercase hex digits)"),
+        )
+    })
+}
+
 pub async fn by_hash(
     State(node): State<Arc<Node>>,
     Path(text): Path<String>,
     headers: HeaderMap,
 ) -> Api<Response> {
-    let hash = parse_hash(&text).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("{text:?} is not a BLAKE3 hash (64 lowercase hex digits)"),
-        )
-    })?;
+    let hash = hash_param(&text)?;
     let found = find(&node, |_, e| e.hash == text).await;
     serve(&node, hash, found, &headers, true).await
 }
@@ -292,12 +297,7 @@ pub async fn add(State(node): State<Arc<Node>>, body: Body) -> Api<Response> {
 
 /// `GET /v1/blobs/{hash}`: what this device holds of a blob.
 pub async fn blob_state(State(node): State<Arc<Node>>, Path(text): Path<String>) -> Api<Response> {
-    let hash = parse_hash(&text).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("{text:?} is not a BLAKE3 hash (64 lowercase hex digits)"),
-        )
-    })?;
+    let hash = hash_param(&text)?;
     let state = node
         .media()
         .state(hash)

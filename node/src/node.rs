@@ -390,12 +390,10 @@ impl Node {
     /// Publishes media entries (and optionally the fallback and per-role slices) in the manifest `name`, creating
     /// it the first time. Edge boxes and the origin publish; the entries' blobs must be on this device.
     pub async fn publish_manifest(&self, name: &str, spec: ManifestSpec) -> Result<(), Failure> {
-        if !matches!(self.dir.cert.role, Role::Edge | Role::Origin) {
-            return Err(Failure::Forbidden(format!(
-                "a {} may not publish manifests; publish from the site's edge box or the origin",
-                self.dir.cert.role
-            )));
-        }
+        self.edge_or_origin(
+            "publish manifests",
+            "publish from the site's edge box or the origin",
+        )?;
         let doc_name = DocName::Manifest {
             show: name.to_owned(),
         };
@@ -473,6 +471,17 @@ impl Node {
         .map_err(|e| Failure::BadRequest(e.to_string()))?;
         self.preseed_now.notify_one();
         Ok(())
+    }
+
+    /// Refuses what only an edge box or the origin may do: "a kiosk may not `what`; `instead`".
+    fn edge_or_origin(&self, what: &str, instead: &str) -> Result<(), Failure> {
+        if matches!(self.dir.cert.role, Role::Edge | Role::Origin) {
+            return Ok(());
+        }
+        Err(Failure::Forbidden(format!(
+            "a {} may not {what}; {instead}",
+            self.dir.cert.role
+        )))
     }
 
     fn me(&self) -> DeviceId {
@@ -922,12 +931,7 @@ impl Node {
         subject: &str,
         valid_secs: u64,
     ) -> Result<Pass, Failure> {
-        if !matches!(self.dir.cert.role, Role::Edge | Role::Origin) {
-            return Err(Failure::Forbidden(format!(
-                "a {} may not issue passes; the edge box or the origin does",
-                self.dir.cert.role
-            )));
-        }
+        self.edge_or_origin("issue passes", "the edge box or the origin does")?;
         let view = self.view()?;
         let show = match show {
             Some(s) if view.shows.contains_key(&s) => s,
@@ -988,12 +992,7 @@ impl Node {
 
     /// Revokes a pass (by its text or its id) on this site: every device refuses it once the revocation syncs.
     pub async fn revoke_pass(&self, pass: &str, reason: &str) -> Result<(), Failure> {
-        if !matches!(self.dir.cert.role, Role::Edge | Role::Origin) {
-            return Err(Failure::Forbidden(format!(
-                "a {} may not revoke passes; the edge box or the origin does",
-                self.dir.cert.role
-            )));
-        }
+        self.edge_or_origin("revoke passes", "the edge box or the origin does")?;
         let (id, show) = match Pass::from_text(pass) {
             Ok(p) => (p.id_hex(), Some(p.show)),
             Err(_) if pass.len() == 32 && pass.bytes().all(|b| b.is_ascii_hexdigit()) => {
@@ -1355,12 +1354,7 @@ impl Node {
 
     /// Creates a show with its slots, escrowing each slot's seats to the devices named in `grants`.
     pub async fn create_show(&self, spec: ShowSpec) -> Result<(), Failure> {
-        if !matches!(self.dir.cert.role, Role::Edge | Role::Origin) {
-            return Err(Failure::Forbidden(format!(
-                "a {} may not create shows; ask the site's edge box or the origin",
-                self.dir.cert.role
-            )));
-        }
+        self.edge_or_origin("create shows", "ask the site's edge box or the origin")?;
         let view = self.view()?;
         if view.shows.contains_key(&spec.id) {
             return Err(Failure::Conflict(format!(
