@@ -28,7 +28,7 @@ pub const PASS_VALID_MS_MAX: u64 = 24 * 3_600_000;
 pub const CLOCK_SKEW_MS: u64 = 5 * 60_000;
 
 /// Bytes of a pass's subject (a pseudonymous attendee or staff id, never a name).
-pub const SUBJECT_BYTES_MAX: usize = 64;
+pub const SUBJECT_BYTES_MAX: usize = crate::privacy::PSEUDONYM_BYTES_MAX;
 
 const PASS_VERSION: u8 = 1;
 const TEXT_PREFIX: &str = "popmesh-pass1.";
@@ -107,8 +107,8 @@ pub enum AccessError {
     AlreadyUsed { device: String, at: u64 },
     #[error("a pass is valid for 1 s to {} h", PASS_VALID_MS_MAX / 3_600_000)]
     BadValidity,
-    #[error("the subject must be 1 to {SUBJECT_BYTES_MAX} bytes of a pseudonymous id")]
-    BadSubject,
+    #[error("subject: {0}")]
+    BadSubject(crate::privacy::PrivacyError),
 }
 
 impl Pass {
@@ -127,12 +127,7 @@ impl Pass {
         if valid_ms == 0 || valid_ms > PASS_VALID_MS_MAX {
             return Err(AccessError::BadValidity);
         }
-        if subject.is_empty()
-            || subject.len() > SUBJECT_BYTES_MAX
-            || subject.chars().any(char::is_control)
-        {
-            return Err(AccessError::BadSubject);
-        }
+        crate::privacy::check_pseudonym(subject).map_err(AccessError::BadSubject)?;
         let mut pass = Self {
             site,
             id,
@@ -322,6 +317,9 @@ pub struct CheckIn {
     /// The pass's issuer and expiry, so the origin can account for it without the pass itself.
     pub issuer: String,
     pub expires_at: u64,
+    /// An attendee pass's pseudonymous subject (for conversion and retention in the show report); none for staff.
+    #[autosurgeon(missing = "Option::default")]
+    pub subject: Option<String>,
 }
 
 impl Doc<Access> {
@@ -360,6 +358,7 @@ impl<D: BorrowMut<Automerge>> Doc<Access, D> {
                 kind: pass.kind.as_str().to_owned(),
                 issuer: pass.issuer.to_hex(),
                 expires_at: pass.expires_at.0,
+                subject: (pass.kind == PassKind::Attendee).then(|| pass.subject.clone()),
             },
         );
         self.write_at(&["checkins"], &mine, &list)
@@ -556,7 +555,9 @@ mod tests {
                 1000
             )
             .map(|_| ()),
-            Err(AccessError::BadSubject)
+            Err(AccessError::BadSubject(
+                crate::privacy::PrivacyError::NotPseudonymous(String::new())
+            ))
         );
     }
 }

@@ -71,6 +71,9 @@ pub struct DeviceEscrow {
 pub struct Sale {
     pub seats: u64,
     pub at: u64,
+    /// The buyer's pseudonymous attendee id, when the counter knew it (from their pass); never a name.
+    #[autosurgeon(missing = "Option::default")]
+    pub attendee: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Reconcile, Hydrate)]
@@ -105,6 +108,8 @@ pub enum EscrowError {
     Full,
     #[error("a device cannot transfer quota to itself")]
     SelfTransfer,
+    #[error("attendee: {0}")]
+    BadAttendee(crate::privacy::PrivacyError),
     #[error(transparent)]
     Doc(#[from] DocError),
 }
@@ -389,7 +394,23 @@ impl<D: BorrowMut<Automerge>> Doc<Slot, D> {
         seats: u64,
         at: UnixMillis,
     ) -> Result<SaleOutcome, EscrowError> {
+        self.sell_to(me, booking, seats, at, None)
+    }
+
+    /// [`Doc::sell`] to a known attendee (their pseudonymous id, as on their pass), so the show report can
+    /// measure conversion from check-in to purchase.
+    pub fn sell_to(
+        &mut self,
+        me: DeviceId,
+        booking: &str,
+        seats: u64,
+        at: UnixMillis,
+        attendee: Option<&str>,
+    ) -> Result<SaleOutcome, EscrowError> {
         check_id(booking)?;
+        if let Some(a) = attendee {
+            crate::privacy::check_pseudonym(a).map_err(EscrowError::BadAttendee)?;
+        }
         if seats == 0 || seats > SEATS_PER_BOOKING_MAX {
             return Err(EscrowError::BadSeatCount(seats));
         }
@@ -416,7 +437,11 @@ impl<D: BorrowMut<Automerge>> Doc<Slot, D> {
                 requested: seats,
             });
         }
-        let sale = Sale { seats, at: at.0 };
+        let sale = Sale {
+            seats,
+            at: at.0,
+            attendee: attendee.map(str::to_owned),
+        };
         self.transact(|tx| {
             let sales = own_entry(tx, &mine, "sales")?;
             autosurgeon::reconcile_prop(tx, sales, booking, &sale)?;

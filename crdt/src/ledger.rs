@@ -67,6 +67,10 @@ pub struct LedgerRecord {
     pub receipts: BTreeMap<String, ReceiptRecord>,
     /// Token -> reconciliation mark written by the origin.
     pub reconciled: BTreeMap<String, Reconciled>,
+    /// Token -> the buyer's pseudonymous id, for payments the counter could attribute (outside the signed
+    /// receipt: it is analytics, not money).
+    #[autosurgeon(missing = "BTreeMap::new")]
+    pub attendees: BTreeMap<String, String>,
 }
 
 /// A receipt as the document holds it: readable fields (kiosk pages read them) plus the signature over their
@@ -152,6 +156,8 @@ pub struct LedgerView {
     /// Entries that could not be parsed back into receipts, with the reason.
     pub malformed: Vec<(String, ReceiptError)>,
     pub reconciled: BTreeMap<String, Reconciled>,
+    /// Token -> buyer pseudonym, where the payment named one.
+    pub attendees: BTreeMap<String, String>,
 }
 
 impl LedgerView {
@@ -200,6 +206,7 @@ impl Doc<Ledger> {
                 device: device.to_hex(),
                 receipts: BTreeMap::new(),
                 reconciled: BTreeMap::new(),
+                attendees: BTreeMap::new(),
             },
         )?;
         doc.transact(|tx| {
@@ -270,6 +277,7 @@ impl<D: Borrow<Automerge>> Doc<Ledger, D> {
             receipts,
             malformed,
             reconciled: record.reconciled,
+            attendees: record.attendees,
         })
     }
 }
@@ -532,10 +540,28 @@ fn take_one(
         now,
     );
     write_receipt(tx, page.receipts, page.keys, &receipt)?;
+    if let Some(attendee) = &request.attendee {
+        link_attendee(tx, &token_key, attendee)?;
+    }
     Ok(PaymentOutcome {
         receipt,
         replayed: false,
     })
+}
+
+/// Records who bought (a pseudonym) beside a receipt. Only the ledger's device writes its ledger, so creating the
+/// map on first use cannot race another writer.
+fn link_attendee(
+    tx: &mut automerge::transaction::Transaction<'_>,
+    token: &str,
+    attendee: &str,
+) -> Result<(), DocError> {
+    let attendees = match tx.get(automerge::ROOT, "attendees")? {
+        Some((automerge::Value::Object(automerge::ObjType::Map), id)) => id,
+        _ => tx.put_object(automerge::ROOT, "attendees", automerge::ObjType::Map)?,
+    };
+    tx.put(&attendees, token, attendee)?;
+    Ok(())
 }
 
 /// Writes a receipt, its idempotency key and its amount (the three always move together).

@@ -71,6 +71,8 @@ pub struct PaymentRequest {
     pub amount_minor: u64,
     /// ISO 4217 code, three upper-case letters.
     pub currency: String,
+    /// The buyer's pseudonymous id, when known (recorded beside the receipt, not signed into it).
+    pub attendee: Option<String>,
 }
 
 /// Why a payment request is not well formed.
@@ -82,6 +84,8 @@ pub enum RequestError {
     BadCurrency(String),
     #[error("amount_minor must be more than zero")]
     ZeroAmount,
+    #[error("attendee: {0}")]
+    BadAttendee(crate::privacy::PrivacyError),
 }
 
 impl PaymentRequest {
@@ -98,6 +102,9 @@ impl PaymentRequest {
         }
         if self.amount_minor == 0 {
             return Err(RequestError::ZeroAmount);
+        }
+        if let Some(a) = &self.attendee {
+            crate::privacy::check_pseudonym(a).map_err(RequestError::BadAttendee)?;
         }
         Ok(())
     }
@@ -260,6 +267,7 @@ mod tests {
             idempotency_key: "order-17".into(),
             amount_minor: 1250,
             currency: "EUR".into(),
+            attendee: None,
         }
     }
 

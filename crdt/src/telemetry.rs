@@ -34,6 +34,115 @@ pub const COUNTER_NAME_BYTES_MAX: usize = 64;
 pub struct TelemetryRecord {
     pub device: String,
     pub counters: BTreeMap<String, Counter>,
+    /// Operational incidents this device saw (a peer or the origin out of reach), keyed
+    /// `{subject}@{started}`: what the show report's MTTR is measured from.
+    #[autosurgeon(missing = "BTreeMap::new")]
+    pub incidents: BTreeMap<String, Incident>,
+}
+
+/// Incidents one device keeps in its telemetry document; the oldest resolved ones go first.
+pub const INCIDENTS_MAX: usize = 512;
+
+/// Something that stopped working at a device, and when it came back.
+#[derive(Debug, Clone, PartialEq, Eq, Reconcile, Hydrate, serde::Serialize)]
+pub struct Incident {
+    /// `peer_lost` (a site peer out of reach) or `origin_lost` (the uplink).
+    pub kind: String,
+    /// The device (hex) that could not be reached.
+    pub subject: String,
+    pub started: u64,
+    #[autosurgeon(missing = "Option::default")]
+    pub resolved: Option<u64>,
+}
+
+impl Incident {
+    pub fn key(&self) -> String {
+        format!("{}@{}", self.subject, self.started)
+    }
+}
+
+/// How telemetry behaves under overload: past `events_per_sec_max` events in one second, counters that are not
+/// conversion signals keep one event in `sample_one_in` and count it `sample_one_in` times, so totals stay
+/// unbiased while the work per event drops. Conversion signals (`conversion`: a name, or a prefix before a `.`)
+/// are always counted exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SamplingPolicy {
+    pub events_per_sec_max: u64,
+    pub sample_one_in: u32,
+    pub conversion: Vec<String>,
+}
+
+impl SamplingPolicy {
+    pub fn is_conversion(&self, name: &str) -> bool {
+        self.conversion.iter().any(|c| {
+            name == c
+                || name
+                    .strip_prefix(c.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    }
+}
+
+/// What the sampler decided for one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sampled {
+    /// Count it, by this much (the event's own amount, times the sampling factor when sampled).
+    Count(i64),
+    /// Sampled out: counted through another event of the same counter.
+    Skip,
+}
+
+/// The overload sampler (see [`SamplingPolicy`]). Systematic per counter (every n-th event of a name is kept),
+/// so it needs no randomness and the simulator replays it exactly.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    policy: SamplingPolicy,
+    second: u64,
+    events: u64,
+    /// Per counter: events seen while sampling, to keep every n-th.
+    phase: BTreeMap<String, u32>,
+    pub sampled_out: u64,
+}
+
+impl Sampler {
+    pub fn new(policy: SamplingPolicy) -> Self {
+        Self {
+            policy,
+            second: 0,
+            events: 0,
+            phase: BTreeMap::new(),
+            sampled_out: 0,
+        }
+    }
+
+    pub fn policy(&self) -> &SamplingPolicy {
+        &self.policy
+    }
+
+    /// Decides one event of counter `name`, worth `by`, at `now`.
+    pub fn sample(&mut self, name: &str, by: i64, now: UnixMillis) -> Sampled {
+        let second = now.0 / 1000;
+        if second != self.second {
+            self.second = second;
+            self.events = 0;
+        }
+        self.events += 1;
+        let n = self.policy.sample_one_in.max(1);
+        if self.events <= self.policy.events_per_sec_max
+            || n == 1
+            || self.policy.is_conversion(name)
+        {
+            return Sampled::Count(by);
+        }
+        let phase = self.phase.entry(name.to_owned()).or_insert(0);
+        *phase = (*phase + 1) % n;
+        if *phase == 1 % n {
+            Sampled::Count(by.saturating_mul(i64::from(n)))
+        } else {
+            self.sampled_out += 1;
+            Sampled::Skip
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -103,12 +212,17 @@ impl Doc<Telemetry> {
             &TelemetryRecord {
                 device: device.to_hex(),
                 counters: BTreeMap::new(),
+                incidents: BTreeMap::new(),
             },
         )
     }
 }
 
 impl<D: Borrow<Automerge>> Doc<Telemetry, D> {
+    pub fn record(&self) -> Result<TelemetryRecord, DocError> {
+        self.read()
+    }
+
     pub fn counters(&self) -> Result<BTreeMap<String, i64>, DocError> {
         let record: TelemetryRecord = self.read()?;
         Ok(record
@@ -139,6 +253,26 @@ impl<D: BorrowMut<Automerge>> Doc<Telemetry, D> {
                 .entry(name.clone())
                 .or_default()
                 .increment(*by);
+        }
+        self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))
+    }
+
+    /// Records an incident or its resolution (the same key). Past [`INCIDENTS_MAX`], the oldest resolved
+    /// incident is dropped.
+    pub fn record_incident(&mut self, incident: &Incident) -> Result<(), DocError> {
+        let mut record: TelemetryRecord = self.read()?;
+        record.incidents.insert(incident.key(), incident.clone());
+        while record.incidents.len() > INCIDENTS_MAX {
+            let oldest = record
+                .incidents
+                .iter()
+                .filter(|(_, i)| i.resolved.is_some())
+                .min_by_key(|(_, i)| i.started)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => record.incidents.remove(&k),
+                None => break,
+            };
         }
         self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))
     }
@@ -214,6 +348,61 @@ mod tests {
             .expect("flush");
         a.merge(&mut b).expect("merge");
         assert_eq!(a.counters().expect("read")["visits"], 9);
+    }
+
+    #[test]
+    fn under_overload_conversion_signals_are_exact_and_the_rest_is_sampled_without_bias() {
+        let mut sampler = Sampler::new(SamplingPolicy {
+            events_per_sec_max: 100,
+            sample_one_in: 10,
+            conversion: vec!["checkin".into(), "purchase".into()],
+        });
+        let mut totals: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut kept = 0;
+        // Half a second with 4,900 taps, 119 check-ins and 51 purchases interleaved.
+        for i in 0..5_070u64 {
+            let name = match i % 100 {
+                0 => "purchase.merch",
+                1 => "checkin",
+                _ if i >= 5_000 => "checkin",
+                _ => "screen.tap",
+            };
+            if let Sampled::Count(by) = sampler.sample(name, 1, UnixMillis(10_000 + i / 10)) {
+                kept += 1;
+                *totals.entry(name).or_default() += by;
+            }
+        }
+        assert_eq!(totals["purchase.merch"], 51, "conversion signals exact");
+        assert_eq!(totals["checkin"], 119, "conversion signals exact");
+        let taps = totals["screen.tap"];
+        assert!((4_880..=4_920).contains(&taps), "unbiased estimate: {taps}");
+        assert!(kept < 800, "the work dropped: {kept} events counted");
+        assert!(sampler.sampled_out > 4_000);
+        // Below the threshold, nothing is sampled.
+        assert_eq!(
+            sampler.sample("screen.tap", 1, UnixMillis(99_000)),
+            Sampled::Count(1)
+        );
+        assert!(!sampler.policy().is_conversion("checkins"));
+    }
+
+    #[test]
+    fn incidents_are_kept_and_resolved_under_one_key() {
+        let device = DeviceId([1; 32]);
+        let mut doc =
+            Doc::<Telemetry>::create_telemetry(actor_id(device, 0), device).expect("create");
+        let mut lost = Incident {
+            kind: "origin_lost".into(),
+            subject: "ab".into(),
+            started: 5,
+            resolved: None,
+        };
+        doc.record_incident(&lost).expect("record");
+        lost.resolved = Some(9);
+        doc.record_incident(&lost).expect("resolve");
+        let record = doc.record().expect("read");
+        assert_eq!(record.incidents.len(), 1);
+        assert_eq!(record.incidents["ab@5"].resolved, Some(9));
     }
 
     #[test]

@@ -61,6 +61,7 @@ fn pay(key: &str, amount: u64) -> PaymentRequest {
         idempotency_key: key.into(),
         amount_minor: amount,
         currency: "EUR".into(),
+        attendee: None,
     }
 }
 

@@ -13,6 +13,7 @@ fn request() -> impl Strategy<Value = PaymentRequest> {
             idempotency_key,
             amount_minor,
             currency,
+            attendee: None,
         },
     )
 }

@@ -145,6 +145,7 @@ async fn pay(
         idempotency_key: body.idempotency_key,
         amount_minor: body.amount_minor,
         currency: body.currency,
+        attendee: None,
     };
     let (receipt, replayed) = node.pay(request, body.show).await?;
     let json = crate::node::ReceiptJson::new(&receipt, false, Ok(()));

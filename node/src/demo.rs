@@ -265,6 +265,7 @@ pub fn run(entropy: Entropy, out: &mut impl Write) -> Result<DemoOutcome> {
             idempotency_key: order.into(),
             amount_minor: amount,
             currency: "EUR".into(),
+            attendee: None,
         };
         let ledger = device.ledgers.get_mut(&id).context("own ledger")?;
         let taken = ledger.take_payment(&device.key, &limits, &request, 0, clock)?;
@@ -281,6 +282,7 @@ pub fn run(entropy: Entropy, out: &mut impl Write) -> Result<DemoOutcome> {
         idempotency_key: "order-2001".into(),
         amount_minor: 800,
         currency: "EUR".into(),
+        attendee: None,
     };
     let pos_id = pos.id();
     let replay = pos

@@ -28,7 +28,16 @@ pub fn write_sale_without_quota(
     let Some((_, sales)) = tx.get(&entry, "sales")? else {
         return Err(DocError::Missing("sales".into()));
     };
-    autosurgeon::reconcile_prop(&mut tx, &sales, booking, Sale { seats, at: at.0 })?;
+    autosurgeon::reconcile_prop(
+        &mut tx,
+        &sales,
+        booking,
+        Sale {
+            seats,
+            at: at.0,
+            attendee: None,
+        },
+    )?;
     tx.commit();
     Ok(())
 }

@@ -1229,6 +1229,7 @@ impl World {
                 idempotency_key: format!("{}-o{}-e{}", dev, d.next_op, d.epoch),
                 amount_minor: self.workload.random_range(500..9_000),
                 currency: "EUR".into(),
+                attendee: None,
             }
         };
         let key = self.devices[dev].key.clone();
