@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::access::AccessRecord;
 use crate::escrow::SlotRecord;
@@ -48,7 +48,7 @@ pub struct ShowData {
     pub conversion: Option<SamplingPolicy>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ShowReport {
     pub show: String,
     pub generated_at: u64,
@@ -63,7 +63,7 @@ pub struct ShowReport {
     pub operations: Operations,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Totals {
     pub capacity: u64,
     pub bookings: u64,
@@ -78,7 +78,7 @@ pub struct Totals {
     pub staff_checkins: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Bucket {
     pub start: u64,
     pub bookings: u64,
@@ -88,7 +88,7 @@ pub struct Bucket {
     pub checkins: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct DeviceLine {
     pub device: String,
     pub name: String,
@@ -100,7 +100,7 @@ pub struct DeviceLine {
     pub checkins: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Conversion {
     /// Attendees checked in.
     pub checked_in: u64,
@@ -113,7 +113,7 @@ pub struct Conversion {
     pub histogram: Vec<(String, u64)>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Retention {
     /// Attendees checked in here who had checked in at another show of this site before.
     pub returning: u64,
@@ -124,7 +124,7 @@ pub struct Retention {
     pub lift: Option<f64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Engagement {
     /// Interactions counted site-wide (every counter but conversion signals and popmesh's own).
     pub interactions: i64,
@@ -135,7 +135,7 @@ pub struct Engagement {
     pub counters: BTreeMap<String, i64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Operations {
     /// Incidents recorded by devices (each device records what it lost).
     pub incidents: usize,
@@ -150,7 +150,7 @@ pub struct Operations {
     pub open: usize,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Outage {
     pub start: u64,
     pub end: Option<u64>,

@@ -155,6 +155,20 @@ pub enum CounterError {
     TooMany(String),
 }
 
+/// Checks a counter name: 1 to [`COUNTER_NAME_BYTES_MAX`] bytes of a-z, 0-9, '_' or '.'.
+pub fn check_counter_name(name: &str) -> Result<(), CounterError> {
+    let ok = !name.is_empty()
+        && name.len() <= COUNTER_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(CounterError::BadName(name.to_owned()))
+    }
+}
+
 /// Increments waiting for the next flush window.
 #[derive(Debug, Clone)]
 pub struct CounterBuffer {
@@ -174,14 +188,7 @@ impl CounterBuffer {
 
     /// Records `by` more of `name`, in memory.
     pub fn handle_increment(&mut self, name: &str, by: i64) -> Result<(), CounterError> {
-        let ok = !name.is_empty()
-            && name.len() <= COUNTER_NAME_BYTES_MAX
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.".contains(&b));
-        if !ok {
-            return Err(CounterError::BadName(name.to_owned()));
-        }
+        check_counter_name(name)?;
         if !self.pending.contains_key(name) && self.pending.len() >= COUNTERS_MAX {
             return Err(CounterError::TooMany(name.to_owned()));
         }

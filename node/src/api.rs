@@ -102,6 +102,9 @@ pub fn router(node: Arc<Node>) -> Router {
             post(reconcile).layer(axum::extract::DefaultBodyLimit::max(SETTLEMENT_BYTES_MAX)),
         )
         .route("/v1/documents", get(documents))
+        .route("/v1/documents/{*which}", get(document))
+        .route("/v1/report", get(report))
+        .route("/v1/attendees/{id}", get(profile).put(update_profile))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .route("/v1/blobs", post(media_api::add))
@@ -134,6 +137,8 @@ struct PaymentBody {
     idempotency_key: String,
     /// The show the payment is for; the show on now when absent.
     show: Option<String>,
+    /// The buyer's pseudonymous id (from their pass), when known: links the sale to their check-in.
+    attendee: Option<String>,
 }
 
 async fn pay(
@@ -145,7 +150,7 @@ async fn pay(
         idempotency_key: body.idempotency_key,
         amount_minor: body.amount_minor,
         currency: body.currency,
-        attendee: None,
+        attendee: body.attendee,
     };
     let (receipt, replayed) = node.pay(request, body.show).await?;
     let json = crate::node::ReceiptJson::new(&receipt, false, Ok(()));
@@ -208,6 +213,8 @@ struct BookingBody {
     seats: u64,
     /// The client's id for this booking; retrying with the same id books once. Drawn at random when absent.
     booking_id: Option<String>,
+    /// The buyer's pseudonymous id (from their pass), when known.
+    attendee: Option<String>,
 }
 
 async fn book(
@@ -221,7 +228,9 @@ async fn book(
         Some(id) => id,
         None => random_id("bk")?,
     };
-    let new = node.book(&show, &slot, &booking, body.seats).await?;
+    let new = node
+        .book(&show, &slot, &booking, body.seats, body.attendee)
+        .await?;
     let availability = node.availability(&show, &slot).await?;
     let status = if new {
         StatusCode::CREATED
@@ -272,6 +281,8 @@ struct CountBody {
     counter: String,
     #[serde(default = "one")]
     by: i64,
+    /// The attendee the event is about (pseudonymous id): counted only if they consented to analytics here.
+    attendee: Option<String>,
 }
 
 fn one() -> i64 {
@@ -283,10 +294,10 @@ async fn count(
     body: Result<Json<CountBody>, JsonRejection>,
 ) -> Api<Response> {
     let Json(body) = body?;
-    node.count(&body.counter, body.by)?;
+    let counted = node.count(&body.counter, body.by, body.attendee.as_deref())?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "counter": body.counter, "by": body.by })),
+        Json(json!({ "counter": body.counter, "by": body.by, "outcome": counted })),
     )
         .into_response())
 }
@@ -440,6 +451,56 @@ async fn reconcile(
 
 async fn documents(State(node): State<Arc<Node>>) -> impl IntoResponse {
     Json(json!({ "documents": node.documents().await }))
+}
+
+async fn document(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Api<Response> {
+    let Path(which) = path?;
+    Ok(Json(node.document_content(&which).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportQuery {
+    show: Option<String>,
+}
+
+async fn report(
+    State(node): State<Arc<Node>>,
+    query: Result<axum::extract::Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Api<Response> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    Ok(Json(node.report(q.show).await?).into_response())
+}
+
+async fn profile(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Api<Response> {
+    let Path(who) = path?;
+    match node.profile(&who)? {
+        Some(p) => Ok(Json(json!({ "attendee": who, "profile": p })).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "attendee {who:?} has told this device nothing (profiles stay on the device that took them)"
+            ),
+        )),
+    }
+}
+
+async fn update_profile(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Json<popmesh_crdt::privacy::AttendeeProfile>, JsonRejection>,
+) -> Api<Response> {
+    let Path(who) = path?;
+    let Json(update) = body?;
+    let profile = node.update_profile(&who, &update)?;
+    Ok(Json(json!({ "attendee": who, "profile": profile })).into_response())
 }
 
 /// Server-sent events: one `change` event per document change, local or synced. Kiosk screens follow

@@ -331,6 +331,9 @@ pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
         escrow: config.escrow.clone(),
         receipts_per_page: config.payments.receipts_per_page,
         media: config.media.options(),
+        telemetry: config.telemetry.policy(),
+        uplink_limit: (config.uplink.limit_kib_s > 0)
+            .then_some(config.uplink.limit_kib_s.saturating_mul(1024)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -384,6 +387,88 @@ fn init_logging(config: &Config) -> Result<()> {
         LogFormat::Json => builder.json().try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("logging: {e}"))
+}
+
+/// `popmesh report --out DIR`: asks the node for the show report and writes its files.
+pub fn report(data: &Path, api: Option<SocketAddr>, out: &Path, show: Option<&str>) -> Result<()> {
+    let config = Config::load(&DataDir::config_path(data))?;
+    let mut client = Client::new(api.unwrap_or(config.api.listen));
+    client.timeout = std::time::Duration::from_secs(120);
+    let path = match show {
+        Some(s) => format!("/v1/report?show={}", query_escape(s)),
+        None => "/v1/report".to_owned(),
+    };
+    let answer = client.get(&path).map_err(|e| {
+        anyhow::anyhow!("{e}\n(is `popmesh run --data {}` running?)", data.display())
+    })?;
+    if answer.status != 200 {
+        bail!(
+            "the node made no report ({}): {}",
+            answer.status,
+            answer.json()["error"]["message"]
+                .as_str()
+                .unwrap_or(&answer.body)
+        );
+    }
+    let report: popmesh_crdt::report::ShowReport = serde_json::from_str(&answer.body).context(
+        "the node's report is not in the shape this popmesh reads (different versions?)",
+    )?;
+    let files = crate::report::write(&report, out)?;
+    print_report_summary(&report);
+    for f in files {
+        println!("  wrote {}", f.display());
+    }
+    Ok(())
+}
+
+/// The few lines of a show report a producer reads first.
+pub fn print_report_summary(r: &popmesh_crdt::report::ShowReport) {
+    let money = |m: &std::collections::BTreeMap<String, u64>| {
+        if m.is_empty() {
+            return "nothing".to_owned();
+        }
+        m.iter()
+            .map(|(c, v)| format!("{}.{:02} {c}", v / 100, v % 100))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let t = &r.totals;
+    println!(
+        "show {}: {} of {} seats in {} bookings; {} payments, {} taken, {} unreconciled",
+        r.show,
+        t.seats,
+        t.capacity,
+        t.bookings,
+        t.payments,
+        money(&t.amounts),
+        money(&t.unreconciled)
+    );
+    let c = &r.conversion;
+    println!(
+        "  {} attendees checked in, {} bought after check-in (median {}); engagement {} / 100; retention lift {}",
+        c.checked_in,
+        c.converted,
+        c.median_ms
+            .map(crate::report::duration)
+            .unwrap_or_else(|| "n/a".into()),
+        r.engagement.score,
+        r.retention
+            .lift
+            .map(|l| format!("{l:.2}x"))
+            .unwrap_or_else(|| "n/a".into())
+    );
+    let o = &r.operations;
+    println!(
+        "  {} outage(s), MTTR {}; {} uplink outage(s), MTTR {}",
+        o.outages.len(),
+        o.mttr_ms
+            .map(crate::report::duration)
+            .unwrap_or_else(|| "n/a".into()),
+        o.uplink_outages.len(),
+        o.uplink_mttr_ms
+            .map(crate::report::duration)
+            .unwrap_or_else(|| "n/a".into())
+    );
 }
 
 /// `popmesh reconcile --settlement FILE.csv`: the origin matches every receipt against the processor's batch,

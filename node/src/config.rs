@@ -55,6 +55,20 @@ default_ttl_hours = 24
 verify_on_start = true
 # Cap on what this device uploads to peers, in MiB/s, so media never starves sales traffic (0: no cap).
 upload_limit_mib_s = 0
+
+[telemetry]
+# Past this many counted events in one second the device is overloaded: counters that are not conversion
+# signals keep one event in `sample_one_in` (counted that many times, so totals stay unbiased).
+events_per_sec_max = 200
+sample_one_in = 10
+# Conversion signals are always counted exactly: a counter with one of these names, or under one (`purchase.merch`).
+conversion = ["checkin", "booking", "purchase", "signup"]
+
+[uplink]
+# The link to the origin, when it is thin: what it may carry, in KiB/s (0: no cap). Whatever the cap, sync
+# messages to the origin go out money first: receipts, then bookings and passes, then telemetry, then the rest;
+# media waits while documents are queued for the origin.
+limit_kib_s = 0
 "#;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +80,44 @@ pub struct Config {
     pub escrow: Escrow,
     pub payments: Payments,
     pub media: Media,
+    pub telemetry: TelemetryConfig,
+    pub uplink: Uplink,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub events_per_sec_max: u64,
+    pub sample_one_in: u32,
+    pub conversion: Vec<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            events_per_sec_max: 200,
+            sample_one_in: 10,
+            conversion: ["checkin", "booking", "purchase", "signup"]
+                .map(str::to_owned)
+                .to_vec(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    pub fn policy(&self) -> popmesh_crdt::telemetry::SamplingPolicy {
+        popmesh_crdt::telemetry::SamplingPolicy {
+            events_per_sec_max: self.events_per_sec_max,
+            sample_one_in: self.sample_one_in,
+            conversion: self.conversion.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Uplink {
+    pub limit_kib_s: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,6 +277,9 @@ impl Config {
 
     pub fn parse(text: &str) -> Result<Self> {
         let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if config.telemetry.sample_one_in == 0 {
+            anyhow::bail!("telemetry: sample_one_in must be at least 1 (1 keeps every event)");
+        }
         if config.media.preseed_every_secs == 0 || config.media.gc_every_secs == 0 {
             anyhow::bail!("media: preseed_every_secs and gc_every_secs must be at least 1");
         }

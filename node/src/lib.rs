@@ -21,6 +21,7 @@ pub mod media;
 pub mod media_api;
 pub mod media_cli;
 pub mod node;
+pub mod report;
 pub mod sim_cmd;
 pub mod site;
 pub mod store;

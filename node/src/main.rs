@@ -85,6 +85,20 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write the show report from a running node (the origin, once it has merged the show): report.json,
+    /// timeline.csv, devices.csv, outages.csv and a self-contained report.html with charts.
+    Report {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        api: Option<SocketAddr>,
+        /// The directory to write into (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// The show (default: the one on now).
+        #[arg(long)]
+        show: Option<String>,
+    },
     /// Show a running node's peers, documents and sync lag.
     Status {
         #[arg(long)]
@@ -306,6 +320,12 @@ fn main() -> ExitCode {
             &slice,
         ),
         Command::Status { data, api, json } => cli::status(&data, api, json),
+        Command::Report {
+            data,
+            api,
+            out,
+            show,
+        } => cli::report(&data, api, &out, show.as_deref()),
         // Disagreement is a finding, not a failure: the exit status stays 0 and the report says what differs.
         Command::Reconcile {
             data,

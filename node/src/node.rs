@@ -19,11 +19,17 @@ use popmesh_crdt::docs::DocName;
 use popmesh_crdt::enrollment::{EnrollmentCert, Revocation};
 use popmesh_crdt::escrow::{EscrowError, SaleOutcome, Slot, plan_rebalance};
 use popmesh_crdt::ledger::{EarlierPages, Ledger, LedgerView, PaymentError, PaymentOutcome};
+use popmesh_crdt::privacy::{AttendeeProfile, check_pseudonym};
 use popmesh_crdt::receipt::{PaymentRequest, Receipt};
+use popmesh_crdt::report::{ReportReceipt, ShowData, ShowReport};
 use popmesh_crdt::risk::RiskLimits;
-use popmesh_crdt::telemetry::{CounterBuffer, Telemetry};
+use popmesh_crdt::telemetry::{
+    CounterBuffer, Incident, Sampled, Sampler, SamplingPolicy, Telemetry, TelemetryRecord,
+    check_counter_name,
+};
 use popmesh_crdt::{DeviceId, Doc, Role, actor_id};
 use popmesh_transport::{Gate, Hello, Mesh, MeshConfig};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use samod::{DocHandle, DocumentId};
@@ -46,6 +52,8 @@ const EVENTS_QUEUE: usize = 4096;
 const LIBRARIAN_EVERY: Duration = Duration::from_millis(500);
 /// How often the origin confirms the check-ins it has merged.
 const CONFIRM_EVERY: Duration = Duration::from_secs(2);
+/// How often the watchman compares the peers in reach with those that were, to record incidents.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// How often the media side learns which peers the mesh admits (and so who may fetch blobs).
 const BLOB_PEERS_EVERY: Duration = Duration::from_millis(250);
 
@@ -156,6 +164,9 @@ struct NodeMetrics {
     receipts: Gauge,
     unreconciled_minor: Gauge,
     acked_writes: Gauge,
+    sampled_out: Counter,
+    no_consent: Counter,
+    incidents_open: Gauge,
 }
 
 impl NodeMetrics {
@@ -181,6 +192,21 @@ impl NodeMetrics {
             "Writes made durable before the API acknowledged them, since start",
             m.acked_writes.clone(),
         );
+        registry.register(
+            "popmesh_telemetry_sampled_out",
+            "Telemetry events left out by overload sampling (counted through the kept ones)",
+            m.sampled_out.clone(),
+        );
+        registry.register(
+            "popmesh_telemetry_no_consent",
+            "Telemetry events for attendees who did not consent to analytics, not counted",
+            m.no_consent.clone(),
+        );
+        registry.register(
+            "popmesh_incidents_open",
+            "Peers this device reached before and cannot reach now",
+            m.incidents_open.clone(),
+        );
         m
     }
 }
@@ -194,6 +220,10 @@ pub struct RunOptions {
     /// Receipts per ledger page (one document per page).
     pub receipts_per_page: usize,
     pub media: MediaOptions,
+    /// Overload sampling for telemetry.
+    pub telemetry: SamplingPolicy,
+    /// Bytes per second the link to the origin may carry (none: no cap).
+    pub uplink_limit: Option<u64>,
 }
 
 /// A running node.
@@ -218,6 +248,11 @@ pub struct Node {
     /// Payment queues by show.
     desks: Mutex<BTreeMap<String, Arc<Desk>>>,
     telemetry: Mutex<CounterBuffer>,
+    sampler: Mutex<Sampler>,
+    /// Peers this device has reached, and the incidents open for those it cannot reach now.
+    reached: Mutex<BTreeSet<DeviceId>>,
+    incidents: tokio::sync::Mutex<BTreeMap<DeviceId, Incident>>,
+    pub(crate) uplink_limit: Option<u64>,
     /// Document changes (local or synced), for `GET /v1/events`.
     events: tokio::sync::broadcast::Sender<DocEvent>,
     metrics: NodeMetrics,
@@ -305,6 +340,10 @@ impl Node {
             creating: tokio::sync::Mutex::new(()),
             desks: Mutex::new(BTreeMap::new()),
             telemetry: Mutex::new(CounterBuffer::new(TELEMETRY_WINDOW_MS, now)),
+            sampler: Mutex::new(Sampler::new(options.telemetry)),
+            reached: Mutex::new(BTreeSet::new()),
+            incidents: tokio::sync::Mutex::new(BTreeMap::new()),
+            uplink_limit: options.uplink_limit,
             events: tokio::sync::broadcast::channel(EVENTS_QUEUE).0,
             metrics,
             registry: Mutex::new(registry),
@@ -319,6 +358,7 @@ impl Node {
         }));
         tokio::spawn(blob_peers(node.clone()));
         tokio::spawn(preseeder(node.clone()));
+        tokio::spawn(watchman(node.clone()));
         if node.dir.cert.role == Role::Origin {
             tokio::spawn(confirmer(node.clone()));
         }
@@ -1222,6 +1262,7 @@ impl Node {
         slot: &str,
         booking: &str,
         seats: u64,
+        attendee: Option<String>,
     ) -> Result<bool, Failure> {
         let view = self.view()?;
         let handle = self.slot_handle(&view, show, slot)?;
@@ -1230,7 +1271,7 @@ impl Node {
             .change(&handle, move |am| {
                 Doc::<Slot, &mut Automerge>::attach_as(am, actor)
                     .map_err(EscrowError::Doc)
-                    .and_then(|mut d| d.sell(me, &booking, seats, at))
+                    .and_then(|mut d| d.sell_to(me, &booking, seats, at, attendee.as_deref()))
             })
             .await?;
         escrow_outcome(outcome.map(|o| o == SaleOutcome::Recorded))
@@ -1453,11 +1494,67 @@ impl Node {
         Ok(())
     }
 
-    /// Counts telemetry; buffered and written as one change per counter per window.
-    pub fn count(&self, counter: &str, by: i64) -> Result<(), Failure> {
+    /// Counts telemetry; buffered and written as one change per counter per window. An event about an attendee
+    /// counts only if they consented to analytics on this device; under overload, events that are not
+    /// conversion signals are sampled ([`Sampler`]).
+    pub fn count(
+        &self,
+        counter: &str,
+        by: i64,
+        attendee: Option<&str>,
+    ) -> Result<Counted, Failure> {
+        let bad = |e: String| Failure::BadRequest(e);
+        check_counter_name(counter).map_err(|e| bad(e.to_string()))?;
+        if let Some(who) = attendee {
+            check_pseudonym(who).map_err(|e| bad(format!("attendee: {e}")))?;
+            if !self.profile(who)?.is_some_and(|p| p.counts_analytics()) {
+                self.metrics.no_consent.inc();
+                return Ok(Counted::NoConsent);
+            }
+        }
+        let by = match lock(&self.sampler).sample(counter, by, clock::now()) {
+            Sampled::Count(by) => by,
+            Sampled::Skip => {
+                self.metrics.sampled_out.inc();
+                return Ok(Counted::SampledOut);
+            }
+        };
         lock(&self.telemetry)
             .handle_increment(counter, by)
-            .map_err(|e| Failure::BadRequest(e.to_string()))
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Counted::Counted(by))
+    }
+
+    /// What an attendee told this device (kept here only; see `popmesh_crdt::privacy`).
+    pub fn profile(&self, attendee: &str) -> Result<Option<AttendeeProfile>, Failure> {
+        check_pseudonym(attendee).map_err(|e| Failure::BadRequest(e.to_string()))?;
+        let Some(text) = self
+            .store
+            .meta(&format!("profile/{attendee}"))
+            .map_err(internal)?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| internal(format!("stored profile of {attendee}: {e}")))
+    }
+
+    /// Folds one visit's answers into an attendee's profile on this device, durably. Nothing of it syncs.
+    pub fn update_profile(
+        &self,
+        attendee: &str,
+        update: &AttendeeProfile,
+    ) -> Result<AttendeeProfile, Failure> {
+        let mut profile = self.profile(attendee)?.unwrap_or_default();
+        profile
+            .merge(update, clock::now().0)
+            .map_err(|e| Failure::BadRequest(e.to_string()))?;
+        let text = serde_json::to_string(&profile).map_err(internal)?;
+        self.store
+            .set_meta(&format!("profile/{attendee}"), &text)
+            .map_err(internal)?;
+        Ok(profile)
     }
 
     /// Every device's counters, summed.
@@ -1485,6 +1582,17 @@ impl Node {
         Ok(total)
     }
 
+    /// This device's telemetry document, created on first use.
+    async fn telemetry_handle(&self) -> Result<DocHandle, Failure> {
+        let me = self.me();
+        self.own_document(DocName::Telemetry { device: me }, move |actor| {
+            Doc::create_telemetry(actor, me)
+                .map(Doc::into_automerge)
+                .map_err(internal)
+        })
+        .await
+    }
+
     async fn flush_telemetry(&self) -> Result<(), Failure> {
         let Some(increments) = lock(&self.telemetry).poll_flush(clock::now()) else {
             return Ok(());
@@ -1492,14 +1600,7 @@ impl Node {
         if increments.is_empty() {
             return Ok(());
         }
-        let me = self.me();
-        let handle = self
-            .own_document(DocName::Telemetry { device: me }, move |actor| {
-                Doc::create_telemetry(actor, me)
-                    .map(Doc::into_automerge)
-                    .map_err(internal)
-            })
-            .await?;
+        let handle = self.telemetry_handle().await?;
         let actor = self.actor();
         self.change(&handle, move |am| {
             Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)
@@ -1507,6 +1608,185 @@ impl Node {
         })
         .await?
         .map_err(internal)
+    }
+
+    /// Compares the peers in reach with those reached before: a peer that dropped out opens an incident in this
+    /// device's telemetry document, and its return resolves it. The show report's MTTR comes from these.
+    async fn watch(&self) -> Result<(), Failure> {
+        let now: BTreeSet<DeviceId> = self
+            .mesh
+            .peers()
+            .into_iter()
+            .filter(|p| p.admitted)
+            .filter_map(|p| DeviceId::from_hex(&p.device).ok())
+            .collect();
+        let lost: Vec<DeviceId> = {
+            let mut reached = lock(&self.reached);
+            reached.extend(now.iter().copied());
+            reached.difference(&now).copied().collect()
+        };
+        let roles: BTreeMap<DeviceId, Role> = self
+            .view()
+            .map(|v| v.certificates().map(|c| (c.device, c.role)).collect())
+            .unwrap_or_default();
+        let mut open = self.incidents.lock().await;
+        let mut writes = Vec::new();
+        for device in &lost {
+            if let Some(role) = roles.get(device).copied()
+                && !open.contains_key(device)
+            {
+                let incident = Incident {
+                    kind: if role == Role::Origin {
+                        "origin_lost"
+                    } else {
+                        "peer_lost"
+                    }
+                    .into(),
+                    subject: device.to_hex(),
+                    started: clock::now().0,
+                    resolved: None,
+                };
+                tracing::warn!(peer = %device.short(), kind = %incident.kind, "peer out of reach");
+                open.insert(*device, incident.clone());
+                writes.push(incident);
+            }
+        }
+        let back: Vec<DeviceId> = open.keys().filter(|d| now.contains(d)).copied().collect();
+        for device in back {
+            if let Some(mut incident) = open.remove(&device) {
+                incident.resolved = Some(clock::now().0);
+                tracing::info!(
+                    peer = %device.short(),
+                    after_ms = incident.resolved.unwrap_or(0) - incident.started,
+                    "peer back in reach"
+                );
+                writes.push(incident);
+            }
+        }
+        self.metrics.incidents_open.set(open.len() as i64);
+        drop(open);
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let handle = self.telemetry_handle().await?;
+        let actor = self.actor();
+        self.change(&handle, move |am| {
+            let mut d = Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)?;
+            writes.iter().try_for_each(|i| d.record_incident(i))
+        })
+        .await?
+        .map_err(internal)
+    }
+
+    /// A document's whole content as JSON, by name or id: what an operator (or the privacy test) reads to see
+    /// exactly what a document carries.
+    pub async fn document_content(&self, which: &str) -> Result<serde_json::Value, Failure> {
+        let found = read(&self.docs)
+            .iter()
+            .find(|(id, (name, _))| id.to_string() == which || name.to_string() == which)
+            .map(|(id, (name, h))| (id.to_string(), name.to_string(), h.clone()));
+        let Some((id, name, handle)) = found else {
+            return Err(Failure::NotFound(format!(
+                "no open document is named or numbered {which:?} (GET /v1/documents lists them)"
+            )));
+        };
+        let content = handle
+            .with_document_async(|am| serde_json::to_value(automerge::AutoSerde::from(&*am)))
+            .await
+            .map_err(stopped)?
+            .map_err(internal)?;
+        Ok(
+            serde_json::json!({ "id": id, "name": name, "kind": kind_of_str(&name), "content": content }),
+        )
+    }
+
+    /// The show report over everything this device holds (complete at the origin once it has merged the show).
+    pub async fn report(&self, show: Option<String>) -> Result<ShowReport, Failure> {
+        let view = self.view()?;
+        let show = match show {
+            Some(s) => s,
+            None => self.default_show(&view)?,
+        };
+        if !view.shows.contains_key(&show) {
+            return Err(Failure::NotFound(format!(
+                "show {show:?} does not exist at this site"
+            )));
+        }
+        let handles: Vec<(DocName, DocHandle)> = read(&self.docs).values().cloned().collect();
+        let mut data = ShowData {
+            show: show.clone(),
+            now: clock::now().0,
+            devices: view
+                .certificates()
+                .map(|c| (c.device.to_hex(), (c.name.clone(), c.role.to_string())))
+                .collect(),
+            conversion: Some(lock(&self.sampler).policy().clone()),
+            ..ShowData::default()
+        };
+        for (name, handle) in handles {
+            match name {
+                DocName::Slot { show: s, .. } if s == show => {
+                    let slot = handle
+                        .with_document_async(|am| {
+                            Doc::<Slot, &mut Automerge>::attach(am)
+                                .map_err(EscrowError::Doc)
+                                .and_then(|d| d.view())
+                        })
+                        .await
+                        .map_err(stopped)?;
+                    if let Ok(v) = slot {
+                        data.slots.push(v.record);
+                    }
+                }
+                DocName::Ledger { show: s, .. } if s == show => {
+                    let Some(ledger) = read_ledger(&handle).await? else {
+                        continue;
+                    };
+                    data.rejected += ledger.malformed.len();
+                    for r in &ledger.receipts {
+                        if r.verify(&view).is_err() {
+                            data.rejected += 1;
+                            continue;
+                        }
+                        let token = r.token.to_string();
+                        data.receipts.push(ReportReceipt {
+                            device: r.device.to_hex(),
+                            amount_minor: r.amount_minor,
+                            currency: r.currency.clone(),
+                            issued_at: r.issued_at.0,
+                            reconciled: ledger.reconciled.contains_key(&token),
+                            attendee: ledger.attendees.get(&token).cloned(),
+                        });
+                    }
+                }
+                DocName::Access { show: s } => {
+                    let record = handle
+                        .with_document_async(|am| {
+                            Doc::<Access, &mut Automerge>::attach(am).and_then(|d| d.record())
+                        })
+                        .await
+                        .map_err(stopped)?;
+                    match record {
+                        Ok(r) if s == show => data.access = Some(r),
+                        Ok(r) => data.other_access.push(r),
+                        Err(e) => tracing::debug!("access list of {s} unreadable: {e}"),
+                    }
+                }
+                DocName::Telemetry { .. } => {
+                    let record: Result<TelemetryRecord, _> = handle
+                        .with_document_async(|am| {
+                            Doc::<Telemetry, &mut Automerge>::attach(am).and_then(|d| d.record())
+                        })
+                        .await
+                        .map_err(stopped)?;
+                    if let Ok(r) = record {
+                        data.telemetry.push(r);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(popmesh_crdt::report::build(&data))
     }
 
     /// What `popmesh status` and `GET /v1/status` show.
@@ -1634,6 +1914,14 @@ impl Node {
             Ok(Err(e)) => tracing::warn!("the site directory does not read: {e}"),
             Err(_) => {}
         }
+    }
+}
+
+/// The kind of a document from its name's text (see [`DocName`]'s `Display`).
+fn kind_of_str(name: &str) -> &'static str {
+    match name.parse::<DocName>() {
+        Ok(n) => kind_of(&n),
+        Err(_) => "unknown",
     }
 }
 
@@ -1921,6 +2209,17 @@ async fn preseeder(node: Arc<Node>) {
     }
 }
 
+/// Records incidents: peers that dropped out of reach, and their return.
+async fn watchman(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    loop {
+        tick.tick().await;
+        if let Err(e) = node.watch().await {
+            tracing::debug!("incident not recorded yet: {e}");
+        }
+    }
+}
+
 /// Makes samod's lazy writes durable every [`FLUSH_EVERY`], and writes buffered telemetry.
 async fn flusher(node: Arc<Node>) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
@@ -1937,6 +2236,18 @@ async fn flusher(node: Arc<Node>) {
 }
 
 // ----- JSON shapes -----
+
+/// What happened to one telemetry event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Counted {
+    /// Counted, by this much (more than asked when it stands for sampled-out events).
+    Counted(i64),
+    /// Left out by overload sampling; a kept event of the same counter stands for it.
+    SampledOut,
+    /// About an attendee who has not consented to analytics on this device: not counted.
+    NoConsent,
+}
 
 /// A document changed on this device (a local write or a synced one).
 #[derive(Debug, Clone, Serialize)]
