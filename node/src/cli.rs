@@ -40,6 +40,26 @@ pub fn parse_span(s: &str) -> Result<u64, String> {
 
 /// `popmesh site init`: a new site whose first device is `data`.
 pub async fn init(data: &Path, name: &str, role: Role, device_name: Option<String>) -> Result<()> {
+    let (site, device, device_name) = create_site(data, name, role, device_name).await?;
+    println!("site \"{name}\" created: site id {site}");
+    println!("  this device: {device_name} ({role}) {device}");
+    println!("  data directory: {}", data.display());
+    println!(
+        "  invite devices: popmesh site invite --data {} --role pos",
+        data.display()
+    );
+    println!("  start the node: popmesh run --data {}", data.display());
+    Ok(())
+}
+
+/// Creates a site whose first device (holding the authority key) is `data`. Returns the site, the device and
+/// its name.
+pub async fn create_site(
+    data: &Path,
+    name: &str,
+    role: Role,
+    device_name: Option<String>,
+) -> Result<(popmesh_crdt::SiteId, popmesh_crdt::DeviceId, String)> {
     if name.trim().is_empty() {
         bail!("--name must not be empty");
     }
@@ -67,8 +87,9 @@ pub async fn init(data: &Path, name: &str, role: Role, device_name: Option<Strin
     directory.add_device(&cert)?;
     let content = directory.into_automerge();
     let bytes = content.save();
+    let engine = crate::store::EngineStorage::new(store.clone());
     let repo = samod::Repo::build_tokio()
-        .with_storage(store.clone())
+        .with_storage(engine.clone())
         .with_peer_id(samod::PeerId::from_string(key.public().to_hex()))
         .load()
         .await;
@@ -79,6 +100,7 @@ pub async fn init(data: &Path, name: &str, role: Role, device_name: Option<Strin
     let directory_id = handle.document_id().to_string();
     store.put_ack(&directory_id, &bytes)?;
     repo.stop().await;
+    engine.release();
     store.flush()?;
     drop(store);
 
@@ -93,15 +115,7 @@ pub async fn init(data: &Path, name: &str, role: Role, device_name: Option<Strin
     };
     DataDir::create(data, &site, &key, &network_key, Some(&authority))?;
     Config::write_template(&DataDir::config_path(data), &[])?;
-    println!("site \"{name}\" created: site id {}", authority.site());
-    println!("  this device: {device_name} ({role}) {}", key.public());
-    println!("  data directory: {}", data.display());
-    println!(
-        "  invite devices: popmesh site invite --data {} --role pos",
-        data.display()
-    );
-    println!("  start the node: popmesh run --data {}", data.display());
-    Ok(())
+    Ok((authority.site(), key.public(), device_name))
 }
 
 /// `popmesh site invite`: prints a one-line join token.
@@ -145,6 +159,25 @@ pub fn invite(
 
 /// `popmesh join`: a new device enrolled from a join token.
 pub fn join(token: &str, data: &Path, name: Option<String>) -> Result<()> {
+    let (token, cert) = join_site(token, data, name)?;
+    println!(
+        "joined site \"{}\" ({}) as {} ({}) {}",
+        token.site_name,
+        token.site(),
+        cert.name,
+        cert.role,
+        cert.device
+    );
+    println!("  start the node: popmesh run --data {}", data.display());
+    Ok(())
+}
+
+/// Enrolls a new device at `data` from a join token. Returns the token and the device's certificate.
+pub fn join_site(
+    token: &str,
+    data: &Path,
+    name: Option<String>,
+) -> Result<(JoinToken, popmesh_crdt::enrollment::EnrollmentCert)> {
     let token = JoinToken::from_line(token.trim()).context("the join token")?;
     let key = SecretKey::from_seed(random_seed()?);
     let name =
@@ -163,15 +196,7 @@ pub fn join(token: &str, data: &Path, name: Option<String>) -> Result<()> {
     };
     DataDir::create(data, &site, &key, &token.network_key, None)?;
     Config::write_template(&DataDir::config_path(data), &token.bootstrap)?;
-    println!(
-        "joined site \"{}\" ({}) as {name} ({}) {}",
-        token.site_name,
-        token.site(),
-        cert.role,
-        key.public()
-    );
-    println!("  start the node: popmesh run --data {}", data.display());
-    Ok(())
+    Ok((token, cert))
 }
 
 /// `popmesh site revoke`: signs a revocation with the authority key and hands it to the running node.

@@ -64,6 +64,10 @@ impl Client {
         self.request("POST", path, Some(body.to_string().as_bytes()))
     }
 
+    pub fn put(&self, path: &str, body: &serde_json::Value) -> Result<Answer, ClientError> {
+        self.request("PUT", path, Some(body.to_string().as_bytes()))
+    }
+
     /// Sends raw bytes as a JSON body (for tests of malformed input).
     pub fn post_raw(&self, path: &str, body: &[u8]) -> Result<Answer, ClientError> {
         self.request("POST", path, Some(body))

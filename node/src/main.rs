@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use popmesh_crdt::Role;
 use popmesh_node::config::LogFormat;
-use popmesh_node::{cli, demo, media_cli, sim_cmd};
+use popmesh_node::{cli, demo, media_cli, showday, sim_cmd};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -110,10 +110,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Play a site in one process: enroll two devices, sell and take payments while they are apart, merge, verify.
+    /// Play a whole show in one process, every device a real node on loopback: an edge box, two kiosks, two POS
+    /// terminals and the origin; preseed media, check in, sell, cut the origin off, drop in a new kiosk, bring the
+    /// origin back, reconcile a generated settlement batch and write the show report.
     Demo {
-        /// Derive every key and the clock from this seed, so the output is the same every run.
+        /// Where the show report goes.
+        #[arg(long, default_value = "popmesh-demo-report")]
+        out: PathBuf,
+        /// Keep the devices' data directories here (a new or empty directory) instead of a temporary one.
         #[arg(long)]
+        keep: Option<PathBuf>,
+        /// Instead: the domain core alone, two replicas in memory with no network, apart and merged.
+        #[arg(long)]
+        core: bool,
+        /// With --core: derive every key and the clock from this seed, so the output is the same every run.
+        #[arg(long, requires = "core")]
         seed: Option<u64>,
     },
     /// Rehearse a show in the deterministic chaos simulator: real sync and domain code under partitions, crashes,
@@ -333,7 +344,16 @@ fn main() -> ExitCode {
             settlement,
             out,
         } => cli::reconcile(&data, api, &settlement, out.as_deref()).map(|_| ()),
-        Command::Demo { seed } => {
+        Command::Demo {
+            out,
+            keep,
+            core: false,
+            ..
+        } => {
+            let mut stdout = std::io::stdout().lock();
+            showday::run(&out, keep.as_deref(), &mut stdout).map(|_| ())
+        }
+        Command::Demo { seed, .. } => {
             let entropy = seed.map_or(demo::Entropy::Os, demo::Entropy::Seeded);
             let mut out = std::io::stdout().lock();
             demo::run(entropy, &mut out).and_then(|outcome| {

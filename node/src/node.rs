@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock;
 use crate::media::{BlobPeer, Media, MediaOptions, PreseedReport};
 use crate::site::DataDir;
-use crate::store::{FLUSH_EVERY, Store};
+use crate::store::{EngineStorage, FLUSH_EVERY, Store};
 use popmesh_crdt::access::{Access, Pass, PassKind};
 use popmesh_crdt::manifest::{ByteRange, Manifest, ManifestError, ManifestRecord, MediaEntry};
 use popmesh_crdt::receipt::ReceiptToken;
@@ -230,6 +230,7 @@ pub struct RunOptions {
 pub struct Node {
     pub dir: DataDir,
     repo: samod::Repo,
+    engine: EngineStorage,
     store: Store,
     mesh: Mesh,
     gate: Arc<SiteGate>,
@@ -260,6 +261,8 @@ pub struct Node {
     started: Instant,
     /// Wakes the preseeder (a manifest was published here).
     preseed_now: tokio::sync::Notify,
+    /// The background tasks, stopped by [`Node::shutdown`].
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -284,8 +287,9 @@ impl Node {
                 .map_err(|e| anyhow::anyhow!("directory document id {id:?}: {e}"))
         })
         .transpose()?;
+        let engine = EngineStorage::new(store.clone());
         let repo = samod::Repo::build_tokio()
-            .with_storage(store.clone())
+            .with_storage(engine.clone())
             .with_peer_id(samod::PeerId::from_string(dir.device().to_hex()))
             .load()
             .await;
@@ -326,6 +330,7 @@ impl Node {
         let node = Arc::new(Self {
             dir,
             repo,
+            engine,
             store,
             mesh,
             gate,
@@ -349,29 +354,40 @@ impl Node {
             registry: Mutex::new(registry),
             started: Instant::now(),
             preseed_now: tokio::sync::Notify::new(),
+            tasks: Mutex::new(Vec::new()),
         });
-        tokio::spawn(librarian(node.clone()));
-        tokio::spawn(flusher(node.clone()));
+        node.spawn_task(librarian(node.clone()));
+        node.spawn_task(flusher(node.clone()));
         let weak = Arc::downgrade(&node);
         node.media.set_gate(Box::new(move |device: &DeviceId| {
             weak.upgrade().is_some_and(|node| node.admits_now(device))
         }));
-        tokio::spawn(blob_peers(node.clone()));
-        tokio::spawn(preseeder(node.clone()));
-        tokio::spawn(watchman(node.clone()));
+        node.spawn_task(blob_peers(node.clone()));
+        node.spawn_task(preseeder(node.clone()));
+        node.spawn_task(watchman(node.clone()));
         if node.dir.cert.role == Role::Origin {
-            tokio::spawn(confirmer(node.clone()));
+            node.spawn_task(confirmer(node.clone()));
         }
         if node.escrow.rebalance_every_secs > 0 {
-            tokio::spawn(rebalancer(node.clone()));
+            node.spawn_task(rebalancer(node.clone()));
         }
         Ok(node)
     }
 
-    /// Stops samod (which finishes its storage writes) and makes everything durable.
+    fn spawn_task(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        lock(&self.tasks).push(tokio::spawn(task).abort_handle());
+    }
+
+    /// Stops the background tasks and the mesh (peers see this device leave), stops samod (which finishes its
+    /// storage writes) and makes everything durable.
     pub async fn shutdown(&self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        self.mesh.stop().await;
         self.media.shutdown().await;
         self.repo.stop().await;
+        self.engine.release();
         if let Err(e) = self.store.flush() {
             tracing::error!("final flush failed: {e}");
         }
@@ -1698,6 +1714,11 @@ impl Node {
         Ok(
             serde_json::json!({ "id": id, "name": name, "kind": kind_of_str(&name), "content": content }),
         )
+    }
+
+    /// Peers this device reached before and cannot reach now.
+    pub async fn open_incidents(&self) -> usize {
+        self.incidents.lock().await.len()
     }
 
     /// The show report over everything this device holds (complete at the origin once it has merged the show).

@@ -340,6 +340,56 @@ impl Store {
     }
 }
 
+/// What samod is given as its storage: the store, until [`EngineStorage::release`].
+///
+/// samod 0.16's io loop keeps its storage for the life of the process, even after `Repo::stop` (the loop's own
+/// state holds the channel that would end it). A node stopped and started again in one process (the demo's
+/// origin) could then never reopen its data file. Releasing drops samod's reference; later calls find nothing
+/// and write nothing.
+#[derive(Clone, Debug)]
+pub struct EngineStorage(Arc<std::sync::RwLock<Option<Store>>>);
+
+impl EngineStorage {
+    pub fn new(store: Store) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(Some(store))))
+    }
+
+    /// Gives up samod's handle on the store (after `Repo::stop`).
+    pub fn release(&self) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn get(&self) -> Option<Store> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl samod::storage::Storage for EngineStorage {
+    async fn load(&self, key: StorageKey) -> Option<Vec<u8>> {
+        let store = self.get()?;
+        samod::storage::Storage::load(&store, key).await
+    }
+
+    async fn load_range(&self, prefix: StorageKey) -> HashMap<StorageKey, Vec<u8>> {
+        match self.get() {
+            Some(store) => samod::storage::Storage::load_range(&store, prefix).await,
+            None => HashMap::new(),
+        }
+    }
+
+    async fn put(&self, key: StorageKey, data: Vec<u8>) {
+        if let Some(store) = self.get() {
+            samod::storage::Storage::put(&store, key, data).await;
+        }
+    }
+
+    async fn delete(&self, key: StorageKey) {
+        if let Some(store) = self.get() {
+            samod::storage::Storage::delete(&store, key).await;
+        }
+    }
+}
+
 impl samod::storage::Storage for Store {
     async fn load(&self, key: StorageKey) -> Option<Vec<u8>> {
         self.blocking("load", move |s| s.load_one(&key))

@@ -1,4 +1,4 @@
-//! The README's main job: `popmesh demo` plays the site's story and ends with every receipt verified.
+//! The README's main job: `popmesh demo` plays a whole show with real nodes in one process and writes its report.
 
 mod common;
 
@@ -9,8 +9,44 @@ fn demo(args: &[&str]) -> (bool, String, String) {
 }
 
 #[test]
-fn two_devices_sell_apart_merge_and_verify_every_receipt() {
-    let (ok, stdout, stderr) = demo(&[]);
+fn a_whole_show_plays_on_loopback_and_ends_reconciled_with_a_report() {
+    let out = common::site::Scratch::new("demo");
+    let report_dir = out.0.join("report");
+    let (ok, stdout, stderr) = demo(&["--out", report_dir.to_str().expect("utf-8")]);
+    assert!(ok, "demo failed: {stderr}\n{stdout}");
+    for line in [
+        "preseeded them from their peers",
+        "retried a payment: replayed, charged once",
+        "refused (40000 exceeds the offline limit",
+        "the origin's WAN link is cut",
+        "kiosk-3 joined with a token and caught up",
+        "the edge box moved seats to it and it sold 2",
+        "1 declined, 1 charge missing at the site, 0 missing at the processor, 0 amount mismatches",
+        "uplink outages 1, MTTR",
+        "no seat oversold, every receipt verified, every device converged",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(report_dir.join("report.json")).expect("report.json"),
+    )
+    .expect("report parses");
+    assert_eq!(report["totals"]["attendee_checkins"], 24);
+    assert!(report["conversion"]["converted"].as_u64().expect("n") > 0);
+    assert!(report["retention"]["returning"].as_u64().expect("n") > 0);
+    assert_eq!(
+        report["operations"]["uplink_outages"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert!(report_dir.join("report.html").exists());
+    assert!(report_dir.join("settlement-batch.csv").exists());
+}
+
+#[test]
+fn the_core_demo_sells_apart_merges_and_verifies_every_receipt() {
+    let (ok, stdout, stderr) = demo(&["--core"]);
     assert!(ok, "demo failed: {stderr}\n{stdout}");
     assert!(
         stdout.contains("both devices hold identical documents: yes"),
@@ -35,10 +71,10 @@ fn two_devices_sell_apart_merge_and_verify_every_receipt() {
 }
 
 #[test]
-fn a_seeded_demo_prints_the_same_story_every_time() {
-    let (ok_a, a, _) = demo(&["--seed", "7"]);
-    let (ok_b, b, _) = demo(&["--seed", "7"]);
-    let (_, c, _) = demo(&["--seed", "8"]);
+fn a_seeded_core_demo_prints_the_same_story_every_time() {
+    let (ok_a, a, _) = demo(&["--core", "--seed", "7"]);
+    let (ok_b, b, _) = demo(&["--core", "--seed", "7"]);
+    let (_, c, _) = demo(&["--core", "--seed", "8"]);
     assert!(ok_a && ok_b);
     assert_eq!(a, b);
     assert_ne!(a, c, "another seed gives other keys and tokens");
@@ -46,7 +82,10 @@ fn a_seeded_demo_prints_the_same_story_every_time() {
 
 #[test]
 fn a_bad_flag_is_named() {
-    let (ok, _, stderr) = demo(&["--seed", "seven"]);
+    let (ok, _, stderr) = demo(&["--core", "--seed", "seven"]);
     assert!(!ok);
     assert!(stderr.contains("--seed"), "{stderr}");
+    let (ok, _, stderr) = demo(&["--seed", "7"]);
+    assert!(!ok, "--seed belongs to --core");
+    assert!(stderr.contains("--core"), "{stderr}");
 }

@@ -179,9 +179,17 @@ struct Shared {
 }
 
 enum Command {
-    Admitted { peer: PeerId, hello: Hello },
-    Refused { peer: PeerId, reason: String },
+    Admitted {
+        peer: PeerId,
+        hello: Hello,
+    },
+    Refused {
+        peer: PeerId,
+        reason: String,
+    },
     Reverify,
+    /// Close every connection and listener, and end the swarm.
+    Stop,
 }
 
 /// Handle to the running mesh.
@@ -346,6 +354,11 @@ impl Mesh {
     pub fn peers(&self) -> Vec<PeerStatus> {
         let shared = self.lock();
         shared.peers.values().cloned().collect()
+    }
+
+    /// Stops the mesh: every connection and listener closes (peers see this device go), and the swarm ends.
+    pub async fn stop(&self) {
+        let _ = self.commands.send(Command::Stop).await;
     }
 
     /// Asks the gate again about every admitted peer, and drops those it now refuses.
@@ -517,7 +530,14 @@ impl SwarmTask {
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event, &mut connected_at),
-                Some(cmd) = commands.recv() => self.on_command(cmd),
+                Some(cmd) = commands.recv() => {
+                    if matches!(cmd, Command::Stop) {
+                        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+                        shared.peers.clear();
+                        return;
+                    }
+                    self.on_command(cmd)
+                }
                 _ = tick.tick() => self.housekeeping(&connected_at),
             }
             self.publish(&connected_at);
@@ -533,6 +553,7 @@ impl SwarmTask {
                 }
             }
             Command::Refused { peer, reason } => self.refuse(peer, &reason),
+            Command::Stop => {}
             Command::Reverify => {
                 let refused: Vec<(PeerId, String)> = self
                     .admitted

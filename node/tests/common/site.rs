@@ -291,6 +291,16 @@ impl Node {
         })
     }
 
+    pub fn put(&self, path: &str, body: Value) -> Answer {
+        self.client().put(path, &body).unwrap_or_else(|e| {
+            panic!(
+                "PUT {path} on {}: {e}\n{}",
+                self.device.name,
+                self.log_tail()
+            )
+        })
+    }
+
     /// A raw GET with extra headers, for the media routes: status, headers (lower-case names), body bytes.
     pub fn http(&self, path: &str, headers: &[(&str, &str)]) -> Raw {
         use std::io::{Read as _, Write as _};
