@@ -28,7 +28,7 @@ use popmesh_crdt::telemetry::{
     check_counter_name,
 };
 use popmesh_crdt::{DeviceId, Doc, Role, actor_id};
-use popmesh_transport::{Gate, Hello, Mesh, MeshConfig};
+use popmesh_transport::{Gate, Hello, LinkPolicy, Mesh, MeshConfig};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -104,6 +104,37 @@ struct SiteGate {
     learned: tokio::sync::Notify,
     /// The UDP port of this device's blob endpoint, said in every hello.
     blob_port: Option<u16>,
+    role: Role,
+    /// Document id -> the class its sync messages travel in on every link (see [`priority_of`]).
+    priorities: Arc<RwLock<std::collections::HashMap<String, u8>>>,
+    /// `[uplink] limit_kib_s`, in bytes per second, for links to the origin.
+    uplink_limit: Option<u64>,
+    /// Bytes queued on each uplink (links to the origin, or every link when this device is the origin).
+    uplinks: Mutex<Vec<std::sync::Weak<std::sync::atomic::AtomicU64>>>,
+}
+
+/// Which class a document's sync messages travel in: money first, then what sells and admits, then telemetry,
+/// then the rest (media manifests). Unknown documents go with the second class.
+fn priority_of(name: &DocName) -> u8 {
+    match name {
+        DocName::Ledger { .. } => 0,
+        DocName::Directory | DocName::Slot { .. } | DocName::Access { .. } => 1,
+        DocName::Telemetry { .. } => 2,
+        DocName::Manifest { .. } => 3,
+    }
+}
+
+impl SiteGate {
+    /// Bytes waiting on the links to the origin.
+    fn uplink_backlog(&self) -> u64 {
+        let mut links = lock(&self.uplinks);
+        links.retain(|w| w.strong_count() > 0);
+        links
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 impl Gate for SiteGate {
@@ -143,6 +174,33 @@ impl Gate for SiteGate {
         }
         Ok(())
     }
+
+    fn link_policy(&self, _device: DeviceId, hello: &Hello) -> LinkPolicy {
+        let peer_role = hello
+            .cert_bytes()
+            .ok()
+            .and_then(|b| EnrollmentCert::from_bytes(&b).ok())
+            .map(|c| c.role);
+        let priorities = self.priorities.clone();
+        let classify = move |message: &[u8]| -> u8 {
+            match popmesh_transport::outbox::document_id(message) {
+                // Handshakes and peer messages go first.
+                None => 0,
+                Some(id) => read(&priorities).get(id).copied().unwrap_or(1),
+            }
+        };
+        let uplink = self.role == Role::Origin || peer_role == Some(Role::Origin);
+        let backlog = uplink.then(|| {
+            let b = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            lock(&self.uplinks).push(Arc::downgrade(&b));
+            b
+        });
+        LinkPolicy {
+            classify: Some(Arc::new(classify)),
+            limit: if uplink { self.uplink_limit } else { None },
+            backlog,
+        }
+    }
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -167,6 +225,7 @@ struct NodeMetrics {
     sampled_out: Counter,
     no_consent: Counter,
     incidents_open: Gauge,
+    uplink_backlog: Gauge,
 }
 
 impl NodeMetrics {
@@ -206,6 +265,11 @@ impl NodeMetrics {
             "popmesh_incidents_open",
             "Peers this device reached before and cannot reach now",
             m.incidents_open.clone(),
+        );
+        registry.register(
+            "popmesh_uplink_backlog_bytes",
+            "Sync bytes queued on the links to the origin (media waits while there are any)",
+            m.uplink_backlog.clone(),
         );
         m
     }
@@ -253,7 +317,6 @@ pub struct Node {
     /// Peers this device has reached, and the incidents open for those it cannot reach now.
     reached: Mutex<BTreeSet<DeviceId>>,
     incidents: tokio::sync::Mutex<BTreeMap<DeviceId, Incident>>,
-    pub(crate) uplink_limit: Option<u64>,
     /// Document changes (local or synced), for `GET /v1/events`.
     events: tokio::sync::broadcast::Sender<DocEvent>,
     metrics: NodeMetrics,
@@ -317,6 +380,10 @@ impl Node {
             view: RwLock::new(None),
             learned: tokio::sync::Notify::new(),
             blob_port: media.port(),
+            role: dir.cert.role,
+            priorities: Arc::new(RwLock::new(std::collections::HashMap::new())),
+            uplink_limit: options.uplink_limit,
+            uplinks: Mutex::new(Vec::new()),
         });
         let metrics = NodeMetrics::register(&mut registry);
         let mesh = Mesh::start(
@@ -348,7 +415,6 @@ impl Node {
             sampler: Mutex::new(Sampler::new(options.telemetry)),
             reached: Mutex::new(BTreeSet::new()),
             incidents: tokio::sync::Mutex::new(BTreeMap::new()),
-            uplink_limit: options.uplink_limit,
             events: tokio::sync::broadcast::channel(EVENTS_QUEUE).0,
             metrics,
             registry: Mutex::new(registry),
@@ -572,6 +638,7 @@ impl Node {
                 return;
             }
             docs.insert(id.clone(), (name.clone(), handle.clone()));
+            write(&self.gate.priorities).insert(id.to_string(), priority_of(&name));
         }
         if matches!(name, DocName::Manifest { .. }) {
             // A manifest just opened (synced in from a peer): preseed it now, not at the next tick.
@@ -2179,16 +2246,29 @@ async fn rebalancer(node: Arc<Node>) {
     }
 }
 
-/// Tells the media side which peers the mesh admits, and where their blob endpoints are.
+/// Tells the media side which peers the mesh admits, and where their blob endpoints are. While documents are queued
+/// on the uplink, media does not use it: the origin is no blob source for the site, and the origin fetches nothing.
 async fn blob_peers(node: Arc<Node>) {
     let mut tick = tokio::time::interval(BLOB_PEERS_EVERY);
+    let i_am_origin = node.dir.cert.role == Role::Origin;
     loop {
         tick.tick().await;
+        let backlog = node.gate.uplink_backlog();
+        node.metrics.uplink_backlog.set(backlog as i64);
         let peers: Vec<BlobPeer> = node
             .mesh
             .peers()
             .into_iter()
             .filter(|p| p.admitted)
+            .filter(|p| {
+                let origin = p
+                    .hello
+                    .as_ref()
+                    .and_then(|h| h.cert_bytes().ok())
+                    .and_then(|b| EnrollmentCert::from_bytes(&b).ok())
+                    .is_some_and(|c| c.role == Role::Origin);
+                backlog == 0 || !(origin || i_am_origin)
+            })
             .filter_map(|p| {
                 let device = DeviceId::from_hex(&p.device).ok()?;
                 let port = p.hello.as_ref().and_then(|h| h.blobs);

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -21,9 +22,11 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt as _};
 
 use crate::identity::device_of_peer;
+use crate::outbox::{FRAGMENT_BYTES, Outbox, Reassembly};
 
 /// The protocol every site link speaks.
-pub const SITE_PROTOCOL: StreamProtocol = StreamProtocol::new("/popmesh/site/1");
+/// Version 2: sync messages travel in classed fragments ([`crate::outbox`]).
+pub const SITE_PROTOCOL: StreamProtocol = StreamProtocol::new("/popmesh/site/2");
 
 /// The largest sync frame a link accepts. A bigger one closes the link (samod splits nothing itself, so this also
 /// bounds the largest single change bundle: 32 MiB is far above a show's documents).
@@ -97,6 +100,10 @@ pub trait Gate: Send + Sync + 'static {
     fn hello(&self) -> Hello;
     /// Whether to admit `device` (authenticated by noise as the link's PeerId) after it said `hello`.
     fn admit(&self, device: DeviceId, hello: &Hello) -> Result<(), String>;
+    /// How the link to an admitted `device` schedules what it sends.
+    fn link_policy(&self, _device: DeviceId, _hello: &Hello) -> LinkPolicy {
+        LinkPolicy::default()
+    }
 }
 
 /// Why a link did not come up.
@@ -249,32 +256,111 @@ pub async fn accept<S: LinkIo>(
     Ok((hello, framed))
 }
 
-/// Turns a link whose hello succeeded into a samod transport bound to the authenticated device.
+/// Puts a samod message in its class (0 first).
+pub type Classifier = Arc<dyn Fn(&[u8]) -> u8 + Send + Sync>;
+
+/// How a link schedules what it sends (see [`crate::outbox`]): the node decides per peer.
+#[derive(Clone, Default)]
+pub struct LinkPolicy {
+    /// A samod message's class, 0 first; every message in class 0 when none.
+    pub classify: Option<Classifier>,
+    /// Bytes per second this link may send (none: no cap). For a thin uplink, so popmesh does not take all of it.
+    pub limit: Option<u64>,
+    /// Kept equal to the bytes queued on this link, for whoever needs to know the link is busy.
+    pub backlog: Option<Arc<AtomicU64>>,
+}
+
+impl std::fmt::Debug for LinkPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkPolicy")
+            .field("classified", &self.classify.is_some())
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Turns a link whose hello succeeded into a samod transport bound to the authenticated device. What samod sends
+/// goes through an [`Outbox`]: by class, in fragments, at most `policy.limit` bytes a second.
 pub fn into_samod<S: LinkIo>(
     framed: Framing<S>,
     peer: PeerId,
     counters: Arc<LinkCounters>,
+    policy: LinkPolicy,
 ) -> samod::Transport {
-    // Keep what was buffered after the hello, and raise the frame bound from hello size to sync size.
+    // Keep what was buffered after the hello, and raise the frame bound from hello size to a fragment's.
     let mut parts = framed.into_parts();
     parts.codec = LengthDelimitedCodec::builder()
-        .max_frame_length(FRAME_BYTES_MAX)
+        .max_frame_length(FRAGMENT_BYTES + 1)
         .new_codec();
     let framed = Framed::from_parts(parts);
-    let (sink, stream) = framed.split();
+    let (mut sink, stream) = framed.split();
     let c_in = counters.clone();
-    let stream = stream.map_ok(move |frame| {
-        c_in.messages_in.inc();
+    let mut reassembly = Reassembly::new(FRAME_BYTES_MAX);
+    let stream = stream.try_filter_map(move |frame| {
         c_in.bytes_in.inc_by(frame.len() as u64);
-        frame.to_vec()
+        let message = reassembly
+            .push(&frame)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+        if let Ok(Some(_)) = &message {
+            c_in.messages_in.inc();
+        }
+        futures::future::ready(message)
     });
-    let sink = sink.with(move |msg: Vec<u8>| {
-        counters.messages_out.inc();
-        counters.bytes_out.inc_by(msg.len() as u64);
-        futures::future::ready(Ok::<_, io::Error>(bytes::Bytes::from(msg)))
+    let (tx, mut rx) = futures::channel::mpsc::unbounded::<Vec<u8>>();
+    tokio::spawn(async move {
+        let mut outbox = Outbox::default();
+        let mut next_free = tokio::time::Instant::now();
+        let mut closed = false;
+        let classify = |m: &[u8]| policy.classify.as_ref().map_or(0, |c| c(m));
+        loop {
+            // Everything samod has handed over, before choosing what goes next.
+            while !closed {
+                match rx.try_recv() {
+                    Ok(m) => outbox.push(classify(&m), m),
+                    Err(futures::channel::mpsc::TryRecvError::Closed) => closed = true,
+                    Err(_) => break,
+                }
+            }
+            if outbox.is_empty() {
+                if closed {
+                    break;
+                }
+                match rx.next().await {
+                    Some(m) => outbox.push(classify(&m), m),
+                    None => closed = true,
+                }
+                continue;
+            }
+            let Some((frame, last)) = outbox.next_frame() else {
+                continue;
+            };
+            if let Some(rate) = policy.limit.filter(|r| *r > 0) {
+                let now = tokio::time::Instant::now();
+                if next_free > now {
+                    tokio::time::sleep_until(next_free).await;
+                }
+                next_free =
+                    next_free.max(now) + Duration::from_secs_f64(frame.len() as f64 / rate as f64);
+            }
+            if let Some(b) = &policy.backlog {
+                b.store(outbox.queued_bytes() as u64, Ordering::Relaxed);
+            }
+            counters.bytes_out.inc_by(frame.len() as u64);
+            if last {
+                counters.messages_out.inc();
+            }
+            if sink.send(bytes::Bytes::from(frame)).await.is_err() {
+                break;
+            }
+        }
+        if let Some(b) = &policy.backlog {
+            b.store(0, Ordering::Relaxed);
+        }
+        let _ = sink.close().await;
     });
+    let sink = tx.sink_map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e));
     let expected = device_of_peer(&peer).map(|d| samod::PeerId::from_string(d.to_hex()));
-    let transport = samod::Transport::new(stream, Box::pin(sink));
+    let transport = samod::Transport::new(stream, sink);
     match expected {
         Some(id) => transport.with_expected_peer_id(id),
         None => transport,
@@ -417,10 +503,15 @@ mod tests {
                 framed,
                 peer(1),
                 Arc::new(LinkCounters::default()),
+                LinkPolicy::default(),
             ))
             .expect("accepted");
-        // Frames that are not samod messages, then one that is not even CBOR.
-        for junk in [&b"\xa1\x64type\x64join"[..], &[0xde, 0xad, 0xbe, 0xef][..]] {
+        // Frames that are not samod messages, then one that is not even CBOR, then one of no class.
+        for junk in [
+            &b"\x00\xa1\x64type\x64join"[..],
+            &[0x00, 0xde, 0xad, 0xbe, 0xef][..],
+            &[0x7f, 0x00][..],
+        ] {
             let mut frame = (junk.len() as u32).to_be_bytes().to_vec();
             frame.extend_from_slice(junk);
             let _ = theirs.write_all(&frame).await;

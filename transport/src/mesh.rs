@@ -396,9 +396,10 @@ async fn accept_links(
             drop(slot);
             match outcome {
                 Ok((hello, framed)) => {
+                    let policy = link_policy(&*gate, peer, &hello);
                     let _ = commands.send(Command::Admitted { peer, hello }).await;
                     if acceptor
-                        .accept(link::into_samod(framed, peer, counters))
+                        .accept(link::into_samod(framed, peer, counters, policy))
                         .is_err()
                     {
                         tracing::debug!(%peer, "document engine stopped; dropping link");
@@ -407,6 +408,13 @@ async fn accept_links(
                 Err(e) => report_link_error(&commands, peer, &e).await,
             }
         });
+    }
+}
+
+fn link_policy(gate: &dyn Gate, peer: PeerId, hello: &Hello) -> link::LinkPolicy {
+    match device_of_peer(&peer) {
+        Some(device) => gate.link_policy(device, hello),
+        None => link::LinkPolicy::default(),
     }
 }
 
@@ -460,8 +468,9 @@ impl samod::Dialer for PeerDialer {
                 .map_err(samod::DialError::transient)?;
             match link::open(stream, peer, &*gate).await {
                 Ok((hello, framed)) => {
+                    let policy = link_policy(&*gate, peer, &hello);
                     let _ = commands.send(Command::Admitted { peer, hello }).await;
-                    Ok(link::into_samod(framed, peer, counters))
+                    Ok(link::into_samod(framed, peer, counters, policy))
                 }
                 Err(e) if e.is_refusal() => {
                     report_link_error(&commands, peer, &e).await;
