@@ -322,5 +322,9 @@ mod tests {
         let err =
             Config::parse("[p2p]\nbootstrap = [\"not an addr\"]\n").expect_err("bad multiaddr");
         assert!(format!("{err:#}").contains("not an addr"), "{err:#}");
+        let err = Config::parse("[telemetry]\nsample_one_in = 0\n").expect_err("zero");
+        assert!(format!("{err:#}").contains("sample_one_in"), "{err:#}");
+        let err = Config::parse("[uplink]\nlimit_kbps = 5\n").expect_err("misspelt");
+        assert!(format!("{err:#}").contains("limit_kbps"), "{err:#}");
     }
 }

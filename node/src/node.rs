@@ -2036,7 +2036,8 @@ fn escrow_outcome<T>(outcome: Result<T, EscrowError>) -> Result<T, Failure> {
             e @ (EscrowError::BadSeatCount(_)
             | EscrowError::BadId(_)
             | EscrowError::SelfTransfer
-            | EscrowError::OverGranted { .. }),
+            | EscrowError::OverGranted { .. }
+            | EscrowError::BadAttendee(_)),
         ) => Err(Failure::BadRequest(e.to_string())),
         Err(e) => Err(internal(e)),
     }

@@ -135,6 +135,51 @@ fn a_kiosk_app_sending_bad_requests_gets_json_errors_that_say_what_was_wrong() {
     );
     assert_eq!(edge.get("/v1/telemetry")["counters"]["visits"], 3);
 
+    // Attendee ids must be pseudonyms; profiles and reports say what was wrong.
+    let email_buyer = edge.post(
+        "/v1/shows/fri/slots/s1900/bookings",
+        json!({ "seats": 1, "attendee": "ann@example.org" }),
+    );
+    assert_eq!(email_buyer.status, 400, "{}", email_buyer.body);
+    assert!(
+        error_message(&email_buyer).contains("pseudonymous"),
+        "{}",
+        email_buyer.body
+    );
+    let odd_profile = c
+        .put(
+            "/v1/attendees/att-1",
+            &json!({ "consent": { "analytics": "yes" } }),
+        )
+        .expect("answer");
+    assert_eq!(odd_profile.status, 400, "{}", odd_profile.body);
+    error_message(&odd_profile);
+    let unknown_field = c
+        .put("/v1/attendees/att-1", &json!({ "phone": "123" }))
+        .expect("answer");
+    assert_eq!(unknown_field.status, 400, "{}", unknown_field.body);
+    assert!(
+        error_message(&unknown_field).contains("phone"),
+        "{}",
+        unknown_field.body
+    );
+    let nobody = c.get("/v1/attendees/att-404").expect("answer");
+    assert_eq!(nobody.status, 404);
+    error_message(&nobody);
+    let no_show = c.get("/v1/report?show=sat").expect("answer");
+    assert_eq!(no_show.status, 404, "{}", no_show.body);
+    assert!(error_message(&no_show).contains("sat"), "{}", no_show.body);
+    let bad_query = c.get("/v1/report?shows=fri").expect("answer");
+    assert_eq!(bad_query.status, 400, "{}", bad_query.body);
+    let no_doc = c.get("/v1/documents/show/sat/slot/x").expect("answer");
+    assert_eq!(no_doc.status, 404, "{}", no_doc.body);
+    error_message(&no_doc);
+    let tap = edge.post(
+        "/v1/telemetry",
+        json!({ "counter": "screen.tap", "attendee": "Ann Lee" }),
+    );
+    assert_eq!(tap.status, 400, "{}", tap.body);
+
     // Unknown endpoints and methods answer in JSON too.
     let lost = c.get("/v1/nope").expect("answer");
     assert_eq!(lost.status, 404);
@@ -202,6 +247,25 @@ fn an_operator_making_mistakes_at_the_command_line_is_told_which_file_or_flag() 
     let (ok, _, err) = popmesh(&["status", "--data", pos_s, "--api", "127.0.0.1:9"]);
     assert!(!ok);
     assert!(err.contains("popmesh run"), "{err}");
+
+    // `report` without a running node says so; the demo's --keep must be a new directory.
+    let (ok, _, err) = popmesh(&[
+        "report",
+        "--data",
+        pos_s,
+        "--api",
+        "127.0.0.1:9",
+        "--out",
+        pos_s,
+    ]);
+    assert!(!ok);
+    assert!(err.contains("popmesh run"), "{err}");
+    let (ok, _, err) = popmesh(&["demo", "--keep", pos_s, "--out", pos_s]);
+    assert!(!ok);
+    assert!(
+        err.contains("--keep") && err.contains("new or empty"),
+        "{err}"
+    );
 
     // A config file with a misspelt field.
     std::fs::write(pos.join("popmesh.toml"), "[p2p]\nmnds = false\n").expect("write");
