@@ -783,6 +783,21 @@ impl Node {
         Ok(handle)
     }
 
+    /// `show` if the site has it, or the show on now when none is named.
+    fn existing_show(&self, view: &DirectoryView, show: Option<String>) -> Result<String, Failure> {
+        let show = match show {
+            Some(s) => s,
+            None => self.default_show(view)?,
+        };
+        if view.shows.contains_key(&show) {
+            Ok(show)
+        } else {
+            Err(Failure::NotFound(format!(
+                "show {show:?} does not exist at this site"
+            )))
+        }
+    }
+
     fn default_show(&self, view: &DirectoryView) -> Result<String, Failure> {
         // The show whose latest slot starts last: the one on tonight.
         view.shows
@@ -821,15 +836,7 @@ impl Node {
             .validate()
             .map_err(|e| Failure::BadRequest(e.to_string()))?;
         let view = self.view()?;
-        let show = match show {
-            Some(s) => s,
-            None => self.default_show(&view)?,
-        };
-        if !view.shows.contains_key(&show) {
-            return Err(Failure::NotFound(format!(
-                "show {show:?} does not exist at this site"
-            )));
-        }
+        let show = self.existing_show(&view, show)?;
         let desk = lock(&self.desks).entry(show.clone()).or_default().clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
         lock(&desk.queue).push(PendingPayment { request, reply });
@@ -1791,15 +1798,7 @@ impl Node {
     /// The show report over everything this device holds (complete at the origin once it has merged the show).
     pub async fn report(&self, show: Option<String>) -> Result<ShowReport, Failure> {
         let view = self.view()?;
-        let show = match show {
-            Some(s) => s,
-            None => self.default_show(&view)?,
-        };
-        if !view.shows.contains_key(&show) {
-            return Err(Failure::NotFound(format!(
-                "show {show:?} does not exist at this site"
-            )));
-        }
+        let show = self.existing_show(&view, show)?;
         let handles: Vec<(DocName, DocHandle)> = read(&self.docs).values().cloned().collect();
         let mut data = ShowData {
             show: show.clone(),

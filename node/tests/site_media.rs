@@ -77,14 +77,6 @@ fn wait_preseeded(node: &Node, entries: u64) {
     });
 }
 
-fn metric(node: &Node, name: &str) -> f64 {
-    let text = node.client().get("/metrics").expect("metrics").body;
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn blob_get(node: &Node, hash: &str, out: &Path) -> (bool, String) {
     let api = node.device.api.to_string();
     let (ok, stdout, stderr) = popmesh(&[
@@ -138,12 +130,12 @@ fn a_trailer_added_on_the_edge_is_preseeded_on_the_kiosk_and_the_pos_and_served_
     for n in [&kiosk, &pos] {
         wait_preseeded(n, 2);
         assert!(
-            metric(n, "popmesh_media_fetched_bytes_total") >= (trailer.len() + poster.len()) as f64,
+            n.metric("popmesh_media_fetched_bytes_total") >= (trailer.len() + poster.len()) as f64,
             "{} fetched the media from its peers",
             n.device.name
         );
     }
-    assert!(metric(&edge, "popmesh_media_wire_sent_bytes_total") >= trailer.len() as f64);
+    assert!(edge.metric("popmesh_media_wire_sent_bytes_total") >= trailer.len() as f64);
 
     // With the edge box gone, each still has every byte, and each copy hashes right.
     edge.kill();
@@ -234,7 +226,7 @@ fn a_damaged_copy_on_disk_is_detected_and_fetched_again() {
     // On the way up it checks its blobs, finds the damage, drops the copy and fetches it again.
     let pos_node = Node::start(&pos, &[&site.edge, &kiosk.device]);
     pos_node.wait_for("the damaged copy detected", SYNC, |n| {
-        metric(n, "popmesh_media_damaged_blobs_total") >= 1.0
+        n.metric("popmesh_media_damaged_blobs_total") >= 1.0
     });
     // The preseed report may still be from before the check: the blob's own state says when the copy is whole.
     let state = format!("/v1/blobs/{}", hash_of(&trailer));
@@ -276,7 +268,7 @@ fn a_kiosk_that_preseeds_only_slices_plays_them_offline_and_gets_the_fallback_fo
     );
     wait_preseeded(&kiosk, 2);
     wait_preseeded(&pos, 2);
-    let kiosk_fetched = metric(&kiosk, "popmesh_media_fetched_bytes_total");
+    let kiosk_fetched = kiosk.metric("popmesh_media_fetched_bytes_total");
     assert!(
         kiosk_fetched < (1 << 20) as f64,
         "the kiosk fetched only its slices ({kiosk_fetched} bytes)"
@@ -306,7 +298,7 @@ fn a_kiosk_that_preseeds_only_slices_plays_them_offline_and_gets_the_fallback_fo
     assert_eq!(whole.header("x-popmesh-fallback"), Some("poster.jpg"));
     assert_eq!(whole.header("content-type"), Some("image/jpeg"));
     same_bytes(&whole.body, &poster, "whole");
-    assert!(metric(&kiosk, "popmesh_media_fallbacks_total") >= 1.0);
+    assert!(kiosk.metric("popmesh_media_fallbacks_total") >= 1.0);
 }
 
 #[test]
@@ -328,7 +320,7 @@ fn a_device_that_is_not_enrolled_gets_no_blob() {
     assert!(outcome.is_err(), "the stranger got the blob");
     assert!(!held, "the stranger holds none of the blob's bytes");
     edge.wait_for("the refusal counted", SYNC, |n| {
-        metric(n, "popmesh_media_refused_connections_total") >= 1.0
+        n.metric("popmesh_media_refused_connections_total") >= 1.0
     });
 }
 
@@ -378,7 +370,7 @@ fn a_revoked_kiosk_is_refused_blobs_even_with_its_own_key() {
             ));
     assert!(outcome.is_err(), "the revoked kiosk got the new trailer");
     assert!(!held, "the revoked kiosk holds none of the new trailer");
-    assert!(metric(&edge, "popmesh_media_refused_connections_total") >= 1.0);
+    assert!(edge.metric("popmesh_media_refused_connections_total") >= 1.0);
     // Nor does its own node get it through the mesh.
     let asked = kiosk_node.http(&format!("/media/{}", hash_of(&trailer)), &[]);
     assert_eq!(

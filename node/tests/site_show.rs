@@ -54,14 +54,6 @@ fn check_in(edge: &Node, door: &Node, who: &str) {
     assert_eq!(admitted.status, 201, "{}", admitted.body);
 }
 
-fn metric(node: &Node, name: &str) -> f64 {
-    let text = node.client().get("/metrics").expect("metrics").body;
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn a_kiosk_keeps_profiles_to_itself_counts_through_an_overload_and_the_origin_reports_conversion() {
     let site = Site::create("show");
@@ -182,7 +174,7 @@ fn a_kiosk_keeps_profiles_to_itself_counts_through_an_overload_and_the_origin_re
         outcomes.get("screen.tap sampled_out").copied().unwrap_or(0) > 0,
         "the overload was sampled: {outcomes:?}"
     );
-    assert!(metric(&kiosk, "popmesh_telemetry_sampled_out") > 0.0);
+    assert!(kiosk.metric("popmesh_telemetry_sampled_out") > 0.0);
     kiosk.wait_for("the burst flushed", SYNC, |n| {
         let c = &n.get("/v1/telemetry")["counters"];
         c["purchase.merch"] == 40

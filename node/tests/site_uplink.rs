@@ -18,14 +18,6 @@ fn limit_uplink(data: &std::path::Path, kib_s: u64) {
     std::fs::write(&path, text).expect("config written");
 }
 
-fn metric(node: &Node, name: &str) -> f64 {
-    let text = node.client().get("/metrics").expect("metrics").body;
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn on_a_thin_uplink_receipts_reach_the_origin_first_then_bookings_then_telemetry_then_media() {
     let site = Site::create("uplink");
@@ -88,7 +80,7 @@ fn on_a_thin_uplink_receipts_reach_the_origin_first_then_bookings_then_telemetry
             origin.log_tail()
         );
         let now = start.elapsed();
-        backlog_seen = backlog_seen.max(metric(&edge, "popmesh_uplink_backlog_bytes"));
+        backlog_seen = backlog_seen.max(edge.metric("popmesh_uplink_backlog_bytes"));
         if receipts.is_none()
             && origin.get("/v1/receipts")["receipts"]
                 .as_array()

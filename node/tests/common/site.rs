@@ -291,6 +291,15 @@ impl Node {
         })
     }
 
+    /// The sum of every series of a Prometheus metric (all label sets).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.client().get("/metrics").expect("metrics").body;
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn put(&self, path: &str, body: Value) -> Answer {
         self.client().put(path, &body).unwrap_or_else(|e| {
             panic!(
