@@ -113,6 +113,38 @@ struct SiteGate {
     uplinks: Mutex<Vec<std::sync::Weak<std::sync::atomic::AtomicU64>>>,
 }
 
+/// Who may read and write which document through samod.
+///
+/// Site devices (peer ids that are device ids, bound to the noise-authenticated key on every mesh link) read and
+/// write everything. Anyone else is a kiosk screen on `/v1/sync`: it may read the documents a screen shows
+/// (manifests and slots), never write them (its changes are ignored), and gets nothing else. A screen cannot pose
+/// as a device: `/v1/sync` refuses peer ids that look like device ids.
+fn share_policy(
+    screen_docs: Arc<RwLock<std::collections::HashSet<String>>>,
+) -> impl Fn(
+    samod::DocumentId,
+    samod::PeerId,
+) -> futures::stream::Iter<std::array::IntoIter<samod::ShareConfig, 1>>
++ Clone
++ Send
++ 'static {
+    move |doc: samod::DocumentId, peer: samod::PeerId| {
+        let config = if is_device_peer(peer.as_str()) {
+            samod::ShareConfig::read_write()
+        } else if read(&screen_docs).contains(&doc.to_string()) {
+            samod::ShareConfig::read_only().with_announce(false)
+        } else {
+            samod::ShareConfig::none()
+        };
+        futures::stream::iter([config])
+    }
+}
+
+/// Whether a samod peer id is a site device's (64 hex digits, a device key).
+pub fn is_device_peer(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Which class a document's sync messages travel in: money first, then what sells and admits, then telemetry,
 /// then the rest (media manifests). Unknown documents go with the second class.
 fn priority_of(name: &DocName) -> u8 {
@@ -324,6 +356,10 @@ pub struct Node {
     started: Instant,
     /// Wakes the preseeder (a manifest was published here).
     preseed_now: tokio::sync::Notify,
+    /// Documents kiosk screens may read over `/v1/sync` (manifests and slots), by id.
+    screen_docs: Arc<RwLock<std::collections::HashSet<String>>>,
+    /// Where kiosk screens' WebSocket connections are handed to samod.
+    screens: samod::AcceptorHandle,
     /// The background tasks, stopped by [`Node::shutdown`].
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -351,9 +387,11 @@ impl Node {
         })
         .transpose()?;
         let engine = EngineStorage::new(store.clone());
+        let screen_docs: Arc<RwLock<std::collections::HashSet<String>>> = Arc::default();
         let repo = samod::Repo::build_tokio()
             .with_storage(engine.clone())
             .with_peer_id(samod::PeerId::from_string(dir.device().to_hex()))
+            .with_share_policy(share_policy(screen_docs.clone()))
             .load()
             .await;
         let mut registry = Registry::with_labels(
@@ -393,6 +431,11 @@ impl Node {
             gate.clone(),
             &mut registry,
         )?;
+        let screens = repo
+            .make_acceptor(
+                samod::Url::parse("ws://kiosk-screens").map_err(|e| anyhow::anyhow!("{e}"))?,
+            )
+            .map_err(|_| anyhow::anyhow!("the document engine stopped while starting"))?;
         let now = clock::now();
         let node = Arc::new(Self {
             dir,
@@ -421,6 +464,8 @@ impl Node {
             started: Instant::now(),
             preseed_now: tokio::sync::Notify::new(),
             tasks: Mutex::new(Vec::new()),
+            screen_docs,
+            screens,
         });
         node.spawn_task(librarian(node.clone()));
         node.spawn_task(flusher(node.clone()));
@@ -639,6 +684,9 @@ impl Node {
             }
             docs.insert(id.clone(), (name.clone(), handle.clone()));
             write(&self.gate.priorities).insert(id.to_string(), priority_of(&name));
+            if matches!(name, DocName::Manifest { .. } | DocName::Slot { .. }) {
+                write(&self.screen_docs).insert(id.to_string());
+            }
         }
         if matches!(name, DocName::Manifest { .. }) {
             // A manifest just opened (synced in from a peer): preseed it now, not at the next tick.
@@ -1788,6 +1836,14 @@ impl Node {
         Ok(
             serde_json::json!({ "id": id, "name": name, "kind": kind_of_str(&name), "content": content }),
         )
+    }
+
+    /// Hands a kiosk screen's WebSocket connection (already checked not to pose as a device) to samod.
+    pub fn accept_screen(&self, transport: samod::Transport) -> Result<(), Failure> {
+        self.screens
+            .accept(transport)
+            .map(|_| ())
+            .map_err(|_| Failure::Unavailable("the document engine is shutting down".into()))
     }
 
     /// Peers this device reached before and cannot reach now.

@@ -118,11 +118,16 @@ impl Reassembly {
 
 /// The document a samod message is about (its CBOR map's `documentId`), if any.
 pub fn document_id(message: &[u8]) -> Option<&str> {
+    text_field(message, "documentId")
+}
+
+/// A text field of a samod message's top-level CBOR map (`senderId`, `type`, `documentId`, ...), if present.
+pub fn text_field<'a>(message: &'a [u8], field: &str) -> Option<&'a str> {
     let mut d = minicbor::Decoder::new(message);
     let entries = d.map().ok()??;
     for _ in 0..entries {
         let key = d.str().ok()?;
-        if key == "documentId" {
+        if key == field {
             return d.str().ok();
         }
         d.skip().ok()?;
