@@ -570,6 +570,8 @@ mod tests {
             device: "k1".into(),
             counters: BTreeMap::new(),
             incidents: BTreeMap::new(),
+            sees: Vec::new(),
+            sees_at: 0,
         };
         telemetry
             .counters

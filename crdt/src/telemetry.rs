@@ -38,6 +38,11 @@ pub struct TelemetryRecord {
     /// `{subject}@{started}`: what the show report's MTTR is measured from.
     #[autosurgeon(missing = "BTreeMap::new")]
     pub incidents: BTreeMap<String, Incident>,
+    /// The peers (device hex) this device reaches now, as of `sees_at`: the operator console's "who sees whom".
+    #[autosurgeon(missing = "Vec::new")]
+    pub sees: Vec<String>,
+    #[autosurgeon(missing = "Default::default")]
+    pub sees_at: u64,
 }
 
 /// Incidents one device keeps in its telemetry document; the oldest resolved ones go first.
@@ -220,6 +225,8 @@ impl Doc<Telemetry> {
                 device: device.to_hex(),
                 counters: BTreeMap::new(),
                 incidents: BTreeMap::new(),
+                sees: Vec::new(),
+                sees_at: 0,
             },
         )
     }
@@ -261,6 +268,15 @@ impl<D: BorrowMut<Automerge>> Doc<Telemetry, D> {
                 .or_default()
                 .increment(*by);
         }
+        self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))
+    }
+
+    /// Records which peers this device reaches now (sorted device hex ids).
+    pub fn set_sees(&mut self, mut peers: Vec<String>, at: UnixMillis) -> Result<(), DocError> {
+        peers.sort();
+        let mut record: TelemetryRecord = self.read()?;
+        record.sees = peers;
+        record.sees_at = at.0;
         self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))
     }
 

@@ -104,6 +104,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/documents", get(documents))
         .route("/v1/documents/{*which}", get(document))
         .route("/v1/report", get(report))
+        .route("/console", get(crate::console::page))
+        .route("/v1/console", get(crate::console::state))
         .route("/v1/sync", get(crate::screen_sync::upgrade))
         .route("/v1/attendees/{id}", get(profile).put(update_profile))
         .route("/v1/events", get(events))

@@ -357,6 +357,7 @@ pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
         receipts_per_page: config.payments.receipts_per_page,
         media: config.media.options(),
         telemetry: config.telemetry.policy(),
+        alerts: config.alerts.clone(),
         uplink_limit: (config.uplink.limit_kib_s > 0)
             .then_some(config.uplink.limit_kib_s.saturating_mul(1024)),
     };

@@ -64,6 +64,19 @@ sample_one_in = 10
 # Conversion signals are always counted exactly: a counter with one of these names, or under one (`purchase.merch`).
 conversion = ["checkin", "booking", "purchase", "signup"]
 
+[alerts]
+# The operator console (http://API/console) raises an alert when one of these is crossed; 0 turns one off.
+# Money taken offline and not yet reconciled, per currency, in minor units.
+unreconciled_max_minor = 100000
+# Media of the manifests preseeded on this device, in percent.
+preseed_min_percent = 100
+# Admitted peers this device should see.
+peers_min = 0
+# A connected peer not heard from for this long, in seconds.
+peer_silent_max_secs = 30
+# A peer out of reach for this long, in seconds.
+outage_max_secs = 60
+
 [uplink]
 # The link to the origin, when it is thin: what it may carry, in KiB/s (0: no cap). Whatever the cap, sync
 # messages to the origin go out money first: receipts, then bookings and passes, then telemetry, then the rest;
@@ -81,7 +94,31 @@ pub struct Config {
     pub payments: Payments,
     pub media: Media,
     pub telemetry: TelemetryConfig,
+    pub alerts: Alerts,
     pub uplink: Uplink,
+}
+
+/// Thresholds for the operator console's alerts (0: off).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Alerts {
+    pub unreconciled_max_minor: u64,
+    pub preseed_min_percent: u64,
+    pub peers_min: u64,
+    pub peer_silent_max_secs: u64,
+    pub outage_max_secs: u64,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Self {
+            unreconciled_max_minor: 100_000,
+            preseed_min_percent: 100,
+            peers_min: 0,
+            peer_silent_max_secs: 30,
+            outage_max_secs: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

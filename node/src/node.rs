@@ -320,6 +320,8 @@ pub struct RunOptions {
     pub telemetry: SamplingPolicy,
     /// Bytes per second the link to the origin may carry (none: no cap).
     pub uplink_limit: Option<u64>,
+    /// The operator console's alert thresholds.
+    pub alerts: crate::config::Alerts,
 }
 
 /// A running node.
@@ -348,6 +350,8 @@ pub struct Node {
     sampler: Mutex<Sampler>,
     /// Peers this device has reached, and the incidents open for those it cannot reach now.
     reached: Mutex<BTreeSet<DeviceId>>,
+    /// The peers in reach last written to this device's telemetry document.
+    sees_written: Mutex<Option<BTreeSet<DeviceId>>>,
     incidents: tokio::sync::Mutex<BTreeMap<DeviceId, Incident>>,
     /// Document changes (local or synced), for `GET /v1/events`.
     events: tokio::sync::broadcast::Sender<DocEvent>,
@@ -356,6 +360,7 @@ pub struct Node {
     started: Instant,
     /// Wakes the preseeder (a manifest was published here).
     preseed_now: tokio::sync::Notify,
+    pub(crate) alerts: crate::config::Alerts,
     /// Documents kiosk screens may read over `/v1/sync` (manifests and slots), by id.
     screen_docs: Arc<RwLock<std::collections::HashSet<String>>>,
     /// Where kiosk screens' WebSocket connections are handed to samod.
@@ -457,6 +462,7 @@ impl Node {
             telemetry: Mutex::new(CounterBuffer::new(TELEMETRY_WINDOW_MS, now)),
             sampler: Mutex::new(Sampler::new(options.telemetry)),
             reached: Mutex::new(BTreeSet::new()),
+            sees_written: Mutex::new(None),
             incidents: tokio::sync::Mutex::new(BTreeMap::new()),
             events: tokio::sync::broadcast::channel(EVENTS_QUEUE).0,
             metrics,
@@ -466,6 +472,7 @@ impl Node {
             tasks: Mutex::new(Vec::new()),
             screen_docs,
             screens,
+            alerts: options.alerts,
         });
         node.spawn_task(librarian(node.clone()));
         node.spawn_task(flusher(node.clone()));
@@ -1803,17 +1810,28 @@ impl Node {
         }
         self.metrics.incidents_open.set(open.len() as i64);
         drop(open);
-        if writes.is_empty() {
+        let sees = (lock(&self.sees_written).as_ref() != Some(&now))
+            .then(|| now.iter().map(|d| d.to_hex()).collect::<Vec<_>>());
+        if writes.is_empty() && sees.is_none() {
             return Ok(());
         }
         let handle = self.telemetry_handle().await?;
-        let actor = self.actor();
+        let (actor, at) = (self.actor(), clock::now());
+        let wrote_sees = sees.is_some();
         self.change(&handle, move |am| {
             let mut d = Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)?;
-            writes.iter().try_for_each(|i| d.record_incident(i))
+            writes.iter().try_for_each(|i| d.record_incident(i))?;
+            match sees {
+                Some(peers) => d.set_sees(peers, at),
+                None => Ok(()),
+            }
         })
         .await?
-        .map_err(internal)
+        .map_err(internal)?;
+        if wrote_sees {
+            *lock(&self.sees_written) = Some(now);
+        }
+        Ok(())
     }
 
     /// A document's whole content as JSON, by name or id: what an operator (or the privacy test) reads to see
@@ -1915,21 +1933,79 @@ impl Node {
                         Err(e) => tracing::debug!("access list of {s} unreadable: {e}"),
                     }
                 }
-                DocName::Telemetry { .. } => {
-                    let record: Result<TelemetryRecord, _> = handle
-                        .with_document_async(|am| {
-                            Doc::<Telemetry, &mut Automerge>::attach(am).and_then(|d| d.record())
-                        })
-                        .await
-                        .map_err(stopped)?;
-                    if let Ok(r) = record {
-                        data.telemetry.push(r);
-                    }
-                }
                 _ => {}
             }
         }
+        data.telemetry = self.telemetry_records().await;
         Ok(popmesh_crdt::report::build(&data))
+    }
+
+    /// Every device's telemetry document this device holds (counters, incidents, who it sees).
+    pub async fn telemetry_records(&self) -> Vec<TelemetryRecord> {
+        let handles: Vec<DocHandle> = read(&self.docs)
+            .values()
+            .filter(|(n, _)| matches!(n, DocName::Telemetry { .. }))
+            .map(|(_, h)| h.clone())
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            let record = h
+                .with_document_async(|am| {
+                    Doc::<Telemetry, &mut Automerge>::attach(am).and_then(|d| d.record())
+                })
+                .await;
+            if let Ok(Ok(r)) = record {
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    /// The incidents open on this device now (peers out of reach).
+    pub async fn open_incident_list(&self) -> Vec<Incident> {
+        self.incidents.lock().await.values().cloned().collect()
+    }
+
+    /// Open documents: id, name.
+    pub fn open_documents(&self) -> Vec<(DocumentId, DocName)> {
+        read(&self.docs)
+            .iter()
+            .map(|(id, (n, _))| (id.clone(), n.clone()))
+            .collect()
+    }
+
+    /// Sync lag: per connected peer (device hex), the open documents whose latest heads it has not acknowledged
+    /// yet, and how long ago it was last heard from.
+    pub async fn sync_lag(&self) -> BTreeMap<String, (Vec<DocumentId>, Option<u64>)> {
+        let handles: Vec<(DocumentId, DocHandle)> = read(&self.docs)
+            .iter()
+            .map(|(id, (_, h))| (id.clone(), h.clone()))
+            .collect();
+        let mut heads = BTreeMap::new();
+        for (id, h) in &handles {
+            if let Ok(hs) = h.with_document_async(|am| am.get_heads()).await {
+                heads.insert(id.clone(), hs);
+            }
+        }
+        let (conns, _) = self.repo.connected_peers();
+        let mut out = BTreeMap::new();
+        for c in &conns {
+            let samod::ConnectionState::Connected { their_peer_id } = &c.state else {
+                continue;
+            };
+            let behind = heads
+                .iter()
+                .filter(|(id, ours)| {
+                    c.docs.get(*id).and_then(|s| s.last_acked_heads.as_ref()) != Some(*ours)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            let heard = c
+                .last_received
+                .map(|t| (clock::now().0 as i64 - t.timestamp_millis()).max(0) as u64);
+            out.insert(their_peer_id.to_string(), (behind, heard));
+        }
+        out
     }
 
     /// What `popmesh status` and `GET /v1/status` show.
@@ -1947,13 +2023,7 @@ impl Node {
             .iter()
             .map(|(id, (n, h))| (id.clone(), n.clone(), h.clone()))
             .collect();
-        let mut heads = BTreeMap::new();
-        for (id, _, h) in &docs {
-            if let Ok(hs) = h.with_document_async(|am| am.get_heads()).await {
-                heads.insert(id.clone(), hs);
-            }
-        }
-        let (conns, _) = self.repo.connected_peers();
+        let lag = self.sync_lag().await;
         let peers = self
             .mesh
             .peers()
@@ -1969,21 +2039,10 @@ impl Node {
                     })
                     .map(|(n, r)| (Some(n), Some(r)))
                     .unwrap_or((None, None));
-                // Sync lag: documents whose heads the peer has not acknowledged yet, and its last message.
-                let conn = conns.iter().find(|c| {
-                    matches!(&c.state, samod::ConnectionState::Connected { their_peer_id } if their_peer_id.to_string() == p.device)
-                });
-                let behind = conn.map(|c| {
-                    heads
-                        .iter()
-                        .filter(|(id, ours)| {
-                            c.docs.get(*id).and_then(|s| s.last_acked_heads.as_ref()) != Some(*ours)
-                        })
-                        .count()
-                });
-                let last_heard_ms_ago = conn
-                    .and_then(|c| c.last_received)
-                    .map(|t| (clock::now().0 as i64 - t.timestamp_millis()).max(0) as u64);
+                let (behind, last_heard_ms_ago) = match lag.get(&p.device) {
+                    Some((docs, heard)) => (Some(docs.len()), *heard),
+                    None => (None, None),
+                };
                 PeerJson {
                     device: p.device,
                     name,

@@ -89,6 +89,7 @@ impl Site {
             receipts_per_page: config.payments.receipts_per_page,
             media: config.media.options(),
             telemetry: config.telemetry.policy(),
+            alerts: config.alerts.clone(),
             uplink_limit: None,
         })
     }

@@ -1,0 +1,294 @@
+//! The operator console: `GET /console` is one web page (no build step; plain HTML, CSS and a little JavaScript
+//! embedded in the binary) that polls `GET /v1/console` every second and shows the site at a glance: peers and
+//! their roles, who sees whom, sync lag per document, preseed completeness, unreconciled payments, alerts when a
+//! threshold of `[alerts]` is crossed, and the MTTR of recent outages.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::api::ApiError;
+use crate::config::Alerts;
+use crate::node::Node;
+
+const PAGE: &str = include_str!("console.html");
+
+pub async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+pub async fn state(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    Ok(Json(snapshot(&node).await).into_response())
+}
+
+/// One alert on the console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Alert {
+    /// `warning` or `critical`.
+    pub level: &'static str,
+    pub message: String,
+}
+
+/// What the alerts are computed from.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// Currency -> unreconciled minor units.
+    pub unreconciled: BTreeMap<String, u64>,
+    /// 0 to 1.
+    pub preseed: f64,
+    pub admitted_peers: u64,
+    /// Connected peers (name) and how long since they were heard from, in ms.
+    pub silent: Vec<(String, u64)>,
+    /// Peers out of reach (name) and for how long, in ms.
+    pub out_of_reach: Vec<(String, u64)>,
+}
+
+/// The alerts `facts` raise under `limits` (a limit of 0 is off).
+pub fn alerts(limits: &Alerts, facts: &Facts) -> Vec<Alert> {
+    let mut out = Vec::new();
+    if limits.unreconciled_max_minor > 0 {
+        for (currency, minor) in &facts.unreconciled {
+            if *minor > limits.unreconciled_max_minor {
+                out.push(Alert {
+                    level: "critical",
+                    message: format!(
+                        "{} {currency} taken offline and not reconciled, over the limit of {} {currency}",
+                        major(*minor),
+                        major(limits.unreconciled_max_minor)
+                    ),
+                });
+            }
+        }
+    }
+    let preseed = (facts.preseed * 100.0).floor() as u64;
+    if limits.preseed_min_percent > 0 && preseed < limits.preseed_min_percent {
+        out.push(Alert {
+            level: "warning",
+            message: format!(
+                "media preseeded {preseed}%, below {}%",
+                limits.preseed_min_percent
+            ),
+        });
+    }
+    if limits.peers_min > 0 && facts.admitted_peers < limits.peers_min {
+        out.push(Alert {
+            level: "critical",
+            message: format!(
+                "{} peer(s) in reach, fewer than {}",
+                facts.admitted_peers, limits.peers_min
+            ),
+        });
+    }
+    if limits.peer_silent_max_secs > 0 {
+        for (name, ms) in &facts.silent {
+            if *ms > limits.peer_silent_max_secs * 1000 {
+                out.push(Alert {
+                    level: "warning",
+                    message: format!("{name} connected but silent for {} s", ms / 1000),
+                });
+            }
+        }
+    }
+    if limits.outage_max_secs > 0 {
+        for (name, ms) in &facts.out_of_reach {
+            if *ms > limits.outage_max_secs * 1000 {
+                out.push(Alert {
+                    level: "critical",
+                    message: format!("{name} out of reach for {} s", ms / 1000),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn major(minor: u64) -> String {
+    format!("{}.{:02}", minor / 100, minor % 100)
+}
+
+/// The console's view of the site from this device.
+pub async fn snapshot(node: &Node) -> serde_json::Value {
+    let status = node.status().await;
+    let now = crate::clock::now().0;
+    let view = node.view().ok();
+    let names: BTreeMap<String, (String, String)> = view
+        .as_ref()
+        .map(|v| {
+            v.certificates()
+                .map(|c| (c.device.to_hex(), (c.name.clone(), c.role.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let name_of = |hex: &str| -> String {
+        names
+            .get(hex)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| hex.chars().take(8).collect())
+    };
+
+    // Who sees whom: every device's own list, as last synced here.
+    let records = node.telemetry_records().await;
+    let mut devices: Vec<serde_json::Value> = names
+        .iter()
+        .map(|(hex, (name, role))| {
+            let record = records.iter().find(|r| &r.device == hex);
+            serde_json::json!({
+                "device": hex,
+                "name": name,
+                "role": role,
+                "sees": record.map(|r| r.sees.iter().map(|d| name_of(d)).collect::<Vec<_>>()),
+                "as_of_ms_ago": record.filter(|r| r.sees_at > 0).map(|r| now.saturating_sub(r.sees_at)),
+                "me": *hex == status.device,
+            })
+        })
+        .collect();
+    devices.sort_by_key(|d| d["name"].as_str().unwrap_or_default().to_owned());
+
+    // Sync lag per document: which connected peers have not acknowledged its latest heads.
+    let lag = node.sync_lag().await;
+    let mut documents: Vec<serde_json::Value> = node
+        .open_documents()
+        .into_iter()
+        .map(|(id, name)| {
+            let behind: Vec<String> = lag
+                .iter()
+                .filter(|(peer, (docs, _))| crate::node::is_device_peer(peer) && docs.contains(&id))
+                .map(|(peer, _)| name_of(peer))
+                .collect();
+            // Device ids in names read as device names (`show/fri/ledger/pos-1`).
+            let label = name
+                .to_string()
+                .split('/')
+                .map(|part| {
+                    if crate::node::is_device_peer(part) {
+                        name_of(part)
+                    } else {
+                        part.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            serde_json::json!({ "name": label, "id": id.to_string(), "behind": behind })
+        })
+        .collect();
+    documents.sort_by_key(|d| d["name"].as_str().unwrap_or_default().to_owned());
+
+    let mut unreconciled: BTreeMap<String, u64> = BTreeMap::new();
+    let mut receipts = 0usize;
+    if let Ok(list) = node.receipts().await {
+        for r in list.iter().filter(|r| r.verified) {
+            receipts += 1;
+            if !r.reconciled {
+                *unreconciled.entry(r.currency.clone()).or_default() += r.amount_minor;
+            }
+        }
+    }
+    let operations = popmesh_crdt::report::operations(&records);
+    let recent: Vec<_> = operations.outages.iter().rev().take(8).collect();
+
+    let open = node.open_incident_list().await;
+    let facts = Facts {
+        unreconciled: unreconciled.clone(),
+        preseed: status.media.completeness,
+        admitted_peers: status.peers.iter().filter(|p| p.admitted).count() as u64,
+        silent: status
+            .peers
+            .iter()
+            .filter(|p| p.admitted)
+            .filter_map(|p| Some((name_of(&p.device), p.last_heard_ms_ago?)))
+            .collect(),
+        out_of_reach: open
+            .iter()
+            .map(|i| (name_of(&i.subject), now.saturating_sub(i.started)))
+            .collect(),
+    };
+    let alerts = alerts(&node.alerts, &facts);
+    let peers: Vec<serde_json::Value> = status
+        .peers
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "device": p.device,
+                "name": p.name.clone().unwrap_or_else(|| name_of(&p.device)),
+                "role": p.role.map(|r| r.to_string()),
+                "admitted": p.admitted,
+                "connected_for_ms": p.connected_for_ms,
+                "documents_behind": p.documents_behind,
+                "last_heard_ms_ago": p.last_heard_ms_ago,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "site": status.site_name,
+        "device": { "name": status.name, "role": status.role.to_string(), "id": status.device },
+        "now": now,
+        "uptime_ms": status.uptime_ms,
+        "peers": peers,
+        "devices": devices,
+        "documents": documents,
+        "media": status.media,
+        "payments": { "receipts": receipts, "unreconciled_minor": unreconciled },
+        "operations": {
+            "mttr_ms": operations.mttr_ms,
+            "uplink_mttr_ms": operations.uplink_mttr_ms,
+            "open": operations.open,
+            "incidents": operations.incidents,
+            "recent": recent,
+        },
+        "alerts": alerts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_threshold_raises_its_alert_and_zero_turns_it_off() {
+        let facts = Facts {
+            unreconciled: BTreeMap::from([("EUR".into(), 150_000), ("GBP".into(), 10)]),
+            preseed: 0.5,
+            admitted_peers: 1,
+            silent: vec![("pos-1".into(), 45_000), ("kiosk-1".into(), 100)],
+            out_of_reach: vec![("origin".into(), 90_000)],
+        };
+        let limits = Alerts {
+            peers_min: 2,
+            ..Alerts::default()
+        };
+        let got: Vec<String> = alerts(&limits, &facts)
+            .into_iter()
+            .map(|a| a.message)
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                "1500.00 EUR taken offline and not reconciled, over the limit of 1000.00 EUR",
+                "media preseeded 50%, below 100%",
+                "1 peer(s) in reach, fewer than 2",
+                "pos-1 connected but silent for 45 s",
+                "origin out of reach for 90 s",
+            ]
+        );
+        let off = Alerts {
+            unreconciled_max_minor: 0,
+            preseed_min_percent: 0,
+            peers_min: 0,
+            peer_silent_max_secs: 0,
+            outage_max_secs: 0,
+        };
+        assert!(alerts(&off, &facts).is_empty());
+    }
+}

@@ -1,0 +1,195 @@
+//! The operator looks at a screen, not at logs: the console page, driven in headless Chromium, shows the peers and
+//! their roles, who sees whom, sync lag, media, unreconciled money and the alerts a threshold raises, and follows
+//! the site live when a kiosk drops out. A screenshot of the page is kept under the target directory.
+//!
+//! Needs Debian's `chromium` (`.ci/run` installs it); says SKIPPED otherwise.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::site::{Node, Site, payment, show};
+use serde_json::json;
+
+const SYNC: Duration = Duration::from_secs(60);
+
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+}
+
+fn headless(browser: &str, profile: &Path, args: &[&str]) -> String {
+    let out = Command::new(browser)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+            &format!("--user-data-dir={}", profile.display()),
+        ])
+        .args(args)
+        .output()
+        .expect("chromium runs");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The page as a person sees it after its script has run: the DOM's text, tags stripped.
+fn page_text(browser: &str, profile: &Path, url: &str) -> String {
+    let dom = headless(
+        browser,
+        profile,
+        &["--virtual-time-budget=5000", "--dump-dom", url],
+    );
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in dom.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                text.push(' ');
+            }
+            _ if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn set_alerts(data: &Path) {
+    let path = data.join("popmesh.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let text = text
+        .replace(
+            "unreconciled_max_minor = 100000",
+            "unreconciled_max_minor = 1000",
+        )
+        .replace("peers_min = 0", "peers_min = 2")
+        .replace("outage_max_secs = 60", "outage_max_secs = 1");
+    std::fs::write(&path, text).expect("config written");
+}
+
+#[test]
+fn the_console_shows_the_site_at_a_glance_and_follows_a_kiosk_dropping_out() {
+    let Some(browser) = chromium() else {
+        eprintln!("SKIPPED: needs Debian's chromium package (.ci/run installs it)");
+        return;
+    };
+    let site = Site::create("console");
+    let kiosk = site.join("kiosk", "kiosk-1");
+    let pos = site.join("pos", "pos-1");
+    set_alerts(&site.edge.data);
+    let edge = Node::start(&site.edge, &[]);
+    let mut kiosk = Node::start(&kiosk, &[&site.edge]);
+    let pos = Node::start(&pos, &[&site.edge]);
+    assert_eq!(edge.post("/v1/shows", show("fri", 20, &[])).status, 201);
+    pos.wait_for("the show", SYNC, |n| {
+        n.get("/v1/shows")["shows"]["fri"].is_object()
+    });
+    assert_eq!(pos.post("/v1/payments", payment("bar-1", 1500)).status, 201);
+    let blob = edge
+        .client()
+        .post_raw("/v1/blobs", b"poster")
+        .expect("blob");
+    let v = blob.json();
+    let published = edge.post(
+        "/v1/manifests/fri",
+        json!({ "entries": [{ "name": "poster.jpg", "hash": v["hash"], "size": v["size"], "mime": "image/jpeg", "ttl_ms": 3_600_000u64 }] }),
+    );
+    assert_eq!(published.status, 201, "{}", published.body);
+    edge.wait_for(
+        "the console seeing both peers, the payment and who sees whom",
+        SYNC,
+        |n| {
+            let c = n.get("/v1/console");
+            c["peers"]
+                .as_array()
+                .is_some_and(|p| p.iter().filter(|p| p["admitted"] == true).count() == 2)
+                && c["payments"]["receipts"] == 1
+                && c["devices"].as_array().is_some_and(|d| {
+                    d.iter()
+                        .all(|d| d["sees"].as_array().is_some_and(|s| !s.is_empty()))
+                })
+        },
+    );
+
+    let scratch = site.root().join("chromium");
+    let url = format!("http://{}/console", site.edge.api);
+    let before = page_text(browser, &scratch, &url);
+    for seen in [
+        "Harbour Market",
+        "this device: edge-1 (edge)",
+        "kiosk-1",
+        "pos-1",
+        "Peers in reach 2",
+        "Who sees whom",
+        "15.00 EUR taken offline and not reconciled, over the limit of 10.00 EUR",
+        "show/fri/manifest",
+        "show/fri/ledger/pos-1",
+        "1 verified receipts on this device; unreconciled: 15.00 EUR",
+        "live ·",
+    ] {
+        assert!(before.contains(seen), "{seen:?} not on the page:\n{before}");
+    }
+    assert!(
+        before.contains("✓"),
+        "the reach matrix shows links:\n{before}"
+    );
+    assert!(!before.contains("out of reach"), "{before}");
+
+    // The kiosk drops out; the page shows it on its next refresh, with the alerts it raises.
+    kiosk.kill();
+    edge.wait_for("the kiosk out of reach for over a second", SYNC, |n| {
+        n.get("/v1/console")["alerts"].as_array().is_some_and(|a| {
+            a.iter().any(|a| {
+                a["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("kiosk-1 out of reach"))
+            })
+        })
+    });
+    let after = page_text(browser, &scratch, &url);
+    for seen in [
+        "kiosk-1 out of reach for",
+        "1 peer(s) in reach, fewer than 2",
+        "Peers in reach 1",
+    ] {
+        assert!(after.contains(seen), "{seen:?} not on the page:\n{after}");
+    }
+
+    // The screenshot an operator would see, kept for the record.
+    let shot: PathBuf = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console.png");
+    let _ = std::fs::remove_file(&shot);
+    headless(
+        browser,
+        &scratch,
+        &[
+            "--virtual-time-budget=5000",
+            "--window-size=1280,1100",
+            &format!("--screenshot={}", shot.display()),
+            &url,
+        ],
+    );
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "a real screenshot: {} bytes",
+        png.len()
+    );
+    eprintln!("console screenshot: {}", shot.display());
+}
