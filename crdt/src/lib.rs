@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod manifest;
 pub mod privacy;
 pub mod receipt;
+pub mod rehearsal;
 pub mod report;
 pub mod risk;
 pub mod settlement;

@@ -572,6 +572,8 @@ mod tests {
             incidents: BTreeMap::new(),
             sees: Vec::new(),
             sees_at: 0,
+            rehearsal: None,
+            rehearsal_answer: None,
         };
         telemetry
             .counters

@@ -43,6 +43,32 @@ pub struct TelemetryRecord {
     pub sees: Vec<String>,
     #[autosurgeon(missing = "Default::default")]
     pub sees_at: u64,
+    /// A dry rehearsal this device asked the site to answer (`popmesh rehearse`).
+    #[autosurgeon(missing = "Option::default")]
+    pub rehearsal: Option<RehearsalCall>,
+    /// This device's answer to the latest rehearsal it saw.
+    #[autosurgeon(missing = "Option::default")]
+    pub rehearsal_answer: Option<RehearsalAnswer>,
+}
+
+/// A rehearsal call: every device that syncs it answers with its clock and readiness.
+#[derive(Debug, Clone, PartialEq, Eq, Reconcile, Hydrate, serde::Serialize, serde::Deserialize)]
+pub struct RehearsalCall {
+    pub id: String,
+    /// The caller's clock when it called.
+    pub at: u64,
+}
+
+/// One device's answer to a rehearsal call.
+#[derive(Debug, Clone, PartialEq, Eq, Reconcile, Hydrate, serde::Serialize, serde::Deserialize)]
+pub struct RehearsalAnswer {
+    pub id: String,
+    /// The answering device's clock when it answered.
+    pub at: u64,
+    /// Media of the manifests preseeded on the device, in thousandths.
+    pub preseed_permille: u32,
+    /// The peers it reaches (device hex).
+    pub peers: Vec<String>,
 }
 
 /// Incidents one device keeps in its telemetry document; the oldest resolved ones go first.
@@ -227,6 +253,8 @@ impl Doc<Telemetry> {
                 incidents: BTreeMap::new(),
                 sees: Vec::new(),
                 sees_at: 0,
+                rehearsal: None,
+                rehearsal_answer: None,
             },
         )
     }
@@ -277,6 +305,20 @@ impl<D: BorrowMut<Automerge>> Doc<Telemetry, D> {
         let mut record: TelemetryRecord = self.read()?;
         record.sees = peers;
         record.sees_at = at.0;
+        self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))
+    }
+
+    /// Calls a rehearsal (replacing this device's earlier call).
+    pub fn call_rehearsal(&mut self, call: RehearsalCall) -> Result<(), DocError> {
+        let mut record: TelemetryRecord = self.read()?;
+        record.rehearsal = Some(call);
+        self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))
+    }
+
+    /// Answers a rehearsal (replacing this device's earlier answer).
+    pub fn answer_rehearsal(&mut self, answer: RehearsalAnswer) -> Result<(), DocError> {
+        let mut record: TelemetryRecord = self.read()?;
+        record.rehearsal_answer = Some(answer);
         self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))
     }
 

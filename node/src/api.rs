@@ -104,6 +104,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/documents", get(documents))
         .route("/v1/documents/{*which}", get(document))
         .route("/v1/report", get(report))
+        .route("/v1/rehearsals", post(call_rehearsal))
+        .route("/v1/rehearsals/{id}", get(rehearsal))
         .route("/console", get(crate::console::page))
         .route("/v1/console", get(crate::console::state))
         .route("/v1/sync", get(crate::screen_sync::upgrade))
@@ -477,6 +479,32 @@ async fn report(
     let axum::extract::Query(q) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     Ok(Json(node.report(q.show).await?).into_response())
+}
+
+/// `POST /v1/rehearsals`: calls a dry rehearsal; every device answers through the mesh.
+async fn call_rehearsal(State(node): State<Arc<Node>>) -> Api<Response> {
+    let call = node.call_rehearsal().await?;
+    Ok((StatusCode::CREATED, Json(json!({ "call": call }))).into_response())
+}
+
+/// `GET /v1/rehearsals/{id}`: the answers that reached this device so far, the devices enrolled now, and this
+/// device's clock (what `popmesh rehearse` measures offsets against).
+async fn rehearsal(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Api<Response> {
+    let Path(id) = path?;
+    let view = node.view()?;
+    let now = crate::clock::now();
+    let enrolled: Vec<serde_json::Value> = view
+        .trusted_devices(now)
+        .into_iter()
+        .map(
+            |(device, role, name)| json!({ "device": device.to_hex(), "name": name, "role": role }),
+        )
+        .collect();
+    let answers = node.rehearsal_answers(&id).await;
+    Ok(Json(json!({ "now": now.0, "enrolled": enrolled, "answers": answers })).into_response())
 }
 
 async fn profile(

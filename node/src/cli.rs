@@ -1,5 +1,6 @@
 //! The site commands: `site init`, `site invite`, `site revoke`, `join`, `run`, `status`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -495,6 +496,142 @@ pub fn print_report_summary(r: &popmesh_crdt::report::ShowReport) {
             .map(crate::report::duration)
             .unwrap_or_else(|| "n/a".into())
     );
+}
+
+/// What `popmesh rehearse` was asked.
+#[derive(Debug, Clone)]
+pub struct RehearseFlags {
+    pub wait: std::time::Duration,
+    pub clock_tolerance_ms: u64,
+    pub require_origin: bool,
+    pub json: bool,
+}
+
+/// `popmesh rehearse`: the seed's dry rehearsal against the running site. Calls a rehearsal through the node,
+/// collects every device's answer (each proves the device enrolled and reachable through the mesh, and carries its
+/// clock and preseed), and says what is not ready. Exits non-zero when something is not.
+pub fn rehearse(data: &Path, api: Option<SocketAddr>, flags: &RehearseFlags) -> Result<()> {
+    use popmesh_crdt::rehearsal::{Enrolled, Seen, evaluate};
+    use popmesh_crdt::telemetry::{RehearsalAnswer, RehearsalCall};
+    let config = Config::load(&DataDir::config_path(data))?;
+    let client = Client::new(api.unwrap_or(config.api.listen));
+    let running = |e: crate::client::ClientError| {
+        anyhow::anyhow!("{e}\n(is `popmesh run --data {}` running?)", data.display())
+    };
+    let answer = client
+        .post("/v1/rehearsals", &serde_json::json!({}))
+        .map_err(running)?;
+    if answer.status != 201 {
+        bail!(
+            "the node did not call the rehearsal ({}): {}",
+            answer.status,
+            answer.body
+        );
+    }
+    let call: RehearsalCall = serde_json::from_value(answer.json()["call"].clone())
+        .context("the node's rehearsal call")?;
+    let started = std::time::Instant::now();
+    let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
+    let mut enrolled: Vec<Enrolled>;
+    loop {
+        let state = client
+            .get(&format!("/v1/rehearsals/{}", call.id))
+            .map_err(running)?
+            .json();
+        let now = state["now"].as_u64().unwrap_or(0);
+        enrolled = state["enrolled"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|d| {
+                        Some(Enrolled {
+                            device: d["device"].as_str()?.to_owned(),
+                            name: d["name"].as_str()?.to_owned(),
+                            role: d["role"].as_str()?.parse().ok()?,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(answers) = state["answers"].as_object() {
+            for (device, a) in answers {
+                if seen.contains_key(device) {
+                    continue;
+                }
+                if let Ok(answer) = serde_json::from_value::<RehearsalAnswer>(a.clone()) {
+                    seen.insert(
+                        device.clone(),
+                        Seen {
+                            answer,
+                            first_seen: now,
+                        },
+                    );
+                }
+            }
+        }
+        let everyone = enrolled.iter().all(|d| seen.contains_key(&d.device));
+        if everyone || started.elapsed() >= flags.wait {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    enrolled.sort_by(|a, b| (a.role, &a.name).cmp(&(b.role, &b.name)));
+    let result = evaluate(
+        &call,
+        &enrolled,
+        &seen,
+        flags.clock_tolerance_ms,
+        flags.require_origin,
+    );
+    if flags.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        println!(
+            "dry rehearsal {} ({} devices enrolled, waited {:.1} s)",
+            result.id,
+            result.devices.len(),
+            started.elapsed().as_secs_f64()
+        );
+        for d in &result.devices {
+            let mark = if d.problems.is_empty() { "ok " } else { "NOT" };
+            let detail = if d.answered {
+                format!(
+                    "clock {:+.2} s (±{:.2}), media {:.0}%, {} peer(s) in reach",
+                    d.clock_offset_ms.unwrap_or(0) as f64 / 1000.0,
+                    d.clock_uncertainty_ms.unwrap_or(0) as f64 / 1000.0,
+                    d.preseed_percent.unwrap_or(0.0),
+                    d.peers.unwrap_or(0)
+                )
+            } else {
+                "no answer".to_owned()
+            };
+            println!("  {mark} {:<12} {:<7} {detail}", d.name, d.role);
+            for p in &d.problems {
+                println!("      - {p}");
+            }
+        }
+        println!(
+            "  origin: {}",
+            if result.origin_reachable {
+                "reachable (the uplink works now)"
+            } else {
+                "not reachable"
+            }
+        );
+        for n in &result.notes {
+            println!("  note: {n}");
+        }
+    }
+    if !result.ready {
+        bail!(
+            "not ready: {} problem(s) above; fix them and rehearse again",
+            result.problems
+        );
+    }
+    if !flags.json {
+        println!("ready for the show");
+    }
+    Ok(())
 }
 
 /// `popmesh reconcile --settlement FILE.csv`: the origin matches every receipt against the processor's batch,

@@ -99,6 +99,26 @@ enum Command {
         #[arg(long)]
         show: Option<String>,
     },
+    /// The dry rehearsal against the running site: every enrolled device answers through the mesh with its clock
+    /// and preseed; prints what is not ready (exit status 1 when something is).
+    Rehearse {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        api: Option<SocketAddr>,
+        /// How long to wait for every device to answer, in seconds.
+        #[arg(long, default_value_t = 10)]
+        wait: u64,
+        /// How far a device's clock may be from this one's, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        clock_tolerance_ms: u64,
+        /// An origin that does not answer is a problem (default: a note; the site can run offline).
+        #[arg(long)]
+        require_origin: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a running node's peers, documents and sync lag.
     Status {
         #[arg(long)]
@@ -331,6 +351,23 @@ fn main() -> ExitCode {
             &slice,
         ),
         Command::Status { data, api, json } => cli::status(&data, api, json),
+        Command::Rehearse {
+            data,
+            api,
+            wait,
+            clock_tolerance_ms,
+            require_origin,
+            json,
+        } => cli::rehearse(
+            &data,
+            api,
+            &cli::RehearseFlags {
+                wait: std::time::Duration::from_secs(wait),
+                clock_tolerance_ms,
+                require_origin,
+                json,
+            },
+        ),
         Command::Report {
             data,
             api,

@@ -780,7 +780,11 @@ impl Media {
             let result = media.fetch(hash, &wanted, seed).await;
             lock(&media.inflight).remove(&hash);
             match result {
-                Ok(()) => tracing::info!(%hash, "preseeded"),
+                Ok(()) => {
+                    tracing::info!(%hash, "preseeded");
+                    // A pass now brings the preseed report (and what rehearsals and the console show) up to date.
+                    media.wake.notify_one();
+                }
                 Err(e) => tracing::debug!(%hash, "not preseeded yet: {e}"),
             }
         });

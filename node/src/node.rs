@@ -24,8 +24,8 @@ use popmesh_crdt::receipt::{PaymentRequest, Receipt};
 use popmesh_crdt::report::{ReportReceipt, ShowData, ShowReport};
 use popmesh_crdt::risk::RiskLimits;
 use popmesh_crdt::telemetry::{
-    CounterBuffer, Incident, Sampled, Sampler, SamplingPolicy, Telemetry, TelemetryRecord,
-    check_counter_name,
+    CounterBuffer, Incident, RehearsalAnswer, RehearsalCall, Sampled, Sampler, SamplingPolicy,
+    Telemetry, TelemetryRecord, check_counter_name,
 };
 use popmesh_crdt::{DeviceId, Doc, Role, actor_id};
 use popmesh_transport::{Gate, Hello, LinkPolicy, Mesh, MeshConfig};
@@ -350,6 +350,8 @@ pub struct Node {
     sampler: Mutex<Sampler>,
     /// Peers this device has reached, and the incidents open for those it cannot reach now.
     reached: Mutex<BTreeSet<DeviceId>>,
+    /// The rehearsal call this device last answered.
+    answered: Mutex<Option<String>>,
     /// The peers in reach last written to this device's telemetry document.
     sees_written: Mutex<Option<BTreeSet<DeviceId>>>,
     incidents: tokio::sync::Mutex<BTreeMap<DeviceId, Incident>>,
@@ -463,6 +465,7 @@ impl Node {
             sampler: Mutex::new(Sampler::new(options.telemetry)),
             reached: Mutex::new(BTreeSet::new()),
             sees_written: Mutex::new(None),
+            answered: Mutex::new(None),
             incidents: tokio::sync::Mutex::new(BTreeMap::new()),
             events: tokio::sync::broadcast::channel(EVENTS_QUEUE).0,
             metrics,
@@ -1864,6 +1867,82 @@ impl Node {
             .map_err(|_| Failure::Unavailable("the document engine is shutting down".into()))
     }
 
+    /// Calls a dry rehearsal: every device that syncs the call answers with its clock and readiness.
+    pub async fn call_rehearsal(&self) -> Result<RehearsalCall, Failure> {
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(internal)?;
+        let call = RehearsalCall {
+            id: id.iter().map(|b| format!("{b:02x}")).collect(),
+            at: clock::now().0,
+        };
+        let handle = self.telemetry_handle().await?;
+        let (actor, written) = (self.actor(), call.clone());
+        self.change(&handle, move |am| {
+            Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)?.call_rehearsal(written)
+        })
+        .await?
+        .map_err(internal)?;
+        Ok(call)
+    }
+
+    /// Every device's answer to rehearsal call `id` that has reached this device (device hex -> answer).
+    pub async fn rehearsal_answers(&self, id: &str) -> BTreeMap<String, RehearsalAnswer> {
+        self.telemetry_records()
+            .await
+            .into_iter()
+            .filter_map(|r| {
+                let answer = r.rehearsal_answer.filter(|a| a.id == id)?;
+                Some((r.device, answer))
+            })
+            .collect()
+    }
+
+    /// Answers the newest rehearsal call any device made, once.
+    async fn answer_rehearsal(&self) -> Result<(), Failure> {
+        let records = self.telemetry_records().await;
+        let Some(call) = records
+            .iter()
+            .filter_map(|r| r.rehearsal.clone())
+            .max_by_key(|c| (c.at, c.id.clone()))
+        else {
+            return Ok(());
+        };
+        if lock(&self.answered).as_deref() == Some(call.id.as_str()) {
+            return Ok(());
+        }
+        let me = self.me().to_hex();
+        if records
+            .iter()
+            .any(|r| r.device == me && r.rehearsal_answer.as_ref().is_some_and(|a| a.id == call.id))
+        {
+            *lock(&self.answered) = Some(call.id);
+            return Ok(());
+        }
+        let preseed = self.media.report().completeness;
+        let answer = RehearsalAnswer {
+            id: call.id.clone(),
+            at: clock::now().0,
+            preseed_permille: (preseed * 1000.0).floor().clamp(0.0, 1000.0) as u32,
+            peers: self
+                .mesh
+                .peers()
+                .into_iter()
+                .filter(|p| p.admitted)
+                .map(|p| p.device)
+                .collect(),
+        };
+        let handle = self.telemetry_handle().await?;
+        let actor = self.actor();
+        self.change(&handle, move |am| {
+            Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)?.answer_rehearsal(answer)
+        })
+        .await?
+        .map_err(internal)?;
+        tracing::info!(rehearsal = %call.id, "answered a rehearsal call");
+        *lock(&self.answered) = Some(call.id);
+        Ok(())
+    }
+
     /// Peers this device reached before and cannot reach now.
     pub async fn open_incidents(&self) -> usize {
         self.incidents.lock().await.len()
@@ -2425,13 +2504,16 @@ async fn preseeder(node: Arc<Node>) {
     }
 }
 
-/// Records incidents: peers that dropped out of reach, and their return.
+/// Records incidents (peers that dropped out of reach, and their return) and answers rehearsal calls.
 async fn watchman(node: Arc<Node>) {
     let mut tick = tokio::time::interval(WATCH_EVERY);
     loop {
         tick.tick().await;
         if let Err(e) = node.watch().await {
             tracing::debug!("incident not recorded yet: {e}");
+        }
+        if let Err(e) = node.answer_rehearsal().await {
+            tracing::debug!("rehearsal not answered yet: {e}");
         }
     }
 }

@@ -216,16 +216,35 @@ impl Node {
     }
 
     pub fn start_with(device: &Device, bootstrap: &[&Device], extra: &[&str]) -> Self {
+        Self::start_env(device, bootstrap, extra, &[])
+    }
+
+    /// [`Node::start_with`] with environment variables for the daemon.
+    pub fn start_env(
+        device: &Device,
+        bootstrap: &[&Device],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut args: Vec<String> = vec!["--listen".into(), device.addr(), "--no-mdns".into()];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         for b in bootstrap {
             args.extend(["--bootstrap".to_owned(), b.addr()]);
         }
-        Self::launch(device, &[], &args)
+        Self::launch_env(device, &[], &args, env)
     }
 
     /// Runs `WRAPPER... popmesh run --data D --api A ARGS...` (the wrapper is, say, `ip netns exec lab-a`).
     pub fn launch(device: &Device, wrapper: &[&str], args: &[String]) -> Self {
+        Self::launch_env(device, wrapper, args, &[])
+    }
+
+    pub fn launch_env(
+        device: &Device,
+        wrapper: &[&str],
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = device
             .data
             .with_extension(format!("log.{}", SEQ.fetch_add(1, Ordering::Relaxed)));
@@ -249,6 +268,7 @@ impl Node {
                 &["--media-port", "0"][..]
             })
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file);
