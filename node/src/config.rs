@@ -352,6 +352,28 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_of_every_role_in_deploy_is_valid() {
+        for (role, text) in [
+            ("edge", include_str!("../../deploy/config/edge.toml")),
+            ("kiosk", include_str!("../../deploy/config/kiosk.toml")),
+            ("pos", include_str!("../../deploy/config/pos.toml")),
+            ("origin", include_str!("../../deploy/config/origin.toml")),
+        ] {
+            let config =
+                Config::parse(text).unwrap_or_else(|e| panic!("deploy/config/{role}.toml: {e:#}"));
+            assert!(
+                text.contains("bootstrap = []"),
+                "{role}: provision.sh fills the bootstrap line"
+            );
+            assert_eq!(
+                config.api.listen.ip().is_loopback(),
+                true,
+                "{role}: the API stays on loopback"
+            );
+        }
+    }
+
+    #[test]
     fn a_misspelt_field_is_named() {
         let err = Config::parse("[api]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")
             .expect_err("unknown field");

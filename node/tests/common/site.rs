@@ -54,7 +54,7 @@ pub fn popmesh(args: &[&str]) -> (bool, String, String) {
 
 /// A free port below Linux's ephemeral range (32768 and up), so an outgoing connection's source port cannot take
 /// it between this check and the daemon's bind. Each test process starts at its own offset.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let base = 20_000 + (std::process::id() % 120) * 100;
     loop {
