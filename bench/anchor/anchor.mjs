@@ -1,7 +1,7 @@
 // The anchor for popmesh's mesh benchmarks: the automerge-repo JS sync server relaying one document between two
 // clients over its WebSocket adapter, measured the way `cargo bench -p popmesh-node --bench mesh` measures popmesh.
 //
-//   npm ci && node anchor.mjs
+//   npm install && node anchor.mjs   (npm 11 refuses `npm ci` on this lock: optional builds of cbor-extract)
 //
 // Write-to-visible: client A changes the document; the clock stops when client B's handle reports the change.
 // Writes are sequential. Bulk: A makes changes back to back; the rate is changes over the time until B has the last.

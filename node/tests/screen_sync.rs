@@ -2,7 +2,7 @@
 //! Node, as in CI) holds the media manifest and a slot's availability live from a running node, cannot change
 //! them, cannot see a POS ledger, and cannot pose as a site device.
 //!
-//! Needs Node.js and `npm ci` in `node/tests/screens` (`.ci/run` does both); says SKIPPED otherwise.
+//! Needs Node.js and `npm install` in `node/tests/screens` (`.ci/run` does both); says SKIPPED otherwise.
 
 mod common;
 
@@ -55,7 +55,7 @@ fn a_kiosk_screen_follows_the_manifest_and_seats_live_and_can_neither_write_nor_
         .is_ok_and(|o| o.status.success());
     if !node_ok || !modules.exists() {
         eprintln!(
-            "SKIPPED: needs Node.js and `npm ci` in {} (.ci/run does both)",
+            "SKIPPED: needs Node.js and `npm install` in {} (.ci/run does both)",
             screens_dir().display()
         );
         return;
