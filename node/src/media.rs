@@ -781,6 +781,11 @@ impl Media {
             lock(&media.inflight).remove(&hash);
             match result {
                 Ok(()) => {
+                    // The store batches its metadata writes: make this blob's completion durable now, so a
+                    // device switched off right after preseeding does not forget it (and fetch it all again).
+                    if let Err(e) = media.store.sync_db().await {
+                        tracing::warn!(%hash, "blob store not synced: {e}");
+                    }
                     tracing::info!(%hash, "preseeded");
                     // A pass now brings the preseed report (and what rehearsals and the console show) up to date.
                     media.wake.notify_one();

@@ -11,7 +11,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::site::{Node, Site, payment, show};
-use serde_json::json;
 
 const SYNC: Duration = Duration::from_secs(60);
 
@@ -102,16 +101,7 @@ fn the_console_shows_the_site_at_a_glance_and_follows_a_kiosk_dropping_out() {
         n.get("/v1/shows")["shows"]["fri"].is_object()
     });
     assert_eq!(pos.post("/v1/payments", payment("bar-1", 1500)).status, 201);
-    let blob = edge
-        .client()
-        .post_raw("/v1/blobs", b"poster")
-        .expect("blob");
-    let v = blob.json();
-    let published = edge.post(
-        "/v1/manifests/fri",
-        json!({ "entries": [{ "name": "poster.jpg", "hash": v["hash"], "size": v["size"], "mime": "image/jpeg", "ttl_ms": 3_600_000u64 }] }),
-    );
-    assert_eq!(published.status, 201, "{}", published.body);
+    edge.publish_images("fri", &["poster.jpg"]);
     edge.wait_for(
         "the console seeing both peers, the payment and who sees whom",
         SYNC,

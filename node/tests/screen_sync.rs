@@ -28,24 +28,6 @@ fn doc_id(node: &Node, name: &str) -> String {
         .to_owned()
 }
 
-fn publish(edge: &Node, names: &[&str]) {
-    let mut entries = Vec::new();
-    for name in names {
-        let blob = edge
-            .client()
-            .post_raw("/v1/blobs", format!("image {name}").as_bytes())
-            .expect("blob");
-        assert_eq!(blob.status, 201, "{}", blob.body);
-        let v = blob.json();
-        entries.push(json!({ "name": name, "hash": v["hash"], "size": v["size"], "mime": "image/jpeg", "ttl_ms": 3_600_000u64 }));
-    }
-    let answer = edge.post(
-        "/v1/manifests/fri",
-        json!({ "entries": entries, "fallback": names[0] }),
-    );
-    assert_eq!(answer.status, 201, "{}", answer.body);
-}
-
 #[test]
 fn a_kiosk_screen_follows_the_manifest_and_seats_live_and_can_neither_write_nor_see_money() {
     let modules = screens_dir().join("node_modules/@automerge/automerge-repo");
@@ -63,7 +45,7 @@ fn a_kiosk_screen_follows_the_manifest_and_seats_live_and_can_neither_write_nor_
     let site = Site::create("screens");
     let edge = Node::start(&site.edge, &[]);
     assert_eq!(edge.post("/v1/shows", show("fri", 12, &[])).status, 201);
-    publish(&edge, &["poster.jpg", "trailer.jpg"]);
+    edge.publish_images("fri", &["poster.jpg", "trailer.jpg"]);
     assert_eq!(
         edge.post("/v1/payments", payment("door-1", 1200)).status,
         201
@@ -115,7 +97,7 @@ fn a_kiosk_screen_follows_the_manifest_and_seats_live_and_can_neither_write_nor_
     next("ready");
 
     // Live: a new poster is published and a seat is sold through the HTTP API; the screen follows both.
-    publish(&edge, &["poster.jpg", "trailer.jpg", "late-poster.jpg"]);
+    edge.publish_images("fri", &["poster.jpg", "trailer.jpg", "late-poster.jpg"]);
     let booked = edge.post("/v1/shows/fri/slots/s1900/bookings", json!({ "seats": 2 }));
     assert_eq!(booked.status, 201, "{}", booked.body);
     assert!(

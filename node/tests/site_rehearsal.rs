@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::site::{Node, Site, popmesh};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const SYNC: Duration = Duration::from_secs(60);
 
@@ -62,16 +62,7 @@ fn the_rehearsal_names_a_silent_kiosk_a_fast_clock_and_then_says_ready() {
         n.wait_for("enrolled", SYNC, |n| n.status()["enrolled"] == true);
     }
     // Media to preseed.
-    let blob = edge
-        .client()
-        .post_raw("/v1/blobs", b"poster bytes")
-        .expect("blob");
-    let v = blob.json();
-    assert_eq!(
-        edge.post("/v1/manifests/fri", json!({ "entries": [{ "name": "poster.jpg", "hash": v["hash"], "size": v["size"], "mime": "image/jpeg", "ttl_ms": 3_600_000u64 }] }))
-            .status,
-        201
-    );
+    edge.publish_images("fri", &["poster.jpg"]);
     for n in [&kiosk_node, &pos_node] {
         n.wait_for("the poster preseeded", SYNC, preseeded);
     }

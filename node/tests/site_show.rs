@@ -77,17 +77,7 @@ fn a_kiosk_keeps_profiles_to_itself_counts_through_an_overload_and_the_origin_re
         n.get("/v1/shows")["shows"]["fri"].is_object()
     });
     // Media, so that every kind of synced document exists when the privacy check runs.
-    let blob = edge
-        .client()
-        .post_raw("/v1/blobs", b"poster bytes")
-        .expect("blob");
-    assert_eq!(blob.status, 201, "{}", blob.body);
-    let hash = blob.json()["hash"].as_str().expect("hash").to_owned();
-    let published = edge.post(
-        "/v1/manifests/fri",
-        json!({ "entries": [{ "name": "poster.jpg", "hash": hash, "size": 12, "mime": "image/jpeg", "ttl_ms": 3_600_000 }] }),
-    );
-    assert_eq!(published.status, 201, "{}", published.body);
+    edge.publish_images("fri", &["poster.jpg"]);
 
     // Ann says yes to analytics and leaves her name and e-mail at the kiosk; Bo says no.
     let ann = kiosk.put(

@@ -311,6 +311,29 @@ impl Node {
         })
     }
 
+    /// Publishes manifest `manifest` with one small image blob per name (the first is the fallback), through this
+    /// node's API, as an edge box does. Returns the blobs' hashes.
+    pub fn publish_images(&self, manifest: &str, names: &[&str]) -> Vec<String> {
+        let mut entries = Vec::new();
+        let mut hashes = Vec::new();
+        for name in names {
+            let blob = self
+                .client()
+                .post_raw("/v1/blobs", format!("image {name}").as_bytes())
+                .expect("blob");
+            assert_eq!(blob.status, 201, "{}", blob.body);
+            let v = blob.json();
+            hashes.push(v["hash"].as_str().expect("hash").to_owned());
+            entries.push(serde_json::json!({ "name": name, "hash": v["hash"], "size": v["size"], "mime": "image/jpeg", "ttl_ms": 3_600_000u64 }));
+        }
+        let answer = self.post(
+            &format!("/v1/manifests/{manifest}"),
+            serde_json::json!({ "entries": entries, "fallback": names.first() }),
+        );
+        assert_eq!(answer.status, 201, "{}", answer.body);
+        hashes
+    }
+
     /// The sum of every series of a Prometheus metric (all label sets).
     pub fn metric(&self, name: &str) -> f64 {
         let text = self.client().get("/metrics").expect("metrics").body;
