@@ -351,17 +351,7 @@ pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
         mdns: config.p2p.mdns,
         network_key: dir.network_key,
     };
-    let options = RunOptions {
-        mesh,
-        limits: config.payments.limits(),
-        escrow: config.escrow.clone(),
-        receipts_per_page: config.payments.receipts_per_page,
-        media: config.media.options(),
-        telemetry: config.telemetry.policy(),
-        alerts: config.alerts.clone(),
-        uplink_limit: (config.uplink.limit_kib_s > 0)
-            .then_some(config.uplink.limit_kib_s.saturating_mul(1024)),
-    };
+    let options = config.run_options(mesh);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -289,6 +289,23 @@ impl Media {
     }
 }
 
+impl Config {
+    /// What `popmesh run` (and each node of `popmesh demo`) starts with, given the mesh settings.
+    pub fn run_options(&self, mesh: popmesh_transport::MeshConfig) -> crate::node::RunOptions {
+        crate::node::RunOptions {
+            mesh,
+            limits: self.payments.limits(),
+            escrow: self.escrow.clone(),
+            receipts_per_page: self.payments.receipts_per_page,
+            media: self.media.options(),
+            telemetry: self.telemetry.policy(),
+            alerts: self.alerts.clone(),
+            uplink_limit: (self.uplink.limit_kib_s > 0)
+                .then_some(self.uplink.limit_kib_s.saturating_mul(1024)),
+        }
+    }
+}
+
 impl Payments {
     pub fn limits(&self) -> popmesh_crdt::risk::RiskLimits {
         popmesh_crdt::risk::RiskLimits {

@@ -120,7 +120,8 @@ fn major(minor: u64) -> String {
 
 /// The console's view of the site from this device.
 pub async fn snapshot(node: &Node) -> serde_json::Value {
-    let status = node.status().await;
+    let lag = node.sync_lag().await;
+    let status = node.status_with(&lag).await;
     let now = crate::clock::now().0;
     let view = node.view().ok();
     let names: BTreeMap<String, (String, String)> = view
@@ -157,7 +158,6 @@ pub async fn snapshot(node: &Node) -> serde_json::Value {
     devices.sort_by_key(|d| d["name"].as_str().unwrap_or_default().to_owned());
 
     // Sync lag per document: which connected peers have not acknowledged its latest heads.
-    let lag = node.sync_lag().await;
     let mut documents: Vec<serde_json::Value> = node
         .open_documents()
         .into_iter()

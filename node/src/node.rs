@@ -352,6 +352,8 @@ pub struct Node {
     reached: Mutex<BTreeSet<DeviceId>>,
     /// The rehearsal call this device last answered.
     answered: Mutex<Option<String>>,
+    /// Set when any telemetry document changes (where rehearsal calls arrive), so the watchman reads them only then.
+    telemetry_changed: Arc<AtomicBool>,
     /// The peers in reach last written to this device's telemetry document.
     sees_written: Mutex<Option<BTreeSet<DeviceId>>>,
     incidents: tokio::sync::Mutex<BTreeMap<DeviceId, Incident>>,
@@ -466,6 +468,7 @@ impl Node {
             reached: Mutex::new(BTreeSet::new()),
             sees_written: Mutex::new(None),
             answered: Mutex::new(None),
+            telemetry_changed: Arc::new(AtomicBool::new(true)),
             incidents: tokio::sync::Mutex::new(BTreeMap::new()),
             events: tokio::sync::broadcast::channel(EVENTS_QUEUE).0,
             metrics,
@@ -704,9 +707,16 @@ impl Node {
         }
         let events = self.events.clone();
         let (doc, kind) = (name.to_string(), kind_of(&name));
+        let telemetry_changed = self.telemetry_changed.clone();
+        if kind == "telemetry" {
+            telemetry_changed.store(true, Ordering::Release);
+        }
         tokio::spawn(async move {
             let mut changes = Box::pin(handle.changes());
             while let Some(change) = futures::StreamExt::next(&mut changes).await {
+                if kind == "telemetry" {
+                    telemetry_changed.store(true, Ordering::Release);
+                }
                 let heads = change.new_heads.iter().map(|h| h.to_string()).collect();
                 // No subscribers is fine: the event is simply not wanted.
                 let _ = events.send(DocEvent {
@@ -1897,8 +1907,12 @@ impl Node {
             .collect()
     }
 
-    /// Answers the newest rehearsal call any device made, once.
+    /// Answers the newest rehearsal call any device made, once. Reads the telemetry documents only when one of
+    /// them changed since the last look.
     async fn answer_rehearsal(&self) -> Result<(), Failure> {
+        if !self.telemetry_changed.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
         let records = self.telemetry_records().await;
         let Some(call) = records
             .iter()
@@ -2089,6 +2103,15 @@ impl Node {
 
     /// What `popmesh status` and `GET /v1/status` show.
     pub async fn status(&self) -> Status {
+        let lag = self.sync_lag().await;
+        self.status_with(&lag).await
+    }
+
+    /// [`Node::status`] over sync lag the caller already measured (the console needs it per document too).
+    pub async fn status_with(
+        &self,
+        lag: &BTreeMap<String, (Vec<DocumentId>, Option<u64>)>,
+    ) -> Status {
         let view = read(&self.gate.view).clone();
         let names: BTreeMap<DeviceId, (String, Role)> = view
             .as_ref()
@@ -2102,7 +2125,6 @@ impl Node {
             .iter()
             .map(|(id, (n, h))| (id.clone(), n.clone(), h.clone()))
             .collect();
-        let lag = self.sync_lag().await;
         let peers = self
             .mesh
             .peers()
@@ -2513,6 +2535,8 @@ async fn watchman(node: Arc<Node>) {
             tracing::debug!("incident not recorded yet: {e}");
         }
         if let Err(e) = node.answer_rehearsal().await {
+            // Look again next tick.
+            node.telemetry_changed.store(true, Ordering::Release);
             tracing::debug!("rehearsal not answered yet: {e}");
         }
     }

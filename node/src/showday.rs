@@ -77,21 +77,12 @@ impl Site {
         config.escrow.rebalance_every_secs = 1;
         config.media.port = 0;
         config.media.preseed_every_secs = 1;
-        Ok(RunOptions {
-            mesh: MeshConfig {
-                listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
-                bootstrap: self.bootstrap.clone(),
-                mdns: false,
-                network_key: dir.network_key,
-            },
-            limits: config.payments.limits(),
-            escrow: config.escrow.clone(),
-            receipts_per_page: config.payments.receipts_per_page,
-            media: config.media.options(),
-            telemetry: config.telemetry.policy(),
-            alerts: config.alerts.clone(),
-            uplink_limit: None,
-        })
+        Ok(config.run_options(MeshConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            bootstrap: self.bootstrap.clone(),
+            mdns: false,
+            network_key: dir.network_key,
+        }))
     }
 
     async fn start(&mut self, name: &str) -> Result<Arc<Node>> {
