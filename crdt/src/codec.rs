@@ -143,6 +143,33 @@ impl<'a> Decoder<'a> {
         Ok(dec)
     }
 
+    /// [`Decoder::new`] for a structure that has several versions: returns the version found.
+    pub fn new_versions(
+        input: &'a [u8],
+        what: &'static str,
+        tag: u8,
+        versions: std::ops::RangeInclusive<u8>,
+    ) -> Result<(Self, u8), DecodeError> {
+        let mut dec = Self { rest: input };
+        let found = dec.u8("tag")?;
+        if found != tag {
+            return Err(DecodeError::WrongTag {
+                expected: what,
+                expected_tag: tag,
+                found,
+            });
+        }
+        let version = dec.u8("version")?;
+        if !versions.contains(&version) {
+            return Err(DecodeError::UnsupportedVersion {
+                what,
+                found: version,
+                supported: *versions.end(),
+            });
+        }
+        Ok((dec, version))
+    }
+
     fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.rest.len() < n {
             return Err(DecodeError::Truncated {

@@ -303,16 +303,52 @@ impl DirectoryView {
         device: &DeviceId,
         at: UnixMillis,
     ) -> Result<&EnrollmentCert, TrustError> {
+        self.verify_device_as(device, at, None)
+    }
+
+    /// Was receipt `seq` of `show` issued by a device the site trusted then? As [`Self::verify_device`], except
+    /// that a revocation is not retroactive: receipts up to the sequence number its `honoured` names for the show
+    /// still verify, later ones fail with [`TrustError::IssuedAfterRevocation`].
+    pub fn verify_issuer(
+        &self,
+        device: &DeviceId,
+        show: &str,
+        seq: u64,
+        at: UnixMillis,
+    ) -> Result<&EnrollmentCert, TrustError> {
+        self.verify_device_as(device, at, Some((show, seq)))
+    }
+
+    fn verify_device_as(
+        &self,
+        device: &DeviceId,
+        at: UnixMillis,
+        receipt: Option<(&str, u64)>,
+    ) -> Result<&EnrollmentCert, TrustError> {
         let cert = self
             .certs
             .get(device)
             .ok_or_else(|| TrustError::UnknownDevice(device.to_hex()))?;
         if let Some(r) = self.revocation_of(RevocationTarget::Device(*device)) {
-            return Err(TrustError::DeviceRevoked {
-                device: device.to_hex(),
-                at: r.at.0,
-                reason: r.reason.clone(),
-            });
+            match receipt {
+                Some((show, seq)) if r.honours(show, seq) => {}
+                Some((show, seq)) => {
+                    return Err(TrustError::IssuedAfterRevocation {
+                        device: device.to_hex(),
+                        show: show.to_owned(),
+                        seq,
+                        honoured: r.honoured.get(show).copied().unwrap_or(0),
+                        reason: r.reason.clone(),
+                    });
+                }
+                None => {
+                    return Err(TrustError::DeviceRevoked {
+                        device: device.to_hex(),
+                        at: r.at.0,
+                        reason: r.reason.clone(),
+                    });
+                }
+            }
         }
         cert.check_valid_at(at)?;
         if let crate::enrollment::Issuer::Invite(invite) = &cert.issuer {

@@ -16,7 +16,11 @@ use crate::identity::{DeviceId, PublicKey, Role, SecretKey, SiteId, UnixMillis};
 
 const CERT_VERSION: u8 = 1;
 const INVITE_VERSION: u8 = 1;
-const REVOCATION_VERSION: u8 = 1;
+/// 1: no receipts honoured; 2: adds `honoured` (a revocation with none is still written as version 1, byte for
+/// byte what older devices sign and verify).
+const REVOCATION_VERSION: u8 = 2;
+/// Shows one revocation may honour receipts in.
+pub const HONOURED_SHOWS_MAX: usize = 4096;
 const TOKEN_VERSION: u8 = 1;
 const TOKEN_PREFIX: &str = "popmesh-join1.";
 /// Bootstrap addresses a join token may carry.
@@ -41,6 +45,17 @@ pub enum TrustError {
     DeviceRevoked {
         device: String,
         at: u64,
+        reason: String,
+    },
+    #[error(
+        "receipt {seq} of show '{show}' was issued by device {device} after its revocation took effect \
+         (the authority honours its receipts up to {honoured} there): {reason}"
+    )]
+    IssuedAfterRevocation {
+        device: String,
+        show: String,
+        seq: u64,
+        honoured: u64,
         reason: String,
     },
     #[error("invite {invite} was revoked at {at} ms: {reason}")]
@@ -289,25 +304,47 @@ pub enum RevocationTarget {
 }
 
 /// The authority's signed withdrawal of a device or an invite. It travels in the site directory.
+///
+/// A revocation is not retroactive: `honoured` names, per show, the last receipt sequence number of the revoked
+/// device that the authority had seen when it revoked it. Those receipts still verify; any later one (or any in a
+/// show not named) is refused as issued after the revocation. Signed with the rest, so no device can widen it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
     pub site: SiteId,
     pub target: RevocationTarget,
     pub at: UnixMillis,
     pub reason: String,
+    /// Show -> the revoked device's last receipt sequence number that stays valid.
+    pub honoured: std::collections::BTreeMap<String, u64>,
     pub signature: [u8; 64],
 }
 
 impl Revocation {
     fn signed_bytes(&self) -> Vec<u8> {
-        let mut enc = Encoder::new(tag::REVOCATION, REVOCATION_VERSION);
+        let version = if self.honoured.is_empty() {
+            1
+        } else {
+            REVOCATION_VERSION
+        };
+        let mut enc = Encoder::new(tag::REVOCATION, version);
         enc.array(&self.site.0);
         match self.target {
             RevocationTarget::Device(key) => enc.u8(1).array(&key.0),
             RevocationTarget::Invite(key) => enc.u8(2).array(&key.0),
         };
         enc.u64(self.at.0).str(&self.reason);
+        if !self.honoured.is_empty() {
+            enc.u32(self.honoured.len() as u32);
+            for (show, seq) in &self.honoured {
+                enc.str(show).u64(*seq);
+            }
+        }
         enc.finish()
+    }
+
+    /// Whether receipt `seq` of `show` from the revoked device was issued before the revocation took effect.
+    pub fn honours(&self, show: &str, seq: u64) -> bool {
+        self.honoured.get(show).is_some_and(|last| seq <= *last)
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -321,8 +358,9 @@ impl Revocation {
             what: "revocation",
             source,
         };
-        let mut dec = Decoder::new(bytes, "revocation", tag::REVOCATION, REVOCATION_VERSION)
-            .map_err(malformed)?;
+        let (mut dec, version) =
+            Decoder::new_versions(bytes, "revocation", tag::REVOCATION, 1..=REVOCATION_VERSION)
+                .map_err(malformed)?;
         let site = SiteId(dec.array("site").map_err(malformed)?);
         let kind = dec.u8("target").map_err(malformed)?;
         let key = DeviceId(dec.array("target").map_err(malformed)?);
@@ -336,11 +374,34 @@ impl Revocation {
                 }));
             }
         };
+        let at = UnixMillis(dec.u64("at").map_err(malformed)?);
+        let reason = dec.string("reason").map_err(malformed)?;
+        let mut honoured = std::collections::BTreeMap::new();
+        if version >= 2 {
+            let count = dec.u32("honoured").map_err(malformed)? as usize;
+            if count == 0 || count > HONOURED_SHOWS_MAX {
+                return Err(malformed(DecodeError::InvalidValue {
+                    field: "honoured",
+                    value: count as u64,
+                }));
+            }
+            for _ in 0..count {
+                let show = dec.string("honoured show").map_err(malformed)?;
+                let seq = dec.u64("honoured seq").map_err(malformed)?;
+                if honoured.insert(show, seq).is_some() {
+                    return Err(malformed(DecodeError::InvalidValue {
+                        field: "honoured show (twice)",
+                        value: seq,
+                    }));
+                }
+            }
+        }
         let revocation = Self {
             site,
             target,
-            at: UnixMillis(dec.u64("at").map_err(malformed)?),
-            reason: dec.string("reason").map_err(malformed)?,
+            at,
+            reason,
+            honoured,
             signature: dec.array("signature").map_err(malformed)?,
         };
         dec.finish().map_err(malformed)?;
@@ -427,11 +488,24 @@ impl SiteAuthority {
     }
 
     pub fn revoke(&self, target: RevocationTarget, at: UnixMillis, reason: &str) -> Revocation {
+        self.revoke_honouring(target, at, reason, std::collections::BTreeMap::new())
+    }
+
+    /// A revocation that keeps the receipts the device issued up to `honoured` (show -> last sequence number)
+    /// valid: what `site revoke` signs with the sequence numbers the authority's device has seen.
+    pub fn revoke_honouring(
+        &self,
+        target: RevocationTarget,
+        at: UnixMillis,
+        reason: &str,
+        honoured: std::collections::BTreeMap<String, u64>,
+    ) -> Revocation {
         let mut revocation = Revocation {
             site: self.site,
             target,
             at,
             reason: reason.to_owned(),
+            honoured,
             signature: [0; 64],
         };
         revocation.signature = self.key.sign(&revocation.signed_bytes());

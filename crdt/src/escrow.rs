@@ -44,7 +44,7 @@ pub const SALES_PER_DEVICE_MAX: usize = 10_000;
 /// Seats in one booking.
 pub const SEATS_PER_BOOKING_MAX: u64 = 100;
 /// Identifier length for bookings and transfers, in bytes.
-pub const ID_BYTES_MAX: usize = 64;
+pub const ID_BYTES_MAX: usize = crate::naming::NAME_BYTES_MAX;
 
 /// The slot document as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Reconcile, Hydrate)]
@@ -95,17 +95,19 @@ pub enum EscrowError {
         requested: u64,
     },
     #[error("grants total {granted} seats, more than the capacity of {capacity}")]
-    OverGranted { granted: u64, capacity: u64 },
+    OverGranted { granted: u128, capacity: u64 },
     #[error("a booking must be for 1 to {SEATS_PER_BOOKING_MAX} seats, not {0}")]
     BadSeatCount(u64),
     #[error(
-        "identifier '{0}' must be 1 to {ID_BYTES_MAX} bytes of letters, digits, '-', '_' or '.'"
+        "identifier {0} must be 1 to {ID_BYTES_MAX} bytes of letters, digits, '-', '_', '.' or ':', not starting with '.' and without '..'"
     )]
     BadId(String),
     #[error(
         "this device has recorded {SALES_PER_DEVICE_MAX} sales in this slot, the most a slot document holds"
     )]
     Full,
+    #[error("a transfer must move at least one seat")]
+    BadTransferSeats,
     #[error("a device cannot transfer quota to itself")]
     SelfTransfer,
     #[error("attendee: {0}")]
@@ -132,31 +134,49 @@ pub enum EscrowViolation {
         quota: i128,
     },
     #[error("{sold} seats sold against a capacity of {capacity}")]
-    SlotOversold { sold: u64, capacity: u64 },
+    SlotOversold { sold: u128, capacity: u64 },
     #[error("grants total {granted} seats, more than the capacity of {capacity}")]
-    OverGranted { granted: u64, capacity: u64 },
+    OverGranted { granted: u128, capacity: u64 },
     #[error("the escrow entries of device {0} cannot be read")]
     Unreadable(String),
 }
 
 pub(crate) fn check_id(id: &str) -> Result<(), EscrowError> {
-    let ok = !id.is_empty()
-        && id.len() <= ID_BYTES_MAX
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-    if ok {
+    if crate::naming::is_valid_name(id) {
         Ok(())
     } else {
-        Err(EscrowError::BadId(id.to_owned()))
+        Err(EscrowError::BadId(crate::naming::shown(id)))
     }
+}
+
+/// Sums seat counts without overflow: whatever a document holds (a hostile peer may write `u64::MAX` twice), the
+/// sum of fewer than 2^64 of them fits in a `u128`.
+fn seats<I: IntoIterator<Item = u64>>(values: I) -> u128 {
+    values.into_iter().map(u128::from).sum()
+}
+
+/// A `u128` seat sum as `u64`, saturating: availability never reads more than `u64::MAX`.
+fn clamp(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+/// The grants of a slot, checked against its capacity: the rule a slot must keep before anyone sells from it.
+pub fn check_grants<'a>(
+    grants: impl IntoIterator<Item = &'a u64>,
+    capacity: u64,
+) -> Result<(), EscrowError> {
+    let granted = seats(grants.into_iter().copied());
+    if granted > u128::from(capacity) {
+        return Err(EscrowError::OverGranted { granted, capacity });
+    }
+    Ok(())
 }
 
 /// One device's side of a slot; see [`Doc::totals_for`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceTotals {
     pub grant: u64,
-    pub transferred_in: u64,
+    pub transferred_in: u128,
     pub sales: BTreeMap<String, Sale>,
     pub transfers_out: BTreeMap<String, Transfer>,
 }
@@ -164,10 +184,10 @@ pub struct DeviceTotals {
 impl DeviceTotals {
     pub fn balance(&self) -> Balance {
         Balance {
-            grant: self.grant,
+            grant: u128::from(self.grant),
             transferred_in: self.transferred_in,
-            transferred_out: self.transfers_out.values().map(|t| t.seats).sum(),
-            sold: self.sales.values().map(|s| s.seats).sum(),
+            transferred_out: seats(self.transfers_out.values().map(|t| t.seats)),
+            sold: seats(self.sales.values().map(|s| s.seats)),
         }
     }
 
@@ -177,29 +197,39 @@ impl DeviceTotals {
     }
 }
 
-/// A device's seat account in one slot: the numbers the escrow rule is stated over.
+/// A device's seat account in one slot: the numbers the escrow rule is stated over. Sums are `u128`, so no
+/// document content can make them wrap.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Balance {
-    pub grant: u64,
-    pub transferred_in: u64,
-    pub transferred_out: u64,
-    pub sold: u64,
+    pub grant: u128,
+    pub transferred_in: u128,
+    pub transferred_out: u128,
+    pub sold: u128,
 }
 
 impl Balance {
     /// `grant + in - out`, which may be negative on a replica that holds a broken device's writes.
     pub fn quota(&self) -> i128 {
-        i128::from(self.grant) + i128::from(self.transferred_in) - i128::from(self.transferred_out)
+        // Each term is below 2^64 * 2^64 = 2^128 only in theory; in any real document below 2^100, so the i128
+        // difference cannot wrap. Saturate anyway: this runs on whatever a peer wrote.
+        let plus = self.grant.saturating_add(self.transferred_in);
+        let plus = i128::try_from(plus).unwrap_or(i128::MAX);
+        let minus = i128::try_from(self.transferred_out).unwrap_or(i128::MAX);
+        plus.saturating_sub(minus)
     }
 
     /// Seats the device may still sell or give away.
     pub fn available(&self) -> u64 {
-        (self.grant + self.transferred_in).saturating_sub(self.sold + self.transferred_out)
+        clamp(
+            self.grant
+                .saturating_add(self.transferred_in)
+                .saturating_sub(self.sold.saturating_add(self.transferred_out)),
+        )
     }
 
     /// The no-oversell invariant for one device: `sold <= quota`.
     pub fn check(&self, device: &str) -> Result<(), EscrowViolation> {
-        let sold = i128::from(self.sold);
+        let sold = i128::try_from(self.sold).unwrap_or(i128::MAX);
         if sold > self.quota() {
             return Err(EscrowViolation::DeviceOversold {
                 device: device.to_owned(),
@@ -223,56 +253,70 @@ impl SlotView {
     }
 
     pub fn sold(&self, device: &str) -> u64 {
+        clamp(self.sold_exact(device))
+    }
+
+    fn sold_exact(&self, device: &str) -> u128 {
         self.record
             .devices
             .get(device)
-            .map_or(0, |d| d.sales.values().map(|s| s.seats).sum())
+            .map_or(0, |d| seats(d.sales.values().map(|s| s.seats)))
     }
 
-    pub fn transferred_out(&self, device: &str) -> u64 {
+    fn transferred_out(&self, device: &str) -> u128 {
         self.record
             .devices
             .get(device)
-            .map_or(0, |d| d.transfers.values().map(|t| t.seats).sum())
+            .map_or(0, |d| seats(d.transfers.values().map(|t| t.seats)))
     }
 
-    pub fn transferred_in(&self, device: &str) -> u64 {
-        self.record
-            .devices
-            .values()
-            .flat_map(|d| d.transfers.values())
-            .filter(|t| t.to == device)
-            .map(|t| t.seats)
-            .sum()
+    fn transferred_in(&self, device: &str) -> u128 {
+        seats(
+            self.record
+                .devices
+                .values()
+                .flat_map(|d| d.transfers.values())
+                .filter(|t| t.to == device)
+                .map(|t| t.seats),
+        )
     }
 
     /// One device's seat account, as far as this replica knows.
     pub fn balance(&self, device: &str) -> Balance {
         Balance {
-            grant: self.grant(device),
+            grant: u128::from(self.grant(device)),
             transferred_in: self.transferred_in(device),
             transferred_out: self.transferred_out(device),
-            sold: self.sold(device),
+            sold: self.sold_exact(device),
         }
     }
 
-    /// Seats this device may still sell or give away, as far as this replica knows.
+    /// Seats this device may still sell or give away, as far as this replica knows; none when the slot's grants
+    /// exceed its capacity (a slot no honest creator writes).
     pub fn available(&self, device: &str) -> u64 {
+        if check_grants(self.record.grants.values(), self.record.capacity).is_err() {
+            return 0;
+        }
         self.balance(device).available()
     }
 
+    fn total_sold_exact(&self) -> u128 {
+        seats(
+            self.record
+                .devices
+                .values()
+                .flat_map(|d| d.sales.values())
+                .map(|s| s.seats),
+        )
+    }
+
     pub fn total_sold(&self) -> u64 {
-        self.record
-            .devices
-            .values()
-            .flat_map(|d| d.sales.values())
-            .map(|s| s.seats)
-            .sum()
+        clamp(self.total_sold_exact())
     }
 
     /// Seats not yet sold anywhere this replica knows of.
     pub fn remaining(&self) -> u64 {
-        self.record.capacity.saturating_sub(self.total_sold())
+        clamp(u128::from(self.record.capacity).saturating_sub(self.total_sold_exact()))
     }
 
     /// Every device that holds or held quota here.
@@ -289,8 +333,8 @@ impl SlotView {
 
     /// The no-oversell invariant (see the module docs).
     pub fn check_invariant(&self) -> Result<(), EscrowViolation> {
-        let granted: u64 = self.record.grants.values().sum();
-        if granted > self.record.capacity {
+        let granted = seats(self.record.grants.values().copied());
+        if granted > u128::from(self.record.capacity) {
             return Err(EscrowViolation::OverGranted {
                 granted,
                 capacity: self.record.capacity,
@@ -299,9 +343,9 @@ impl SlotView {
         for device in self.devices() {
             self.balance(&device).check(&device)?;
         }
-        if self.total_sold() > self.record.capacity {
+        if self.total_sold_exact() > u128::from(self.record.capacity) {
             return Err(EscrowViolation::SlotOversold {
-                sold: self.total_sold(),
+                sold: self.total_sold_exact(),
                 capacity: self.record.capacity,
             });
         }
@@ -318,10 +362,7 @@ impl Doc<Slot> {
         capacity: u64,
         grants: &BTreeMap<DeviceId, u64>,
     ) -> Result<Self, EscrowError> {
-        let granted: u64 = grants.values().sum();
-        if granted > capacity {
-            return Err(EscrowError::OverGranted { granted, capacity });
-        }
+        check_grants(grants.values(), capacity)?;
         check_id(show)?;
         check_id(slot)?;
         Ok(Doc::create(
@@ -353,6 +394,10 @@ impl<D: Borrow<Automerge>> Doc<Slot, D> {
         let am = self.automerge();
         let grants: BTreeMap<String, u64> =
             autosurgeon::hydrate_prop(am, automerge::ROOT, "grants").map_err(DocError::from)?;
+        let capacity: u64 =
+            autosurgeon::hydrate_prop(am, automerge::ROOT, "capacity").map_err(DocError::from)?;
+        // A slot whose grants exceed its capacity (no honest creator writes one) sells nothing.
+        check_grants(grants.values(), capacity)?;
         let devices = object_at(am, &["devices"])?;
         let mut totals = DeviceTotals {
             grant: grants.get(device).copied().unwrap_or(0),
@@ -362,11 +407,12 @@ impl<D: Borrow<Automerge>> Doc<Slot, D> {
             let entry = object_at(am, &["devices", &key])?;
             let transfers: BTreeMap<String, Transfer> =
                 autosurgeon::hydrate_prop(am, &entry, "transfers").map_err(DocError::from)?;
-            totals.transferred_in += transfers
-                .values()
-                .filter(|t| t.to == device)
-                .map(|t| t.seats)
-                .sum::<u64>();
+            totals.transferred_in = totals.transferred_in.saturating_add(seats(
+                transfers
+                    .values()
+                    .filter(|t| t.to == device)
+                    .map(|t| t.seats),
+            ));
             if key == device {
                 totals.sales =
                     autosurgeon::hydrate_prop(am, &entry, "sales").map_err(DocError::from)?;
@@ -468,8 +514,11 @@ impl<D: BorrowMut<Automerge>> Doc<Slot, D> {
         if totals.transfers_out.contains_key(transfer) {
             return Ok(());
         }
+        if seats == 0 {
+            return Err(EscrowError::BadTransferSeats);
+        }
         let available = totals.available();
-        if seats == 0 || seats > available {
+        if seats > available {
             return Err(EscrowError::QuotaSpent {
                 available,
                 requested: seats,
@@ -515,7 +564,7 @@ pub fn plan_rebalance(
     low_water: u64,
 ) -> Option<(String, u64)> {
     let mine = view.available(me);
-    if mine <= 2 * low_water {
+    if mine <= low_water.saturating_mul(2) {
         return None;
     }
     let (needy, has) = connected

@@ -39,6 +39,8 @@ impl Schema for Ledger {
 pub struct EarlierPages {
     /// Receipts on earlier pages, by idempotency key.
     pub by_key: BTreeMap<String, Receipt>,
+    /// The buyer named with each of those payments, by idempotency key (only where one was named).
+    pub attendees_by_key: BTreeMap<String, String>,
     /// Unreconciled on earlier pages, minor units.
     pub unreconciled_minor: u64,
     /// Receipts a page holds before the next one starts (0: no page limit).
@@ -50,6 +52,10 @@ impl EarlierPages {
     pub fn absorb(&mut self, page: &LedgerView) {
         for r in &page.receipts {
             self.by_key.insert(r.idempotency_key.clone(), r.clone());
+            if let Some(who) = page.attendees.get(&r.token.to_string()) {
+                self.attendees_by_key
+                    .insert(r.idempotency_key.clone(), who.clone());
+            }
         }
     }
 }
@@ -99,9 +105,15 @@ pub enum PaymentError {
     #[error(transparent)]
     OverLimit(#[from] RiskError),
     #[error(
-        "idempotency key '{key}' was already used for a different payment ({existing}); use a new key for a new payment"
+        "idempotency key '{key}' was already used for a different payment ({existing}): {differs} differs; use a new key for a new payment"
     )]
-    IdempotencyKeyReused { key: String, existing: ReceiptToken },
+    IdempotencyKeyReused {
+        key: String,
+        existing: ReceiptToken,
+        /// The request fields that differ from the payment the key was first used for (`amount_minor`,
+        /// `currency`, `attendee`, `show`).
+        differs: String,
+    },
     #[error("this ledger holds {RECEIPTS_PER_LEDGER_MAX} receipts, the most one show's ledger may")]
     Full,
     /// This page holds as many receipts as a page may: the caller starts the next page and asks again.
@@ -170,8 +182,7 @@ impl LedgerView {
         self.receipts
             .iter()
             .filter(|r| !self.is_reconciled(&r.token))
-            .map(|r| r.amount_minor)
-            .sum()
+            .fold(0u64, |sum, r| sum.saturating_add(r.amount_minor))
     }
 
     /// Unreconciled receipts older than the limits allow.
@@ -490,35 +501,40 @@ fn take_one(
     );
     // The same key on an earlier page: a replay of that payment, or a reuse for another one.
     if let Some(before) = page.earlier.by_key.get(&request.idempotency_key) {
-        return if before.token == token {
-            Ok(PaymentOutcome {
+        let attendee = page.earlier.attendees_by_key.get(&request.idempotency_key);
+        return match differing(request, before, attendee.map(String::as_str)) {
+            None => Ok(PaymentOutcome {
                 receipt: before.clone(),
                 replayed: true,
-            })
-        } else {
-            Err(PaymentError::IdempotencyKeyReused {
+            }),
+            Some(differs) => Err(PaymentError::IdempotencyKeyReused {
                 key: request.idempotency_key.clone(),
                 existing: before.token,
-            })
+                differs,
+            }),
         };
-    }
-    let token_key = token.to_string();
-    let existing: Option<ReceiptRecord> = get_opt(tx, page.receipts, &token_key)?;
-    if let Some(entry) = existing {
-        let receipt = to_receipt(header.site, &header.show, header.device, &token_key, &entry)
-            .map_err(|_| DocError::Missing(format!("a readable receipt under {token}")))?;
-        return Ok(PaymentOutcome {
-            receipt,
-            replayed: true,
-        });
     }
     let used: Option<String> = get_opt(tx, page.keys, request.idempotency_key.as_str())?;
     if let Some(other) = used {
-        return Err(PaymentError::IdempotencyKeyReused {
-            key: request.idempotency_key.clone(),
-            existing: ReceiptToken::parse(&other).unwrap_or(token),
-        });
+        // The key is on this page: the same payment (a retry) or another one.
+        let entry: Option<ReceiptRecord> = get_opt(tx, page.receipts, &other)?;
+        let before = entry
+            .and_then(|e| to_receipt(header.site, &header.show, header.device, &other, &e).ok())
+            .ok_or_else(|| DocError::Missing(format!("a readable receipt under {other}")))?;
+        let attendee = attendee_of(tx, &other)?;
+        return match differing(request, &before, attendee.as_deref()) {
+            None => Ok(PaymentOutcome {
+                receipt: before,
+                replayed: true,
+            }),
+            Some(differs) => Err(PaymentError::IdempotencyKeyReused {
+                key: request.idempotency_key.clone(),
+                existing: before.token,
+                differs,
+            }),
+        };
     }
+    let token_key = token.to_string();
     let on_page = tx.length(page.receipts);
     let total = page.earlier.by_key.len() + on_page;
     if total >= RECEIPTS_PER_LEDGER_MAX {
@@ -547,6 +563,38 @@ fn take_one(
         receipt,
         replayed: false,
     })
+}
+
+/// Which fields of a retried request differ from the payment its idempotency key was first used for, if any.
+fn differing(request: &PaymentRequest, before: &Receipt, attendee: Option<&str>) -> Option<String> {
+    let mut fields = Vec::new();
+    if request.amount_minor != before.amount_minor {
+        fields.push(format!(
+            "amount_minor ({} then, {} now)",
+            before.amount_minor, request.amount_minor
+        ));
+    }
+    if request.currency != before.currency {
+        fields.push(format!(
+            "currency ({} then, {} now)",
+            before.currency, request.currency
+        ));
+    }
+    if request.attendee.as_deref() != attendee {
+        fields.push("attendee".to_owned());
+    }
+    (!fields.is_empty()).then(|| fields.join(", "))
+}
+
+/// The buyer recorded beside the receipt `token`, if any.
+fn attendee_of(
+    doc: &(impl ReadDoc + autosurgeon::ReadDoc),
+    token: &str,
+) -> Result<Option<String>, DocError> {
+    match ReadDoc::get(doc, automerge::ROOT, "attendees")? {
+        Some((automerge::Value::Object(automerge::ObjType::Map), id)) => get_opt(doc, &id, token),
+        _ => Ok(None),
+    }
 }
 
 /// Records who bought (a pseudonym) beside a receipt. Only the ledger's device writes its ledger, so creating the

@@ -17,6 +17,7 @@ pub mod escrow;
 pub mod identity;
 pub mod ledger;
 pub mod manifest;
+pub mod naming;
 pub mod privacy;
 pub mod receipt;
 pub mod rehearsal;

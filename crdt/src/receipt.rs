@@ -252,7 +252,7 @@ impl Receipt {
             });
         }
         self.verify_signature()?;
-        directory.verify_device(&self.device, self.issued_at)?;
+        directory.verify_issuer(&self.device, &self.show, self.seq, self.issued_at)?;
         Ok(())
     }
 }

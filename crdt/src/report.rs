@@ -191,14 +191,14 @@ pub fn build(data: &ShowData) -> ShowReport {
     let mut purchases: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
 
     for slot in data.slots.iter().filter(|s| s.show == data.show) {
-        totals.capacity += slot.capacity;
+        totals.capacity = totals.capacity.saturating_add(slot.capacity);
         for (device, escrow) in &slot.devices {
             for sale in escrow.sales.values() {
                 totals.bookings += 1;
-                totals.seats += sale.seats;
+                totals.seats = totals.seats.saturating_add(sale.seats);
                 let l = device_line(&mut devices, data, device);
                 l.bookings += 1;
-                l.seats += sale.seats;
+                l.seats = l.seats.saturating_add(sale.seats);
                 events.push((sale.at, Ev::Sale(sale.seats)));
                 if let Some(a) = &sale.attendee {
                     purchases.entry(a.as_str()).or_default().push(sale.at);
@@ -208,16 +208,25 @@ pub fn build(data: &ShowData) -> ShowReport {
     }
     for r in &data.receipts {
         totals.payments += 1;
-        *totals.amounts.entry(r.currency.clone()).or_default() += r.amount_minor;
+        {
+            let slot = totals.amounts.entry(r.currency.clone()).or_default();
+            *slot = slot.saturating_add(r.amount_minor);
+        }
         let side = if r.reconciled {
             &mut totals.reconciled
         } else {
             &mut totals.unreconciled
         };
-        *side.entry(r.currency.clone()).or_default() += r.amount_minor;
+        {
+            let slot = side.entry(r.currency.clone()).or_default();
+            *slot = slot.saturating_add(r.amount_minor);
+        }
         let l = device_line(&mut devices, data, &r.device);
         l.payments += 1;
-        *l.amounts.entry(r.currency.clone()).or_default() += r.amount_minor;
+        {
+            let slot = l.amounts.entry(r.currency.clone()).or_default();
+            *slot = slot.saturating_add(r.amount_minor);
+        }
         events.push((r.issued_at, Ev::Pay(&r.currency, r.amount_minor)));
         if let Some(a) = &r.attendee {
             purchases.entry(a.as_str()).or_default().push(r.issued_at);
@@ -247,7 +256,7 @@ pub fn build(data: &ShowData) -> ShowReport {
     // Timeline.
     let start = events.iter().map(|(t, _)| *t).min().unwrap_or(data.now);
     let end = events.iter().map(|(t, _)| *t).max().unwrap_or(data.now);
-    let span = end.saturating_sub(start) + 1;
+    let span = end.saturating_sub(start).saturating_add(1);
     let bucket_ms = BUCKETS_MS
         .into_iter()
         .find(|b| span.div_ceil(*b) <= TIMELINE_BUCKETS_MAX)
@@ -256,24 +265,29 @@ pub fn build(data: &ShowData) -> ShowReport {
     let count = if events.is_empty() {
         0
     } else {
-        (end - first) / bucket_ms + 1
+        // Bounded whatever times a peer wrote: events past the last bucket land in it.
+        ((end - first) / bucket_ms + 1).min(TIMELINE_BUCKETS_MAX)
     };
     let mut timeline: Vec<Bucket> = (0..count)
         .map(|i| Bucket {
-            start: first + i * bucket_ms,
+            start: first.saturating_add(i.saturating_mul(bucket_ms)),
             ..Bucket::default()
         })
         .collect();
     for (t, ev) in &events {
-        let b = &mut timeline[((t - first) / bucket_ms) as usize];
+        let i = ((t - first) / bucket_ms).min(count.saturating_sub(1)) as usize;
+        let b = &mut timeline[i];
         match ev {
             Ev::Sale(seats) => {
                 b.bookings += 1;
-                b.seats += seats;
+                b.seats = b.seats.saturating_add(*seats);
             }
             Ev::Pay(currency, amount) => {
                 b.payments += 1;
-                *b.amounts.entry((*currency).to_owned()).or_default() += amount;
+                {
+                    let slot = b.amounts.entry((*currency).to_owned()).or_default();
+                    *slot = slot.saturating_add(*amount);
+                }
             }
             Ev::CheckIn => b.checkins += 1,
         }
@@ -362,11 +376,14 @@ pub fn build(data: &ShowData) -> ShowReport {
                 .as_ref()
                 .is_some_and(|p| p.is_conversion(name));
             if !name.starts_with("popmesh.") && !is_signal {
-                *counters.entry(name.clone()).or_default() += c.value();
+                {
+                    let slot = counters.entry(name.clone()).or_default();
+                    *slot = slot.saturating_add(c.value());
+                }
             }
         }
     }
-    let interactions: i64 = counters.values().sum();
+    let interactions: i64 = counters.values().fold(0i64, |a, b| a.saturating_add(*b));
     let per_attendee = interactions.max(0) as f64 / checked_in.max(1) as f64;
     let engagement = Engagement {
         interactions,
@@ -471,9 +488,12 @@ fn merge<'a>(incidents: impl Iterator<Item = &'a Incident>) -> Vec<Outage> {
 fn mean_duration(outages: &[Outage]) -> Option<u64> {
     let ended: Vec<u64> = outages
         .iter()
-        .filter_map(|o| o.end.map(|e| e - o.start))
+        .filter_map(|o| o.end.map(|e| e.saturating_sub(o.start)))
         .collect();
-    (!ended.is_empty()).then(|| ended.iter().sum::<u64>() / ended.len() as u64)
+    (!ended.is_empty()).then(|| {
+        let sum: u128 = ended.iter().map(|d| u128::from(*d)).sum();
+        u64::try_from(sum / ended.len() as u128).unwrap_or(u64::MAX)
+    })
 }
 
 fn ratio(a: u64, b: u64) -> f64 {

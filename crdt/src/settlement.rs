@@ -237,6 +237,17 @@ pub struct SiteReceipt {
     pub verified: Result<(), String>,
     /// Already marked reconciled by an earlier run.
     pub reconciled: bool,
+    /// The issuing device has been revoked since (its receipts before the revocation took effect still verify).
+    pub issuer_revoked: bool,
+}
+
+/// One revoked device's receipts in a run: those issued before its revocation took effect (verified and
+/// reconciled like any other) and those after it (refused; also listed in `rejected`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RevokedIssuer {
+    pub device: String,
+    pub before_revocation: usize,
+    pub after_revocation: usize,
 }
 
 /// A receipt and the row it met.
@@ -311,6 +322,8 @@ pub struct Reconciliation {
     pub declined: Vec<Declined>,
     pub duplicates: Vec<Duplicate>,
     pub rejected: Vec<Rejected>,
+    /// Devices revoked since they took payments: their receipts before and after the revocation, apart.
+    pub revoked_issuers: Vec<RevokedIssuer>,
     /// What verified receipts add up to, and what the processor settled.
     pub site_totals: Totals,
     pub settled_totals: Totals,
@@ -340,7 +353,10 @@ pub fn reconcile(receipts: &[SiteReceipt], rows: &[SettlementRow]) -> Reconcilia
     for row in rows {
         by_token.entry(row.token.as_str()).or_default().push(row);
         if row.settled() {
-            *out.settled_totals.entry(row.currency.clone()).or_default() += row.amount_minor;
+            {
+                let slot = out.settled_totals.entry(row.currency.clone()).or_default();
+                *slot = slot.saturating_add(row.amount_minor);
+            }
         }
     }
     for (token, list) in &by_token {
@@ -352,6 +368,21 @@ pub fn reconcile(receipts: &[SiteReceipt], rows: &[SettlementRow]) -> Reconcilia
         }
     }
     let mut on_site: BTreeSet<&str> = BTreeSet::new();
+    let mut revoked: BTreeMap<&str, RevokedIssuer> = BTreeMap::new();
+    for r in receipts.iter().filter(|r| r.issuer_revoked) {
+        let entry = revoked
+            .entry(r.device.as_str())
+            .or_insert_with(|| RevokedIssuer {
+                device: r.device.clone(),
+                ..RevokedIssuer::default()
+            });
+        if r.verified.is_ok() {
+            entry.before_revocation += 1;
+        } else {
+            entry.after_revocation += 1;
+        }
+    }
+    out.revoked_issuers = revoked.into_values().collect();
     for r in receipts {
         if let Err(reason) = &r.verified {
             out.rejected.push(Rejected {
@@ -364,7 +395,10 @@ pub fn reconcile(receipts: &[SiteReceipt], rows: &[SettlementRow]) -> Reconcilia
             continue;
         }
         on_site.insert(r.token.as_str());
-        *out.site_totals.entry(r.currency.clone()).or_default() += r.amount_minor;
+        {
+            let slot = out.site_totals.entry(r.currency.clone()).or_default();
+            *slot = slot.saturating_add(r.amount_minor);
+        }
         let list = by_token
             .get(r.token.as_str())
             .map(Vec::as_slice)
@@ -439,6 +473,7 @@ mod tests {
             currency: "EUR".into(),
             verified: Ok(()),
             reconciled: false,
+            issuer_revoked: false,
         }
     }
 

@@ -184,6 +184,25 @@ pub enum CounterError {
     BadName(String),
     #[error("this device already keeps {COUNTERS_MAX} counters; '{0}' would be one more")]
     TooMany(String),
+    #[error("by must be 1 to {INCREMENT_MAX} (counters only grow), not {0}")]
+    BadIncrement(i64),
+    #[error("counter '{0}' would pass {COUNTER_MAX} on this device")]
+    Overflow(String),
+}
+
+/// The most one event may add to a counter.
+pub const INCREMENT_MAX: i64 = 1_000_000;
+/// The most a counter may hold on one device; far beyond any show, far below `i64::MAX`, so site-wide sums of
+/// many devices' counters stay exact.
+pub const COUNTER_MAX: i64 = 1 << 48;
+
+/// Checks one event's increment: counters only grow, by a bounded amount.
+pub fn check_increment(by: i64) -> Result<(), CounterError> {
+    if (1..=INCREMENT_MAX).contains(&by) {
+        Ok(())
+    } else {
+        Err(CounterError::BadIncrement(by))
+    }
 }
 
 /// Checks a counter name: 1 to [`COUNTER_NAME_BYTES_MAX`] bytes of a-z, 0-9, '_' or '.'.
@@ -218,13 +237,21 @@ impl CounterBuffer {
     }
 
     /// Records `by` more of `name`, in memory.
+    /// `by` is the event's increment times its sampling factor, so it may pass [`INCREMENT_MAX`]; it must be
+    /// positive, and the window's total must stay within [`COUNTER_MAX`].
     pub fn handle_increment(&mut self, name: &str, by: i64) -> Result<(), CounterError> {
         check_counter_name(name)?;
+        if by <= 0 {
+            return Err(CounterError::BadIncrement(by));
+        }
         if !self.pending.contains_key(name) && self.pending.len() >= COUNTERS_MAX {
             return Err(CounterError::TooMany(name.to_owned()));
         }
         let slot = self.pending.entry(name.to_owned()).or_insert(0);
-        *slot = slot.saturating_add(by);
+        match slot.checked_add(by).filter(|v| *v <= COUNTER_MAX) {
+            Some(v) => *slot = v,
+            None => return Err(CounterError::Overflow(name.to_owned())),
+        }
         Ok(())
     }
 
@@ -290,11 +317,18 @@ impl<D: BorrowMut<Automerge>> Doc<Telemetry, D> {
             )));
         }
         for (name, by) in increments {
-            record
-                .counters
-                .entry(name.clone())
-                .or_default()
-                .increment(*by);
+            let counter = record.counters.entry(name.clone()).or_default();
+            // Checked: a counter never passes COUNTER_MAX, whatever was buffered.
+            if counter
+                .value()
+                .checked_add(*by)
+                .is_none_or(|v| v > COUNTER_MAX || *by <= 0)
+            {
+                return Err(DocError::LimitReached(format!(
+                    "counter '{name}' would pass {COUNTER_MAX} on this device"
+                )));
+            }
+            counter.increment(*by);
         }
         self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))
     }

@@ -18,6 +18,10 @@ use popmesh_crdt::receipt::PaymentRequest;
 use serde::Deserialize;
 use serde_json::json;
 
+mod body;
+
+pub use body::{JsonObject, URI_BYTES_MAX};
+
 use crate::media_api;
 use crate::node::{Failure, Node, ShowSpec};
 
@@ -88,6 +92,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/payments", post(pay))
         .route("/v1/receipts", get(receipts))
+        .route("/v1/devices/{device}/issued", get(issued))
         .route("/v1/shows", get(shows).post(create_show))
         .route("/v1/shows/{show}/slots/{slot}", get(availability))
         .route("/v1/shows/{show}/slots/{slot}/bookings", post(book))
@@ -127,6 +132,7 @@ pub fn router(node: Arc<Node>) -> Router {
                 "method not allowed on this endpoint",
             )
         })
+        .layer(axum::middleware::from_fn(body::door))
         .with_state(node)
 }
 
@@ -148,9 +154,9 @@ struct PaymentBody {
 
 async fn pay(
     State(node): State<Arc<Node>>,
-    body: Result<Json<PaymentBody>, JsonRejection>,
+    body: Result<JsonObject<PaymentBody>, ApiError>,
 ) -> Api<Response> {
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     let request = PaymentRequest {
         idempotency_key: body.idempotency_key,
         amount_minor: body.amount_minor,
@@ -167,9 +173,62 @@ async fn pay(
         .into_response())
 }
 
-async fn receipts(State(node): State<Arc<Node>>) -> Api<Response> {
-    let receipts = node.receipts().await?;
-    Ok(Json(json!({ "receipts": receipts })).into_response())
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiptsQuery {
+    /// The previous page's `next`.
+    after: Option<String>,
+    limit: Option<usize>,
+    /// Only this device's receipts (hex id).
+    device: Option<String>,
+    show: Option<String>,
+}
+
+/// `GET /v1/receipts[?after=&limit=&device=&show=]`: one page of receipts in (show, device, sequence) order, with
+/// `next` for the page after it.
+async fn receipts(
+    State(node): State<Arc<Node>>,
+    query: Result<axum::extract::Query<ReceiptsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Api<Response> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let device = q
+        .device
+        .map(|d| {
+            popmesh_crdt::DeviceId::from_hex(&d).map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "device must be a device id: 64 hex digits",
+                )
+            })
+        })
+        .transpose()?;
+    let page = node
+        .receipts_page(crate::node::ReceiptQuery {
+            after: q.after,
+            limit: q.limit,
+            device,
+            show: q.show,
+        })
+        .await?;
+    Ok(Json(page).into_response())
+}
+
+/// `GET /v1/devices/{device}/issued`: the device's last receipt sequence number per show, as this device holds
+/// its ledgers (what `popmesh site revoke` honours).
+async fn issued(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Api<Response> {
+    let Path(device) = path?;
+    let device = popmesh_crdt::DeviceId::from_hex(&device).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "device must be a device id: 64 hex digits",
+        )
+    })?;
+    node.money_ready_public().await?;
+    Ok(Json(json!({ "device": device.to_hex(), "issued": node.issued_by(device).await? })).into_response())
 }
 
 async fn shows(State(node): State<Arc<Node>>) -> Api<Response> {
@@ -196,9 +255,9 @@ async fn shows(State(node): State<Arc<Node>>) -> Api<Response> {
 
 async fn create_show(
     State(node): State<Arc<Node>>,
-    body: Result<Json<ShowSpec>, JsonRejection>,
+    body: Result<JsonObject<ShowSpec>, ApiError>,
 ) -> Api<Response> {
-    let Json(spec) = body?;
+    let JsonObject(spec) = body?;
     let id = spec.id.clone();
     node.create_show(spec).await?;
     Ok((StatusCode::CREATED, Json(json!({ "show": id }))).into_response())
@@ -225,10 +284,10 @@ struct BookingBody {
 async fn book(
     State(node): State<Arc<Node>>,
     path: Result<Path<(String, String)>, PathRejection>,
-    body: Result<Json<BookingBody>, JsonRejection>,
+    body: Result<JsonObject<BookingBody>, ApiError>,
 ) -> Api<Response> {
     let Path((show, slot)) = path?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     let booking = match body.booking_id {
         Some(id) => id,
         None => random_id("bk")?,
@@ -262,10 +321,10 @@ struct TransferBody {
 async fn transfer(
     State(node): State<Arc<Node>>,
     path: Result<Path<(String, String)>, PathRejection>,
-    body: Result<Json<TransferBody>, JsonRejection>,
+    body: Result<JsonObject<TransferBody>, ApiError>,
 ) -> Api<Response> {
     let Path((show, slot)) = path?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     let view = node.view()?;
     let to = node.resolve_device(&view, &body.to)?;
     let id = match body.transfer_id {
@@ -296,9 +355,9 @@ fn one() -> i64 {
 
 async fn count(
     State(node): State<Arc<Node>>,
-    body: Result<Json<CountBody>, JsonRejection>,
+    body: Result<JsonObject<CountBody>, ApiError>,
 ) -> Api<Response> {
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     let counted = node.count(&body.counter, body.by, body.attendee.as_deref())?;
     Ok((
         StatusCode::ACCEPTED,
@@ -338,9 +397,9 @@ fn pass_json(pass: &popmesh_crdt::access::Pass) -> serde_json::Value {
 /// `POST /v1/passes` (edge box or origin): a signed pass every device checks offline.
 async fn issue_pass(
     State(node): State<Arc<Node>>,
-    body: Result<Json<PassBody>, JsonRejection>,
+    body: Result<JsonObject<PassBody>, ApiError>,
 ) -> Api<Response> {
-    let Json(b) = body?;
+    let JsonObject(b) = body?;
     let pass = node
         .issue_pass(b.show, b.kind, &b.subject, b.valid_secs)
         .await?;
@@ -359,9 +418,9 @@ struct CheckInBody {
 /// `POST /v1/check-ins`: checks a pass offline and records the check-in; 403 with the reason when refused.
 async fn check_in(
     State(node): State<Arc<Node>>,
-    body: Result<Json<CheckInBody>, JsonRejection>,
+    body: Result<JsonObject<CheckInBody>, ApiError>,
 ) -> Api<Response> {
-    let Json(b) = body?;
+    let JsonObject(b) = body?;
     let pass = node.check_in(&b.pass, b.show).await?;
     let mut out = pass_json(&pass);
     out["checked_in"] = json!(true);
@@ -379,9 +438,9 @@ struct PassRevocationBody {
 /// `POST /v1/passes/revocations` (edge box or origin).
 async fn revoke_pass(
     State(node): State<Arc<Node>>,
-    body: Result<Json<PassRevocationBody>, JsonRejection>,
+    body: Result<JsonObject<PassRevocationBody>, ApiError>,
 ) -> Api<Response> {
-    let Json(b) = body?;
+    let JsonObject(b) = body?;
     node.revoke_pass(&b.pass, &b.reason).await?;
     Ok((StatusCode::CREATED, Json(json!({ "revoked": true }))).into_response())
 }
@@ -395,9 +454,9 @@ struct RevocationBody {
 
 async fn revoke(
     State(node): State<Arc<Node>>,
-    body: Result<Json<RevocationBody>, JsonRejection>,
+    body: Result<JsonObject<RevocationBody>, ApiError>,
 ) -> Api<Response> {
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
         .decode(body.revocation.trim_end_matches('='))
         .map_err(|e| {
@@ -526,10 +585,10 @@ async fn profile(
 async fn update_profile(
     State(node): State<Arc<Node>>,
     path: Result<Path<String>, PathRejection>,
-    body: Result<Json<popmesh_crdt::privacy::AttendeeProfile>, JsonRejection>,
+    body: Result<JsonObject<popmesh_crdt::privacy::AttendeeProfile>, ApiError>,
 ) -> Api<Response> {
     let Path(who) = path?;
-    let Json(update) = body?;
+    let JsonObject(update) = body?;
     let profile = node.update_profile(&who, &update)?;
     Ok(Json(json!({ "attendee": who, "profile": profile })).into_response())
 }

@@ -207,11 +207,28 @@ pub fn revoke(data: &Path, device: &str, reason: &str, api: Option<SocketAddr>) 
     let config = Config::load(&DataDir::config_path(data))?;
     let device =
         DeviceId::from_hex(device).map_err(|e| anyhow::anyhow!("DEVICE {device:?}: {e}"))?;
-    let revocation = authority.revoke(RevocationTarget::Device(device), clock::now(), reason);
+    let client = Client::new(api.unwrap_or(config.api.listen));
+    // Not retroactive: the receipts the device issued that this node holds stay valid; later ones do not.
+    let issued = client.get(&format!("/v1/devices/{}/issued", device.to_hex()))?;
+    if issued.status != 200 {
+        bail!(
+            "the node could not say which receipts the device issued ({}): {}",
+            issued.status,
+            issued.body
+        );
+    }
+    let honoured: std::collections::BTreeMap<String, u64> =
+        serde_json::from_value(issued.json()["issued"].clone())
+            .map_err(|e| anyhow::anyhow!("the node's answer about issued receipts: {e}"))?;
+    let revocation = authority.revoke_honouring(
+        RevocationTarget::Device(device),
+        clock::now(),
+        reason,
+        honoured.clone(),
+    );
     let body = serde_json::json!({
         "revocation": base64::engine::general_purpose::STANDARD_NO_PAD.encode(revocation.to_bytes())
     });
-    let client = Client::new(api.unwrap_or(config.api.listen));
     let answer = client.post("/v1/revocations", &body)?;
     if answer.status != 201 {
         bail!(
@@ -221,6 +238,9 @@ pub fn revoke(data: &Path, device: &str, reason: &str, api: Option<SocketAddr>) 
         );
     }
     println!("device {device} revoked; the site drops it as the directory syncs");
+    for (show, seq) in &honoured {
+        println!("  its receipts 1 to {seq} of show {show} stay valid; any later one is refused");
+    }
     Ok(())
 }
 

@@ -55,6 +55,10 @@ default_ttl_hours = 24
 verify_on_start = true
 # Cap on what this device uploads to peers, in MiB/s, so media never starves sales traffic (0: no cap).
 upload_limit_mib_s = 0
+# The largest blob `POST /v1/blobs` (and `popmesh blob add`) takes, in MiB.
+upload_max_mib = 4096
+# Free disk space kept for money, in MiB: below it media preseed and uploads stop, payments and bookings go on.
+reserve_mib = 64
 
 [telemetry]
 # Past this many counted events in one second the device is overloaded: counters that are not conversion
@@ -166,6 +170,8 @@ pub struct Media {
     pub default_ttl_hours: u64,
     pub verify_on_start: bool,
     pub upload_limit_mib_s: u64,
+    pub upload_max_mib: u64,
+    pub reserve_mib: u64,
 }
 
 impl Default for Media {
@@ -177,6 +183,8 @@ impl Default for Media {
             default_ttl_hours: 24,
             verify_on_start: true,
             upload_limit_mib_s: 0,
+            upload_max_mib: 4096,
+            reserve_mib: 64,
         }
     }
 }
@@ -285,6 +293,8 @@ impl Media {
             verify_on_start: self.verify_on_start,
             upload_limit: (self.upload_limit_mib_s > 0)
                 .then_some(self.upload_limit_mib_s.saturating_mul(1 << 20)),
+            upload_max_bytes: self.upload_max_mib.saturating_mul(1 << 20),
+            reserve_bytes: self.reserve_mib.saturating_mul(1 << 20),
         }
     }
 }

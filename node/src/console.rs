@@ -53,11 +53,29 @@ pub struct Facts {
     pub silent: Vec<(String, u64)>,
     /// Peers out of reach (name) and for how long, in ms.
     pub out_of_reach: Vec<(String, u64)>,
+    /// Why this device's data file refuses writes, if it does (a full disk, a failing disk).
+    pub store_fault: Option<String>,
+    /// Whether free space is below the reserve kept for money (media and uploads have stopped).
+    pub below_reserve: bool,
 }
 
 /// The alerts `facts` raise under `limits` (a limit of 0 is off).
 pub fn alerts(limits: &Alerts, facts: &Facts) -> Vec<Alert> {
     let mut out = Vec::new();
+    if let Some(fault) = &facts.store_fault {
+        out.push(Alert {
+            level: "critical",
+            message: format!(
+                "this device refuses payments and bookings: its data file refuses writes ({fault}); free space and it resumes by itself"
+            ),
+        });
+    } else if facts.below_reserve {
+        out.push(Alert {
+            level: "warning",
+            message: "free disk space is below the reserve kept for money: media preseed and uploads have stopped"
+                .into(),
+        });
+    }
     if limits.unreconciled_max_minor > 0 {
         for (currency, minor) in &facts.unreconciled {
             if *minor > limits.unreconciled_max_minor {
@@ -191,7 +209,10 @@ pub async fn snapshot(node: &Node) -> serde_json::Value {
         for r in list.iter().filter(|r| r.verified) {
             receipts += 1;
             if !r.reconciled {
-                *unreconciled.entry(r.currency.clone()).or_default() += r.amount_minor;
+                {
+                    let slot = unreconciled.entry(r.currency.clone()).or_default();
+                    *slot = slot.saturating_add(r.amount_minor);
+                }
             }
         }
     }
@@ -209,6 +230,8 @@ pub async fn snapshot(node: &Node) -> serde_json::Value {
             .filter(|p| p.admitted)
             .filter_map(|p| Some((name_of(&p.device), p.last_heard_ms_ago?)))
             .collect(),
+        store_fault: status.store.fault.as_ref().map(|f| f.reason.clone()),
+        below_reserve: status.store.below_reserve,
         out_of_reach: open
             .iter()
             .map(|i| (name_of(&i.subject), now.saturating_sub(i.started)))
@@ -263,6 +286,8 @@ mod tests {
             admitted_peers: 1,
             silent: vec![("pos-1".into(), 45_000), ("kiosk-1".into(), 100)],
             out_of_reach: vec![("origin".into(), 90_000)],
+            store_fault: None,
+            below_reserve: false,
         };
         let limits = Alerts {
             peers_min: 2,

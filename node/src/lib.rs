@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod console;
 pub mod demo;
+pub mod faults;
 pub mod media;
 pub mod media_api;
 pub mod media_cli;

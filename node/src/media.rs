@@ -88,6 +88,10 @@ pub struct MediaOptions {
     /// Cap on the bytes per second this device uploads to peers (`None`: no cap), so media never starves the
     /// site network of the traffic that carries sales.
     pub upload_limit: Option<u64>,
+    /// The largest blob an upload may add, in bytes.
+    pub upload_max_bytes: u64,
+    /// Free space kept for money: below it this device fetches no media and takes no uploads.
+    pub reserve_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +104,12 @@ pub enum MediaError {
     Damaged(String),
     #[error("blob store: {0}")]
     Store(String),
+    #[error("the blob is larger than the {max} bytes an upload may be")]
+    TooLarge { max: u64 },
+    #[error(
+        "not enough free disk space: {free} bytes free, and {reserve} are kept for payments and bookings"
+    )]
+    LowSpace { free: u64, reserve: u64 },
 }
 
 fn store_err(e: impl std::fmt::Display) -> MediaError {
@@ -188,6 +198,9 @@ pub struct PreseedReport {
     /// `present_bytes / wanted_bytes` (1 when nothing is wanted).
     pub completeness: f64,
     pub dropped: usize,
+    /// Media is missing but not fetched: free disk space is below the reserve kept for money.
+    #[serde(default)]
+    pub waiting_for_space: bool,
 }
 
 /// Whether the node admits a device right now.
@@ -591,19 +604,77 @@ impl Media {
     }
 
     /// Adds a blob from a stream of bytes, keeps it for the default time to live, and returns its hash and size.
+    /// Whether free disk space is below the reserve kept for money (media then fetches and takes nothing).
+    pub fn below_reserve(&self) -> bool {
+        self.free_bytes()
+            .is_some_and(|free| free < self.options.reserve_bytes)
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        self.meta.free_bytes()
+    }
+
+    /// Whether `more` bytes fit: under the upload maximum, and leaving the reserve free.
+    pub fn check_room(&self, more: u64) -> Result<(), MediaError> {
+        if more > self.options.upload_max_bytes {
+            return Err(MediaError::TooLarge {
+                max: self.options.upload_max_bytes,
+            });
+        }
+        if let Some(free) = self.free_bytes()
+            && free < self.options.reserve_bytes.saturating_add(more)
+        {
+            return Err(MediaError::LowSpace {
+                free,
+                reserve: self.options.reserve_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds the blob `data` streams. Stops (and adds nothing) once it passes the upload maximum or would eat into
+    /// the free space kept for money; the partial data is untagged and garbage collection removes it.
     pub async fn add(
         &self,
         data: impl futures::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
         now_ms: u64,
     ) -> Result<(Hash, u64), MediaError> {
-        let tag = self
+        let refused: Arc<Mutex<Option<MediaError>>> = Arc::default();
+        let (max, reserve, meta) = (
+            self.options.upload_max_bytes,
+            self.options.reserve_bytes,
+            self.meta.clone(),
+        );
+        let seen = refused.clone();
+        let mut total = 0u64;
+        let data = futures::StreamExt::map(data, move |chunk| {
+            let chunk = chunk?;
+            total = total.saturating_add(chunk.len() as u64);
+            let problem = if total > max {
+                Some(MediaError::TooLarge { max })
+            } else {
+                meta.free_bytes()
+                    .filter(|free| *free < reserve.saturating_add(chunk.len() as u64))
+                    .map(|free| MediaError::LowSpace { free, reserve })
+            };
+            if let Some(problem) = problem {
+                let message = problem.to_string();
+                *lock(&seen) = Some(problem);
+                return Err(std::io::Error::other(message));
+            }
+            Ok(chunk)
+        });
+        let added = self
             .store
             .blobs()
             .add_stream(data)
             .await
             .temp_tag()
-            .await
-            .map_err(store_err)?;
+            .await;
+        if let Some(problem) = lock(&refused).take() {
+            return Err(problem);
+        }
+        let tag = added.map_err(store_err)?;
         let hash = tag.hash();
         self.tag(hash).await?;
         drop(tag);
@@ -721,7 +792,7 @@ impl Media {
                 );
                 if lock(&self.quarantine).contains(&hash) {
                     report.missing += 1;
-                    report.wanted_bytes += entry.size;
+                    report.wanted_bytes = report.wanted_bytes.saturating_add(entry.size);
                     continue;
                 }
                 self.tag(hash).await?;
@@ -729,13 +800,18 @@ impl Media {
                 let chunks = to_chunks(&wanted);
                 let want: u64 = wanted.iter().map(|r| r.end - r.start).sum();
                 let have = self.present(hash, &chunks, entry.size).await.min(want);
-                report.wanted_bytes += want;
-                report.present_bytes += have;
+                report.wanted_bytes = report.wanted_bytes.saturating_add(want);
+                report.present_bytes = report.present_bytes.saturating_add(have);
                 if have < want {
                     report.missing += 1;
                     let seed = DeviceId::from_hex(&entry.added_by)
                         .ok()
                         .and_then(|d| endpoint_of(&d));
+                    if self.below_reserve() {
+                        // Money first: below the reserve, media waits for space.
+                        report.waiting_for_space = true;
+                        continue;
+                    }
                     self.spawn_fetch(hash, wanted, seed);
                 } else {
                     report.complete += 1;

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -263,7 +262,19 @@ async fn fallback(
 }
 
 /// `POST /v1/blobs`: the body becomes a blob, kept for `[media] default_ttl_hours` unless a manifest names it.
-pub async fn add(State(node): State<Arc<Node>>, body: Body) -> Api<Response> {
+pub async fn add(
+    State(node): State<Arc<Node>>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Api<Response> {
+    // A declared size is checked before a byte is stored; a chunked body is checked as it streams.
+    if let Some(len) = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        node.media().check_room(len).map_err(media_refusal)?;
+    }
     // The store wants a `Sync` stream; the body is not, so it crosses a channel.
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
     tokio::spawn(async move {
@@ -282,17 +293,23 @@ pub async fn add(State(node): State<Arc<Node>>, body: Body) -> Api<Response> {
         .media()
         .add(stream, clock::now().0)
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("the blob was not added: {e}"),
-            )
-        })?;
+        .map_err(media_refusal)?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "hash": hash.to_hex().to_string(), "size": size })),
     )
         .into_response())
+}
+
+/// An upload refused: too large (413), no room beside the money reserve (507), or unreadable (400).
+fn media_refusal(e: crate::media::MediaError) -> ApiError {
+    use crate::media::MediaError;
+    let status = match &e {
+        MediaError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        MediaError::LowSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, format!("the blob was not added: {e}"))
 }
 
 /// `GET /v1/blobs/{hash}`: what this device holds of a blob.
@@ -329,9 +346,11 @@ pub async fn manifests(State(node): State<Arc<Node>>) -> impl IntoResponse {
 pub async fn publish(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
-    body: Result<Json<ManifestSpec>, JsonRejection>,
+    body: Result<crate::api::JsonObject<ManifestSpec>, ApiError>,
 ) -> Api<Response> {
-    let Json(spec) = body?;
+    popmesh_crdt::naming::check_name("name", &name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let crate::api::JsonObject(spec) = body?;
     node.publish_manifest(&name, spec).await?;
     Ok((StatusCode::CREATED, Json(json!({ "published": name }))).into_response())
 }

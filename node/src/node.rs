@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use automerge::Automerge;
-use popmesh_crdt::directory::{Directory, DirectoryView, ShowRecord, SlotRecord, admit_peer};
+use popmesh_crdt::directory::{Directory, DirectoryView, admit_peer};
 use popmesh_crdt::docs::DocName;
-use popmesh_crdt::enrollment::{EnrollmentCert, Revocation};
+use popmesh_crdt::enrollment::{EnrollmentCert, Revocation, RevocationTarget};
 use popmesh_crdt::escrow::{EscrowError, SaleOutcome, Slot, plan_rebalance};
 use popmesh_crdt::ledger::{EarlierPages, Ledger, LedgerView, PaymentError, PaymentOutcome};
 use popmesh_crdt::privacy::{AttendeeProfile, check_pseudonym};
@@ -34,6 +34,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use samod::{DocHandle, DocumentId};
 use serde::{Deserialize, Serialize};
+
+mod guard;
+mod receipts;
+mod shows;
+
+pub use receipts::{RECEIPTS_PAGE_DEFAULT, RECEIPTS_PAGE_MAX, ReceiptPage, ReceiptQuery};
 
 use crate::clock;
 use crate::media::{BlobPeer, Media, MediaOptions, PreseedReport};
@@ -165,7 +171,7 @@ impl SiteGate {
             .iter()
             .filter_map(std::sync::Weak::upgrade)
             .map(|b| b.load(Ordering::Relaxed))
-            .sum()
+            .fold(0u64, u64::saturating_add)
     }
 }
 
@@ -258,6 +264,9 @@ struct NodeMetrics {
     no_consent: Counter,
     incidents_open: Gauge,
     uplink_backlog: Gauge,
+    store_failed: Gauge,
+    store_free_bytes: Gauge,
+    money_loading: Gauge,
 }
 
 impl NodeMetrics {
@@ -302,6 +311,21 @@ impl NodeMetrics {
             "popmesh_uplink_backlog_bytes",
             "Sync bytes queued on the links to the origin (media waits while there are any)",
             m.uplink_backlog.clone(),
+        );
+        registry.register(
+            "popmesh_store_failed",
+            "1 while the data file refuses writes (a full or failing disk): payments and bookings answer 503",
+            m.store_failed.clone(),
+        );
+        registry.register(
+            "popmesh_store_free_bytes",
+            "Free bytes on the data file's disk (media stops below the reserve kept for money)",
+            m.store_free_bytes.clone(),
+        );
+        registry.register(
+            "popmesh_ledger_pages_loading",
+            "This device's ledger pages not open yet: money requests answer 503 until it is 0",
+            m.money_loading.clone(),
         );
         m
     }
@@ -371,6 +395,12 @@ pub struct Node {
     screens: samod::AcceptorHandle,
     /// The background tasks, stopped by [`Node::shutdown`].
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Idempotency key -> show, for every payment this device took (indexed once its ledgers are open).
+    keys: Mutex<Option<std::collections::HashMap<String, String>>>,
+    /// Documents whose acknowledged write failed: the next write or replay saves them whole first.
+    undurable: Mutex<std::collections::HashSet<DocumentId>>,
+    /// Decoded ledger pages by document, with the heads they were read at (see `receipts.rs`).
+    ledger_cache: Mutex<BTreeMap<DocumentId, (Vec<automerge::ChangeHash>, Arc<LedgerView>)>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -479,6 +509,9 @@ impl Node {
             screen_docs,
             screens,
             alerts: options.alerts,
+            keys: Mutex::new(None),
+            undurable: Mutex::new(std::collections::HashSet::new()),
+            ledger_cache: Mutex::new(BTreeMap::new()),
         });
         node.spawn_task(librarian(node.clone()));
         node.spawn_task(flusher(node.clone()));
@@ -769,17 +802,42 @@ impl Node {
         handle: &DocHandle,
         f: impl FnOnce(&mut Automerge) -> T + Send + 'static,
     ) -> Result<T, Failure> {
+        self.change_then(handle, f, |_| false).await
+    }
+
+    /// [`Node::change`], saving the whole document when `whole(&out)` says the answer rests on more than the new
+    /// changes (a replay answers from what the document already held) or when an earlier acknowledged write to
+    /// it failed: so no answer ever rests on anything that is not on disk.
+    async fn change_then<T: Send + 'static>(
+        &self,
+        handle: &DocHandle,
+        f: impl FnOnce(&mut Automerge) -> T + Send + 'static,
+        whole: impl FnOnce(&T) -> bool + Send + 'static,
+    ) -> Result<T, Failure> {
+        let undurable = lock(&self.undurable).contains(handle.document_id());
         let (out, bytes) = handle
             .with_document_async(move |am| {
                 let before = am.get_heads();
                 let out = f(am);
-                let bytes = am.save_after(&before);
+                let bytes = if undurable || whole(&out) {
+                    am.save()
+                } else {
+                    am.save_after(&before)
+                };
                 (out, bytes)
             })
             .await
             .map_err(stopped)?;
         if !bytes.is_empty() {
-            self.ack(handle.document_id(), bytes).await?;
+            if let Err(e) = self.ack(handle.document_id(), bytes).await {
+                // The change is in memory (and may sync) but not on disk: nothing may be answered from this
+                // document until a whole save of it is durable.
+                lock(&self.undurable).insert(handle.document_id().clone());
+                return Err(e);
+            }
+            if undurable {
+                lock(&self.undurable).remove(handle.document_id());
+            }
         }
         Ok(out)
     }
@@ -790,7 +848,11 @@ impl Node {
         tokio::task::spawn_blocking(move || store.put_ack(&doc, &bytes))
             .await
             .map_err(internal)?
-            .map_err(|e| Failure::Unavailable(format!("could not make the write durable: {e}")))?;
+            .map_err(|e| {
+                Failure::Unavailable(format!(
+                    "could not make the write durable, so it was not acknowledged: {e}"
+                ))
+            })?;
         Ok(())
     }
 
@@ -903,8 +965,16 @@ impl Node {
         request
             .validate()
             .map_err(|e| Failure::BadRequest(e.to_string()))?;
+        if let Some(show) = &show {
+            popmesh_crdt::naming::check_name("show", show)
+                .map_err(|e| Failure::BadRequest(e.to_string()))?;
+        }
+        self.writable()?;
         let view = self.view()?;
         let show = self.existing_show(&view, show)?;
+        self.money_ready().await?;
+        let key = request.idempotency_key.clone();
+        let claimed = self.claim_key(&key, &show)?;
         let desk = lock(&self.desks).entry(show.clone()).or_default().clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
         lock(&desk.queue).push(PendingPayment { request, reply });
@@ -912,9 +982,20 @@ impl Node {
             // A spawned task, so a client hanging up cannot leave the desk marked busy.
             tokio::spawn(drain_desk(self.clone(), show, desk));
         }
-        answer
+        let outcome = answer
             .await
-            .map_err(|_| Failure::Unavailable("the payment desk stopped".into()))?
+            .map_err(|_| Failure::Unavailable("the payment desk stopped".into()))?;
+        // A payment refused by a rule wrote nothing: its key is free again. (After a failed durable write the
+        // document may hold it, so the claim stays.)
+        if claimed
+            && matches!(
+                outcome,
+                Err(Failure::Refused(_) | Failure::BadRequest(_) | Failure::Conflict(_))
+            )
+        {
+            self.release_key(&key);
+        }
+        outcome
     }
 
     /// Decides a batch of payments as one change (two when a page fills mid-batch) and answers each request.
@@ -1052,6 +1133,12 @@ impl Node {
         pages: &mut Pages,
         requests: Vec<PaymentRequest>,
     ) -> Result<Vec<Result<PaymentOutcome, PaymentError>>, Failure> {
+        // A replay may answer from an earlier page: one whose acknowledged write failed is made durable first.
+        for h in &pages.earlier_handles {
+            if lock(&self.undurable).contains(h.document_id()) {
+                self.change_then(h, |_| (), |_| true).await?;
+            }
+        }
         // Earlier pages' unreconciled totals change when the origin reconciles: read their counters afresh.
         let mut earlier_held = 0u64;
         for h in &pages.earlier_handles {
@@ -1070,11 +1157,20 @@ impl Node {
         let actor = self.actor();
         let now = clock::now();
         let earlier = Arc::clone(&pages.earlier);
-        self.change(&pages.current, move |am| {
-            Doc::<Ledger, &mut Automerge>::attach_as(am, actor).and_then(|mut d| {
-                d.take_payments_paged(&key, &limits, &requests, &earlier, elsewhere, now)
-            })
-        })
+        self.change_then(
+            &pages.current,
+            move |am| {
+                Doc::<Ledger, &mut Automerge>::attach_as(am, actor).and_then(|mut d| {
+                    d.take_payments_paged(&key, &limits, &requests, &earlier, elsewhere, now)
+                })
+            },
+            // A replay answers 201 from what the page held: the whole page is made durable first (a retry after
+            // a failed write must not be told its receipt exists when it never reached the disk).
+            |out| {
+                out.as_ref()
+                    .is_ok_and(|o| o.iter().any(|r| matches!(r, Ok(p) if p.replayed)))
+            },
+        )
         .await?
         .map_err(internal)
     }
@@ -1092,33 +1188,25 @@ impl Node {
             .collect()
     }
 
-    /// Every receipt this device holds, from every device's ledger, checked against the directory.
+    /// Every receipt this device holds, from every device's ledger, checked against the directory: every page
+    /// of [`Node::receipts_page`] (for the demo and tests; clients page through `GET /v1/receipts`).
     pub async fn receipts(&self) -> Result<Vec<ReceiptJson>, Failure> {
-        let view = self.view().ok();
-        let ledgers: Vec<DocHandle> = read(&self.docs)
-            .values()
-            .filter(|(n, _)| matches!(n, DocName::Ledger { .. }))
-            .map(|(_, h)| h.clone())
-            .collect();
         let mut out = Vec::new();
-        for handle in ledgers {
-            let Some(ledger) = read_ledger(&handle).await? else {
-                continue;
-            };
-            for r in &ledger.receipts {
-                let verified = match &view {
-                    Some(v) => r.verify(v).map_err(|e| e.to_string()),
-                    None => Err("the site directory is not synced yet".to_owned()),
-                };
-                out.push(ReceiptJson::new(
-                    r,
-                    ledger.is_reconciled(&r.token),
-                    verified,
-                ));
+        let mut after = None;
+        loop {
+            let page = self
+                .receipts_page(receipts::ReceiptQuery {
+                    after,
+                    limit: Some(receipts::RECEIPTS_PAGE_MAX),
+                    ..receipts::ReceiptQuery::default()
+                })
+                .await?;
+            out.extend(page.receipts);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
             }
         }
-        out.sort_by(|a, b| (&a.show, &a.device, a.seq).cmp(&(&b.show, &b.device, b.seq)));
-        Ok(out)
     }
 
     /// Signs a pass for the show on now (or `show`): edge boxes and the origin issue, every device checks offline.
@@ -1302,6 +1390,9 @@ impl Node {
                     currency: r.currency.clone(),
                     verified: r.verify(&view).map_err(|e| e.to_string()),
                     reconciled: ledger.is_reconciled(&r.token),
+                    issuer_revoked: view
+                        .revocation_of(RevocationTarget::Device(r.device))
+                        .is_some(),
                 });
                 home.insert(r.token.to_string(), handle.clone());
             }
@@ -1314,6 +1405,7 @@ impl Node {
                     currency: String::new(),
                     verified: Err(format!("malformed receipt: {e}")),
                     reconciled: false,
+                    issuer_revoked: false,
                 });
             }
         }
@@ -1357,6 +1449,17 @@ impl Node {
 
     /// Sets the gauges `/metrics` reports, from counters and lengths (no receipt is read or verified).
     pub async fn refresh_gauges(&self) -> Result<(), Failure> {
+        self.metrics
+            .store_failed
+            .set(i64::from(self.store.has_failed()));
+        if let Some(free) = self.store.free_bytes() {
+            self.metrics
+                .store_free_bytes
+                .set(i64::try_from(free).unwrap_or(i64::MAX));
+        }
+        if let Ok(loading) = self.ledgers_loading() {
+            self.metrics.money_loading.set(loading.len() as i64);
+        }
         let (ledgers, open): (Vec<DocHandle>, usize) = {
             let docs = read(&self.docs);
             let ledgers = docs
@@ -1422,6 +1525,7 @@ impl Node {
         seats: u64,
         attendee: Option<String>,
     ) -> Result<bool, Failure> {
+        self.writable()?;
         let view = self.view()?;
         let handle = self.slot_handle(&view, show, slot)?;
         let (me, actor, at, booking) = (self.me(), self.actor(), clock::now(), booking.to_owned());
@@ -1444,7 +1548,9 @@ impl Node {
         transfer: &str,
         seats: u64,
     ) -> Result<(), Failure> {
+        self.writable()?;
         let view = self.view()?;
+        self.check_trusted(&view, to, "to")?;
         let handle = self.slot_handle(&view, show, slot)?;
         let (me, actor, at, transfer) =
             (self.me(), self.actor(), clock::now(), transfer.to_owned());
@@ -1551,91 +1657,33 @@ impl Node {
         })
     }
 
-    /// Creates a show with its slots, escrowing each slot's seats to the devices named in `grants`.
-    pub async fn create_show(&self, spec: ShowSpec) -> Result<(), Failure> {
-        self.edge_or_origin("create shows", "ask the site's edge box or the origin")?;
-        let view = self.view()?;
-        if view.shows.contains_key(&spec.id) {
-            return Err(Failure::Conflict(format!(
-                "show {:?} already exists",
-                spec.id
-            )));
-        }
-        let mut grants_by_slot = Vec::new();
-        for slot in &spec.slots {
-            let mut grants = BTreeMap::new();
-            for (who, seats) in &slot.grants {
-                grants.insert(self.resolve_device(&view, who)?, *seats);
-            }
-            if slot.grants.is_empty() {
-                grants.insert(self.me(), slot.capacity);
-            }
-            let granted: u64 = grants.values().sum();
-            if granted > slot.capacity {
-                return Err(Failure::BadRequest(format!(
-                    "slot {:?}: grants total {granted} seats, more than its capacity of {}",
-                    slot.id, slot.capacity
-                )));
-            }
-            grants_by_slot.push(grants);
-        }
-        let record = ShowRecord {
-            name: spec.name.clone(),
-            currency: spec.currency.clone(),
-            slots: BTreeMap::new(),
+    /// A device named by hex id or by its certificate's name, which must be enrolled at this site and trusted now
+    /// (not revoked, not expired): seats or money given to anything else would be gone.
+    pub fn resolve_device(&self, view: &DirectoryView, who: &str) -> Result<DeviceId, Failure> {
+        let shown = popmesh_crdt::naming::shown(who);
+        let device = match DeviceId::from_hex(who) {
+            Ok(id) => id,
+            Err(_) => view
+                .certificates()
+                .find(|c| c.name == who)
+                .map(|c| c.device)
+                .ok_or_else(|| {
+                    Failure::NotFound(format!("no device named {shown} is enrolled at this site"))
+                })?,
         };
-        let id = spec.id.clone();
-        self.change_directory(move |d| d.add_show(&id, &record))
-            .await?
-            .map_err(|e| Failure::BadRequest(e.to_string()))?;
-        // The show's access list, created once by the show's creator (its containers in place before it is shared).
-        let show_id = spec.id.clone();
-        self.own_document(
-            DocName::Access {
-                show: spec.id.clone(),
-            },
-            move |actor| {
-                Doc::create_access(actor, &show_id)
-                    .map(Doc::into_automerge)
-                    .map_err(internal)
-            },
-        )
-        .await?;
-        for (slot, grants) in spec.slots.into_iter().zip(grants_by_slot) {
-            let (show_id, slot_id) = (spec.id.clone(), slot.id.clone());
-            let record = SlotRecord {
-                label: slot.label,
-                starts_at: slot.starts_at,
-                capacity: slot.capacity,
-            };
-            self.change_directory(move |d| d.add_slot(&show_id, &slot_id, &record))
-                .await?
-                .map_err(|e| Failure::BadRequest(e.to_string()))?;
-            let name = DocName::Slot {
-                show: spec.id.clone(),
-                slot: slot.id.clone(),
-            };
-            let (show_id, slot_id, capacity) = (spec.id.clone(), slot.id.clone(), slot.capacity);
-            self.own_document(name, move |actor| {
-                Doc::create_slot(actor, &show_id, &slot_id, capacity, &grants)
-                    .map(Doc::into_automerge)
-                    .map_err(|e| Failure::BadRequest(e.to_string()))
-            })
-            .await?;
-        }
-        Ok(())
+        self.check_trusted(view, device, "device")?;
+        Ok(device)
     }
 
-    /// A device named by hex id or by its certificate's name.
-    pub fn resolve_device(&self, view: &DirectoryView, who: &str) -> Result<DeviceId, Failure> {
-        if let Ok(id) = DeviceId::from_hex(who) {
-            return Ok(id);
-        }
-        view.certificates()
-            .find(|c| c.name == who)
-            .map(|c| c.device)
-            .ok_or_else(|| {
-                Failure::NotFound(format!("no device named {who:?} is enrolled at this site"))
+    /// Refuses a reference to a device that is not enrolled, or no longer trusted.
+    fn check_trusted(&self, view: &DirectoryView, device: DeviceId, field: &str) -> Result<(), Failure> {
+        view.verify_device(&device, clock::now())
+            .map(|_| ())
+            .map_err(|e| {
+                Failure::NotFound(format!(
+                    "{field}: device {} is not a device this site trusts now: {e}",
+                    device.to_hex()
+                ))
             })
     }
 
@@ -1663,6 +1711,7 @@ impl Node {
     ) -> Result<Counted, Failure> {
         let bad = |e: String| Failure::BadRequest(e);
         check_counter_name(counter).map_err(|e| bad(e.to_string()))?;
+        popmesh_crdt::telemetry::check_increment(by).map_err(|e| bad(e.to_string()))?;
         if let Some(who) = attendee {
             check_pseudonym(who).map_err(|e| bad(format!("attendee: {e}")))?;
             if !self.profile(who)?.is_some_and(|p| p.counts_analytics()) {
@@ -1731,11 +1780,17 @@ impl Node {
                 .await
                 .map_err(stopped)?;
             for (k, v) in counters.unwrap_or_default() {
-                *total.entry(k).or_insert(0) += v;
+                {
+                    let slot = total.entry(k).or_insert(0i64);
+                    *slot = slot.saturating_add(v);
+                }
             }
         }
         for (k, v) in lock(&self.telemetry).pending() {
-            *total.entry(k.clone()).or_insert(0) += v;
+            {
+                let slot = total.entry(k.clone()).or_insert(0i64);
+                *slot = slot.saturating_add(*v);
+            }
         }
         Ok(total)
     }
@@ -2112,6 +2167,10 @@ impl Node {
         &self,
         lag: &BTreeMap<String, (Vec<DocumentId>, Option<u64>)>,
     ) -> Status {
+        let ready: Vec<String> = match self.ledgers_loading() {
+            Ok(pages) => pages,
+            Err(e) => vec![e.to_string()],
+        };
         let view = read(&self.gate.view).clone();
         let names: BTreeMap<DeviceId, (String, Role)> = view
             .as_ref()
@@ -2194,7 +2253,12 @@ impl Node {
                 bytes: self.store.file_bytes(),
                 acknowledged_writes: self.store.acks(),
                 healthy: !self.store.has_failed(),
+                fault: self.store.health(),
+                free_bytes: self.store.free_bytes(),
+                below_reserve: self.media.below_reserve(),
             },
+            ready: ready.is_empty(),
+            loading: ready,
             media: self.media.report(),
             media_port: self.media.port(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
@@ -2551,6 +2615,15 @@ async fn flusher(node: Arc<Node>) {
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.flush()).await {
             tracing::error!("flush failed: {e}");
         }
+        node.heal_store().await;
+        node.metrics
+            .store_failed
+            .set(i64::from(node.store.has_failed()));
+        if let Some(free) = node.store.free_bytes() {
+            node.metrics
+                .store_free_bytes
+                .set(i64::try_from(free).unwrap_or(i64::MAX));
+        }
         if let Err(e) = node.flush_telemetry().await {
             tracing::debug!("telemetry not written yet: {e}");
         }
@@ -2692,7 +2765,13 @@ pub struct StoreJson {
     pub path: String,
     pub bytes: u64,
     pub acknowledged_writes: u64,
+    /// False while the data file refuses writes (then payments and bookings answer 503).
     pub healthy: bool,
+    /// Why it refuses them (`disk_full` or `io`, and the reason).
+    pub fault: Option<crate::store::StoreFault>,
+    pub free_bytes: Option<u64>,
+    /// Free space is below the reserve kept for money: media preseed and uploads have stopped.
+    pub below_reserve: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -2710,6 +2789,11 @@ pub struct Status {
     pub documents: DocsJson,
     pub shows: Vec<String>,
     pub store: StoreJson,
+    /// Whether money requests may be answered: the directory is read and every ledger page of this device is
+    /// open (until then they answer 503).
+    pub ready: bool,
+    /// What is still loading before the node is ready.
+    pub loading: Vec<String>,
     pub media: PreseedReport,
     /// The UDP port of this device's blob endpoint.
     pub media_port: Option<u16>,

@@ -11,6 +11,12 @@
 //!   transaction and makes them durable with one fsync, so concurrent payments share the disk's flush.
 //!
 //! redb checksums its pages and refuses a damaged file; the error names the file.
+//!
+//! **A failed write is never taken for a durable one.** When a write fails (a full disk, an fsync error), the store
+//! is marked failed with the reason ([`Store::health`]); the node refuses money writes with a 503 that says why,
+//! and [`Store::recover`] (the node calls it every [`FLUSH_EVERY`]) reopens the file once space is back, since redb
+//! refuses every write after an I/O error until it is reopened. The data file is opened through the storage fault
+//! layer ([`crate::faults`]) when a test asks for it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +26,8 @@ use std::time::Duration;
 
 use redb::{Database, Durability, ReadableDatabase as _, TableDefinition};
 use samod::storage::StorageKey;
+
+use crate::faults::{Faults, FaultyBackend};
 
 /// samod's key/value space: `/`-joined storage keys to bytes.
 const DOCS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("samod");
@@ -45,13 +53,26 @@ pub enum StoreError {
     Io { path: PathBuf, reason: String },
 }
 
+/// The database, swapped for a fresh one when the store recovers from a failed write.
+type Slot = Arc<std::sync::RwLock<Option<Arc<Database>>>>;
+
+/// Why the store refuses writes now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoreFault {
+    /// `disk_full` or `io`.
+    pub kind: &'static str,
+    pub reason: String,
+}
+
 /// The node's data file. Cloning shares it.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Slot,
     path: Arc<PathBuf>,
     dirty: Arc<AtomicBool>,
     failed: Arc<AtomicBool>,
+    fault: Arc<Mutex<Option<StoreFault>>>,
+    faults: Option<Arc<Faults>>,
     acks: Arc<AtomicU64>,
     committer: Arc<Committer>,
 }
@@ -90,7 +111,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Takes every waiting acknowledged write, commits them in one fsync'd transaction, answers each.
-fn commit_loop(db: Arc<Database>, queue: Arc<AckQueue>) {
+fn commit_loop(slot: Slot, queue: Arc<AckQueue>) {
     loop {
         let batch = {
             let mut guard = lock(&queue.pending);
@@ -102,7 +123,9 @@ fn commit_loop(db: Arc<Database>, queue: Arc<AckQueue>) {
             }
             std::mem::take(&mut guard.0)
         };
+        let db = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
         let result = (|| -> Result<(), redb::Error> {
+            let db = db.ok_or(redb::Error::PreviousIo)?;
             let mut tx = db.begin_write()?;
             tx.set_durability(Durability::Immediate)?;
             {
@@ -129,47 +152,78 @@ impl std::fmt::Debug for Store {
     }
 }
 
+fn open_database(path: &Path, faults: Option<&Arc<Faults>>) -> Result<Database, StoreError> {
+    let opened = match faults {
+        None => Database::create(path),
+        Some(faults) => {
+            let backend = FaultyBackend::open(path, faults.clone()).map_err(|e| StoreError::Io {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+            redb::Builder::new().create_with_backend(backend)
+        }
+    };
+    opened.map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+            path: path.to_owned(),
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => StoreError::Damaged {
+            path: path.to_owned(),
+            reason,
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::WouldBlock =>
+        {
+            StoreError::InUse {
+                path: path.to_owned(),
+            }
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) if is_disk_full(&io.to_string()) => {
+            StoreError::Io {
+                path: path.to_owned(),
+                reason: format!("the disk is full: {io}"),
+            }
+        }
+        other => StoreError::Damaged {
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
+    })
+}
+
+/// Whether an error's text is the operating system's "no space left on device".
+fn is_disk_full(text: &str) -> bool {
+    text.contains("os error 28") || text.contains("No space left") || text.contains("StorageFull")
+}
+
 impl Store {
+    /// Opens the data file; through the storage fault layer when `POPMESH_STORAGE_FAULTS` asks for it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
-                path: path.to_owned(),
-            },
-            redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
-                StoreError::Damaged {
-                    path: path.to_owned(),
-                    reason,
-                }
-            }
-            redb::DatabaseError::Storage(redb::StorageError::Io(io))
-                if io.kind() == std::io::ErrorKind::WouldBlock =>
-            {
-                StoreError::InUse {
-                    path: path.to_owned(),
-                }
-            }
-            other => StoreError::Damaged {
-                path: path.to_owned(),
-                reason: other.to_string(),
-            },
-        })?;
-        let db = Arc::new(db);
+        Self::open_with_faults(path, Faults::from_env())
+    }
+
+    /// Opens the data file, with the storage fault layer in front of it when `faults` is given.
+    pub fn open_with_faults(path: &Path, faults: Option<Arc<Faults>>) -> Result<Self, StoreError> {
+        let db = open_database(path, faults.as_ref())?;
+        let slot: Slot = Arc::new(std::sync::RwLock::new(Some(Arc::new(db))));
         let queue = Arc::new(AckQueue::default());
         let thread = {
-            let (db, queue) = (db.clone(), queue.clone());
+            let (slot, queue) = (slot.clone(), queue.clone());
             std::thread::Builder::new()
                 .name("popmesh-commit".into())
-                .spawn(move || commit_loop(db, queue))
+                .spawn(move || commit_loop(slot, queue))
                 .map_err(|e| StoreError::Io {
                     path: path.to_owned(),
                     reason: format!("cannot start the commit thread: {e}"),
                 })?
         };
         let store = Self {
-            db,
+            db: slot,
             path: Arc::new(path.to_owned()),
             dirty: Arc::new(AtomicBool::new(false)),
             failed: Arc::new(AtomicBool::new(false)),
+            fault: Arc::new(Mutex::new(None)),
+            faults,
             acks: Arc::new(AtomicU64::new(0)),
             committer: Arc::new(Committer {
                 queue,
@@ -185,13 +239,101 @@ impl Store {
         Ok(store)
     }
 
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| self.io("the data file is being reopened after a failed write"))
+    }
+
+    /// Why writes are refused now, if they are.
+    pub fn health(&self) -> Option<StoreFault> {
+        lock(&self.fault).clone()
+    }
+
+    /// Bytes free on the data file's file system (0 while the fault layer says the disk is full).
+    pub fn free_bytes(&self) -> Option<u64> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        crate::faults::free_bytes(dir, self.faults.as_deref())
+    }
+
+    /// The fault layer's switches, when the store runs behind it.
+    pub fn faults(&self) -> Option<&Arc<Faults>> {
+        self.faults.as_ref()
+    }
+
+    /// After a failed write: reopens the data file (redb refuses every write after an I/O error until then) and
+    /// proves it takes a durable write again. Returns whether the store was failed and is healthy now; the
+    /// caller then makes its documents durable again, since writes that failed may be missing from the file.
+    pub fn recover(&self) -> Result<bool, StoreError> {
+        if !self.failed.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        {
+            let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = slot.take() {
+                // Wait for operations that still hold the old database (they finish, failing, at once).
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                let mut old = old;
+                loop {
+                    match Arc::try_unwrap(old) {
+                        Ok(db) => {
+                            drop(db);
+                            break;
+                        }
+                        Err(still) if std::time::Instant::now() < deadline => {
+                            old = still;
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(still) => {
+                            *slot = Some(still);
+                            return Err(self.io("the failed data file is still in use"));
+                        }
+                    }
+                }
+            }
+            let db = open_database(&self.path, self.faults.as_ref()).inspect_err(|e| {
+                self.note_failure(&e.to_string());
+            })?;
+            *slot = Some(Arc::new(db));
+        }
+        // A durable write proves the file takes writes again.
+        self.write_checked(Durability::Immediate, |tx| {
+            tx.open_table(META)?.insert("recovered_at", "1")?;
+            Ok(())
+        })?;
+        self.failed.store(false, Ordering::SeqCst);
+        *lock(&self.fault) = None;
+        tracing::info!(file = %self.path.display(), "the data file takes writes again");
+        Ok(true)
+    }
+
+    fn note_failure(&self, reason: &str) {
+        self.failed.store(true, Ordering::SeqCst);
+        let kind = if is_disk_full(reason) {
+            "disk_full"
+        } else {
+            "io"
+        };
+        let mut fault = lock(&self.fault);
+        if fault.is_none() {
+            tracing::error!(kind, "the data file refuses writes: {reason}");
+        }
+        *fault = Some(StoreFault {
+            kind,
+            reason: reason.to_owned(),
+        });
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Whether a write has failed since start (the node reports itself degraded and refuses money writes).
+    /// Whether the store refuses writes now (a write failed and it has not recovered; the node reports itself
+    /// degraded and refuses money writes).
     pub fn has_failed(&self) -> bool {
-        self.failed.load(Ordering::Relaxed)
+        self.failed.load(Ordering::SeqCst)
     }
 
     /// Acknowledged writes made durable since start.
@@ -200,19 +342,41 @@ impl Store {
     }
 
     fn io(&self, e: impl std::fmt::Display) -> StoreError {
-        self.failed.store(true, Ordering::Relaxed);
+        let reason = e.to_string();
+        self.note_failure(&reason);
+        let reason = if is_disk_full(&reason) {
+            format!("the disk is full ({reason})")
+        } else {
+            reason
+        };
         StoreError::Io {
             path: self.path.to_path_buf(),
-            reason: e.to_string(),
+            reason,
         }
     }
 
+    /// A write, refused at once while the store is failed (so nothing is taken for written that was not).
     fn write(
         &self,
         durability: Durability,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.begin_write().map_err(|e| self.io(e))?;
+        if let Some(fault) = self.health() {
+            return Err(StoreError::Io {
+                path: self.path.to_path_buf(),
+                reason: fault.reason,
+            });
+        }
+        self.write_checked(durability, f)
+    }
+
+    fn write_checked(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let mut tx = db.begin_write().map_err(|e| self.io(e))?;
         tx.set_durability(durability).map_err(|e| self.io(e))?;
         f(&tx).map_err(|e| self.io(e))?;
         tx.commit().map_err(|e| self.io(e))?;
@@ -222,6 +386,12 @@ impl Store {
     /// Makes `bytes` (Automerge changes, or a whole document) part of document `doc` on disk, fsync'd, before
     /// returning. Blocking: call it off the async runtime.
     pub fn put_ack(&self, doc: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        if let Some(fault) = self.health() {
+            return Err(StoreError::Io {
+                path: self.path.to_path_buf(),
+                reason: fault.reason,
+            });
+        }
         let name = format!("ack-{}", blake3::hash(bytes).to_hex());
         let key = StorageKey::from_parts([doc, "incremental", name.as_str()])
             .map_err(|_| self.io(format!("document id {doc:?} is not a storage key")))?;
@@ -245,7 +415,7 @@ impl Store {
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.io(e))?;
         let table = tx.open_table(META).map_err(|e| self.io(e))?;
         let value = table.get(key).map_err(|e| self.io(e))?;
         Ok(value.map(|v| v.value().to_owned()))
@@ -272,7 +442,7 @@ impl Store {
     }
 
     fn load_one(&self, key: &StorageKey) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.io(e))?;
         let table = tx.open_table(DOCS).map_err(|e| self.io(e))?;
         let value = table
             .get(key.to_string().as_str())
@@ -281,7 +451,7 @@ impl Store {
     }
 
     fn load_prefix(&self, prefix: &StorageKey) -> Result<HashMap<StorageKey, Vec<u8>>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.io(e))?;
         let table = tx.open_table(DOCS).map_err(|e| self.io(e))?;
         let start = prefix.to_string();
         let mut out = HashMap::new();

@@ -397,16 +397,26 @@ impl Node {
         self.get("/v1/status")
     }
 
-    /// Tokens of every receipt this node has merged.
+    /// Tokens of every receipt this node has merged (every page of `GET /v1/receipts`).
     pub fn receipt_tokens(&self) -> Vec<String> {
-        self.get("/v1/receipts")["receipts"]
-            .as_array()
-            .map(|rs| {
-                rs.iter()
-                    .filter_map(|r| r["token"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.all_receipts()
+            .iter()
+            .filter_map(|r| r["token"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Every receipt this node has merged, following `next` through the pages; none while it is not ready.
+    pub fn all_receipts(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut path = "/v1/receipts?limit=5000".to_owned();
+        loop {
+            let page = self.get(&path);
+            out.extend(page["receipts"].as_array().cloned().unwrap_or_default());
+            match page["next"].as_str() {
+                Some(next) => path = format!("/v1/receipts?limit=5000&after={next}"),
+                None => return out,
+            }
+        }
     }
 
     /// Follows `/v1/events` on a thread: every change event's JSON arrives on the returned channel.

@@ -1,0 +1,177 @@
+//! Reading receipts: in pages, from a cache of decoded ledger pages, off the async workers.
+//!
+//! A show of 23,000 receipts is 10 MB of JSON: `GET /v1/receipts` answers a bounded page in (show, device,
+//! sequence) order with a cursor for the next, so readers never hold the payment desk up. A ledger page is decoded
+//! once per change of its heads (full pages never change but for reconciliation marks), and checking signatures
+//! and building JSON run on the blocking pool, not on the runtime's workers that serve payments.
+
+use std::sync::Arc;
+
+use popmesh_crdt::DeviceId;
+use popmesh_crdt::docs::DocName;
+use popmesh_crdt::ledger::LedgerView;
+use samod::DocHandle;
+
+use super::{Failure, Node, ReceiptJson, internal, lock, read, read_ledger, stopped};
+
+/// Receipts in one page when the client does not say.
+pub const RECEIPTS_PAGE_DEFAULT: usize = 500;
+/// The most receipts one page holds.
+pub const RECEIPTS_PAGE_MAX: usize = 5000;
+
+/// Which receipts a reader asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiptQuery {
+    /// The cursor of the previous page (`next`), or none for the first.
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+    pub device: Option<DeviceId>,
+    pub show: Option<String>,
+}
+
+/// One page of receipts.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReceiptPage {
+    pub receipts: Vec<ReceiptJson>,
+    /// The cursor for the next page (`?after=`), absent on the last.
+    pub next: Option<String>,
+}
+
+/// A position in (show, device, sequence) order: `show/devicehex/seq` (names never hold `/`).
+fn parse_cursor(text: &str) -> Result<(String, DeviceId, u64), Failure> {
+    let bad = || {
+        Failure::BadRequest(format!(
+            "after {}: not a cursor from an earlier page's next",
+            popmesh_crdt::naming::shown(text)
+        ))
+    };
+    let mut parts = text.split('/');
+    let (Some(show), Some(device), Some(seq), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let device = DeviceId::from_hex(device).map_err(|_| bad())?;
+    let seq = seq.parse::<u64>().map_err(|_| bad())?;
+    if !popmesh_crdt::naming::is_valid_name(show) {
+        return Err(bad());
+    }
+    Ok((show.to_owned(), device, seq))
+}
+
+impl Node {
+    /// One page of the receipts this device holds, from every device's ledger, checked against the directory.
+    pub async fn receipts_page(&self, query: ReceiptQuery) -> Result<ReceiptPage, Failure> {
+        self.money_ready().await?;
+        let view = self.view()?;
+        let limit = query.limit.unwrap_or(RECEIPTS_PAGE_DEFAULT);
+        if limit == 0 || limit > RECEIPTS_PAGE_MAX {
+            return Err(Failure::BadRequest(format!(
+                "limit must be 1 to {RECEIPTS_PAGE_MAX}, not {limit}"
+            )));
+        }
+        if let Some(show) = &query.show {
+            popmesh_crdt::naming::check_name("show", show)
+                .map_err(|e| Failure::BadRequest(e.to_string()))?;
+        }
+        let after = query.after.as_deref().map(parse_cursor).transpose()?;
+        let mut ledgers: Vec<((String, DeviceId, u32), DocHandle)> = read(&self.docs)
+            .values()
+            .filter_map(|(name, h)| match name {
+                DocName::Ledger { show, device, page } => {
+                    Some(((show.clone(), *device, *page), h.clone()))
+                }
+                _ => None,
+            })
+            .filter(|((show, device, _), _)| {
+                query.show.as_ref().is_none_or(|s| s == show)
+                    && query.device.is_none_or(|d| d == *device)
+            })
+            .filter(|((show, device, _), _)| {
+                after
+                    .as_ref()
+                    .is_none_or(|(s, d, _)| (show, device) >= (s, d))
+            })
+            .collect();
+        ledgers.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut picked = Vec::new();
+        let mut more = false;
+        'pages: for ((show, device, _), handle) in ledgers {
+            let Some(page) = self.cached_ledger(&handle).await? else {
+                continue;
+            };
+            for r in &page.receipts {
+                if let Some((s, d, seq)) = &after
+                    && (&show, &device, r.seq) <= (s, d, *seq)
+                {
+                    continue;
+                }
+                if picked.len() == limit {
+                    more = true;
+                    break 'pages;
+                }
+                picked.push((page.clone(), r.clone()));
+            }
+        }
+        let next = more
+            .then(|| picked.last())
+            .flatten()
+            .map(|(_, r)| format!("{}/{}/{}", r.show, r.device.to_hex(), r.seq));
+        // Signatures and JSON on the blocking pool: the runtime's workers stay free for the payment desk.
+        let receipts = tokio::task::spawn_blocking(move || {
+            picked
+                .iter()
+                .map(|(page, r)| {
+                    ReceiptJson::new(
+                        r,
+                        page.is_reconciled(&r.token),
+                        r.verify(&view).map_err(|e| e.to_string()),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(internal)?;
+        Ok(ReceiptPage { receipts, next })
+    }
+
+    /// A ledger page decoded, from the cache while its heads are unchanged.
+    async fn cached_ledger(&self, handle: &DocHandle) -> Result<Option<Arc<LedgerView>>, Failure> {
+        let heads = handle
+            .with_document_async(|am| am.get_heads())
+            .await
+            .map_err(stopped)?;
+        if let Some((seen, page)) = lock(&self.ledger_cache).get(handle.document_id())
+            && *seen == heads
+        {
+            return Ok(Some(page.clone()));
+        }
+        let Some(page) = read_ledger(handle).await? else {
+            return Ok(None);
+        };
+        let page = Arc::new(page);
+        lock(&self.ledger_cache).insert(handle.document_id().clone(), (heads, page.clone()));
+        Ok(Some(page))
+    }
+
+    /// The last receipt sequence number of `device` in each show, as this device holds its ledgers: what a
+    /// revocation of that device honours (`popmesh site revoke`).
+    pub async fn issued_by(&self, device: DeviceId) -> Result<std::collections::BTreeMap<String, u64>, Failure> {
+        let handles: Vec<(String, DocHandle)> = read(&self.docs)
+            .values()
+            .filter_map(|(name, h)| match name {
+                DocName::Ledger { show, device: d, .. } if *d == device => Some((show.clone(), h.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut out = std::collections::BTreeMap::new();
+        for (show, handle) in handles {
+            if let Some(page) = self.cached_ledger(&handle).await? {
+                let last = page.receipts.iter().map(|r| r.seq).max().unwrap_or(0);
+                let entry = out.entry(show).or_insert(0);
+                *entry = last.max(*entry);
+            }
+        }
+        Ok(out)
+    }
+}

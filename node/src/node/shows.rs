@@ -1,0 +1,165 @@
+//! Creating a show: every part of the request checked before anything is written, then written whole.
+//!
+//! A show and its slots become document names (`show/{show}/slot/{slot}`) on every device of the site, for good:
+//! so the whole request is checked first against the one naming rule (`popmesh_crdt::naming`), the capacity and
+//! grant arithmetic (checked, never wrapping), and the devices it names (enrolled and trusted). The show and all
+//! of its slots then go into the directory as one change. A retry of a show this device already created with the
+//! same definition finishes whatever a failure (a full disk) left undone, instead of refusing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use popmesh_crdt::directory::{DirectoryView, SLOTS_PER_SHOW_MAX, ShowRecord, SlotRecord};
+use popmesh_crdt::docs::DocName;
+use popmesh_crdt::naming::check_name;
+use popmesh_crdt::{DeviceId, Doc};
+
+use super::{Failure, Node, ShowSpec, internal};
+
+/// The most seats one slot may hold.
+pub const CAPACITY_MAX: u64 = 1_000_000;
+/// The longest show name or slot label, in bytes.
+pub const LABEL_BYTES_MAX: usize = 200;
+
+fn bad(e: impl std::fmt::Display) -> Failure {
+    Failure::BadRequest(e.to_string())
+}
+
+fn check_label(field: &str, text: &str) -> Result<(), Failure> {
+    if text.is_empty() || text.len() > LABEL_BYTES_MAX || text.chars().any(char::is_control) {
+        return Err(Failure::BadRequest(format!(
+            "{field} must be 1 to {LABEL_BYTES_MAX} bytes of text without control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Node {
+    /// Creates a show with its slots, escrowing each slot's seats to the devices named in `grants`.
+    pub async fn create_show(&self, spec: ShowSpec) -> Result<(), Failure> {
+        self.edge_or_origin("create shows", "ask the site's edge box or the origin")?;
+        self.writable()?;
+        let view = self.view()?;
+        let (record, grants) = self.plan_show(&view, &spec)?;
+        match view.shows.get(&spec.id) {
+            Some(existing) if *existing == record => {
+                // A retry of this very show: finish what is missing below.
+            }
+            Some(_) => {
+                return Err(Failure::Conflict(format!(
+                    "show {:?} already exists with another definition",
+                    spec.id
+                )));
+            }
+            None => {
+                let (id, record) = (spec.id.clone(), record.clone());
+                self.change_directory(move |d| d.add_show(&id, &record))
+                    .await?
+                    .map_err(bad)?;
+            }
+        }
+        // The show's access list, created once by the show's creator (its containers in place before it is shared).
+        let show_id = spec.id.clone();
+        self.own_document(DocName::Access { show: spec.id.clone() }, move |actor| {
+            Doc::create_access(actor, &show_id)
+                .map(Doc::into_automerge)
+                .map_err(internal)
+        })
+        .await?;
+        for (slot, grants) in spec.slots.iter().zip(grants) {
+            let name = DocName::Slot {
+                show: spec.id.clone(),
+                slot: slot.id.clone(),
+            };
+            let (show_id, slot_id, capacity) = (spec.id.clone(), slot.id.clone(), slot.capacity);
+            self.own_document(name, move |actor| {
+                Doc::create_slot(actor, &show_id, &slot_id, capacity, &grants)
+                    .map(Doc::into_automerge)
+                    .map_err(bad)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Checks a whole show request and says what it would write: the directory's record and each slot's grants.
+    fn plan_show(
+        &self,
+        view: &DirectoryView,
+        spec: &ShowSpec,
+    ) -> Result<(ShowRecord, Vec<BTreeMap<DeviceId, u64>>), Failure> {
+        check_name("id", &spec.id).map_err(bad)?;
+        check_label("name", &spec.name)?;
+        if spec.currency.len() != 3 || !spec.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(Failure::BadRequest(format!(
+                "currency must be a three-letter ISO 4217 code in capitals, such as EUR, not {}",
+                popmesh_crdt::naming::shown(&spec.currency)
+            )));
+        }
+        if spec.slots.is_empty() || spec.slots.len() > SLOTS_PER_SHOW_MAX {
+            return Err(Failure::BadRequest(format!(
+                "slots must list 1 to {SLOTS_PER_SHOW_MAX} slots, not {}",
+                spec.slots.len()
+            )));
+        }
+        let mut seen = BTreeSet::new();
+        let mut slots = BTreeMap::new();
+        let mut all_grants = Vec::with_capacity(spec.slots.len());
+        for (i, slot) in spec.slots.iter().enumerate() {
+            check_name(&format!("slots[{i}].id"), &slot.id).map_err(bad)?;
+            if !seen.insert(slot.id.as_str()) {
+                return Err(Failure::BadRequest(format!(
+                    "slots[{i}].id: slot {:?} is listed twice",
+                    slot.id
+                )));
+            }
+            check_label(&format!("slots[{i}].label"), &slot.label)?;
+            if slot.capacity == 0 || slot.capacity > CAPACITY_MAX {
+                return Err(Failure::BadRequest(format!(
+                    "slots[{i}].capacity must be 1 to {CAPACITY_MAX} seats, not {}",
+                    slot.capacity
+                )));
+            }
+            let mut grants = BTreeMap::new();
+            for (who, seats) in &slot.grants {
+                let field = format!("slots[{i}].grants");
+                let device = self.resolve_device(view, who).map_err(|e| {
+                    Failure::BadRequest(format!("{field}: {e}"))
+                })?;
+                if *seats > slot.capacity {
+                    return Err(Failure::BadRequest(format!(
+                        "{field}: {seats} seats for {} is more than the slot's capacity of {}",
+                        popmesh_crdt::naming::shown(who),
+                        slot.capacity
+                    )));
+                }
+                let entry: &mut u64 = grants.entry(device).or_insert(0);
+                *entry = entry.checked_add(*seats).ok_or_else(|| {
+                    Failure::BadRequest(format!("{field}: the grants to one device overflow"))
+                })?;
+            }
+            if slot.grants.is_empty() {
+                grants.insert(self.me(), slot.capacity);
+            }
+            popmesh_crdt::escrow::check_grants(grants.values(), slot.capacity).map_err(|e| {
+                Failure::BadRequest(format!("slots[{i}].grants: {e}"))
+            })?;
+            slots.insert(
+                slot.id.clone(),
+                SlotRecord {
+                    label: slot.label.clone(),
+                    starts_at: slot.starts_at,
+                    capacity: slot.capacity,
+                },
+            );
+            all_grants.push(grants);
+        }
+        Ok((
+            ShowRecord {
+                name: spec.name.clone(),
+                currency: spec.currency.clone(),
+                slots,
+            },
+            all_grants,
+        ))
+    }
+}
