@@ -543,9 +543,18 @@ fn take_one(
     if page.earlier.page_capacity > 0 && on_page >= page.earlier.page_capacity {
         return Err(PaymentError::PageFull);
     }
+    // Checked: held amounts past u64 are over any limit.
     let stored = unreconciled(tx)?
-        .saturating_add(page.earlier.unreconciled_minor)
-        .saturating_add(stored_elsewhere_minor);
+        .checked_add(page.earlier.unreconciled_minor)
+        .and_then(|s| s.checked_add(stored_elsewhere_minor))
+        .unwrap_or(u64::MAX);
+    if stored == u64::MAX {
+        return Err(PaymentError::OverLimit(RiskError::OverStoredLimit {
+            stored,
+            amount: request.amount_minor,
+            max: limits.stored_total_max_minor,
+        }));
+    }
     limits.check(stored, request.amount_minor, &request.currency)?;
     let receipt = Receipt::issue(
         key,

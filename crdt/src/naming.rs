@@ -61,16 +61,28 @@ mod tests {
 
     #[test]
     fn ids_a_site_uses_pass_and_hostile_ones_are_named() {
-        for good in ["fri", "show-2026.12", "10am", "bk-9f2a", "rb-3-17", "a:b", "A_1"] {
+        for good in [
+            "fri",
+            "show-2026.12",
+            "10am",
+            "bk-9f2a",
+            "rb-3-17",
+            "a:b",
+            "A_1",
+        ] {
             assert!(is_valid_name(good), "{good}");
         }
         let long = "x".repeat(100_000);
         for bad in [
-            "", ".", "..", "a/b", "../etc", "a..b", ".hidden", "a\0b", "a\r\nb", "a b", "%FF", "é", &long,
+            "", ".", "..", "a/b", "../etc", "a..b", ".hidden", "a\0b", "a\r\nb", "a b", "%FF", "é",
+            &long,
         ] {
             let err = check_name("slots[1].id", bad).expect_err(bad);
             assert!(err.to_string().starts_with("slots[1].id "), "{err}");
-            assert!(err.to_string().len() < 400, "a 100 KB name is not echoed whole");
+            assert!(
+                err.to_string().len() < 400,
+                "a 100 KB name is not echoed whole"
+            );
         }
         assert!(is_valid_name(&"x".repeat(NAME_BYTES_MAX)));
         assert!(!is_valid_name(&"x".repeat(NAME_BYTES_MAX + 1)));

@@ -19,6 +19,9 @@ const RECEIPT_VERSION: u8 = 1;
 /// Longest idempotency key a client may send, in bytes.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
 const TOKEN_PREFIX: &str = "rcpt_";
+/// The largest amount one payment may be, in minor units (10 trillion: far past any offline limit, and far below
+/// where sums of many receipts could pass what a ledger's counter holds).
+pub const AMOUNT_MINOR_MAX: u64 = 10_000_000_000_000;
 
 /// The deterministic identifier of a payment.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -84,6 +87,8 @@ pub enum RequestError {
     BadCurrency(String),
     #[error("amount_minor must be more than zero")]
     ZeroAmount,
+    #[error("amount_minor must be at most {AMOUNT_MINOR_MAX}, not {0}")]
+    AmountTooLarge(u64),
     #[error("attendee: {0}")]
     BadAttendee(crate::privacy::PrivacyError),
 }
@@ -102,6 +107,9 @@ impl PaymentRequest {
         }
         if self.amount_minor == 0 {
             return Err(RequestError::ZeroAmount);
+        }
+        if self.amount_minor > AMOUNT_MINOR_MAX {
+            return Err(RequestError::AmountTooLarge(self.amount_minor));
         }
         if let Some(a) = &self.attendee {
             crate::privacy::check_pseudonym(a).map_err(RequestError::BadAttendee)?;

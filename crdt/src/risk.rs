@@ -64,7 +64,11 @@ impl RiskLimits {
                 max: self.payment_max_minor,
             });
         }
-        if stored_minor.saturating_add(amount_minor) > self.stored_total_max_minor {
+        // Checked: a sum past u64 is over any limit (saturating would let it equal a limit of u64::MAX).
+        if stored_minor
+            .checked_add(amount_minor)
+            .is_none_or(|total| total > self.stored_total_max_minor)
+        {
             return Err(RiskError::OverStoredLimit {
                 stored: stored_minor,
                 amount: amount_minor,

@@ -233,7 +233,8 @@ fn forged_unknown_revoked_and_tampered_receipts_are_each_rejected_with_a_reason(
         Err(ReceiptError::TokenMismatch { .. })
     ));
 
-    // Revoked: the terminal is reported stolen; its receipts no longer verify.
+    // Revoked: the terminal is reported stolen with nothing honoured; its receipts no longer verify (a revocation
+    // that honours earlier receipts: tests/hostile_numbers.rs).
     let revocation = c.authority.revoke(
         RevocationTarget::Device(c.pos.public()),
         UnixMillis(2 * HOUR),
@@ -243,7 +244,9 @@ fn forged_unknown_revoked_and_tampered_receipts_are_each_rejected_with_a_reason(
     let view = c.directory.view().expect("view");
     assert!(matches!(
         taken.receipt.verify(&view),
-        Err(ReceiptError::Untrusted(TrustError::DeviceRevoked { .. }))
+        Err(ReceiptError::Untrusted(
+            TrustError::IssuedAfterRevocation { .. }
+        ))
     ));
 }
 

@@ -228,7 +228,10 @@ async fn issued(
         )
     })?;
     node.money_ready_public().await?;
-    Ok(Json(json!({ "device": device.to_hex(), "issued": node.issued_by(device).await? })).into_response())
+    Ok(
+        Json(json!({ "device": device.to_hex(), "issued": node.issued_by(device).await? }))
+            .into_response(),
+    )
 }
 
 async fn shows(State(node): State<Arc<Node>>) -> Api<Response> {
@@ -259,8 +262,14 @@ async fn create_show(
 ) -> Api<Response> {
     let JsonObject(spec) = body?;
     let id = spec.id.clone();
-    node.create_show(spec).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "show": id }))).into_response())
+    let new = node.create_show(spec).await?;
+    // A retry of the same definition answers 200 (nothing new), another definition under the same id 409.
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({ "show": id, "created": new }))).into_response())
 }
 
 async fn availability(
@@ -326,7 +335,7 @@ async fn transfer(
     let Path((show, slot)) = path?;
     let JsonObject(body) = body?;
     let view = node.view()?;
-    let to = node.resolve_device(&view, &body.to)?;
+    let to = node.resolve_device_as(&view, &body.to, "to")?;
     let id = match body.transfer_id {
         Some(id) => id,
         None => random_id("tr")?,
@@ -576,7 +585,8 @@ async fn profile(
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
-                "attendee {who:?} has told this device nothing (profiles stay on the device that took them)"
+                "attendee {} has told this device nothing (profiles stay on the device that took them)",
+                popmesh_crdt::naming::shown(&who)
             ),
         )),
     }

@@ -181,7 +181,10 @@ impl StorageBackend for FaultyBackend {
             let half = data.len() / 2;
             let _ = self.inner.write(offset, &data[..half]);
             let _ = self.inner.sync_data();
-            eprintln!("storage faults: torn write of {half} of {} bytes at {offset}; aborting", data.len());
+            eprintln!(
+                "storage faults: torn write of {half} of {} bytes at {offset}; aborting",
+                data.len()
+            );
             std::process::abort();
         }
         self.inner.write(offset, data)
@@ -191,7 +194,11 @@ impl StorageBackend for FaultyBackend {
         self.inner.close()
     }
 
-    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
+    fn try_lock_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
         self.inner.try_lock_range(start, end)
     }
 
@@ -207,7 +214,11 @@ impl StorageBackend for FaultyBackend {
         self.inner.lock_range(start, end)
     }
 
-    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
+    fn lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
         self.inner.lock_shared_range(start, end)
     }
 
@@ -215,7 +226,11 @@ impl StorageBackend for FaultyBackend {
         self.inner.unlock_range(start, end)
     }
 
-    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
+    fn query_lock_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
         self.inner.query_lock_range(start, end)
     }
 }

@@ -664,13 +664,7 @@ impl Media {
             }
             Ok(chunk)
         });
-        let added = self
-            .store
-            .blobs()
-            .add_stream(data)
-            .await
-            .temp_tag()
-            .await;
+        let added = self.store.blobs().add_stream(data).await.temp_tag().await;
         if let Some(problem) = lock(&refused).take() {
             return Err(problem);
         }

@@ -58,7 +58,10 @@ fn hash_param(text: &str) -> Api<Hash> {
     parse_hash(text).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("{text:?} is not a BLAKE3 hash (64 lowercase hex digits)"),
+            format!(
+                "{} is not a BLAKE3 hash (64 lowercase hex digits)",
+                popmesh_crdt::naming::shown(text)
+            ),
         )
     })
 }
@@ -81,7 +84,10 @@ pub async fn by_name(
     let found = find(&node, |n, _| n == name).await.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no manifest on this device has an entry named {name:?}"),
+            format!(
+                "no manifest on this device has an entry named {}",
+                popmesh_crdt::naming::shown(&name)
+            ),
         )
     })?;
     let hash = parse_hash(&found.entry.hash).ok_or_else(|| {

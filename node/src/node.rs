@@ -617,7 +617,8 @@ impl Node {
                 .is_ok_and(|n| n == doc_name)
         {
             return Err(Failure::BadRequest(format!(
-                "manifest name {name:?} must be one non-empty path segment"
+                "manifest name {} must be one non-empty path segment",
+                popmesh_crdt::naming::shown(name)
             )));
         }
         let now = clock::now().0;
@@ -923,7 +924,8 @@ impl Node {
             Ok(show)
         } else {
             Err(Failure::NotFound(format!(
-                "show {show:?} does not exist at this site"
+                "show {} does not exist at this site",
+                popmesh_crdt::naming::shown(&show)
             )))
         }
     }
@@ -1221,7 +1223,12 @@ impl Node {
         let view = self.view()?;
         let show = match show {
             Some(s) if view.shows.contains_key(&s) => s,
-            Some(s) => return Err(Failure::NotFound(format!("no show {s:?}"))),
+            Some(s) => {
+                return Err(Failure::NotFound(format!(
+                    "no show {}",
+                    popmesh_crdt::naming::shown(&s)
+                )));
+            }
             None => self.default_show(&view)?,
         };
         let mut id = [0u8; 16];
@@ -1245,7 +1252,8 @@ impl Node {
         })
         .ok_or_else(|| {
             Failure::Unavailable(format!(
-                "the access list of show {show:?} has not reached this device yet"
+                "the access list of show {} has not reached this device yet",
+                popmesh_crdt::naming::shown(show)
             ))
         })
     }
@@ -1502,7 +1510,9 @@ impl Node {
             .is_some_and(|s| s.slots.contains_key(slot));
         if !known {
             return Err(Failure::NotFound(format!(
-                "show {show:?} has no slot {slot:?}"
+                "show {} has no slot {}",
+                popmesh_crdt::naming::shown(show),
+                popmesh_crdt::naming::shown(slot)
             )));
         }
         self.handle_by_name(&DocName::Slot {
@@ -1660,6 +1670,16 @@ impl Node {
     /// A device named by hex id or by its certificate's name, which must be enrolled at this site and trusted now
     /// (not revoked, not expired): seats or money given to anything else would be gone.
     pub fn resolve_device(&self, view: &DirectoryView, who: &str) -> Result<DeviceId, Failure> {
+        self.resolve_device_as(view, who, "device")
+    }
+
+    /// [`Node::resolve_device`] for the request field `field`, which the error names.
+    pub fn resolve_device_as(
+        &self,
+        view: &DirectoryView,
+        who: &str,
+        field: &str,
+    ) -> Result<DeviceId, Failure> {
         let shown = popmesh_crdt::naming::shown(who);
         let device = match DeviceId::from_hex(who) {
             Ok(id) => id,
@@ -1668,15 +1688,22 @@ impl Node {
                 .find(|c| c.name == who)
                 .map(|c| c.device)
                 .ok_or_else(|| {
-                    Failure::NotFound(format!("no device named {shown} is enrolled at this site"))
+                    Failure::NotFound(format!(
+                        "{field}: no device named {shown} is enrolled at this site"
+                    ))
                 })?,
         };
-        self.check_trusted(view, device, "device")?;
+        self.check_trusted(view, device, field)?;
         Ok(device)
     }
 
     /// Refuses a reference to a device that is not enrolled, or no longer trusted.
-    fn check_trusted(&self, view: &DirectoryView, device: DeviceId, field: &str) -> Result<(), Failure> {
+    fn check_trusted(
+        &self,
+        view: &DirectoryView,
+        device: DeviceId,
+        field: &str,
+    ) -> Result<(), Failure> {
         view.verify_device(&device, clock::now())
             .map(|_| ())
             .map_err(|e| {
@@ -1911,7 +1938,8 @@ impl Node {
             .map(|(id, (name, h))| (id.to_string(), name.to_string(), h.clone()));
         let Some((id, name, handle)) = found else {
             return Err(Failure::NotFound(format!(
-                "no open document is named or numbered {which:?} (GET /v1/documents lists them)"
+                "no open document is named or numbered {} (GET /v1/documents lists them)",
+                popmesh_crdt::naming::shown(which)
             )));
         };
         let content = handle

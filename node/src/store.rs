@@ -156,10 +156,11 @@ fn open_database(path: &Path, faults: Option<&Arc<Faults>>) -> Result<Database, 
     let opened = match faults {
         None => Database::create(path),
         Some(faults) => {
-            let backend = FaultyBackend::open(path, faults.clone()).map_err(|e| StoreError::Io {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?;
+            let backend =
+                FaultyBackend::open(path, faults.clone()).map_err(|e| StoreError::Io {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })?;
             redb::Builder::new().create_with_backend(backend)
         }
     };
@@ -167,10 +168,12 @@ fn open_database(path: &Path, faults: Option<&Arc<Faults>>) -> Result<Database, 
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
             path: path.to_owned(),
         },
-        redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => StoreError::Damaged {
-            path: path.to_owned(),
-            reason,
-        },
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
+            StoreError::Damaged {
+                path: path.to_owned(),
+                reason,
+            }
+        }
         redb::DatabaseError::Storage(redb::StorageError::Io(io))
             if io.kind() == std::io::ErrorKind::WouldBlock =>
         {
@@ -178,7 +181,9 @@ fn open_database(path: &Path, faults: Option<&Arc<Faults>>) -> Result<Database, 
                 path: path.to_owned(),
             }
         }
-        redb::DatabaseError::Storage(redb::StorageError::Io(io)) if is_disk_full(&io.to_string()) => {
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if is_disk_full(&io.to_string()) =>
+        {
             StoreError::Io {
                 path: path.to_owned(),
                 reason: format!("the disk is full: {io}"),

@@ -42,9 +42,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonObject<T> {
                 "the body must be one JSON object ({...})",
             ));
         }
-        serde_json::from_slice(&bytes)
-            .map(JsonObject)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the body: {e}")))
+        // The error names the field (`slots[1].capacity: invalid type ...`), as axum's own JSON extractor does.
+        let mut json = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = if path == "." {
+                format!("the body: {inner}")
+            } else {
+                format!("{path}: {inner}")
+            };
+            ApiError::new(StatusCode::BAD_REQUEST, message)
+        })?;
+        json.end().map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("the body: {e}"))
+        })?;
+        Ok(JsonObject(value))
     }
 }
 

@@ -69,7 +69,11 @@ impl Node {
                  all open",
                 loading.len(),
                 shown.join(", "),
-                if loading.len() > shown.len() { ", ..." } else { "" }
+                if loading.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
             )));
         }
         if lock(&self.keys).is_none() {
@@ -157,7 +161,10 @@ impl Node {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.recover()).await {
             Ok(Ok(true)) => match self.after_recovery().await {
-                Ok(n) => tracing::info!(documents = n, "store recovered; every document is durable again"),
+                Ok(n) => tracing::info!(
+                    documents = n,
+                    "store recovered; every document is durable again"
+                ),
                 Err(e) => tracing::warn!("store recovered, documents not yet durable again: {e}"),
             },
             Ok(Ok(false)) => {}

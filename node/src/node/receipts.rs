@@ -156,11 +156,16 @@ impl Node {
 
     /// The last receipt sequence number of `device` in each show, as this device holds its ledgers: what a
     /// revocation of that device honours (`popmesh site revoke`).
-    pub async fn issued_by(&self, device: DeviceId) -> Result<std::collections::BTreeMap<String, u64>, Failure> {
+    pub async fn issued_by(
+        &self,
+        device: DeviceId,
+    ) -> Result<std::collections::BTreeMap<String, u64>, Failure> {
         let handles: Vec<(String, DocHandle)> = read(&self.docs)
             .values()
             .filter_map(|(name, h)| match name {
-                DocName::Ledger { show, device: d, .. } if *d == device => Some((show.clone(), h.clone())),
+                DocName::Ledger {
+                    show, device: d, ..
+                } if *d == device => Some((show.clone(), h.clone())),
                 _ => None,
             })
             .collect();

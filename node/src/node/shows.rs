@@ -34,12 +34,14 @@ fn check_label(field: &str, text: &str) -> Result<(), Failure> {
 }
 
 impl Node {
-    /// Creates a show with its slots, escrowing each slot's seats to the devices named in `grants`.
-    pub async fn create_show(&self, spec: ShowSpec) -> Result<(), Failure> {
+    /// Creates a show with its slots, escrowing each slot's seats to the devices named in `grants`. Returns
+    /// false when the show already existed with this very definition (a retry, which finishes what is missing).
+    pub async fn create_show(&self, spec: ShowSpec) -> Result<bool, Failure> {
         self.edge_or_origin("create shows", "ask the site's edge box or the origin")?;
         self.writable()?;
         let view = self.view()?;
         let (record, grants) = self.plan_show(&view, &spec)?;
+        let new = !view.shows.contains_key(&spec.id);
         match view.shows.get(&spec.id) {
             Some(existing) if *existing == record => {
                 // A retry of this very show: finish what is missing below.
@@ -59,11 +61,16 @@ impl Node {
         }
         // The show's access list, created once by the show's creator (its containers in place before it is shared).
         let show_id = spec.id.clone();
-        self.own_document(DocName::Access { show: spec.id.clone() }, move |actor| {
-            Doc::create_access(actor, &show_id)
-                .map(Doc::into_automerge)
-                .map_err(internal)
-        })
+        self.own_document(
+            DocName::Access {
+                show: spec.id.clone(),
+            },
+            move |actor| {
+                Doc::create_access(actor, &show_id)
+                    .map(Doc::into_automerge)
+                    .map_err(internal)
+            },
+        )
         .await?;
         for (slot, grants) in spec.slots.iter().zip(grants) {
             let name = DocName::Slot {
@@ -78,7 +85,7 @@ impl Node {
             })
             .await?;
         }
-        Ok(())
+        Ok(new)
     }
 
     /// Checks a whole show request and says what it would write: the directory's record and each slot's grants.
@@ -122,9 +129,9 @@ impl Node {
             let mut grants = BTreeMap::new();
             for (who, seats) in &slot.grants {
                 let field = format!("slots[{i}].grants");
-                let device = self.resolve_device(view, who).map_err(|e| {
-                    Failure::BadRequest(format!("{field}: {e}"))
-                })?;
+                let device = self
+                    .resolve_device_as(view, who, &field)
+                    .map_err(|e| Failure::BadRequest(e.to_string()))?;
                 if *seats > slot.capacity {
                     return Err(Failure::BadRequest(format!(
                         "{field}: {seats} seats for {} is more than the slot's capacity of {}",
@@ -140,9 +147,8 @@ impl Node {
             if slot.grants.is_empty() {
                 grants.insert(self.me(), slot.capacity);
             }
-            popmesh_crdt::escrow::check_grants(grants.values(), slot.capacity).map_err(|e| {
-                Failure::BadRequest(format!("slots[{i}].grants: {e}"))
-            })?;
+            popmesh_crdt::escrow::check_grants(grants.values(), slot.capacity)
+                .map_err(|e| Failure::BadRequest(format!("slots[{i}].grants: {e}")))?;
             slots.insert(
                 slot.id.clone(),
                 SlotRecord {
