@@ -3,5 +3,8 @@
 #[allow(unused_imports)]
 pub use site::popmesh;
 
+pub mod hostile;
+pub mod hostile_json;
+pub mod hostile_routes;
 pub mod site;
 pub mod stranger;
