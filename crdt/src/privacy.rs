@@ -65,11 +65,47 @@ pub struct Consent {
     pub marketing: Option<bool>,
 }
 
+/// Reads consent from a JSON object only (serde would also take `[true, false]` for the struct, positionally), each
+/// field at most once.
+fn consent_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Consent, D::Error> {
+    struct Fields;
+    impl<'de> serde::de::Visitor<'de> for Fields {
+        type Value = Consent;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of analytics and marketing")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Consent, A::Error> {
+            use serde::de::Error as _;
+            let (mut analytics, mut marketing) = (None, None);
+            while let Some(key) = map.next_key::<String>()? {
+                let slot = match key.as_str() {
+                    "analytics" => &mut analytics,
+                    "marketing" => &mut marketing,
+                    other => {
+                        return Err(A::Error::unknown_field(other, &["analytics", "marketing"]));
+                    }
+                };
+                if slot.is_some() {
+                    return Err(A::Error::custom(format!("duplicate field `{key}`")));
+                }
+                *slot = Some(map.next_value::<Option<bool>>()?);
+            }
+            Ok(Consent {
+                analytics: analytics.flatten(),
+                marketing: marketing.flatten(),
+            })
+        }
+    }
+    d.deserialize_map(Fields)
+}
+
 /// What one attendee told one device. Kept on that device only.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttendeeProfile {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "consent_object")]
     pub consent: Consent,
     /// Answers and preferences: field -> value (`first_name`, `email`, `favourite_genre`, ...).
     #[serde(default)]

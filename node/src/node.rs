@@ -657,6 +657,37 @@ impl Node {
                 },
             ));
         }
+        let apply = move |d: &mut Doc<Manifest, &mut Automerge>| -> Result<(), ManifestError> {
+            for (name, entry) in &entries {
+                d.publish(name, entry)?;
+            }
+            for (role, ranges) in &spec.slices {
+                d.set_slices(role, ranges)?;
+            }
+            if let Some(fallback) = &spec.fallback {
+                d.set_fallback(fallback)?;
+            }
+            Ok(())
+        };
+        // Whole or nothing: the request is tried on a copy first (of the manifest as it is here, or a new one), so
+        // a bad fallback or slice after good entries writes nothing.
+        let actor = self.actor();
+        let trial = match self.handle_by_name(&doc_name) {
+            Some(h) => h
+                .with_document_async(|am| am.fork())
+                .await
+                .map_err(stopped)?,
+            None => Doc::create_manifest(actor.clone(), name)
+                .map(Doc::into_automerge)
+                .map_err(internal)?,
+        };
+        {
+            let mut trial = trial;
+            let mut d = Doc::<Manifest, &mut Automerge>::attach_as(&mut trial, actor.clone())
+                .map_err(internal)?;
+            apply(&mut d).map_err(|e| Failure::BadRequest(e.to_string()))?;
+        }
+        self.writable()?;
         let handle = self
             .own_document(doc_name, {
                 let name = name.to_owned();
@@ -667,19 +698,9 @@ impl Node {
                 }
             })
             .await?;
-        let actor = self.actor();
         self.change(&handle, move |am| {
             let mut d = Doc::<Manifest, &mut Automerge>::attach_as(am, actor)?;
-            for (name, entry) in &entries {
-                d.publish(name, entry)?;
-            }
-            for (role, ranges) in &spec.slices {
-                d.set_slices(role, ranges)?;
-            }
-            if let Some(fallback) = &spec.fallback {
-                d.set_fallback(fallback)?;
-            }
-            Ok::<_, ManifestError>(())
+            apply(&mut d)
         })
         .await?
         .map_err(|e| Failure::BadRequest(e.to_string()))?;
@@ -975,6 +996,11 @@ impl Node {
         let view = self.view()?;
         let show = self.existing_show(&view, show)?;
         self.money_ready().await?;
+        // What the limits refuse whatever is stored is refused before anything (a ledger page) is written. A
+        // replay of an earlier payment passes this too: it was within the limits when it was taken.
+        self.limits
+            .check(0, request.amount_minor, &request.currency)
+            .map_err(|e| Failure::Refused(e.to_string()))?;
         let key = request.idempotency_key.clone();
         let claimed = self.claim_key(&key, &show)?;
         let desk = lock(&self.desks).entry(show.clone()).or_default().clone();
@@ -1261,11 +1287,9 @@ impl Node {
     /// Checks a pass offline at this device's door and records the check-in durably. A refusal says why.
     pub async fn check_in(&self, text: &str, show: Option<String>) -> Result<Pass, Failure> {
         let pass = Pass::from_text(text).map_err(|e| Failure::BadRequest(e.to_string()))?;
+        self.writable()?;
         let view = self.view()?;
-        let show = match show {
-            Some(s) => s,
-            None => self.default_show(&view)?,
-        };
+        let show = self.existing_show(&view, show)?;
         let handle = self.access_handle(&show)?;
         let (me, actor, now) = (self.me(), self.actor(), clock::now());
         let checked = pass.clone();
@@ -1287,6 +1311,11 @@ impl Node {
     /// Revokes a pass (by its text or its id) on this site: every device refuses it once the revocation syncs.
     pub async fn revoke_pass(&self, pass: &str, reason: &str) -> Result<(), Failure> {
         self.edge_or_origin("revoke passes", "the edge box or the origin does")?;
+        if reason.is_empty() || reason.len() > 200 || reason.chars().any(char::is_control) {
+            return Err(Failure::BadRequest(
+                "reason must be 1 to 200 bytes of text without control characters".into(),
+            ));
+        }
         let (id, show) = match Pass::from_text(pass) {
             Ok(p) => (p.id_hex(), Some(p.show)),
             Err(_) if pass.len() == 32 && pass.bytes().all(|b| b.is_ascii_hexdigit()) => {

@@ -222,11 +222,12 @@ fn a_pos_revoked_as_stolen_keeps_the_receipts_it_took_before() {
     let pos = site.join("pos", "pos-1");
     let edge = Node::start(&site.edge, &[]);
     let mut till = Node::start(&pos, &[&site.edge]);
-    assert_eq!(
-        edge.post("/v1/shows", show("fri", 10, &[("edge-1", 5), ("pos-1", 5)]))
-            .status,
-        201
-    );
+    // Seats go only to enrolled devices: the show waits until the till's enrollment has reached the edge box.
+    edge.wait_for("the till to enroll", Duration::from_secs(30), |n| {
+        n.post("/v1/shows", show("fri", 10, &[("edge-1", 5), ("pos-1", 5)]))
+            .status
+            == 201
+    });
     till.wait_for("the show", Duration::from_secs(30), |n| {
         n.get("/v1/shows")["shows"]["fri"].is_object()
     });

@@ -54,9 +54,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonObject<T> {
             };
             ApiError::new(StatusCode::BAD_REQUEST, message)
         })?;
-        json.end().map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("the body: {e}"))
-        })?;
+        json.end()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the body: {e}")))?;
         Ok(JsonObject(value))
     }
 }
