@@ -210,7 +210,7 @@ fn book_once(client: &popmesh_node::client::Client, key: &str) -> Option<String>
             &json!({ "seats": 1, "booking_id": key }),
         )
         .ok()?;
-    (a.status == 201).then(|| slot)
+    (a.status == 201).then_some(slot)
 }
 
 fn soak(

@@ -400,7 +400,7 @@ pub struct Node {
     /// Documents whose acknowledged write failed: the next write or replay saves them whole first.
     undurable: Mutex<std::collections::HashSet<DocumentId>>,
     /// Decoded ledger pages by document, with the heads they were read at (see `receipts.rs`).
-    ledger_cache: Mutex<BTreeMap<DocumentId, (Vec<automerge::ChangeHash>, Arc<LedgerView>)>>,
+    ledger_cache: Mutex<BTreeMap<DocumentId, receipts::CachedPage>>,
 }
 
 impl std::fmt::Debug for Node {

@@ -14,6 +14,9 @@ use samod::DocHandle;
 
 use super::{Failure, Node, ReceiptJson, internal, lock, read, read_ledger, stopped};
 
+/// A decoded ledger page and the heads it was read at.
+pub(crate) type CachedPage = (Vec<automerge::ChangeHash>, Arc<LedgerView>);
+
 /// Receipts in one page when the client does not say.
 pub const RECEIPTS_PAGE_DEFAULT: usize = 500;
 /// The most receipts one page holds.
