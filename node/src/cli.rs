@@ -286,11 +286,30 @@ pub fn status(data: &Path, api: Option<SocketAddr>, json: bool) -> Result<()> {
         s["store"]["bytes"],
         s["store"]["acknowledged_writes"],
         if s["store"]["healthy"] == true {
-            ""
+            String::new()
         } else {
-            ", FAILED WRITES"
+            format!(
+                "; REFUSES WRITES ({}): payments and bookings answer 503 until it recovers",
+                str_of(&s["store"]["fault"]["reason"])
+            )
         }
     );
+    if s["store"]["below_reserve"] == true {
+        println!(
+            "  disk       {} bytes free, below the reserve kept for money: media preseed and uploads stopped",
+            s["store"]["free_bytes"]
+        );
+    }
+    if s["ready"] != true {
+        let loading: Vec<String> = s["loading"]
+            .as_array()
+            .map(|l| l.iter().map(|v| str_of(v).to_owned()).collect())
+            .unwrap_or_default();
+        println!(
+            "  ready      no: money requests answer 503 while it loads {}",
+            loading.join(", ")
+        );
+    }
     let m = &s["media"];
     println!(
         "  media      {} of {} manifest entries preseeded ({:.0}% of {} bytes), blob port udp/{}",
