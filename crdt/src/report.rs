@@ -592,6 +592,7 @@ mod tests {
             incidents: BTreeMap::new(),
             sees: Vec::new(),
             sees_at: 0,
+            addrs: Vec::new(),
             rehearsal: None,
             rehearsal_answer: None,
         };

@@ -43,6 +43,10 @@ pub struct TelemetryRecord {
     pub sees: Vec<String>,
     #[autosurgeon(missing = "Default::default")]
     pub sees_at: u64,
+    /// Where this device's site mesh listens (libp2p multiaddrs), so devices that found the site through one
+    /// bootstrap address still learn where their topology neighbours are.
+    #[autosurgeon(missing = "Vec::new")]
+    pub addrs: Vec<String>,
     /// A dry rehearsal this device asked the site to answer (`popmesh rehearse`).
     #[autosurgeon(missing = "Option::default")]
     pub rehearsal: Option<RehearsalCall>,
@@ -190,6 +194,9 @@ pub enum CounterError {
     Overflow(String),
 }
 
+/// Mesh addresses one device publishes.
+pub const ADDRS_MAX: usize = 16;
+
 /// The most one event may add to a counter.
 pub const INCREMENT_MAX: i64 = 1_000_000;
 /// The most a counter may hold on one device; far beyond any show, far below `i64::MAX`, so site-wide sums of
@@ -280,6 +287,7 @@ impl Doc<Telemetry> {
                 incidents: BTreeMap::new(),
                 sees: Vec::new(),
                 sees_at: 0,
+                addrs: Vec::new(),
                 rehearsal: None,
                 rehearsal_answer: None,
             },
@@ -290,6 +298,18 @@ impl Doc<Telemetry> {
 impl<D: Borrow<Automerge>> Doc<Telemetry, D> {
     pub fn record(&self) -> Result<TelemetryRecord, DocError> {
         self.read()
+    }
+
+    /// Where the device's mesh listens, read without the rest of the document.
+    pub fn addrs(&self) -> Vec<String> {
+        autosurgeon::hydrate_prop::<_, Option<Vec<String>>, _, _>(
+            self.automerge(),
+            automerge::ROOT,
+            "addrs",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default()
     }
 
     pub fn counters(&self) -> Result<BTreeMap<String, i64>, DocError> {
@@ -339,6 +359,17 @@ impl<D: BorrowMut<Automerge>> Doc<Telemetry, D> {
         let mut record: TelemetryRecord = self.read()?;
         record.sees = peers;
         record.sees_at = at.0;
+        self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))
+    }
+
+    /// Records where this device's mesh listens (replacing what it said before).
+    pub fn set_addrs(&mut self, mut addrs: Vec<String>, at: UnixMillis) -> Result<(), DocError> {
+        addrs.sort();
+        addrs.dedup();
+        addrs.truncate(ADDRS_MAX);
+        let mut record: TelemetryRecord = self.read()?;
+        record.addrs = addrs;
+        let _ = at;
         self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))
     }
 

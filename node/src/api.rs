@@ -19,8 +19,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 mod body;
+mod browser;
 
 pub use body::{JsonObject, URI_BYTES_MAX};
+pub use browser::BrowserPolicy;
 
 use crate::media_api;
 use crate::node::{Failure, Node, ShowSpec};
@@ -87,7 +89,13 @@ impl IntoResponse for ApiError {
 
 type Api<T> = Result<T, ApiError>;
 
+/// The API with the default browser policy (loopback names and IP addresses; no other origin).
 pub fn router(node: Arc<Node>) -> Router {
+    router_with(node, BrowserPolicy::default())
+}
+
+/// The API, guarded against web pages of other sites by `browser` (see `api/browser.rs`).
+pub fn router_with(node: Arc<Node>, browser: BrowserPolicy) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/payments", post(pay))
@@ -133,6 +141,10 @@ pub fn router(node: Arc<Node>) -> Router {
             )
         })
         .layer(axum::middleware::from_fn(body::door))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(browser),
+            browser::guard,
+        ))
         .with_state(node)
 }
 

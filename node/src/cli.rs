@@ -207,7 +207,7 @@ pub fn revoke(data: &Path, device: &str, reason: &str, api: Option<SocketAddr>) 
     let config = Config::load(&DataDir::config_path(data))?;
     let device =
         DeviceId::from_hex(device).map_err(|e| anyhow::anyhow!("DEVICE {device:?}: {e}"))?;
-    let client = Client::new(api.unwrap_or(config.api.listen));
+    let client = Client::new(crate::runfile::api_addr(data, api, config.api.listen));
     // Not retroactive: the receipts the device issued that this node holds stay valid; later ones do not.
     let issued = client.get(&format!("/v1/devices/{}/issued", device.to_hex()))?;
     if issued.status != 200 {
@@ -248,7 +248,7 @@ pub fn revoke(data: &Path, device: &str, reason: &str, api: Option<SocketAddr>) 
 pub fn status(data: &Path, api: Option<SocketAddr>, json: bool) -> Result<()> {
     let config = Config::load(&DataDir::config_path(data))?;
     let dir = DataDir::load(data)?;
-    let addr = api.unwrap_or(config.api.listen);
+    let addr = crate::runfile::api_addr(data, api, config.api.listen);
     let answer = Client::new(addr).get("/v1/status").map_err(|e| {
         anyhow::anyhow!("{e}\n(is `popmesh run --data {}` running? its API address is set by --api or [api] listen)", data.display())
     })?;
@@ -395,10 +395,20 @@ pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(dir, options, config.api.listen))
+    runtime.block_on(serve(
+        dir,
+        options,
+        config.api.listen,
+        config.api.browser_policy(),
+    ))
 }
 
-async fn serve(dir: DataDir, options: RunOptions, api: SocketAddr) -> Result<()> {
+async fn serve(
+    dir: DataDir,
+    options: RunOptions,
+    api: SocketAddr,
+    browser: crate::api::BrowserPolicy,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(api)
         .await
         .with_context(|| format!("the API cannot listen on {api} (--api or [api] listen)"))?;
@@ -406,7 +416,24 @@ async fn serve(dir: DataDir, options: RunOptions, api: SocketAddr) -> Result<()>
     let node = Node::start(dir, options).await?;
     let api_addr = listener.local_addr()?;
     tracing::info!(device = %node.dir.device(), %name, api = %api_addr, "popmesh node running");
-    let app = crate::api::router(node.clone());
+    let app = crate::api::router_with(node.clone(), browser);
+    let run = crate::runfile::RunFile {
+        pid: std::process::id(),
+        api: api_addr,
+        mesh: node
+            .mesh()
+            .listening()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        media: node
+            .media()
+            .port()
+            .map(|port| SocketAddr::new(node.media().bind_ip(), port)),
+    };
+    if let Err(e) = run.write(&node.dir.root) {
+        tracing::warn!("the CLI will not find this node's API by its data directory: {e}");
+    }
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
@@ -427,6 +454,7 @@ async fn serve(dir: DataDir, options: RunOptions, api: SocketAddr) -> Result<()>
         .await
         .context("serving the API")?;
     tracing::info!("shutting down");
+    crate::runfile::RunFile::remove(&node.dir.root);
     node.shutdown().await;
     Ok(())
 }
@@ -448,7 +476,7 @@ fn init_logging(config: &Config) -> Result<()> {
 /// `popmesh report --out DIR`: asks the node for the show report and writes its files.
 pub fn report(data: &Path, api: Option<SocketAddr>, out: &Path, show: Option<&str>) -> Result<()> {
     let config = Config::load(&DataDir::config_path(data))?;
-    let mut client = Client::new(api.unwrap_or(config.api.listen));
+    let mut client = Client::new(crate::runfile::api_addr(data, api, config.api.listen));
     client.timeout = std::time::Duration::from_secs(120);
     let path = match show {
         Some(s) => format!("/v1/report?show={}", query_escape(s)),
@@ -543,7 +571,7 @@ pub fn rehearse(data: &Path, api: Option<SocketAddr>, flags: &RehearseFlags) -> 
     use popmesh_crdt::rehearsal::{Enrolled, Seen, evaluate};
     use popmesh_crdt::telemetry::{RehearsalAnswer, RehearsalCall};
     let config = Config::load(&DataDir::config_path(data))?;
-    let client = Client::new(api.unwrap_or(config.api.listen));
+    let client = Client::new(crate::runfile::api_addr(data, api, config.api.listen));
     let running = |e: crate::client::ClientError| {
         anyhow::anyhow!("{e}\n(is `popmesh run --data {}` running?)", data.display())
     };
@@ -679,7 +707,7 @@ pub fn reconcile(
         .unwrap_or("settlement")
         .to_owned();
     let config = Config::load(&DataDir::config_path(data))?;
-    let mut client = Client::new(api.unwrap_or(config.api.listen));
+    let mut client = Client::new(crate::runfile::api_addr(data, api, config.api.listen));
     client.timeout = std::time::Duration::from_secs(300);
     let path = format!("/v1/reconciliations?batch={}", query_escape(&batch));
     let answer = client.post_raw(&path, text.as_bytes()).map_err(|e| {

@@ -10,11 +10,20 @@ use serde::{Deserialize, Serialize};
 pub const TEMPLATE: &str = r#"# popmesh node settings. Flags given to `popmesh run` override them.
 
 [api]
-# The local HTTP API for the kiosk and POS apps. Loopback only unless you mean it.
+# The local HTTP API for the kiosk and POS apps: it reads every receipt and takes payments, with no login, so keep
+# it on loopback unless you mean it. The address it bound is recorded in run.json for the CLI.
 listen = "127.0.0.1:7700"
+# Host names the API answers to besides loopback names and IP addresses (against DNS rebinding: a web page whose
+# domain is made to point at this device is refused), such as "pos-1.harbour.example".
+allowed_hosts = []
+# Origins whose web pages may call the API from a browser (CORS), such as "https://kiosk.harbour.example". Pages
+# the node serves itself always may; every other site's pages may not change anything or open /v1/sync.
+allowed_origins = []
 
 [p2p]
-# Where the site mesh listens (libp2p multiaddrs).
+# Where the site mesh listens (libp2p multiaddrs). It admits only enrolled devices (the site key, noise, and an
+# enrollment certificate checked against the directory). The blob endpoint ([media] port, UDP) binds the address of
+# the first of these.
 listen = ["/ip4/0.0.0.0/tcp/4701"]
 # Peers to dial besides those mDNS finds: the origin over the WAN, networks that block multicast.
 bootstrap = []
@@ -209,6 +218,18 @@ impl Default for Escrow {
 #[serde(deny_unknown_fields, default)]
 pub struct Api {
     pub listen: SocketAddr,
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+}
+
+impl Api {
+    /// Who may reach the API from a browser.
+    pub fn browser_policy(&self) -> crate::api::BrowserPolicy {
+        crate::api::BrowserPolicy {
+            allowed_hosts: self.allowed_hosts.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,6 +268,8 @@ impl Default for Api {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -295,6 +318,7 @@ impl Media {
                 .then_some(self.upload_limit_mib_s.saturating_mul(1 << 20)),
             upload_max_bytes: self.upload_max_mib.saturating_mul(1 << 20),
             reserve_bytes: self.reserve_mib.saturating_mul(1 << 20),
+            bind_ip: std::net::IpAddr::from([0, 0, 0, 0]),
         }
     }
 }
@@ -302,12 +326,23 @@ impl Media {
 impl Config {
     /// What `popmesh run` (and each node of `popmesh demo`) starts with, given the mesh settings.
     pub fn run_options(&self, mesh: popmesh_transport::MeshConfig) -> crate::node::RunOptions {
+        let mut media = self.media.options();
+        // The blob endpoint binds where the mesh listens (its first IP address), not every interface.
+        if let Some(ip) = mesh.listen.iter().find_map(|addr| {
+            addr.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+                libp2p::multiaddr::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+                _ => None,
+            })
+        }) {
+            media.bind_ip = ip;
+        }
         crate::node::RunOptions {
             mesh,
             limits: self.payments.limits(),
             escrow: self.escrow.clone(),
             receipts_per_page: self.payments.receipts_per_page,
-            media: self.media.options(),
+            media,
             telemetry: self.telemetry.policy(),
             alerts: self.alerts.clone(),
             uplink_limit: (self.uplink.limit_kib_s > 0)

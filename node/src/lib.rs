@@ -24,6 +24,7 @@ pub mod media_api;
 pub mod media_cli;
 pub mod node;
 pub mod report;
+pub mod runfile;
 pub mod screen_sync;
 pub mod showday;
 pub mod sim_cmd;

@@ -92,6 +92,9 @@ pub struct MediaOptions {
     pub upload_max_bytes: u64,
     /// Free space kept for money: below it this device fetches no media and takes no uploads.
     pub reserve_bytes: u64,
+    /// The address the blob endpoint binds: the site mesh's own (`[p2p] listen`), so media is reachable exactly
+    /// where the mesh is.
+    pub bind_ip: std::net::IpAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -376,7 +379,7 @@ impl Media {
             .secret_key(iroh::SecretKey::from_bytes(&key.seed()))
             .relay_mode(RelayMode::Disabled)
             .address_lookup(lookup.clone())
-            .bind_addr(std::net::SocketAddr::from(([0, 0, 0, 0], options.port)))
+            .bind_addr(std::net::SocketAddr::new(options.bind_ip, options.port))
             .map_err(|e| anyhow::anyhow!("[media] port {}: {e}", options.port))?
             .bind()
             .await
@@ -604,6 +607,11 @@ impl Media {
     }
 
     /// Adds a blob from a stream of bytes, keeps it for the default time to live, and returns its hash and size.
+    /// The address the blob endpoint is bound to.
+    pub fn bind_ip(&self) -> std::net::IpAddr {
+        self.options.bind_ip
+    }
+
     /// Whether free disk space is below the reserve kept for money (media then fetches and takes nothing).
     pub fn below_reserve(&self) -> bool {
         self.free_bytes()

@@ -17,7 +17,7 @@ const BAR_FROM_BYTES: u64 = 4 << 20;
 
 fn client(data: &Path, api: Option<SocketAddr>) -> Result<Client> {
     let config = Config::load(&DataDir::config_path(data))?;
-    let mut client = Client::new(api.unwrap_or(config.api.listen));
+    let mut client = Client::new(crate::runfile::api_addr(data, api, config.api.listen));
     client.timeout = std::time::Duration::from_secs(120);
     Ok(client)
 }

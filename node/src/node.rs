@@ -36,6 +36,7 @@ use samod::{DocHandle, DocumentId};
 use serde::{Deserialize, Serialize};
 
 mod guard;
+mod linker;
 mod receipts;
 mod shows;
 
@@ -399,6 +400,8 @@ pub struct Node {
     keys: Mutex<Option<std::collections::HashMap<String, String>>>,
     /// Documents whose acknowledged write failed: the next write or replay saves them whole first.
     undurable: Mutex<std::collections::HashSet<DocumentId>>,
+    /// The mesh addresses last written to this device's telemetry document (see `linker.rs`).
+    addrs_written: Mutex<Option<Vec<String>>>,
     /// Decoded ledger pages by document, with the heads they were read at (see `receipts.rs`).
     ledger_cache: Mutex<BTreeMap<DocumentId, receipts::CachedPage>>,
 }
@@ -510,6 +513,7 @@ impl Node {
             screens,
             alerts: options.alerts,
             keys: Mutex::new(None),
+            addrs_written: Mutex::new(None),
             undurable: Mutex::new(std::collections::HashSet::new()),
             ledger_cache: Mutex::new(BTreeMap::new()),
         });
@@ -522,6 +526,7 @@ impl Node {
         node.spawn_task(blob_peers(node.clone()));
         node.spawn_task(preseeder(node.clone()));
         node.spawn_task(watchman(node.clone()));
+        node.spawn_task(linker::linker(node.clone()));
         if node.dir.cert.role == Role::Origin {
             node.spawn_task(confirmer(node.clone()));
         }
@@ -2269,6 +2274,7 @@ impl Node {
                     connected_for_ms: p.connected_for_ms,
                     documents_behind: behind,
                     last_heard_ms_ago,
+                    why: p.why,
                 }
             })
             .collect();
@@ -2808,6 +2814,9 @@ pub struct PeerJson {
     /// Open documents whose latest heads the peer has not acknowledged (None before its sync session is up).
     pub documents_behind: Option<usize>,
     pub last_heard_ms_ago: Option<u64>,
+    /// Why the link exists: `planned` (the site's topology: a hub or a ring neighbour), `bootstrap`,
+    /// `their_plan` (the peer's topology names this device), or `discovered` (before the directory is read).
+    pub why: popmesh_transport::LinkReason,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -17,4 +17,4 @@ pub mod mesh;
 pub mod outbox;
 
 pub use link::{Gate, Hello, LinkPolicy};
-pub use mesh::{Mesh, MeshConfig, PeerStatus};
+pub use mesh::{LinkReason, Mesh, MeshConfig, PeerStatus};

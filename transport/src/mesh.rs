@@ -42,6 +42,10 @@ use tokio::sync::mpsc;
 use crate::identity::{device_of_peer, libp2p_keypair};
 use crate::link::{self, Gate, Hello, LinkCounters, LinkError, SITE_PROTOCOL};
 
+mod plan;
+
+pub use plan::{LinkReason, PRUNE_AFTER};
+
 /// How long the larger peer waits for the smaller one to dial before dialing itself.
 pub const FALLBACK_DIAL: Duration = Duration::from_secs(3);
 /// How long a connected peer has to complete the hello.
@@ -170,6 +174,9 @@ pub struct PeerStatus {
     /// The remote IP address of a connection to the peer (where its blob endpoint is reached).
     #[serde(skip)]
     pub remote_ip: Option<std::net::IpAddr>,
+    /// Why the link exists: the node's plan names the peer, a bootstrap address led to it, or the peer's plan
+    /// names this device (it dialed).
+    pub why: LinkReason,
 }
 
 #[derive(Debug, Default)]
@@ -188,6 +195,8 @@ enum Command {
         reason: String,
     },
     Reverify,
+    /// The node's link plan: the peers to hold links to, with addresses to reach them at.
+    Plan(HashMap<PeerId, Vec<Multiaddr>>),
     /// Close every connection and listener, and end the swarm.
     Stop,
 }
@@ -332,6 +341,7 @@ impl Mesh {
             sessions: HashMap::new(),
             blocked: HashMap::new(),
             admitted: HashMap::new(),
+            plan: None,
         };
         tokio::spawn(task.run(rx));
         Ok(Self {
@@ -364,6 +374,12 @@ impl Mesh {
     /// Asks the gate again about every admitted peer, and drops those it now refuses.
     pub async fn reverify(&self) {
         let _ = self.commands.send(Command::Reverify).await;
+    }
+
+    /// Hands the mesh the node's link plan (see `mesh/plan.rs`): planned peers are dialed, links this side dialed
+    /// to anyone else are let go.
+    pub async fn set_plan(&self, plan: HashMap<PeerId, Vec<Multiaddr>>) {
+        let _ = self.commands.send(Command::Plan(plan)).await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -530,6 +546,8 @@ struct SwarmTask {
     blocked: HashMap<PeerId, Instant>,
     /// Admitted peers and when they connected.
     admitted: HashMap<PeerId, Hello>,
+    /// The node's link plan, once it has one (see `mesh/plan.rs`).
+    plan: Option<HashMap<PeerId, Vec<Multiaddr>>>,
 }
 
 impl SwarmTask {
@@ -562,6 +580,7 @@ impl SwarmTask {
                 }
             }
             Command::Refused { peer, reason } => self.refuse(peer, &reason),
+            Command::Plan(plan) => self.set_plan(plan),
             Command::Stop => {}
             Command::Reverify => {
                 let refused: Vec<(PeerId, String)> = self
@@ -844,7 +863,11 @@ impl SwarmTask {
             .known
             .iter()
             .filter(|(p, k)| {
-                k.next_at <= now && !self.conns.contains_key(p) && !self.blocked.contains_key(p)
+                k.next_at <= now
+                    && !self.conns.contains_key(p)
+                    && !self.blocked.contains_key(p)
+                    && self.wanted(p)
+                    && !k.addrs.is_empty()
             })
             .map(|(p, k)| (*p, k.addrs.clone()))
             .collect();
@@ -861,6 +884,7 @@ impl SwarmTask {
                 tracing::debug!(%peer, "dial refused: {e}");
             }
         }
+        self.prune(connected_at, now);
     }
 
     fn publish(&self, connected_at: &HashMap<PeerId, Instant>) {
@@ -885,6 +909,7 @@ impl SwarmTask {
                         .map(|k| k.addrs.iter().map(|a| a.to_string()).collect())
                         .unwrap_or_default(),
                     remote_ip: list.iter().find_map(|c| c.remote_ip),
+                    why: self.reason(peer),
                 };
                 (*peer, status)
             })

@@ -2,20 +2,21 @@
 //!
 //! A show of 23,000 receipts is 10 MB of JSON: `GET /v1/receipts` answers a bounded page in (show, device,
 //! sequence) order with a cursor for the next, so readers never hold the payment desk up. A ledger page is decoded
-//! once per change of its heads (full pages never change but for reconciliation marks), and checking signatures
-//! and building JSON run on the blocking pool, not on the runtime's workers that serve payments.
+//! and its signatures checked once per change of its heads or of the directory's (full pages never change but for
+//! reconciliation marks); the checking runs on the blocking pool, not on the runtime's workers that serve
+//! payments, and every later read of the page is a copy of what was checked.
 
 use std::sync::Arc;
 
 use popmesh_crdt::DeviceId;
 use popmesh_crdt::docs::DocName;
-use popmesh_crdt::ledger::LedgerView;
 use samod::DocHandle;
 
 use super::{Failure, Node, ReceiptJson, internal, lock, read, read_ledger, stopped};
 
-/// A decoded ledger page and the heads it was read at.
-pub(crate) type CachedPage = (Vec<automerge::ChangeHash>, Arc<LedgerView>);
+/// A ledger page's receipts, checked against the directory, with the page's and the directory's heads they were
+/// checked at.
+pub(crate) type CachedPage = (Vec<automerge::ChangeHash>, Arc<Vec<ReceiptJson>>);
 
 /// Receipts in one page when the client does not say.
 pub const RECEIPTS_PAGE_DEFAULT: usize = 500;
@@ -97,34 +98,61 @@ impl Node {
             })
             .collect();
         ledgers.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut picked = Vec::new();
+        let directory = self
+            .directory_handle()?
+            .with_document_async(|am| am.get_heads())
+            .await
+            .map_err(stopped)?;
+        let mut receipts = Vec::new();
         let mut more = false;
         'pages: for ((show, device, _), handle) in ledgers {
-            let Some(page) = self.cached_ledger(&handle).await? else {
-                continue;
-            };
-            for r in &page.receipts {
+            let checked = self.checked_page(&handle, &directory, &view).await?;
+            for r in checked.iter() {
                 if let Some((s, d, seq)) = &after
                     && (&show, &device, r.seq) <= (s, d, *seq)
                 {
                     continue;
                 }
-                if picked.len() == limit {
+                if receipts.len() == limit {
                     more = true;
                     break 'pages;
                 }
-                picked.push((page.clone(), r.clone()));
+                receipts.push(r.clone());
             }
         }
         let next = more
-            .then(|| picked.last())
+            .then(|| receipts.last())
             .flatten()
-            .map(|(_, r)| format!("{}/{}/{}", r.show, r.device.to_hex(), r.seq));
-        // Signatures and JSON on the blocking pool: the runtime's workers stay free for the payment desk.
-        let receipts = tokio::task::spawn_blocking(move || {
-            picked
+            .map(|r: &ReceiptJson| format!("{}/{}/{}", r.show, r.device, r.seq));
+        Ok(ReceiptPage { receipts, next })
+    }
+
+    /// A ledger page's receipts checked against the directory: from the cache while neither the page nor the
+    /// directory changed, else decoded and checked on the blocking pool.
+    async fn checked_page(
+        &self,
+        handle: &DocHandle,
+        directory: &[automerge::ChangeHash],
+        view: &popmesh_crdt::directory::DirectoryView,
+    ) -> Result<Arc<Vec<ReceiptJson>>, Failure> {
+        let mut heads = handle
+            .with_document_async(|am| am.get_heads())
+            .await
+            .map_err(stopped)?;
+        heads.extend_from_slice(directory);
+        if let Some((seen, page)) = lock(&self.ledger_cache).get(handle.document_id())
+            && *seen == heads
+        {
+            return Ok(page.clone());
+        }
+        let Some(page) = read_ledger(handle).await? else {
+            return Ok(Arc::default());
+        };
+        let view = view.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            page.receipts
                 .iter()
-                .map(|(page, r)| {
+                .map(|r| {
                     ReceiptJson::new(
                         r,
                         page.is_reconciled(&r.token),
@@ -135,26 +163,9 @@ impl Node {
         })
         .await
         .map_err(internal)?;
-        Ok(ReceiptPage { receipts, next })
-    }
-
-    /// A ledger page decoded, from the cache while its heads are unchanged.
-    async fn cached_ledger(&self, handle: &DocHandle) -> Result<Option<Arc<LedgerView>>, Failure> {
-        let heads = handle
-            .with_document_async(|am| am.get_heads())
-            .await
-            .map_err(stopped)?;
-        if let Some((seen, page)) = lock(&self.ledger_cache).get(handle.document_id())
-            && *seen == heads
-        {
-            return Ok(Some(page.clone()));
-        }
-        let Some(page) = read_ledger(handle).await? else {
-            return Ok(None);
-        };
-        let page = Arc::new(page);
-        lock(&self.ledger_cache).insert(handle.document_id().clone(), (heads, page.clone()));
-        Ok(Some(page))
+        let checked = Arc::new(checked);
+        lock(&self.ledger_cache).insert(handle.document_id().clone(), (heads, checked.clone()));
+        Ok(checked)
     }
 
     /// The last receipt sequence number of `device` in each show, as this device holds its ledgers: what a
@@ -174,7 +185,7 @@ impl Node {
             .collect();
         let mut out = std::collections::BTreeMap::new();
         for (show, handle) in handles {
-            if let Some(page) = self.cached_ledger(&handle).await? {
+            if let Some(page) = read_ledger(&handle).await? {
                 let last = page.receipts.iter().map(|r| r.seq).max().unwrap_or(0);
                 let entry = out.entry(show).or_insert(0);
                 *entry = last.max(*entry);
