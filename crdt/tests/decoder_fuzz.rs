@@ -28,7 +28,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseResult;
 
 /// Cases per story in CI.
-const CASES: u32 = 1024;
+const CASES: u32 = 4096;
 /// Bytes a decoder may hold per byte of input (beyond a fixed 64 KiB).
 const PER_BYTE: usize = 4;
 

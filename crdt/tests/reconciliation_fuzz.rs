@@ -27,7 +27,7 @@ use proptest::sample::Index;
 use proptest::test_runner::TestCaseResult;
 
 /// Cases per story in CI.
-const CASES: u32 = 1024;
+const CASES: u32 = 2048;
 
 // ---------------------------------------------------------------------------------------------------------------
 // The processor's settlement file

@@ -22,7 +22,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 /// Cases per story in CI.
-const CASES: u32 = 512;
+const CASES: u32 = 2048;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Fragments

@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
 /// Cases per story in CI.
-const CASES: u32 = 256;
+const CASES: u32 = 1024;
 /// Room in each direction of the in-memory link: more than any input here, so writes never wait on a reader.
 const PIPE_BYTES: usize = 1 << 20;
 
