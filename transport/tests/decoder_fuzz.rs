@@ -336,9 +336,9 @@ fn a_hostile_sync_message_never_panics_the_classifier_and_its_document_is_its_ow
         CASES,
         input,
         |(doc, original, input)| {
-            // minicbor's skip keeps a stack entry (16 bytes) per level of nesting it steps into, so what a message holds
-            // grows with its length (up to 32 bytes a byte as the stack doubles), never with a length it declares.
-            let (found, sender) = bounded(input.len(), 40, || {
+            // minicbor's skip keeps a stack entry (16 bytes) per level of nesting it steps into, and while the stack
+            // grows it holds the old buffer and the new: up to 48 bytes a byte of message, never a declared length.
+            let (found, sender) = bounded(input.len(), 64, || {
                 (document_id(&input), text_field(&input, "senderId"))
             })?;
             for field in [found, sender].into_iter().flatten() {
