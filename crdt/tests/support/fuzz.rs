@@ -2,14 +2,14 @@
 //!
 //! [`fuzz`] runs a property the way CI does: a fixed number of cases from a seed derived from the decoder's name,
 //! so a failure in CI fails the same way on every machine. With `POPMESH_FUZZ_SECS=N` it runs the same property
-//! for N seconds instead, round after round, each round with the next seed (`POPMESH_FUZZ_SEED` shifts them all),
+//! for N seconds instead, round after round, each round with the next seed (`POPMESH_FUZZ_SEED=K` starts at K),
 //! and prints `fuzz <decoder>: <cases> cases in <secs> s, 0 failures` for BENCHMARKS.md. `bench/fuzz-long.sh`
 //! runs every story that way.
 //!
 //! Allocations are counted per thread while a decoder runs ([`bounded`]), so a story can say "a declared length
 //! of 4 GiB allocates nothing near 4 GiB" instead of trusting the OS to overcommit.
-//! The mutation strategies ([`mutated`], [`mutated_text`]) start from a valid encoding and damage it, so the fuzzer
-//! gets past the tag, the version and the base64 before it hits a field.
+//! The input strategies ([`hostile_bytes`], [`hostile_text`]) mostly start from a valid encoding and damage it,
+//! so the fuzzer gets past the tag, the version and the base64 before it hits a field.
 
 #![allow(dead_code)] // each test binary uses its own share of the harness
 
@@ -58,8 +58,9 @@ pub fn fuzz<S>(
         match runner.run(&strategy, &property) {
             Ok(()) => cases += u64::from(ci_cases),
             Err(TestError::Fail(why, input)) => panic!(
-                "fuzz {decoder}: failed after {cases} cases (round {round}, seed shift {shift}): {why}\n\
-                 smallest failing input: {input:#?}"
+                "fuzz {decoder}: failed after {cases} cases (round {round}; POPMESH_FUZZ_SEED={} \
+                 replays it): {why}\nsmallest failing input: {input:#?}",
+                shift.wrapping_add(round)
             ),
             Err(TestError::Abort(why)) => panic!("fuzz {decoder}: aborted in round {round}: {why}"),
         }
@@ -242,17 +243,6 @@ pub fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
     }
 }
 
-/// A valid encoding from `valid` and a damaged copy of it (one to four mutations): `(original, damaged)`.
-pub fn mutated(valid: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
-    (valid, prop::collection::vec(mutation(), 1..=4)).prop_map(|(original, mutations)| {
-        let mut damaged = original.clone();
-        for m in &mutations {
-            apply(&mut damaged, m);
-        }
-        (original, damaged)
-    })
-}
-
 /// One way to damage a text: the same, on characters and lines, with insertions drawn from `dictionary`.
 #[derive(Debug, Clone)]
 pub enum TextMutation {
@@ -353,24 +343,6 @@ pub fn apply_text(text: &mut String, mutation: &TextMutation) {
         }
         TextMutation::DuplicateLine { .. } | TextMutation::DeleteLine { .. } => {}
     }
-}
-
-/// A valid text from `valid` and a damaged copy (one to four mutations): `(original, damaged)`.
-pub fn mutated_text(
-    valid: impl Strategy<Value = String>,
-    dictionary: &'static [&'static str],
-) -> impl Strategy<Value = (String, String)> {
-    (
-        valid,
-        prop::collection::vec(text_mutation(dictionary), 1..=4),
-    )
-        .prop_map(|(original, mutations)| {
-            let mut damaged = original.clone();
-            for m in &mutations {
-                apply_text(&mut damaged, m);
-            }
-            (original, damaged)
-        })
 }
 
 /// What a hostile peer sends in place of a valid encoding `original` (with its context `C`): a damaged copy
