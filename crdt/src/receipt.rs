@@ -50,8 +50,14 @@ impl ReceiptToken {
         Self(token)
     }
 
+    /// Reads a token in its one spelling, as [`fmt::Display`] writes it (lower-case hex). A second spelling would
+    /// let a ledger file one receipt under two keys, and the origin count it twice.
     pub fn parse(s: &str) -> Option<Self> {
-        hex_decode(s.strip_prefix(TOKEN_PREFIX)?).ok().map(Self)
+        let hex = s.strip_prefix(TOKEN_PREFIX)?;
+        if hex.bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
+        hex_decode(hex).ok().map(Self)
     }
 }
 
@@ -289,6 +295,16 @@ mod tests {
         assert_eq!(
             ReceiptToken::parse(&first.token.to_string()),
             Some(first.token)
+        );
+        let capitals = first
+            .token
+            .to_string()
+            .to_uppercase()
+            .replace("RCPT_", "rcpt_");
+        assert_eq!(
+            ReceiptToken::parse(&capitals),
+            None,
+            "one spelling per token"
         );
 
         let other_amount = PaymentRequest {
