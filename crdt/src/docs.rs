@@ -60,7 +60,21 @@ impl std::str::FromStr for DocName {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split('/').collect();
-        let device = |hex: &str| DeviceId::from_hex(hex).map_err(|e| format!("'{s}': {e}"));
+        // One spelling per document: lower-case hex device ids, pages in plain digits, names by the naming rule.
+        let device = |hex: &str| {
+            if hex.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Err(format!("'{s}': a device id is written in lower-case hex"));
+            }
+            DeviceId::from_hex(hex).map_err(|e| format!("'{s}': {e}"))
+        };
+        if parts.len() > 1 && parts[0] == "show" && !crate::naming::is_valid_name(parts[1]) {
+            return Err(format!("'{s}': the show is not a valid name"));
+        }
+        if let ["show", _, "slot", slot] = parts.as_slice()
+            && !crate::naming::is_valid_name(slot)
+        {
+            return Err(format!("'{s}': the slot is not a valid name"));
+        }
         match parts.as_slice() {
             ["directory"] => Ok(DocName::Directory),
             ["show", show, "slot", slot] => Ok(DocName::Slot {
@@ -74,11 +88,17 @@ impl std::str::FromStr for DocName {
             }),
             ["show", show, "ledger", dev, text] => match text.parse::<u32>() {
                 // Page 0 has one spelling only, so every device derives the same name.
-                Ok(page) if page > 0 && !text.starts_with('0') => Ok(DocName::Ledger {
-                    show: (*show).to_owned(),
-                    device: device(dev)?,
-                    page,
-                }),
+                Ok(page)
+                    if page > 0
+                        && !text.starts_with('0')
+                        && text.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    Ok(DocName::Ledger {
+                        show: (*show).to_owned(),
+                        device: device(dev)?,
+                        page,
+                    })
+                }
                 _ => Err(format!("'{s}': ledger page must be a number from 1")),
             },
             ["telemetry", dev] => Ok(DocName::Telemetry {

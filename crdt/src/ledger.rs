@@ -267,28 +267,59 @@ impl<D: Borrow<Automerge>> Doc<Ledger, D> {
         Ok(am.length(object_at(am, &["receipts"])?))
     }
 
+    /// The ledger with its receipts parsed. Read entry by entry: an entry that does not read (a hostile or broken
+    /// writer put another type there) is listed in `malformed` with the reason, and never hides the rest of the
+    /// page from verification and reconciliation.
     pub fn view(&self) -> Result<LedgerView, DocError> {
-        let record = self.record()?;
-        let bad_header = |field: &str| DocError::Missing(format!("valid {field} in ledger header"));
-        let site = parse_site(&record.site).ok_or_else(|| bad_header("site"))?;
-        let device = DeviceId::from_hex(&record.device).map_err(|_| bad_header("device"))?;
-        let mut receipts = Vec::with_capacity(record.receipts.len());
+        let header = self.header()?;
+        let am = self.automerge();
+        let receipts_obj = object_at(am, &["receipts"])?;
+        let mut receipts = Vec::new();
         let mut malformed = Vec::new();
-        for (token, entry) in &record.receipts {
-            match to_receipt(site, &record.show, device, token, entry) {
-                Ok(receipt) => receipts.push(receipt),
-                Err(err) => malformed.push((token.clone(), err)),
+        for token in am.keys(&receipts_obj) {
+            let entry: Result<ReceiptRecord, _> =
+                autosurgeon::hydrate_prop(am, &receipts_obj, token.as_str());
+            match entry {
+                Ok(entry) => {
+                    match to_receipt(header.site, &header.show, header.device, &token, &entry) {
+                        Ok(receipt) => receipts.push(receipt),
+                        Err(err) => malformed.push((token, err)),
+                    }
+                }
+                Err(_) => malformed.push((token, ReceiptError::BadField("entry"))),
             }
         }
         receipts.sort_by_key(|r| (r.seq, r.token));
+        let mut reconciled = BTreeMap::new();
+        if let Ok(obj) = object_at(am, &["reconciled"]) {
+            for token in am.keys(&obj) {
+                if let Ok(mark) =
+                    autosurgeon::hydrate_prop::<_, Reconciled, _, _>(am, &obj, token.as_str())
+                {
+                    reconciled.insert(token, mark);
+                }
+            }
+        }
+        let mut attendees = BTreeMap::new();
+        if let Ok(Some((automerge::Value::Object(automerge::ObjType::Map), obj))) =
+            ReadDoc::get(am, automerge::ROOT, "attendees")
+        {
+            for token in am.keys(&obj) {
+                if let Ok(who) =
+                    autosurgeon::hydrate_prop::<_, String, _, _>(am, &obj, token.as_str())
+                {
+                    attendees.insert(token, who);
+                }
+            }
+        }
         Ok(LedgerView {
-            site,
-            show: record.show,
-            device,
+            site: header.site,
+            show: header.show,
+            device: header.device,
             receipts,
             malformed,
-            reconciled: record.reconciled,
-            attendees: record.attendees,
+            reconciled,
+            attendees,
         })
     }
 }

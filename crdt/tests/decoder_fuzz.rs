@@ -634,11 +634,9 @@ fn a_hostile_document_name_never_panics_and_what_it_names_names_itself() {
     );
 }
 
-/// What the document-name story found, kept as a case: a ledger page number may be written with a `+` and a device
-/// id in capitals, so one page of one device's ledger has more than one name. `docs.rs` (and the hex rule in
-/// `identity.rs` that the CLI relies on) belong to other work; this case says what one spelling per document means.
+/// What the document-name story found, kept as a case: a ledger page number written with a `+`, or a device id in
+/// capitals, once gave one page of one device's ledger a second name. Every document has one spelling now.
 #[test]
-#[ignore = "known: DocName accepts \"+1\" as a page and capital hex as a device (reported, not fixed here)"]
 fn a_ledger_page_has_one_name() {
     let device = SecretKey::from_seed([1; 32]).public().to_hex();
     for alias in [

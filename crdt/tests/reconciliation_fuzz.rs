@@ -658,6 +658,7 @@ fn a_tampered_ledger_yields_only_signed_receipts_and_each_once() {
                 currency: r.currency.clone(),
                 verified: Ok(()),
                 reconciled: false,
+                issuer_revoked: false,
             });
         }
         // The processor settled every payment once: the origin must not see more money than was taken.

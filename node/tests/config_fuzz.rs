@@ -54,7 +54,21 @@ fn multiaddr() -> impl Strategy<Value = String> {
 }
 
 fn config() -> impl Strategy<Value = Config> {
-    let api = socket().prop_map(|listen| Api { listen });
+    let host = prop_oneof![Just("pos-1.harbour.example".to_owned()), "[a-z]{1,12}"];
+    let origin = prop_oneof![
+        Just("https://kiosk.harbour.example".to_owned()),
+        Just("http://127.0.0.1:7700".to_owned())
+    ];
+    let api = (
+        socket(),
+        prop::collection::vec(host, 0..3),
+        prop::collection::vec(origin, 0..2),
+    )
+        .prop_map(|(listen, allowed_hosts, allowed_origins)| Api {
+            listen,
+            allowed_hosts,
+            allowed_origins,
+        });
     let p2p = (
         prop::collection::vec(multiaddr(), 0..3),
         prop::collection::vec(multiaddr(), 0..3),
@@ -93,6 +107,7 @@ fn config() -> impl Strategy<Value = Config> {
         int(),
         any::<bool>(),
         int(),
+        (int(), int()),
     )
         .prop_map(
             |(
@@ -102,6 +117,7 @@ fn config() -> impl Strategy<Value = Config> {
                 default_ttl_hours,
                 verify_on_start,
                 upload_limit_mib_s,
+                (upload_max_mib, reserve_mib),
             )| Media {
                 port,
                 preseed_every_secs,
@@ -109,6 +125,8 @@ fn config() -> impl Strategy<Value = Config> {
                 default_ttl_hours,
                 verify_on_start,
                 upload_limit_mib_s,
+                upload_max_mib,
+                reserve_mib,
             },
         );
     let telemetry = (
