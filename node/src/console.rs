@@ -316,4 +316,32 @@ mod tests {
         };
         assert!(alerts(&off, &facts).is_empty());
     }
+
+    #[test]
+    fn a_full_disk_is_a_critical_alert_whatever_the_thresholds() {
+        let full = Facts {
+            store_fault: Some("I/O error: No space left on device (os error 28)".into()),
+            below_reserve: true,
+            ..Facts::default()
+        };
+        let off = Alerts {
+            unreconciled_max_minor: 0,
+            preseed_min_percent: 0,
+            peers_min: 0,
+            peer_silent_max_secs: 0,
+            outage_max_secs: 0,
+        };
+        let got = alerts(&off, &full);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].level, "critical");
+        assert!(
+            got[0].message.contains("refuses payments and bookings"),
+            "{got:?}"
+        );
+        let low = Facts {
+            below_reserve: true,
+            ..Facts::default()
+        };
+        assert!(alerts(&off, &low)[0].message.contains("below the reserve"));
+    }
 }

@@ -86,7 +86,7 @@ fn set_alerts(data: &Path) {
 #[test]
 fn the_console_shows_the_site_at_a_glance_and_follows_a_kiosk_dropping_out() {
     let Some(browser) = chromium() else {
-        eprintln!("SKIPPED: needs Debian's chromium package (.ci/run installs it)");
+        common::site::skipped("needs Debian's chromium package (.ci/run installs it)");
         return;
     };
     let site = Site::create("console");

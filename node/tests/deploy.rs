@@ -186,7 +186,7 @@ fn the_systemd_unit_verifies_and_keeps_its_hardening() {
         .output()
         .is_err()
     {
-        eprintln!("SKIPPED the systemd-analyze part: no systemd-analyze here");
+        common::site::skipped("the systemd-analyze part: no systemd-analyze here");
         return;
     }
     let scratch = Scratch::new("unit");

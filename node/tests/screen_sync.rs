@@ -36,10 +36,10 @@ fn a_kiosk_screen_follows_the_manifest_and_seats_live_and_can_neither_write_nor_
         .output()
         .is_ok_and(|o| o.status.success());
     if !node_ok || !modules.exists() {
-        eprintln!(
-            "SKIPPED: needs Node.js and `npm install` in {} (.ci/run does both)",
+        common::site::skipped(&format!(
+            "needs Node.js and `npm install` in {} (.ci/run does both)",
             screens_dir().display()
-        );
+        ));
         return;
     }
     let site = Site::create("screens");

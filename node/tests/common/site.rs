@@ -39,6 +39,13 @@ pub fn binary() -> PathBuf {
     path
 }
 
+/// Says a test was skipped, where a person running `cargo test` sees it: written to the process's stderr directly,
+/// past the test harness's capture (which would swallow an `eprintln!` of a passing test).
+pub fn skipped(why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+}
+
 /// Runs `popmesh ARGS...` to completion.
 pub fn popmesh(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(binary())
