@@ -106,6 +106,10 @@ pub enum EscrowError {
         "this device has recorded {SALES_PER_DEVICE_MAX} sales in this slot, the most a slot document holds"
     )]
     Full,
+    #[error(
+        "transfer '{id}' already exists for another device or seat count; use a new transfer id"
+    )]
+    TransferConflict { id: String },
     #[error("a transfer must move at least one seat")]
     BadTransferSeats,
     #[error("a device cannot transfer quota to itself")]
@@ -511,8 +515,15 @@ impl<D: BorrowMut<Automerge>> Doc<Slot, D> {
         }
         let mine = me.to_hex();
         let totals = self.totals_for(&mine)?;
-        if totals.transfers_out.contains_key(transfer) {
-            return Ok(());
+        if let Some(existing) = totals.transfers_out.get(transfer) {
+            // A retry of the same transfer is a no-op; the same id for another one is refused.
+            return if existing.to == to.to_hex() && existing.seats == seats {
+                Ok(())
+            } else {
+                Err(EscrowError::TransferConflict {
+                    id: transfer.to_owned(),
+                })
+            };
         }
         if seats == 0 {
             return Err(EscrowError::BadTransferSeats);

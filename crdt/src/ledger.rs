@@ -111,7 +111,7 @@ pub enum PaymentError {
         key: String,
         existing: ReceiptToken,
         /// The request fields that differ from the payment the key was first used for (`amount_minor`,
-        /// `currency`, `attendee`, `show`).
+        /// `currency`, `attendee`; another show is refused by the node, which indexes keys across shows).
         differs: String,
     },
     #[error("this ledger holds {RECEIPTS_PER_LEDGER_MAX} receipts, the most one show's ledger may")]

@@ -376,10 +376,11 @@ pub fn reconcile(receipts: &[SiteReceipt], rows: &[SettlementRow]) -> Reconcilia
                 device: r.device.clone(),
                 ..RevokedIssuer::default()
             });
-        if r.verified.is_ok() {
-            entry.before_revocation += 1;
-        } else {
-            entry.after_revocation += 1;
+        match &r.verified {
+            Ok(()) => entry.before_revocation += 1,
+            Err(reason) if reason.contains("after its revocation") => entry.after_revocation += 1,
+            // Forged or tampered: rejected for that, and listed in `rejected` with the reason.
+            Err(_) => {}
         }
     }
     out.revoked_issuers = revoked.into_values().collect();

@@ -338,17 +338,13 @@ impl<D: BorrowMut<Automerge>> Doc<Telemetry, D> {
         }
         for (name, by) in increments {
             let counter = record.counters.entry(name.clone()).or_default();
-            // Checked: a counter never passes COUNTER_MAX, whatever was buffered.
-            if counter
-                .value()
-                .checked_add(*by)
-                .is_none_or(|v| v > COUNTER_MAX || *by <= 0)
-            {
-                return Err(DocError::LimitReached(format!(
-                    "counter '{name}' would pass {COUNTER_MAX} on this device"
-                )));
+            // Checked: a counter never passes COUNTER_MAX, whatever was buffered; a full counter stays where it
+            // is and the window's other counters are still written.
+            let room = COUNTER_MAX.saturating_sub(counter.value()).max(0);
+            let by = (*by).clamp(0, room);
+            if by > 0 {
+                counter.increment(by);
             }
-            counter.increment(*by);
         }
         self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))
     }

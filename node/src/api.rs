@@ -27,6 +27,9 @@ pub use browser::BrowserPolicy;
 use crate::media_api;
 use crate::node::{Failure, Node, ShowSpec};
 
+/// The longest error message an answer carries, in bytes.
+const MESSAGE_BYTES_MAX: usize = 1000;
+
 /// An error answer.
 #[derive(Debug)]
 pub struct ApiError {
@@ -36,10 +39,17 @@ pub struct ApiError {
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
+        let mut message: String = message.into();
+        // An error never echoes a huge input back (serde quotes the offending value whole).
+        if message.len() > MESSAGE_BYTES_MAX {
+            let mut cut = MESSAGE_BYTES_MAX;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("...");
         }
+        Self { status, message }
     }
 
     pub fn status(&self) -> StatusCode {

@@ -399,7 +399,10 @@ pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
         dir,
         options,
         config.api.listen,
-        config.api.browser_policy(),
+        crate::api::BrowserPolicy {
+            allowed_hosts: config.api.allowed_hosts.clone(),
+            allowed_origins: config.api.allowed_origins.clone(),
+        },
     ))
 }
 

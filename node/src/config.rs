@@ -222,16 +222,6 @@ pub struct Api {
     pub allowed_origins: Vec<String>,
 }
 
-impl Api {
-    /// Who may reach the API from a browser.
-    pub fn browser_policy(&self) -> crate::api::BrowserPolicy {
-        crate::api::BrowserPolicy {
-            allowed_hosts: self.allowed_hosts.clone(),
-            allowed_origins: self.allowed_origins.clone(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct P2p {

@@ -324,7 +324,9 @@ fn to_chunks(wanted: &[Range<u64>]) -> ChunkRanges {
 /// Splits byte ranges into at most `parts` pieces of about equal size, on 16 KiB boundaries (bao chunk groups).
 fn split(wanted: &[Range<u64>], parts: usize) -> Vec<Vec<Range<u64>>> {
     const ALIGN: u64 = GROUP_BYTES;
-    let total: u64 = wanted.iter().map(|r| r.end - r.start).sum();
+    let total: u64 = wanted.iter().fold(0u64, |sum, r| {
+        sum.saturating_add(r.end.saturating_sub(r.start))
+    });
     let parts = parts
         .clamp(1, PARTS_MAX)
         .min((total / PART_BYTES_MIN).max(1) as usize);
@@ -800,7 +802,9 @@ impl Media {
                 self.tag(hash).await?;
                 let wanted = wanted_ranges(manifest, role, entry);
                 let chunks = to_chunks(&wanted);
-                let want: u64 = wanted.iter().map(|r| r.end - r.start).sum();
+                let want: u64 = wanted.iter().fold(0u64, |sum, r| {
+                    sum.saturating_add(r.end.saturating_sub(r.start))
+                });
                 let have = self.present(hash, &chunks, entry.size).await.min(want);
                 report.wanted_bytes = report.wanted_bytes.saturating_add(want);
                 report.present_bytes = report.present_bytes.saturating_add(have);
@@ -1228,6 +1232,7 @@ fn wanted_ranges(manifest: &ManifestRecord, role: &str, entry: &MediaEntry) -> V
     match manifest.preseed_ranges(role, entry) {
         Some(slices) => slices
             .iter()
+            .filter(|ByteRange { start, end }| start < end)
             .map(|ByteRange { start, end }| *start..*end)
             .collect(),
         None if entry.size == 0 => Vec::new(),

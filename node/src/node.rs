@@ -397,9 +397,9 @@ pub struct Node {
     /// The background tasks, stopped by [`Node::shutdown`].
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Idempotency key -> show, for every payment this device took (indexed once its ledgers are open).
-    keys: Mutex<Option<std::collections::HashMap<String, String>>>,
-    /// Documents whose acknowledged write failed: the next write or replay saves them whole first.
-    undurable: Mutex<std::collections::HashSet<DocumentId>>,
+    keys: Mutex<Option<std::collections::HashMap<String, guard::KeyClaim>>>,
+    /// Per document, heads known to be on disk with everything before them (see `change_then`).
+    durable_heads: Mutex<std::collections::HashMap<DocumentId, Vec<automerge::ChangeHash>>>,
     /// The mesh addresses last written to this device's telemetry document (see `linker.rs`).
     addrs_written: Mutex<Option<Vec<String>>>,
     /// Decoded ledger pages by document, with the heads they were read at (see `receipts.rs`).
@@ -514,7 +514,7 @@ impl Node {
             alerts: options.alerts,
             keys: Mutex::new(None),
             addrs_written: Mutex::new(None),
-            undurable: Mutex::new(std::collections::HashSet::new()),
+            durable_heads: Mutex::new(std::collections::HashMap::new()),
             ledger_cache: Mutex::new(BTreeMap::new()),
         });
         node.spawn_task(librarian(node.clone()));
@@ -832,39 +832,59 @@ impl Node {
         self.change_then(handle, f, |_| false).await
     }
 
-    /// [`Node::change`], saving the whole document when `whole(&out)` says the answer rests on more than the new
-    /// changes (a replay answers from what the document already held) or when an earlier acknowledged write to
-    /// it failed: so no answer ever rests on anything that is not on disk.
+    /// [`Node::change`] done durably first: `f` runs on a copy of the document, the copy's new changes are made
+    /// durable, and only then merged into the live document (which samod syncs). A write that fails to reach the
+    /// disk is answered 503 and never reaches the document or any peer: the request wrote nothing.
+    ///
+    /// `replay(&out)` says the answer rests on what the document already held (a retried payment): whatever of
+    /// the document is not known to be on disk is then made durable with it, so no 201 rests on anything that is
+    /// not on disk. Known-durable heads are kept per document, so a replay saves at most what changed since.
     async fn change_then<T: Send + 'static>(
         &self,
         handle: &DocHandle,
         f: impl FnOnce(&mut Automerge) -> T + Send + 'static,
-        whole: impl FnOnce(&T) -> bool + Send + 'static,
+        replay: impl FnOnce(&T) -> bool + Send + 'static,
     ) -> Result<T, Failure> {
-        let undurable = lock(&self.undurable).contains(handle.document_id());
-        let (out, bytes) = handle
+        let id = handle.document_id().clone();
+        let durable = lock(&self.durable_heads).get(&id).cloned();
+        let (out, bytes, fork, now_durable) = handle
             .with_document_async(move |am| {
-                let before = am.get_heads();
-                let out = f(am);
-                let bytes = if undurable || whole(&out) {
-                    am.save()
+                let mut fork = am.fork();
+                let before = fork.get_heads();
+                let out = f(&mut fork);
+                let after = fork.get_heads();
+                let base_durable = durable.as_ref() == Some(&before);
+                let (bytes, now_durable) = if replay(&out) && !base_durable {
+                    match &durable {
+                        Some(d) => (fork.save_after(d), true),
+                        None => (fork.save(), true),
+                    }
                 } else {
-                    am.save_after(&before)
+                    (fork.save_after(&before), base_durable)
                 };
-                (out, bytes)
+                let changed = after != before;
+                (
+                    out,
+                    bytes,
+                    changed.then_some(fork),
+                    now_durable.then_some(after),
+                )
             })
             .await
             .map_err(stopped)?;
         if !bytes.is_empty() {
-            if let Err(e) = self.ack(handle.document_id(), bytes).await {
-                // The change is in memory (and may sync) but not on disk: nothing may be answered from this
-                // document until a whole save of it is durable.
-                lock(&self.undurable).insert(handle.document_id().clone());
-                return Err(e);
-            }
-            if undurable {
-                lock(&self.undurable).remove(handle.document_id());
-            }
+            // On failure the live document never saw the change: nothing synced, nothing to undo.
+            self.ack(&id, bytes).await?;
+        }
+        if let Some(mut fork) = fork {
+            handle
+                .with_document_async(move |am| am.merge(&mut fork).map(|_| ()))
+                .await
+                .map_err(stopped)?
+                .map_err(internal)?;
+        }
+        if let Some(heads) = now_durable {
+            lock(&self.durable_heads).insert(id, heads);
         }
         Ok(out)
     }
@@ -1006,8 +1026,7 @@ impl Node {
         self.limits
             .check(0, request.amount_minor, &request.currency)
             .map_err(|e| Failure::Refused(e.to_string()))?;
-        let key = request.idempotency_key.clone();
-        let claimed = self.claim_key(&key, &show)?;
+        self.claim_key(&request.idempotency_key, &show)?;
         let desk = lock(&self.desks).entry(show.clone()).or_default().clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
         lock(&desk.queue).push(PendingPayment { request, reply });
@@ -1015,37 +1034,30 @@ impl Node {
             // A spawned task, so a client hanging up cannot leave the desk marked busy.
             tokio::spawn(drain_desk(self.clone(), show, desk));
         }
-        let outcome = answer
+        answer
             .await
-            .map_err(|_| Failure::Unavailable("the payment desk stopped".into()))?;
-        // A payment refused by a rule wrote nothing: its key is free again. (After a failed durable write the
-        // document may hold it, so the claim stays.)
-        if claimed
-            && matches!(
-                outcome,
-                Err(Failure::Refused(_) | Failure::BadRequest(_) | Failure::Conflict(_))
-            )
-        {
-            self.release_key(&key);
-        }
-        outcome
+            .map_err(|_| Failure::Unavailable("the payment desk stopped".into()))?
     }
 
     /// Decides a batch of payments as one change (two when a page fills mid-batch) and answers each request.
     async fn take_batch(&self, show: &str, desk: &Desk, batch: Vec<PendingPayment>) {
         let (requests, replies): (Vec<PaymentRequest>, Vec<_>) =
             batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+        let keys: Vec<String> = requests.iter().map(|r| r.idempotency_key.clone()).collect();
         let mut pages = desk.pages.lock().await;
         let outcomes = self.take_paged(show, &mut pages, requests).await;
         match outcomes {
             Ok(outcomes) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                for ((reply, outcome), key) in replies.into_iter().zip(outcomes).zip(keys) {
+                    self.settle_key(&key, outcome.is_ok());
                     let _ = reply.send(outcome);
                 }
             }
             Err(failure) => {
+                // Nothing of this batch reached a ledger (see `change_then`).
                 let message = failure.to_string();
-                for reply in replies {
+                for (reply, key) in replies.into_iter().zip(keys) {
+                    self.settle_key(&key, false);
                     let _ = reply.send(Err(Failure::Unavailable(message.clone())));
                 }
             }
@@ -1070,7 +1082,19 @@ impl Node {
         let mut todo: Vec<(usize, PaymentRequest)> = requests.into_iter().enumerate().collect();
         while !todo.is_empty() {
             let (indices, batch): (Vec<usize>, Vec<PaymentRequest>) = todo.drain(..).unzip();
-            let outcomes = self.take_on_page(show, pages, batch.clone()).await?;
+            // Once some requests are decided (and durable), a later failure answers only the undecided ones.
+            let decided = results.iter().any(Option::is_some);
+            let outcomes = match self.take_on_page(show, pages, batch.clone()).await {
+                Ok(outcomes) => outcomes,
+                Err(e) if decided => {
+                    let message = e.to_string();
+                    return Ok(results
+                        .into_iter()
+                        .map(|r| r.unwrap_or_else(|| Err(Failure::Unavailable(message.clone()))))
+                        .collect());
+                }
+                Err(e) => return Err(e),
+            };
             let mut full = false;
             for ((i, request), outcome) in indices.into_iter().zip(batch).zip(outcomes) {
                 match outcome {
@@ -1081,8 +1105,12 @@ impl Node {
                     other => results[i] = Some(payment_result(other)),
                 }
             }
-            if full {
-                self.next_page(show, pages).await?;
+            if full && let Err(e) = self.next_page(show, pages).await {
+                let message = e.to_string();
+                return Ok(results
+                    .into_iter()
+                    .map(|r| r.unwrap_or_else(|| Err(Failure::Unavailable(message.clone()))))
+                    .collect());
             }
         }
         Ok(results
@@ -1166,12 +1194,6 @@ impl Node {
         pages: &mut Pages,
         requests: Vec<PaymentRequest>,
     ) -> Result<Vec<Result<PaymentOutcome, PaymentError>>, Failure> {
-        // A replay may answer from an earlier page: one whose acknowledged write failed is made durable first.
-        for h in &pages.earlier_handles {
-            if lock(&self.undurable).contains(h.document_id()) {
-                self.change_then(h, |_| (), |_| true).await?;
-            }
-        }
         // Earlier pages' unreconciled totals change when the origin reconciles: read their counters afresh.
         let mut earlier_held = 0u64;
         for h in &pages.earlier_handles {
@@ -1411,6 +1433,8 @@ impl Node {
                 self.dir.cert.role
             )));
         }
+        // Every ledger page the directory registers must be here: a receipt still syncing is not "missing".
+        self.all_pages_open(None)?;
         let view = self.view()?;
         let ledgers: Vec<DocHandle> = read(&self.docs)
             .values()
@@ -1717,10 +1741,12 @@ impl Node {
         let shown = popmesh_crdt::naming::shown(who);
         let device = match DeviceId::from_hex(who) {
             Ok(id) => id,
+            // By name: among the devices trusted now (a stolen `pos-1` revoked, its replacement enrolled as `pos-1`).
             Err(_) => view
-                .certificates()
-                .find(|c| c.name == who)
-                .map(|c| c.device)
+                .trusted_devices(clock::now())
+                .into_iter()
+                .find(|(_, _, name)| name == who)
+                .map(|(device, _, _)| device)
                 .ok_or_else(|| {
                     Failure::NotFound(format!(
                         "{field}: no device named {shown} is enrolled at this site"
@@ -1753,6 +1779,20 @@ impl Node {
         revocation
             .verify(&self.dir.authority, self.dir.site_id())
             .map_err(|e| Failure::BadRequest(format!("revocation refused: {e}")))?;
+        // A second revocation of the same device may only narrow what is honoured, never widen it.
+        if let Ok(view) = self.view()
+            && let Some(before) = view.revocation_of(revocation.target)
+        {
+            let widens = revocation
+                .honoured
+                .iter()
+                .any(|(show, seq)| before.honoured.get(show).is_none_or(|was| seq > was));
+            if widens {
+                return Err(Failure::Conflict(
+                    "this device is already revoked; a new revocation may not honour more of its receipts".into(),
+                ));
+            }
+        }
         self.change_directory(move |d| d.add_revocation(&revocation))
             .await?
             .map_err(|e| Failure::BadRequest(e.to_string()))?;
@@ -2372,12 +2412,14 @@ fn escrow_outcome<T>(outcome: Result<T, EscrowError>) -> Result<T, Failure> {
         Err(
             e @ (EscrowError::QuotaSpent { .. }
             | EscrowError::BookingConflict { .. }
+            | EscrowError::TransferConflict { .. }
             | EscrowError::Full),
         ) => Err(Failure::Conflict(e.to_string())),
         Err(
             e @ (EscrowError::BadSeatCount(_)
             | EscrowError::BadId(_)
             | EscrowError::SelfTransfer
+            | EscrowError::BadTransferSeats
             | EscrowError::OverGranted { .. }
             | EscrowError::BadAttendee(_)),
         ) => Err(Failure::BadRequest(e.to_string())),

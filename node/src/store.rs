@@ -73,6 +73,8 @@ pub struct Store {
     failed: Arc<AtomicBool>,
     fault: Arc<Mutex<Option<StoreFault>>>,
     faults: Option<Arc<Faults>>,
+    /// When a lazy write last failed (seconds since the epoch): deletes wait a while after it.
+    last_put_failure: Arc<AtomicU64>,
     acks: Arc<AtomicU64>,
     committer: Arc<Committer>,
 }
@@ -196,6 +198,10 @@ fn open_database(path: &Path, faults: Option<&Arc<Faults>>) -> Result<Database, 
     })
 }
 
+fn now_secs() -> u64 {
+    crate::clock::now().0 / 1000
+}
+
 /// Whether an error's text is the operating system's "no space left on device".
 fn is_disk_full(text: &str) -> bool {
     text.contains("os error 28") || text.contains("No space left") || text.contains("StorageFull")
@@ -229,6 +235,7 @@ impl Store {
             failed: Arc::new(AtomicBool::new(false)),
             fault: Arc::new(Mutex::new(None)),
             faults,
+            last_put_failure: Arc::new(AtomicU64::new(0)),
             acks: Arc::new(AtomicU64::new(0)),
             committer: Arc::new(Committer {
                 queue,
@@ -480,12 +487,19 @@ impl Store {
         self.write(Durability::None, |tx| {
             tx.open_table(DOCS)?.insert(key.as_str(), data)?;
             Ok(())
-        })?;
+        })
+        .inspect_err(|_| self.last_put_failure.store(now_secs(), Ordering::SeqCst))?;
         self.dirty.store(true, Ordering::Relaxed);
         Ok(())
     }
 
     fn delete_lazy(&self, key: &StorageKey) -> Result<(), StoreError> {
+        // samod compacts by writing a snapshot, then deleting the chunks it replaces. If a write failed lately
+        // (a full disk), the snapshot may not be on disk: keep the chunks (the next start compacts them), so a
+        // compaction can never delete acknowledged data that its snapshot failed to carry.
+        if self.has_failed() || self.last_put_failure.load(Ordering::SeqCst) + 120 > now_secs() {
+            return Ok(());
+        }
         let key = key.to_string();
         self.write(Durability::None, |tx| {
             tx.open_table(DOCS)?.remove(key.as_str())?;

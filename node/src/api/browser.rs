@@ -76,11 +76,12 @@ impl BrowserPolicy {
 
     /// Whether a page of `origin` may change state through a request addressed to `host`.
     pub fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
-        if origin == "null" {
-            return false;
-        }
+        // `null` (a sandboxed frame, a file:// page) passes only where the operator named it.
         if self.origin_configured(origin) {
             return true;
+        }
+        if origin == "null" {
+            return false;
         }
         // Same origin: the page was served by this API under the same host and port.
         let Some(host) = host else { return false };

@@ -5,10 +5,9 @@
 //!   device never answers "no receipts" for receipts it holds, nor takes a payment past a stored limit it had
 //!   reached.
 //! - **Durable means durable.** A failed store refuses money and seat writes with a 503 that says why
-//!   ([`Node::writable`]). A document whose acknowledged write failed is marked *undurable*: the next write to it,
-//!   or a replay that reads from it, saves the whole document and makes that durable before anything is answered
-//!   (see `Node::change`). When the store recovers, every open document is made durable again
-//!   ([`Node::after_recovery`]).
+//!   ([`Node::writable`]). Every acknowledged write is made on a copy of its document and merged into the live
+//!   one only once it is on disk (`Node::change_then`), so a write that failed never syncs; a replay makes what
+//!   it answers from durable first. The store reopens itself once space is back ([`Node::heal_store`]).
 //! - **Idempotency keys belong to the device.** A key names one payment on this device, whatever the show
 //!   ([`Node::claim_key`]).
 
@@ -16,9 +15,17 @@ use std::collections::HashMap;
 
 use automerge::ReadDoc as _;
 use popmesh_crdt::docs::DocName;
-use samod::DocHandle;
 
 use super::{Failure, Node, lock, read};
+
+/// An idempotency key of this device: the show it belongs to, requests with it at the desk now, and whether a
+/// payment was taken under it.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyClaim {
+    pub show: String,
+    pub inflight: u32,
+    pub taken: bool,
+}
 
 impl Node {
     /// Refuses money and seat writes while the data file refuses writes.
@@ -41,8 +48,15 @@ impl Node {
 
     /// This device's ledger pages the directory registers and that are not open yet.
     pub(crate) fn ledgers_loading(&self) -> Result<Vec<String>, Failure> {
+        self.pages_loading(Some(self.me()))
+    }
+
+    /// Ledger pages the directory registers (of `device`, or of every device) that are not open here yet.
+    pub(crate) fn pages_loading(
+        &self,
+        device: Option<popmesh_crdt::DeviceId>,
+    ) -> Result<Vec<String>, Failure> {
         let view = self.view()?;
-        let me = self.me();
         let open: std::collections::BTreeSet<String> = read(&self.docs)
             .values()
             .map(|(name, _)| name.to_string())
@@ -51,7 +65,7 @@ impl Node {
             .documents
             .keys()
             .filter(|name| {
-                matches!(name.parse::<DocName>(), Ok(DocName::Ledger { device, .. }) if device == me)
+                matches!(name.parse::<DocName>(), Ok(DocName::Ledger { device: d, .. }) if device.is_none_or(|me| d == me))
             })
             .filter(|name| !open.contains(*name))
             .cloned()
@@ -86,13 +100,37 @@ impl Node {
         Ok(())
     }
 
+    /// Refuses an answer about every receipt (reconciliation, what a device issued) while ledger pages the
+    /// directory registers are not open here: an origin just restarted would report them missing.
+    pub(crate) fn all_pages_open(
+        &self,
+        device: Option<popmesh_crdt::DeviceId>,
+    ) -> Result<(), Failure> {
+        let loading = self.pages_loading(device)?;
+        if loading.is_empty() {
+            return Ok(());
+        }
+        Err(Failure::Unavailable(format!(
+            "{} ledger pages the directory registers are not open on this device yet ({}{}); ask again once \
+             they have synced",
+            loading.len(),
+            loading
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+            if loading.len() > 3 { ", ..." } else { "" }
+        )))
+    }
+
     /// [`Node::money_ready`] for the HTTP layer's money reads.
     pub async fn money_ready_public(&self) -> Result<(), Failure> {
         self.money_ready().await
     }
 
     /// Every idempotency key this device's ledgers hold, with its show.
-    async fn index_keys(&self) -> Result<HashMap<String, String>, Failure> {
+    async fn index_keys(&self) -> Result<HashMap<String, KeyClaim>, Failure> {
         let mut index = HashMap::new();
         for (show, handle) in self.own_ledgers() {
             let keys: Vec<String> = handle
@@ -103,70 +141,77 @@ impl Node {
                 .await
                 .map_err(super::stopped)?;
             for key in keys {
-                index.insert(key, show.clone());
+                index.insert(
+                    key,
+                    KeyClaim {
+                        show: show.clone(),
+                        inflight: 0,
+                        taken: true,
+                    },
+                );
             }
         }
         Ok(index)
     }
 
-    /// Claims `key` for a payment in `show`: refused when this device already used it in another show. Returns
-    /// whether this call made the claim (so a refused payment can give it back).
-    pub(crate) fn claim_key(&self, key: &str, show: &str) -> Result<bool, Failure> {
+    /// Claims `key` for a payment in `show` before it goes to the desk: refused when this device used the key in
+    /// another show, or a payment with it in another show is being decided now. The desk settles every claim when
+    /// it has decided ([`Node::settle_key`]), whatever happened to the client that asked.
+    pub(crate) fn claim_key(&self, key: &str, show: &str) -> Result<(), Failure> {
         let mut keys = lock(&self.keys);
         let keys = keys
             .as_mut()
             .ok_or_else(|| Failure::Unavailable("idempotency keys are not indexed yet".into()))?;
-        match keys.get(key) {
-            Some(other) if other != show => Err(Failure::Conflict(format!(
-                "idempotency key '{key}' was already used on this device for a payment in show '{other}': show \
-                 differs; use a new key for a new payment"
+        match keys.get_mut(key) {
+            Some(claim) if claim.show != show => Err(Failure::Conflict(format!(
+                "idempotency key '{key}' was already used on this device for a payment in show '{}': show \
+                 differs; use a new key for a new payment",
+                claim.show
             ))),
-            Some(_) => Ok(false),
+            Some(claim) => {
+                claim.inflight += 1;
+                Ok(())
+            }
             None => {
-                keys.insert(key.to_owned(), show.to_owned());
-                Ok(true)
+                keys.insert(
+                    key.to_owned(),
+                    KeyClaim {
+                        show: show.to_owned(),
+                        inflight: 1,
+                        taken: false,
+                    },
+                );
+                Ok(())
             }
         }
     }
 
-    /// Gives back a claim for a payment that wrote nothing.
-    pub(crate) fn release_key(&self, key: &str) {
-        if let Some(keys) = lock(&self.keys).as_mut() {
-            keys.remove(key);
+    /// The desk's decision on a claimed key: `taken` when the ledger holds a payment under it now. A key no
+    /// payment was taken under is free again once no request with it is being decided.
+    pub(crate) fn settle_key(&self, key: &str, taken: bool) {
+        if let Some(keys) = lock(&self.keys).as_mut()
+            && let Some(claim) = keys.get_mut(key)
+        {
+            claim.inflight = claim.inflight.saturating_sub(1);
+            claim.taken |= taken;
+            if claim.inflight == 0 && !claim.taken {
+                keys.remove(key);
+            }
         }
     }
 
-    /// After the store recovered from a failed write: every open document saved whole and made durable, since
-    /// writes that failed (samod's and acknowledged ones) may be missing from the file.
-    pub(crate) async fn after_recovery(&self) -> Result<usize, Failure> {
-        let handles: Vec<DocHandle> = read(&self.docs).values().map(|(_, h)| h.clone()).collect();
-        let mut saved = 0;
-        for handle in handles {
-            let bytes = handle
-                .with_document_async(|am| am.save())
-                .await
-                .map_err(super::stopped)?;
-            self.ack(handle.document_id(), bytes).await?;
-            lock(&self.undurable).remove(handle.document_id());
-            saved += 1;
-        }
-        Ok(saved)
-    }
-
-    /// Tries to bring a failed store back (called every flush tick); on success, makes every document durable.
+    /// Tries to bring a failed store back (called every flush tick).
     pub(crate) async fn heal_store(&self) {
         if !self.store.has_failed() {
             return;
         }
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.recover()).await {
-            Ok(Ok(true)) => match self.after_recovery().await {
-                Ok(n) => tracing::info!(
-                    documents = n,
-                    "store recovered; every document is durable again"
-                ),
-                Err(e) => tracing::warn!("store recovered, documents not yet durable again: {e}"),
-            },
+            Ok(Ok(true)) => {
+                // Acknowledged writes that failed never reached a document (see `change_then`); what samod wrote
+                // lazily while the disk refused it is synced data, which peers send again after a crash.
+                tracing::info!("store recovered; payments and bookings are taken again");
+            }
             Ok(Ok(false)) => {}
             Ok(Err(e)) => tracing::debug!("store not recovered yet: {e}"),
             Err(e) => tracing::warn!("store recovery task failed: {e}"),

@@ -41,8 +41,11 @@ pub struct ReceiptPage {
     pub next: Option<String>,
 }
 
-/// A position in (show, device, sequence) order: `show/devicehex/seq` (names never hold `/`).
-fn parse_cursor(text: &str) -> Result<(String, DeviceId, u64), Failure> {
+/// A position in (show, device, sequence, token) order: `show/devicehex/seq/token` (names never hold `/`; the
+/// token breaks ties, so two receipts that share a number are neither skipped nor repeated).
+type Cursor = (String, DeviceId, u64, String);
+
+fn parse_cursor(text: &str) -> Result<Cursor, Failure> {
     let bad = || {
         Failure::BadRequest(format!(
             "after {}: not a cursor from an earlier page's next",
@@ -50,23 +53,34 @@ fn parse_cursor(text: &str) -> Result<(String, DeviceId, u64), Failure> {
         ))
     };
     let mut parts = text.split('/');
-    let (Some(show), Some(device), Some(seq), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(show), Some(device), Some(seq), Some(token), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return Err(bad());
     };
     let device = DeviceId::from_hex(device).map_err(|_| bad())?;
     let seq = seq.parse::<u64>().map_err(|_| bad())?;
-    if !popmesh_crdt::naming::is_valid_name(show) {
+    if show.is_empty() || token.is_empty() {
         return Err(bad());
     }
-    Ok((show.to_owned(), device, seq))
+    Ok((show.to_owned(), device, seq, token.to_owned()))
 }
 
 impl Node {
     /// One page of the receipts this device holds, from every device's ledger, checked against the directory.
     pub async fn receipts_page(&self, query: ReceiptQuery) -> Result<ReceiptPage, Failure> {
         self.money_ready().await?;
+        // The directory's heads before the view: a revocation landing in between makes the next read check
+        // again, never caches an old verdict under new heads.
+        let directory = self
+            .directory_handle()?
+            .with_document_async(|am| am.get_heads())
+            .await
+            .map_err(stopped)?;
         let view = self.view()?;
         let limit = query.limit.unwrap_or(RECEIPTS_PAGE_DEFAULT);
         if limit == 0 || limit > RECEIPTS_PAGE_MAX {
@@ -94,28 +108,36 @@ impl Node {
             .filter(|((show, device, _), _)| {
                 after
                     .as_ref()
-                    .is_none_or(|(s, d, _)| (show, device) >= (s, d))
+                    .is_none_or(|(s, d, _, _)| (show, device) >= (s, d))
             })
             .collect();
         ledgers.sort_by(|a, b| a.0.cmp(&b.0));
-        let directory = self
-            .directory_handle()?
-            .with_document_async(|am| am.get_heads())
-            .await
-            .map_err(stopped)?;
+        // One device's receipts for a show, over all its pages, in (seq, token) order.
+        let mut groups: Vec<((String, DeviceId), Vec<DocHandle>)> = Vec::new();
+        for ((show, device, _), handle) in ledgers {
+            match groups.last_mut() {
+                Some((key, list)) if key.0 == show && key.1 == device => list.push(handle),
+                _ => groups.push(((show, device), vec![handle])),
+            }
+        }
         let mut receipts = Vec::new();
         let mut more = false;
-        'pages: for ((show, device, _), handle) in ledgers {
-            let checked = self.checked_page(&handle, &directory, &view).await?;
-            for r in checked.iter() {
-                if let Some((s, d, seq)) = &after
-                    && (&show, &device, r.seq) <= (s, d, *seq)
+        'groups: for ((show, device), handles) in groups {
+            let mut pages = Vec::with_capacity(handles.len());
+            for handle in &handles {
+                pages.push(self.checked_page(handle, &directory, &view).await?);
+            }
+            let mut all: Vec<&ReceiptJson> = pages.iter().flat_map(|p| p.iter()).collect();
+            all.sort_by(|a, b| (a.seq, &a.token).cmp(&(b.seq, &b.token)));
+            for r in all {
+                if let Some((s, d, seq, token)) = &after
+                    && (&show, &device, r.seq, &r.token) <= (s, d, *seq, token)
                 {
                     continue;
                 }
                 if receipts.len() == limit {
                     more = true;
-                    break 'pages;
+                    break 'groups;
                 }
                 receipts.push(r.clone());
             }
@@ -123,7 +145,7 @@ impl Node {
         let next = more
             .then(|| receipts.last())
             .flatten()
-            .map(|r: &ReceiptJson| format!("{}/{}/{}", r.show, r.device, r.seq));
+            .map(|r: &ReceiptJson| format!("{}/{}/{}/{}", r.show, r.device, r.seq, r.token));
         Ok(ReceiptPage { receipts, next })
     }
 
@@ -174,6 +196,8 @@ impl Node {
         &self,
         device: DeviceId,
     ) -> Result<std::collections::BTreeMap<String, u64>, Failure> {
+        // Every page of the device must be here, or the revocation would refuse receipts it took legitimately.
+        self.all_pages_open(Some(device))?;
         let handles: Vec<(String, DocHandle)> = read(&self.docs)
             .values()
             .filter_map(|(name, h)| match name {

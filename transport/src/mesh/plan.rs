@@ -52,10 +52,11 @@ impl SwarmTask {
                 },
                 backoff: BACKOFF_MIN,
             });
-            for addr in addrs {
-                if !known.addrs.contains(addr) {
-                    known.addrs.push(addr.clone());
-                }
+            // What the peer publishes now, plus what mDNS or identify found (bounded: the plan replaces its own).
+            if !addrs.is_empty() {
+                known.addrs.retain(|a| !addrs.contains(a));
+                known.addrs.truncate(8);
+                known.addrs.extend(addrs.iter().cloned());
             }
         }
         self.plan = Some(plan);
