@@ -123,24 +123,7 @@ impl<'a> Decoder<'a> {
         tag: u8,
         version: u8,
     ) -> Result<Self, DecodeError> {
-        let mut dec = Self { rest: input };
-        let found = dec.u8("tag")?;
-        if found != tag {
-            return Err(DecodeError::WrongTag {
-                expected: what,
-                expected_tag: tag,
-                found,
-            });
-        }
-        let found = dec.u8("version")?;
-        if found != version {
-            return Err(DecodeError::UnsupportedVersion {
-                what,
-                found,
-                supported: version,
-            });
-        }
-        Ok(dec)
+        Self::new_versions(input, what, tag, version..=version).map(|(dec, _)| dec)
     }
 
     /// [`Decoder::new`] for a structure that has several versions: returns the version found.

@@ -398,6 +398,8 @@ pub struct Node {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Idempotency key -> show, for every payment this device took (indexed once its ledgers are open).
     keys: Mutex<Option<std::collections::HashMap<String, guard::KeyClaim>>>,
+    /// Documents whose acknowledged write failed: the next write or replay saves them whole first.
+    undurable: Mutex<std::collections::HashSet<DocumentId>>,
     /// Per document, heads known to be on disk with everything before them (see `change_then`).
     durable_heads: Mutex<std::collections::HashMap<DocumentId, Vec<automerge::ChangeHash>>>,
     /// The mesh addresses last written to this device's telemetry document (see `linker.rs`).
@@ -515,6 +517,7 @@ impl Node {
             keys: Mutex::new(None),
             addrs_written: Mutex::new(None),
             durable_heads: Mutex::new(std::collections::HashMap::new()),
+            undurable: Mutex::new(std::collections::HashSet::new()),
             ledger_cache: Mutex::new(BTreeMap::new()),
         });
         node.spawn_task(librarian(node.clone()));
@@ -832,13 +835,15 @@ impl Node {
         self.change_then(handle, f, |_| false).await
     }
 
-    /// [`Node::change`] done durably first: `f` runs on a copy of the document, the copy's new changes are made
-    /// durable, and only then merged into the live document (which samod syncs). A write that fails to reach the
-    /// disk is answered 503 and never reaches the document or any peer: the request wrote nothing.
+    /// [`Node::change`], saving more than the new changes when the answer needs it: the whole document when an
+    /// earlier acknowledged write to it failed, and, for a replay (`replay(&out)`: the answer rests on what the
+    /// document already held), whatever of it is not known to be on disk. So no answer ever rests on anything
+    /// that is not on disk. Heads known durable are kept per document, so a replay saves at most what changed
+    /// since the last durable write.
     ///
-    /// `replay(&out)` says the answer rests on what the document already held (a retried payment): whatever of
-    /// the document is not known to be on disk is then made durable with it, so no 201 rests on anything that is
-    /// not on disk. Known-durable heads are kept per document, so a replay saves at most what changed since.
+    /// The change is made on the live document (samod may sync it before the disk answers): a copy merged after
+    /// the fsync would give a change that failed to be acknowledged, yet reached the disk, a sequence number the
+    /// next change reuses, and Automerge refuses the second on load.
     async fn change_then<T: Send + 'static>(
         &self,
         handle: &DocHandle,
@@ -846,42 +851,43 @@ impl Node {
         replay: impl FnOnce(&T) -> bool + Send + 'static,
     ) -> Result<T, Failure> {
         let id = handle.document_id().clone();
+        let undurable = lock(&self.undurable).contains(&id);
         let durable = lock(&self.durable_heads).get(&id).cloned();
-        let (out, bytes, fork, now_durable) = handle
+        let (out, bytes, now_durable) = handle
             .with_document_async(move |am| {
-                let mut fork = am.fork();
-                let before = fork.get_heads();
-                let out = f(&mut fork);
-                let after = fork.get_heads();
-                let base_durable = durable.as_ref() == Some(&before);
-                let (bytes, now_durable) = if replay(&out) && !base_durable {
+                let before = am.get_heads();
+                let out = f(am);
+                let after = am.get_heads();
+                let is_replay = replay(&out);
+                let base_durable = !undurable && durable.as_ref() == Some(&before);
+                let bytes = if undurable {
+                    am.save()
+                } else if is_replay && !base_durable {
                     match &durable {
-                        Some(d) => (fork.save_after(d), true),
-                        None => (fork.save(), true),
+                        Some(d) => am.save_after(d),
+                        None => am.save(),
                     }
                 } else {
-                    (fork.save_after(&before), base_durable)
+                    am.save_after(&before)
                 };
-                let changed = after != before;
-                (
-                    out,
-                    bytes,
-                    changed.then_some(fork),
-                    now_durable.then_some(after),
-                )
+                // What is on disk once these bytes are: everything, if they carry the whole document or all since
+                // the last durable heads; else only as much as was known before.
+                let whole = undurable || is_replay || base_durable;
+                (out, bytes, whole.then_some(after))
             })
             .await
             .map_err(stopped)?;
-        if !bytes.is_empty() {
-            // On failure the live document never saw the change: nothing synced, nothing to undo.
-            self.ack(&id, bytes).await?;
+        if !bytes.is_empty()
+            && let Err(e) = self.ack(&id, bytes).await
+        {
+            // The change is in memory (and may sync) but not on disk: nothing may be answered from this
+            // document until a whole save of it is durable.
+            lock(&self.undurable).insert(id.clone());
+            lock(&self.durable_heads).remove(&id);
+            return Err(e);
         }
-        if let Some(mut fork) = fork {
-            handle
-                .with_document_async(move |am| am.merge(&mut fork).map(|_| ()))
-                .await
-                .map_err(stopped)?
-                .map_err(internal)?;
+        if undurable {
+            lock(&self.undurable).remove(&id);
         }
         if let Some(heads) = now_durable {
             lock(&self.durable_heads).insert(id, heads);
@@ -1194,6 +1200,12 @@ impl Node {
         pages: &mut Pages,
         requests: Vec<PaymentRequest>,
     ) -> Result<Vec<Result<PaymentOutcome, PaymentError>>, Failure> {
+        // A replay may answer from an earlier page: one whose acknowledged write failed is made durable first.
+        for h in &pages.earlier_handles {
+            if lock(&self.undurable).contains(h.document_id()) {
+                self.change_then(h, |_| (), |_| true).await?;
+            }
+        }
         // Earlier pages' unreconciled totals change when the origin reconciles: read their counters afresh.
         let mut earlier_held = 0u64;
         for h in &pages.earlier_handles {

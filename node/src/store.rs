@@ -73,6 +73,8 @@ pub struct Store {
     failed: Arc<AtomicBool>,
     fault: Arc<Mutex<Option<StoreFault>>>,
     faults: Option<Arc<Faults>>,
+    /// Held across every write transaction and the noting of its failure (see `commit_loop`).
+    writes: Arc<Mutex<()>>,
     /// When a lazy write last failed (seconds since the epoch): deletes wait a while after it.
     last_put_failure: Arc<AtomicU64>,
     acks: Arc<AtomicU64>,
@@ -113,7 +115,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Takes every waiting acknowledged write, commits them in one fsync'd transaction, answers each.
-fn commit_loop(slot: Slot, queue: Arc<AckQueue>) {
+///
+/// A batch is never committed on a database that has seen a failed write since it was opened: after an I/O error
+/// redb's state may be unsound, and a reopen can roll such a commit back. Every write (this loop's and samod's
+/// lazy ones) runs under `writes`, which also covers noting a failure, so none can slip in between.
+fn commit_loop(slot: Slot, queue: Arc<AckQueue>, writes: Arc<Mutex<()>>, failed: Arc<AtomicBool>) {
     loop {
         let batch = {
             let mut guard = lock(&queue.pending);
@@ -125,8 +131,12 @@ fn commit_loop(slot: Slot, queue: Arc<AckQueue>) {
             }
             std::mem::take(&mut guard.0)
         };
+        let serial = lock(&writes);
         let db = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
         let result = (|| -> Result<(), redb::Error> {
+            if failed.load(Ordering::SeqCst) {
+                return Err(redb::Error::PreviousIo);
+            }
             let db = db.ok_or(redb::Error::PreviousIo)?;
             let mut tx = db.begin_write()?;
             tx.set_durability(Durability::Immediate)?;
@@ -140,6 +150,11 @@ fn commit_loop(slot: Slot, queue: Arc<AckQueue>) {
             Ok(())
         })()
         .map_err(|e| e.to_string());
+        if result.is_err() {
+            // Refuse every later write until the store has recovered (the caller notes the reason).
+            failed.store(true, Ordering::SeqCst);
+        }
+        drop(serial);
         for req in batch {
             let _ = req.done.send(result.clone());
         }
@@ -218,11 +233,14 @@ impl Store {
         let db = open_database(path, faults.as_ref())?;
         let slot: Slot = Arc::new(std::sync::RwLock::new(Some(Arc::new(db))));
         let queue = Arc::new(AckQueue::default());
+        let writes = Arc::new(Mutex::new(()));
+        let failed = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (slot, queue) = (slot.clone(), queue.clone());
+            let (slot, queue, writes, failed) =
+                (slot.clone(), queue.clone(), writes.clone(), failed.clone());
             std::thread::Builder::new()
                 .name("popmesh-commit".into())
-                .spawn(move || commit_loop(slot, queue))
+                .spawn(move || commit_loop(slot, queue, writes, failed))
                 .map_err(|e| StoreError::Io {
                     path: path.to_owned(),
                     reason: format!("cannot start the commit thread: {e}"),
@@ -232,7 +250,8 @@ impl Store {
             db: slot,
             path: Arc::new(path.to_owned()),
             dirty: Arc::new(AtomicBool::new(false)),
-            failed: Arc::new(AtomicBool::new(false)),
+            failed,
+            writes,
             fault: Arc::new(Mutex::new(None)),
             faults,
             last_put_failure: Arc::new(AtomicU64::new(0)),
@@ -310,13 +329,24 @@ impl Store {
             })?;
             *slot = Some(Arc::new(db));
         }
-        // A durable write proves the file takes writes again.
-        self.write_checked(Durability::Immediate, |tx| {
-            tx.open_table(META)?.insert("recovered_at", "1")?;
-            Ok(())
-        })?;
-        self.failed.store(false, Ordering::SeqCst);
-        *lock(&self.fault) = None;
+        // A durable write on the reopened file proves it takes writes again; the flag clears under the same lock
+        // every write takes, so nothing commits in between on a state that is not known sound.
+        {
+            let _serial = lock(&self.writes);
+            let db = self.db()?;
+            let probe = (|| -> Result<(), redb::Error> {
+                let mut tx = db.begin_write()?;
+                tx.set_durability(Durability::Immediate)?;
+                tx.open_table(META)?.insert("recovered_at", "1")?;
+                tx.commit()?;
+                Ok(())
+            })();
+            if let Err(e) = probe {
+                return Err(self.io(e));
+            }
+            self.failed.store(false, Ordering::SeqCst);
+            *lock(&self.fault) = None;
+        }
         tracing::info!(file = %self.path.display(), "the data file takes writes again");
         Ok(true)
     }
@@ -387,6 +417,10 @@ impl Store {
         durability: Durability,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
+        let _serial = lock(&self.writes);
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(self.io("the data file refuses writes until it has recovered"));
+        }
         let db = self.db()?;
         let mut tx = db.begin_write().map_err(|e| self.io(e))?;
         tx.set_durability(durability).map_err(|e| self.io(e))?;

@@ -70,6 +70,46 @@ fn refused(answers: &Answers) -> Vec<String> {
         .collect()
 }
 
+/// Restarts the device without faults and checks every acknowledged receipt is there.
+fn restart_and_count(site: &Site, acked: &BTreeMap<String, String>) -> Node {
+    let edge = Node::start(&site.edge, &[]);
+    edge.wait_for("ready", Duration::from_secs(30), |n| {
+        n.status()["ready"] == true
+    });
+    let held: std::collections::BTreeSet<String> = edge.receipt_tokens().into_iter().collect();
+    let lost: Vec<&String> = acked.values().filter(|t| !held.contains(*t)).collect();
+    if !lost.is_empty() {
+        let docs = edge.get("/v1/documents");
+        for d in docs["documents"].as_array().cloned().unwrap_or_default() {
+            let name = d["name"].as_str().unwrap_or("").to_owned();
+            let content = edge.get(&format!("/v1/documents/{name}")).to_string();
+            let found: Vec<&&String> = lost
+                .iter()
+                .filter(|t| content.contains(t.as_str()))
+                .collect();
+            eprintln!(
+                "DEBUG {name}: {} bytes, holds {} lost",
+                content.len(),
+                found.len()
+            );
+        }
+        let key_of: Vec<&String> = acked
+            .iter()
+            .filter(|(_, t)| lost.contains(t))
+            .map(|(k, _)| k)
+            .collect();
+        eprintln!("DEBUG lost keys {key_of:?}");
+        eprintln!("{}", edge.log_tail());
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged receipts lost: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
+    edge
+}
+
 fn site_with_faults(label: &str) -> (Site, std::path::PathBuf) {
     let site = Site::create(label);
     let control = site.root().join("faults");
@@ -150,18 +190,7 @@ fn a_full_disk_and_failing_fsyncs_mid_burst_lose_no_acknowledged_payment() {
     );
     edge.kill();
 
-    let edge = Node::start(&site.edge, &[]);
-    edge.wait_for("ready", Duration::from_secs(30), |n| {
-        n.status()["ready"] == true
-    });
-    let held: std::collections::BTreeSet<String> = edge.receipt_tokens().into_iter().collect();
-    let lost: Vec<&String> = acked.values().filter(|t| !held.contains(*t)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged receipts lost: {lost:?}",
-        lost.len(),
-        acked.len()
-    );
+    let edge = restart_and_count(&site, &acked);
     // Each refused payment can be retried now: a new receipt or the replay of one that did reach the disk.
     for key in retried.iter().take(20) {
         let a = edge.post("/v1/payments", payment(key, 100));
@@ -202,18 +231,7 @@ fn a_write_torn_by_a_crash_mid_burst_loses_no_acknowledged_payment() {
     drop(edge);
     std::fs::write(&control, "").expect("disarm");
     let acked = acknowledged(&answers);
-    let edge = Node::start(&site.edge, &[]);
-    edge.wait_for("ready", Duration::from_secs(30), |n| {
-        n.status()["ready"] == true
-    });
-    let held: std::collections::BTreeSet<String> = edge.receipt_tokens().into_iter().collect();
-    let lost: Vec<&String> = acked.values().filter(|t| !held.contains(*t)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged receipts lost",
-        lost.len(),
-        acked.len()
-    );
+    let _edge = restart_and_count(&site, &acked);
     assert!(!acked.is_empty());
     eprintln!(
         "torn write: {} acknowledged before the crash, 0 lost",

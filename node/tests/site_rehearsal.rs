@@ -78,7 +78,12 @@ fn the_rehearsal_names_a_silent_kiosk_a_fast_clock_and_then_says_ready() {
             .join("\n")
     };
     assert!(line("kiosk-2").contains("did not answer"), "{out}");
-    assert!(line("pos-1").contains("clock off by about 300"), "{out}");
+    // Five minutes fast, give or take the rehearsal's own round trip on a loaded machine (299.9 s or 300.0 s).
+    assert!(
+        line("pos-1").contains("clock off by about 300")
+            || line("pos-1").contains("clock off by about 299.9"),
+        "{out}"
+    );
     assert!(line("kiosk-1").starts_with("  ok "), "{out}");
     assert!(line("edge-1").starts_with("  ok "), "{out}");
     assert!(out.contains("origin: not reachable"), "{out}");

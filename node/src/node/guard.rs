@@ -5,9 +5,10 @@
 //!   device never answers "no receipts" for receipts it holds, nor takes a payment past a stored limit it had
 //!   reached.
 //! - **Durable means durable.** A failed store refuses money and seat writes with a 503 that says why
-//!   ([`Node::writable`]). Every acknowledged write is made on a copy of its document and merged into the live
-//!   one only once it is on disk (`Node::change_then`), so a write that failed never syncs; a replay makes what
-//!   it answers from durable first. The store reopens itself once space is back ([`Node::heal_store`]).
+//!   ([`Node::writable`]). A document whose acknowledged write failed is marked *undurable*: the next write to it,
+//!   or a replay that reads from it, saves it whole and makes that durable before anything is answered
+//!   (`Node::change_then`). The store reopens itself once space is back, and the undurable documents are saved
+//!   whole at once ([`Node::heal_store`]).
 //! - **Idempotency keys belong to the device.** A key names one payment on this device, whatever the show
 //!   ([`Node::claim_key`]).
 
@@ -208,9 +209,24 @@ impl Node {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.recover()).await {
             Ok(Ok(true)) => {
-                // Acknowledged writes that failed never reached a document (see `change_then`); what samod wrote
-                // lazily while the disk refused it is synced data, which peers send again after a crash.
-                tracing::info!("store recovered; payments and bookings are taken again");
+                // The documents whose acknowledged writes failed, saved whole now (only those: what samod wrote
+                // lazily while the disk refused it is synced data, which peers send again after a crash).
+                let undurable: Vec<samod::DocumentId> =
+                    lock(&self.undurable).iter().cloned().collect();
+                let handles: Vec<samod::DocHandle> = read(&self.docs)
+                    .iter()
+                    .filter(|(id, _)| undurable.contains(id))
+                    .map(|(_, (_, h))| h.clone())
+                    .collect();
+                for h in &handles {
+                    if let Err(e) = self.change_then(h, |_| (), |_| true).await {
+                        tracing::warn!("a document is not durable again yet: {e}");
+                    }
+                }
+                tracing::info!(
+                    resaved = handles.len(),
+                    "store recovered; payments and bookings are taken again"
+                );
             }
             Ok(Ok(false)) => {}
             Ok(Err(e)) => tracing::debug!("store not recovered yet: {e}"),
