@@ -112,10 +112,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/rehearsals", post(call_rehearsal))
         .route("/v1/rehearsals/{id}", get(rehearsal))
         .route("/v1/warehouse", get(crate::warehouse::status_route))
-        .route(
-            "/v1/warehouse/replay",
-            post(crate::warehouse::replay_route),
-        )
+        .route("/v1/warehouse/replay", post(crate::warehouse::replay_route))
         .route("/console", get(crate::console::page))
         .route("/v1/console", get(crate::console::state))
         .route("/v1/sync", get(crate::screen_sync::upgrade))

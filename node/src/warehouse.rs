@@ -401,7 +401,7 @@ impl Sink {
     async fn commit(&self, rows: &mut Rows, cursors: &[Cursor]) -> Result<u64, WarehouseError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let n = write::rows(&*tx, &self.site, &self.origin, rows, cursors).await?;
+        let n = write::rows(&tx, &self.site, &self.origin, rows, cursors).await?;
         tx.commit().await?;
         self.committed(n);
         Ok(n)
@@ -422,7 +422,7 @@ impl Sink {
         for b in &pending {
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
-            let n = write::batch(&*tx, &self.site, &self.origin, b).await?;
+            let n = write::batch(&tx, &self.site, &self.origin, b).await?;
             tx.commit().await?;
             self.committed(n);
             lock(&self.queue).batch_written(b);
@@ -432,7 +432,9 @@ impl Sink {
         if let Ok(Err(e)) =
             tokio::task::spawn_blocking(move || store.set_meta(queue::BATCHES_KEY, &json)).await
         {
-            tracing::warn!("the written reconciliation runs stay queued in this device's store: {e}");
+            tracing::warn!(
+                "the written reconciliation runs stay queued in this device's store: {e}"
+            );
         }
         Ok(())
     }
@@ -467,7 +469,6 @@ impl Sink {
         }
     }
 }
-
 
 /// `GET /v1/warehouse`: what this origin owes the warehouse (404 on a device that writes none).
 pub async fn status_route(

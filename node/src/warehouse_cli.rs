@@ -140,11 +140,16 @@ pub fn status(data: &Path, url: Option<String>, api: Option<SocketAddr>, json: b
     if let Some(e) = database["unreachable"].as_str() {
         println!("database: unreachable: {e}");
     } else {
-        let (v, needed) = (&database["schema"]["version"], &database["schema"]["needed"]);
+        let (v, needed) = (
+            &database["schema"]["version"],
+            &database["schema"]["needed"],
+        );
         if v == needed {
             println!("database: schema version {v} (up to date)");
         } else {
-            println!("database: schema version {v}, this popmesh writes {needed}: run `popmesh warehouse migrate`");
+            println!(
+                "database: schema version {v}, this popmesh writes {needed}: run `popmesh warehouse migrate`"
+            );
         }
         for s in database["sites"].as_array().into_iter().flatten() {
             println!(
@@ -205,10 +210,7 @@ pub fn replay(data: &Path, api: Option<SocketAddr>) -> Result<()> {
     let answer = Client::new(api.unwrap_or(config.api.listen))
         .post("/v1/warehouse/replay", &json!({}))
         .map_err(|e| {
-            anyhow::anyhow!(
-                "{e}\n(is `popmesh run --data {}` running?)",
-                data.display()
-            )
+            anyhow::anyhow!("{e}\n(is `popmesh run --data {}` running?)", data.display())
         })?;
     if answer.status != 202 {
         bail!(

@@ -17,7 +17,9 @@ use samod::{DocHandle, DocumentId};
 
 use super::rows::{self, Rows};
 use super::write::Cursor;
-use super::{PERSIST_EVERY, Sink, TICK, TXN_DOCS_MAX, TXN_ROWS_MAX, WarehouseError, followed, lock, order};
+use super::{
+    PERSIST_EVERY, Sink, TICK, TXN_DOCS_MAX, TXN_ROWS_MAX, WarehouseError, followed, lock, order,
+};
 use crate::node::Node;
 
 /// The follower's state for one connection to the database.
@@ -169,7 +171,10 @@ impl Follower {
             let gone: Vec<String> = q
                 .owed()
                 .keys()
-                .filter(|id| id.parse().map_or(true, |d: DocumentId| !handles.contains_key(&d)))
+                .filter(|id| {
+                    id.parse()
+                        .map_or(true, |d: DocumentId| !handles.contains_key(&d))
+                })
                 .cloned()
                 .collect();
             for id in gone {
@@ -220,7 +225,10 @@ impl Follower {
         handle: &DocHandle,
     ) -> Option<Read> {
         let cursors = self.cursors.as_ref()?;
-        let trust = self.directory.as_ref().map(|(_, d, v)| (d.clone(), v.clone()));
+        let trust = self
+            .directory
+            .as_ref()
+            .map(|(_, d, v)| (d.clone(), v.clone()));
         let heads = handle.with_document_async(|am| heads_of(am)).await.ok()?;
         let effective = match (name, &trust) {
             (DocName::Ledger { .. }, Some((digest, _))) => {

@@ -104,7 +104,11 @@ impl Queue {
 
     /// The document's rows are committed as of `generation`: it is owed no more unless it changed since.
     pub fn paid(&mut self, id: &str, generation: u64) {
-        if self.owed.get(id).is_some_and(|o| o.generation <= generation) {
+        if self
+            .owed
+            .get(id)
+            .is_some_and(|o| o.generation <= generation)
+        {
             self.owed.remove(id);
             self.dirty = true;
         }

@@ -85,19 +85,21 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, WarehouseError> {
 }
 
 /// The versions applied to the database (none when it was never migrated).
-pub async fn applied(client: &impl tokio_postgres::GenericClient) -> Result<Vec<i32>, WarehouseError> {
+pub async fn applied(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<Vec<i32>, WarehouseError> {
     let exists: bool = client
-        .query_one(
-            "SELECT to_regclass('popmesh_migrations') IS NOT NULL",
-            &[],
-        )
+        .query_one("SELECT to_regclass('popmesh_migrations') IS NOT NULL", &[])
         .await?
         .get(0);
     if !exists {
         return Ok(Vec::new());
     }
     Ok(client
-        .query("SELECT version FROM popmesh_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version FROM popmesh_migrations ORDER BY version",
+            &[],
+        )
         .await?
         .iter()
         .map(|r| r.get(0))
