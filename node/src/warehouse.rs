@@ -156,6 +156,7 @@ struct SinkMetrics {
     rows_written: Counter,
     commits: Counter,
     failures: Counter,
+    refused: Counter,
 }
 
 impl SinkMetrics {
@@ -201,6 +202,11 @@ impl SinkMetrics {
             "popmesh_warehouse_failures",
             "Attempts to reach or write the warehouse that failed",
             m.failures.clone(),
+        );
+        r.register(
+            "popmesh_warehouse_refused_documents",
+            "Documents whose rows the database refused (a value it cannot store); the others are written",
+            m.refused.clone(),
         );
         m
     }

@@ -39,6 +39,21 @@ struct Follower {
     directory: Option<(Vec<String>, String, Arc<DirectoryView>)>,
     retry_at: Option<Instant>,
     last_persist: Option<Instant>,
+    /// Documents whose rows the database refused, at the heads it refused them (not tried again until they change).
+    refused: HashMap<DocumentId, Vec<String>>,
+    /// The last pass met a refused batch: this one writes one document per transaction to find the culprit.
+    single: bool,
+}
+
+/// Whether the database refused the data itself (a value it cannot store, a constraint), as opposed to the
+/// connection, the server going away, a deadlock or the schema: then only the documents in that batch are at fault.
+fn refused_data(e: &WarehouseError) -> bool {
+    match e {
+        WarehouseError::Db(e) => e
+            .as_db_error()
+            .is_some_and(|db| matches!(&db.code().code()[..2], "22" | "23")),
+        _ => false,
+    }
 }
 
 /// The task the origin runs: follows every document change into the warehouse.
@@ -144,6 +159,11 @@ impl Follower {
             .into_iter()
             .collect();
         work.sort();
+        let docs_max = if std::mem::take(&mut self.single) {
+            1
+        } else {
+            TXN_DOCS_MAX
+        };
         let mut batch: Vec<Read> = Vec::new();
         let mut skipped: Vec<DocumentId> = Vec::new();
         for (_, id) in work {
@@ -155,7 +175,7 @@ impl Follower {
                 None => skipped.push(id),
             }
             let rows: usize = batch.iter().map(|r| r.rows.len()).sum();
-            if rows >= TXN_ROWS_MAX || batch.len() >= TXN_DOCS_MAX {
+            if rows >= TXN_ROWS_MAX || batch.len() >= docs_max {
                 self.flush(sink, std::mem::take(&mut batch), generation)
                     .await?;
             }
@@ -229,7 +249,13 @@ impl Follower {
             .directory
             .as_ref()
             .map(|(_, d, v)| (d.clone(), v.clone()));
-        let heads = handle.with_document_async(|am| heads_of(am)).await.ok()?;
+        // Heads are read before (or, for the directory, with) the rows, never after: a cursor may lag its rows (they
+        // are read again, harmlessly) but must never run ahead of them.
+        let heads = match (name, &self.directory) {
+            (DocName::Directory, Some((heads, _, _))) => heads.clone(),
+            (DocName::Directory, None) => return None,
+            _ => handle.with_document_async(|am| heads_of(am)).await.ok()?,
+        };
         let effective = match (name, &trust) {
             (DocName::Ledger { .. }, Some((digest, _))) => {
                 let mut h = heads.clone();
@@ -239,7 +265,9 @@ impl Follower {
             (DocName::Ledger { .. }, None) => return None,
             _ => heads,
         };
-        if cursors.get(&id.to_string()) == Some(&effective) {
+        if cursors.get(&id.to_string()) == Some(&effective)
+            || self.refused.get(id) == Some(&effective)
+        {
             return None;
         }
         let mut rows = match name {
@@ -335,7 +363,31 @@ impl Follower {
             cursors.push(read.cursor);
             done.push((read.id, read.digests));
         }
-        sink.commit(&mut rows, &cursors).await?;
+        match sink.commit(&mut rows, &cursors).await {
+            Ok(_) => {}
+            Err(e) if refused_data(&e) && cursors.len() == 1 => {
+                // One document the database cannot take must not hold back every other one (money included).
+                tracing::error!(
+                    doc = %cursors[0].doc_name,
+                    "the warehouse refused this document's rows; the others go on, and it is tried again when it changes: {e}"
+                );
+                sink.metrics.refused.inc();
+                let (id, _) = done.swap_remove(0);
+                lock(&sink.queue).paid(&cursors[0].doc_id, generation);
+                self.check.remove(&id);
+                self.refused.insert(id, cursors.swap_remove(0).heads);
+                return Ok(());
+            }
+            Err(e) if refused_data(&e) => {
+                tracing::warn!(
+                    "the warehouse refused a batch; writing its documents one by one: {e}"
+                );
+                self.single = true;
+                self.check.extend(done.into_iter().map(|(id, _)| id));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
         let mut q = lock(&sink.queue);
         for (cursor, (id, digests)) in cursors.into_iter().zip(done) {
             q.paid(&cursor.doc_id, generation);

@@ -15,6 +15,12 @@ use popmesh_crdt::ledger::LedgerView;
 use popmesh_crdt::telemetry::TelemetryRecord;
 use serde::{Deserialize, Serialize};
 
+/// Text PostgreSQL can store: NUL (which no `text` may hold) becomes U+FFFD. Names, ids and pseudonyms are checked
+/// when they enter a document; what a settlement batch is called, and what its file says, is not.
+pub fn storable(t: &str) -> String {
+    t.replace('\0', "\u{FFFD}")
+}
+
 /// A count from a document as a `bigint`.
 fn big(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -425,7 +431,7 @@ pub fn ledger(page: &LedgerView, directory: &DirectoryView, verified: &mut Verif
             attendee: page.attendees.get(&token).cloned(),
             verified: outcome.is_ok(),
             rejection: outcome.err(),
-            reconciled_batch: mark.map(|m| m.batch.clone()),
+            reconciled_batch: mark.map(|m| storable(&m.batch)),
             reconciled_at_ms: mark.map(|m| big(m.at)),
             token,
         });
@@ -591,10 +597,30 @@ pub fn reconciliation(
             detail: Some(r.reason.clone()),
         });
     }
+    // The processor's file may carry bytes PostgreSQL's text cannot (NUL): keep them visible, not fatal.
+    let text = |t: &mut String| {
+        if t.contains('\0') {
+            *t = storable(t);
+        }
+    };
+    for r in &mut rows {
+        text(&mut r.token);
+        for t in [
+            &mut r.currency,
+            &mut r.processor_currency,
+            &mut r.detail,
+            &mut r.device,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            text(t);
+        }
+    }
     rows.sort();
     rows.dedup();
     BatchRow {
-        batch: batch.to_owned(),
+        batch: storable(batch),
         reconciled_at_ms: big(at_ms),
         matched: i64::try_from(report.matched.len()).unwrap_or(i64::MAX),
         exceptions: i64::try_from(rows.len()).unwrap_or(i64::MAX),
