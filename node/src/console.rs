@@ -245,7 +245,7 @@ pub async fn snapshot(node: &Node) -> serde_json::Value {
             .collect(),
         store_fault: status.store.fault.as_ref().map(|f| f.reason.clone()),
         below_reserve: status.store.below_reserve,
-        warehouse: node.warehouse().map(|w| w.status()),
+        warehouse: crate::warehouse::status_of(node),
         out_of_reach: open
             .iter()
             .map(|i| (name_of(&i.subject), now.saturating_sub(i.started)))
@@ -308,6 +308,7 @@ mod tests {
                 connected: false,
                 error: Some("connection refused".into()),
                 owed_documents: 3,
+                queued_documents: 3,
                 overflow: false,
                 pending_reconciliation_rows: 0,
                 oldest_owed_ms_ago: Some(4_000),

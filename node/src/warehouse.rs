@@ -232,6 +232,30 @@ pub struct Sink {
     metrics: SinkMetrics,
     wake: tokio::sync::Notify,
     replay: AtomicBool,
+    /// What the follower has compared since connecting, and what it has still to compare although no change was
+    /// seen: with the queue and the documents open, what the origin owes as far as it can know.
+    known: Mutex<Known>,
+}
+
+/// The follower's view of the open documents, as last published (ids as text).
+#[derive(Debug, Default)]
+pub(crate) struct Known {
+    pub(crate) seen: std::collections::HashSet<String>,
+    pub(crate) check: std::collections::HashSet<String>,
+}
+
+/// The ids of the open documents the warehouse follows.
+pub(crate) fn followed_ids(node: &crate::node::Node) -> Vec<String> {
+    node.document_handles()
+        .into_iter()
+        .filter(|(_, n, _)| followed(n))
+        .map(|(id, _, _)| id.to_string())
+        .collect()
+}
+
+/// What the console and `GET /v1/warehouse` show, at an origin with a warehouse.
+pub fn status_of(node: &crate::node::Node) -> Option<SinkStatus> {
+    node.warehouse().map(|w| w.status(&followed_ids(node)))
 }
 
 impl std::fmt::Debug for Sink {
@@ -251,7 +275,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct SinkStatus {
     pub connected: bool,
     pub error: Option<String>,
+    /// Documents owed: changed since written, to compare again, or open and not compared yet.
     pub owed_documents: usize,
+    /// Of those, the ones queued in this device's store (what a restart remembers).
+    pub queued_documents: usize,
     pub overflow: bool,
     pub pending_reconciliation_rows: usize,
     pub oldest_owed_ms_ago: Option<u64>,
@@ -295,17 +322,35 @@ impl Sink {
             metrics: SinkMetrics::register(registry),
             wake: tokio::sync::Notify::new(),
             replay: AtomicBool::new(false),
+            known: Mutex::default(),
         })))
     }
 
-    pub fn status(&self) -> SinkStatus {
+    /// Documents owed: changed since written (the queue), to compare again, or open and not compared yet.
+    fn owed_count(&self, open: &[String]) -> usize {
+        let q = lock(&self.queue);
+        let k = lock(&self.known);
+        let owed = q.owed();
+        let mut n = owed.len();
+        n += k.check.iter().filter(|id| !owed.contains_key(*id)).count();
+        n += open
+            .iter()
+            .filter(|id| !k.seen.contains(*id) && !k.check.contains(*id) && !owed.contains_key(*id))
+            .count();
+        n
+    }
+
+    /// The sink's state, given the ids of the open documents it follows.
+    pub fn status(&self, open: &[String]) -> SinkStatus {
         let now = crate::clock::now().0;
+        let owed_documents = self.owed_count(open);
         let q = lock(&self.queue);
         let h = lock(&self.health);
         SinkStatus {
             connected: h.connected,
             error: h.error.clone(),
-            owed_documents: q.owed().len(),
+            owed_documents,
+            queued_documents: q.owed().len(),
             overflow: q.overflowed(),
             pending_reconciliation_rows: q.pending_rows(),
             oldest_owed_ms_ago: q.oldest_ms().map(|t| now.saturating_sub(t)),
@@ -446,12 +491,12 @@ impl Sink {
     }
 
     /// Persists the owed set if it changed, and refreshes the gauges.
-    async fn persist(&self) {
-        let (json, owed, overflow, pending, oldest) = {
+    async fn persist(&self, open: &[String]) {
+        let owed = self.owed_count(open);
+        let (json, overflow, pending, oldest) = {
             let mut q = lock(&self.queue);
             (
                 q.take_dirty(),
-                q.owed().len(),
                 q.overflowed(),
                 q.pending_rows(),
                 q.oldest_ms(),
@@ -480,9 +525,7 @@ impl Sink {
 pub async fn status_route(
     axum::extract::State(node): axum::extract::State<Arc<crate::node::Node>>,
 ) -> Result<axum::Json<SinkStatus>, crate::api::ApiError> {
-    node.warehouse()
-        .map(|w| axum::Json(w.status()))
-        .ok_or_else(no_warehouse)
+    status_of(&node).map(axum::Json).ok_or_else(no_warehouse)
 }
 
 /// `POST /v1/warehouse/replay`: every document is compared with the warehouse again and what it lacks written.

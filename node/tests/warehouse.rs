@@ -26,6 +26,10 @@ fn warehouse_at(device: &Device, url: &str) {
         .replace("postgres_url = \"\"", &format!("postgres_url = {url:?}"))
         .replace("retry_every_secs = 2", "retry_every_secs = 1")
         .replace(
+            "filter = \"info,samod_core=warn,samod=warn\"",
+            "filter = \"info,samod_core=warn,samod=warn,popmesh_node::warehouse=debug\"",
+        )
+        .replace(
             "stored_total_max_minor = 200000",
             "stored_total_max_minor = 10000000",
         );
@@ -471,15 +475,16 @@ fn the_database_stopped_mid_show_and_started_again_loses_and_duplicates_nothing(
 
     // The origin is killed while it owes, and comes back still owing: the queue is in its own store.
     std::thread::sleep(Duration::from_secs(2));
-    origin.kill();
-    let mut origin2 = Node::start(&origin_dev, &[&site.edge]);
-    let owed_after_restart = origin2.get("/v1/warehouse")["owed_documents"]
+    let queued = origin.get("/v1/warehouse")["queued_documents"]
         .as_u64()
         .unwrap_or(0);
+    assert!(queued > 0, "{}", origin.get("/v1/warehouse"));
+    origin.kill();
+    let mut origin2 = Node::start(&origin_dev, &[&site.edge]);
+    let after = origin2.get("/v1/warehouse");
     assert!(
-        owed_after_restart > 0,
-        "the owed documents survive a SIGKILL: {}",
-        origin2.get("/v1/warehouse")
+        after["queued_documents"].as_u64().unwrap_or(0) >= queued,
+        "the {queued} queued documents survive a SIGKILL: {after}"
     );
     sell(60, 80, &mut taken);
     origin2.wait_for("every sale merged", SYNC, |n| {

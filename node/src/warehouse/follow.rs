@@ -86,7 +86,7 @@ pub async fn follow(node: Arc<Node>, sink: Arc<Sink>) {
             f.retry_at = Some(Instant::now() + sink.retry);
         }
         if f.last_persist.is_none_or(|t| t.elapsed() >= PERSIST_EVERY) {
-            sink.persist().await;
+            sink.persist(&super::followed_ids(&node)).await;
             f.last_persist = Some(Instant::now());
         }
     }
@@ -116,7 +116,6 @@ impl Follower {
             self.cursors = Some(sink.load_cursors().await?);
             self.seen.clear();
             self.written.clear();
-            sink.up();
         }
         if sink.replay.swap(false, Ordering::AcqRel) {
             sink.drop_cursors().await?;
@@ -136,14 +135,19 @@ impl Follower {
             .filter(|(_, n, _)| followed(n))
             .map(|(id, n, h)| (id, (n, h)))
             .collect();
+        tracing::trace!(documents = handles.len(), "pass");
         if let Some((_, (_, dir))) = handles.iter().find(|(_, (n, _))| *n == DocName::Directory) {
             self.read_directory(dir).await;
+            tracing::trace!("directory read");
         }
         for id in handles.keys() {
             if self.seen.insert(id.clone()) {
                 self.check.insert(id.clone());
             }
         }
+        self.check.retain(|id| handles.contains_key(id));
+        self.publish_checking(sink);
+        sink.up();
         // What to look at: owed documents and those to check, in order (definitions first).
         let generation = lock(&sink.queue).generation();
         let owed: Vec<DocumentId> = lock(&sink.queue)
@@ -166,13 +170,18 @@ impl Follower {
         };
         let mut batch: Vec<Read> = Vec::new();
         let mut skipped: Vec<DocumentId> = Vec::new();
+        tracing::trace!(work = work.len(), "to look at");
         for (_, id) in work {
             let Some((name, handle)) = handles.get(&id) else {
                 continue;
             };
+            tracing::trace!(doc = %name, "reading");
             match self.read(sink, &id, name, handle).await {
                 Some(read) => batch.push(read),
-                None => skipped.push(id),
+                None => {
+                    tracing::debug!(doc = %name, "nothing to write");
+                    skipped.push(id);
+                }
             }
             let rows: usize = batch.iter().map(|r| r.rows.len()).sum();
             if rows >= TXN_ROWS_MAX || batch.len() >= docs_max {
@@ -204,7 +213,17 @@ impl Follower {
                 q.settle_overflow();
             }
         }
+        self.publish_checking(sink);
         sink.write_batches().await
+    }
+
+    /// Tells the sink which documents it has compared and which it has still to compare.
+    fn publish_checking(&self, sink: &Sink) {
+        let known = super::Known {
+            seen: self.seen.iter().map(ToString::to_string).collect(),
+            check: self.check.iter().map(ToString::to_string).collect(),
+        };
+        *lock(&sink.known) = known;
     }
 
     /// Reads the directory's heads, and its trust digest and view when they changed.
@@ -364,7 +383,11 @@ impl Follower {
             done.push((read.id, read.digests));
         }
         match sink.commit(&mut rows, &cursors).await {
-            Ok(_) => {}
+            Ok(n) => tracing::debug!(
+                documents = cursors.len(),
+                rows = n,
+                "written to the warehouse"
+            ),
             Err(e) if refused_data(&e) && cursors.len() == 1 => {
                 // One document the database cannot take must not hold back every other one (money included).
                 tracing::error!(

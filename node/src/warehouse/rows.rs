@@ -628,3 +628,34 @@ pub fn reconciliation(
         rows,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use popmesh_crdt::settlement::{Reconciliation, SettlementRow};
+
+    #[test]
+    fn a_settlement_file_with_a_nul_byte_becomes_findings_postgres_can_store() {
+        let report = Reconciliation {
+            missing_at_site: vec![SettlementRow {
+                line: 7,
+                token: "ab\0cd".into(),
+                amount_minor: 310,
+                currency: "EUR".into(),
+                status: "settled\0".into(),
+            }],
+            ..Reconciliation::default()
+        };
+        let batch = reconciliation("fri\0.csv", 1_000, &report);
+        assert_eq!(batch.batch, "fri\u{FFFD}.csv");
+        assert_eq!(batch.rows.len(), 1);
+        let row = &batch.rows[0];
+        assert_eq!(
+            (row.outcome.as_str(), row.token.as_str(), row.line),
+            ("missing_at_site", "ab\u{FFFD}cd", 7)
+        );
+        assert_eq!(row.detail.as_deref(), Some("settled\u{FFFD}"));
+        assert_eq!(row.processor_amount_minor, Some(310));
+        assert!(!batch.clean && batch.matched == 0 && batch.exceptions == 1);
+    }
+}
