@@ -1,6 +1,6 @@
 -- popmesh warehouse, version 1: the show data of every site, as the origins merged it.
 --
--- Every row carries the site id (64 hex digits, derived from the site's authority key) and is keyed by the fact's
+-- Every row carries the site id (32 hex digits, derived from the site's authority key) and is keyed by the fact's
 -- natural key, so writing the same fact twice changes nothing and several origins of many sites share one
 -- database. There are no foreign keys between the tables: documents reach an origin in any order, and a row
 -- never waits for another. Times are Unix milliseconds as the documents carry them (*_ms); amounts are minor units.

@@ -226,6 +226,12 @@ fn a_show_merged_at_the_origin_appears_in_sql_and_the_views_read_what_the_report
         );
         assert_eq!(booked.status, 201, "{}", booked.body);
     }
+    // The kiosk hands three of its seats to the POS terminal.
+    let moved = kiosk_node.post(
+        "/v1/shows/fri/slots/s1900/transfers",
+        json!({ "to": "pos-1", "seats": 3 }),
+    );
+    assert_eq!(moved.status, 201, "{}", moved.body);
     let bo = pos.post(
         "/v1/payments",
         json!({ "amount_minor": 1500, "currency": "EUR", "idempotency_key": "merch-bo", "attendee": "att-bo" }),
@@ -309,6 +315,23 @@ fn a_show_merged_at_the_origin_appears_in_sql_and_the_views_read_what_the_report
         pg.count("SELECT sum(value) FROM telemetry_counters WHERE counter = 'screen.tap'"),
         27
     );
+    let pos_id = pos.status()["device"].as_str().expect("id").to_owned();
+    let kiosk_id = kiosk.device_id();
+    // (The rebalancer may move seats of its own accord too; this is the one the kiosk was asked for.)
+    assert_eq!(
+        pg.rows(&format!(
+            "SELECT from_device, seats FROM transfers WHERE to_device = '{pos_id}'"
+        )),
+        vec![json!({ "from_device": kiosk_id, "seats": 3 })]
+    );
+    assert_eq!(
+        pg.rows("SELECT device_id, seats FROM slot_grants WHERE show_id = 'fri'"),
+        vec![json!({ "device_id": kiosk_id, "seats": 20 })]
+    );
+    // The origin confirms the check-ins it merged (retiring their passes), and that reaches SQL too.
+    pg.wait_for("the origin's confirmations", SYNC, |pg| {
+        pg.count("SELECT count(*) FROM pass_confirmations") == 6
+    });
     assert!(pg.count("SELECT count(*) FROM incidents WHERE resolved_ms IS NOT NULL") >= 1);
     assert_eq!(
         pg.count("SELECT count(*) FROM document_cursors WHERE doc_name LIKE 'show/fri/ledger/%'"),
