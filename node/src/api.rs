@@ -129,6 +129,8 @@ pub fn router_with(node: Arc<Node>, browser: BrowserPolicy) -> Router {
         .route("/v1/report", get(report))
         .route("/v1/rehearsals", post(call_rehearsal))
         .route("/v1/rehearsals/{id}", get(rehearsal))
+        .route("/v1/warehouse", get(crate::warehouse::status_route))
+        .route("/v1/warehouse/replay", post(crate::warehouse::replay_route))
         .route("/console", get(crate::console::page))
         .route("/v1/console", get(crate::console::state))
         .route("/v1/sync", get(crate::screen_sync::upgrade))

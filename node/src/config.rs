@@ -95,6 +95,21 @@ outage_max_secs = 60
 # messages to the origin go out money first: receipts, then bookings and passes, then telemetry, then the rest;
 # media waits while documents are queued for the origin.
 limit_kib_s = 0
+
+[warehouse]
+# At the origin only: the PostgreSQL database that receives this site's show data (receipts with their
+# reconciliation outcome, bookings, transfers, check-ins, telemetry, incidents, shows and slots), such as
+# "postgresql://popmesh@db.example/shows" or "host=/run/postgresql user=popmesh dbname=shows". Empty: no
+# warehouse. Create its tables with `popmesh warehouse migrate --data DIR`. The URL may hold a password: keep
+# this file readable by the popmesh user only.
+postgres_url = ""
+# Connections the origin keeps to the database.
+pool_size = 2
+# Documents owed to the database while it is unreachable, remembered in this device's data file; past this many
+# the origin remembers only that it owes everything, and compares every document when the database is back.
+queue_max = 10000
+# How often to try the database again while it is unreachable, in seconds.
+retry_every_secs = 2
 "#;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +124,28 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub alerts: Alerts,
     pub uplink: Uplink,
+    pub warehouse: Warehouse,
+}
+
+/// `[warehouse]`: where the origin writes the show data (see [`crate::warehouse`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Warehouse {
+    pub postgres_url: String,
+    pub pool_size: usize,
+    pub queue_max: usize,
+    pub retry_every_secs: u64,
+}
+
+impl Default for Warehouse {
+    fn default() -> Self {
+        Self {
+            postgres_url: String::new(),
+            pool_size: 2,
+            queue_max: 10_000,
+            retry_every_secs: 2,
+        }
+    }
 }
 
 /// Thresholds for the operator console's alerts (0: off).
@@ -337,6 +374,7 @@ impl Config {
             alerts: self.alerts.clone(),
             uplink_limit: (self.uplink.limit_kib_s > 0)
                 .then_some(self.uplink.limit_kib_s.saturating_mul(1024)),
+            warehouse: self.warehouse.clone(),
         }
     }
 }
@@ -371,6 +409,17 @@ impl Config {
         }
         if config.media.preseed_every_secs == 0 || config.media.gc_every_secs == 0 {
             anyhow::bail!("media: preseed_every_secs and gc_every_secs must be at least 1");
+        }
+        let w = &config.warehouse;
+        if w.pool_size == 0 || w.queue_max == 0 || w.retry_every_secs == 0 {
+            anyhow::bail!(
+                "warehouse: pool_size, queue_max and retry_every_secs must be at least 1"
+            );
+        }
+        if !w.postgres_url.is_empty() {
+            w.postgres_url
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| anyhow::anyhow!("warehouse: postgres_url does not parse: {e}"))?;
         }
         for addr in config.p2p.listen.iter().chain(&config.p2p.bootstrap) {
             addr.parse::<libp2p::Multiaddr>()
@@ -436,5 +485,10 @@ mod tests {
         assert!(format!("{err:#}").contains("sample_one_in"), "{err:#}");
         let err = Config::parse("[uplink]\nlimit_kbps = 5\n").expect_err("misspelt");
         assert!(format!("{err:#}").contains("limit_kbps"), "{err:#}");
+        let err = Config::parse("[warehouse]\npostgres_url = \"postgresql://db:port/x\"\n")
+            .expect_err("bad url");
+        assert!(format!("{err:#}").contains("postgres_url"), "{err:#}");
+        let err = Config::parse("[warehouse]\nqueue_max = 0\n").expect_err("zero");
+        assert!(format!("{err:#}").contains("queue_max"), "{err:#}");
     }
 }

@@ -57,6 +57,8 @@ pub struct Facts {
     pub store_fault: Option<String>,
     /// Whether free space is below the reserve kept for money (media and uploads have stopped).
     pub below_reserve: bool,
+    /// At an origin with a warehouse: what it owes and why it cannot write.
+    pub warehouse: Option<crate::warehouse::SinkStatus>,
 }
 
 /// The alerts `facts` raise under `limits` (a limit of 0 is off).
@@ -74,6 +76,17 @@ pub fn alerts(limits: &Alerts, facts: &Facts) -> Vec<Alert> {
             level: "warning",
             message: "free disk space is below the reserve kept for money: media preseed and uploads have stopped"
                 .into(),
+        });
+    }
+    if let Some(w) = facts.warehouse.as_ref().filter(|w| !w.connected) {
+        out.push(Alert {
+            level: "warning",
+            message: format!(
+                "the warehouse is not written ({}): {} document(s) owed{}; the site keeps selling and the origin catches up when it is back",
+                w.error.as_deref().unwrap_or("not reached yet"),
+                w.owed_documents,
+                if w.overflow { " or more" } else { "" }
+            ),
         });
     }
     if limits.unreconciled_max_minor > 0 {
@@ -232,12 +245,14 @@ pub async fn snapshot(node: &Node) -> serde_json::Value {
             .collect(),
         store_fault: status.store.fault.as_ref().map(|f| f.reason.clone()),
         below_reserve: status.store.below_reserve,
+        warehouse: crate::warehouse::status_of(node),
         out_of_reach: open
             .iter()
             .map(|i| (name_of(&i.subject), now.saturating_sub(i.started)))
             .collect(),
     };
     let alerts = alerts(&node.alerts, &facts);
+    let facts_warehouse = facts.warehouse.clone();
     let peers: Vec<serde_json::Value> = status
         .peers
         .iter()
@@ -271,6 +286,7 @@ pub async fn snapshot(node: &Node) -> serde_json::Value {
             "recent": recent,
         },
         "alerts": alerts,
+        "warehouse": facts_warehouse,
     })
 }
 
@@ -288,6 +304,16 @@ mod tests {
             out_of_reach: vec![("origin".into(), 90_000)],
             store_fault: None,
             below_reserve: false,
+            warehouse: Some(crate::warehouse::SinkStatus {
+                connected: false,
+                error: Some("connection refused".into()),
+                owed_documents: 3,
+                queued_documents: 3,
+                overflow: false,
+                pending_reconciliation_rows: 0,
+                oldest_owed_ms_ago: Some(4_000),
+                last_commit_ms_ago: None,
+            }),
         };
         let limits = Alerts {
             peers_min: 2,
@@ -300,6 +326,7 @@ mod tests {
         assert_eq!(
             got,
             vec![
+                "the warehouse is not written (connection refused): 3 document(s) owed; the site keeps selling and the origin catches up when it is back",
                 "1500.00 EUR taken offline and not reconciled, over the limit of 1000.00 EUR",
                 "media preseeded 50%, below 100%",
                 "1 peer(s) in reach, fewer than 2",
@@ -314,7 +341,11 @@ mod tests {
             peer_silent_max_secs: 0,
             outage_max_secs: 0,
         };
-        assert!(alerts(&off, &facts).is_empty());
+        let mut quiet = facts.clone();
+        if let Some(w) = quiet.warehouse.as_mut() {
+            w.connected = true;
+        }
+        assert!(alerts(&off, &quiet).is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`site`], [`config`]: the data directory's files.
 //! - [`client`]: a small HTTP client for the CLI and the tests.
 //! - [`demo`], [`sim_cmd`]: the in-process demo and the chaos simulator's command.
+//! - [`warehouse`], [`warehouse_cli`]: at the origin, the show data into PostgreSQL; `popmesh warehouse ...`.
 
 pub mod api;
 pub mod cli;
@@ -30,3 +31,5 @@ pub mod showday;
 pub mod sim_cmd;
 pub mod site;
 pub mod store;
+pub mod warehouse;
+pub mod warehouse_cli;

@@ -2,8 +2,8 @@
 //!
 //! `site init` creates a site, `site invite` prints join tokens, `join` enrolls a new device from one, `run` is the
 //! daemon (site mesh, document sync, local HTTP API), `status` asks a running daemon. `blob` and `manifest` add
-//! media and publish what every device preseeds. `demo` plays a site in one
-//! process and `sim` rehearses a show in the chaos simulator.
+//! media and publish what every device preseeds. `warehouse` loads the origin's show data into PostgreSQL. `demo`
+//! plays a site in one process and `sim` rehearses a show in the chaos simulator.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use popmesh_crdt::Role;
 use popmesh_node::config::LogFormat;
-use popmesh_node::{cli, demo, media_cli, showday, sim_cmd};
+use popmesh_node::{cli, demo, media_cli, showday, sim_cmd, warehouse_cli};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -119,6 +119,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// At the origin: the show data in PostgreSQL ([warehouse] postgres_url): create or upgrade its tables,
+    /// see what it holds and what the origin owes it, or send it everything again.
+    #[command(subcommand)]
+    Warehouse(WarehouseCommand),
     /// Show a running node's peers, documents and sync lag.
     Status {
         #[arg(long)]
@@ -168,6 +172,38 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WarehouseCommand {
+    /// Apply the schema's migrations the database lacks (several origins may run it at once).
+    Migrate {
+        #[arg(long)]
+        data: PathBuf,
+        /// The database (default: [warehouse] postgres_url in popmesh.toml).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// The schema version, rows per site, each origin's progress, and what the running origin still owes.
+    Status {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long)]
+        api: Option<SocketAddr>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running origin to compare every document with the database again and write what it lacks (after
+    /// restoring the database from a backup, say). Rows already there are left as they are.
+    Replay {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        api: Option<SocketAddr>,
     },
 }
 
@@ -351,6 +387,18 @@ fn main() -> ExitCode {
             &slice,
         ),
         Command::Status { data, api, json } => cli::status(&data, api, json),
+        Command::Warehouse(WarehouseCommand::Migrate { data, url }) => {
+            warehouse_cli::migrate(&data, url)
+        }
+        Command::Warehouse(WarehouseCommand::Status {
+            data,
+            url,
+            api,
+            json,
+        }) => warehouse_cli::status(&data, url, api, json),
+        Command::Warehouse(WarehouseCommand::Replay { data, api }) => {
+            warehouse_cli::replay(&data, api)
+        }
         Command::Rehearse {
             data,
             api,

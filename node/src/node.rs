@@ -347,6 +347,8 @@ pub struct RunOptions {
     pub uplink_limit: Option<u64>,
     /// The operator console's alert thresholds.
     pub alerts: crate::config::Alerts,
+    /// Where the origin writes the show data (`[warehouse]`).
+    pub warehouse: crate::config::Warehouse,
 }
 
 /// A running node.
@@ -406,6 +408,8 @@ pub struct Node {
     addrs_written: Mutex<Option<Vec<String>>>,
     /// Decoded ledger pages by document, with the heads they were read at (see `receipts.rs`).
     ledger_cache: Mutex<BTreeMap<DocumentId, receipts::CachedPage>>,
+    /// The warehouse sink (the origin, with `[warehouse] postgres_url`).
+    warehouse: Option<Arc<crate::warehouse::Sink>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -468,6 +472,13 @@ impl Node {
             uplinks: Mutex::new(Vec::new()),
         });
         let metrics = NodeMetrics::register(&mut registry);
+        let warehouse = crate::warehouse::Sink::for_node(
+            &dir,
+            &options.warehouse,
+            &options.telemetry.conversion,
+            &store,
+            &mut registry,
+        )?;
         let mesh = Mesh::start(
             &dir.key,
             options.mesh,
@@ -519,6 +530,7 @@ impl Node {
             durable_heads: Mutex::new(std::collections::HashMap::new()),
             undurable: Mutex::new(std::collections::HashSet::new()),
             ledger_cache: Mutex::new(BTreeMap::new()),
+            warehouse,
         });
         node.spawn_task(librarian(node.clone()));
         node.spawn_task(flusher(node.clone()));
@@ -532,6 +544,9 @@ impl Node {
         node.spawn_task(linker::linker(node.clone()));
         if node.dir.cert.role == Role::Origin {
             node.spawn_task(confirmer(node.clone()));
+        }
+        if let Some(sink) = node.warehouse.clone() {
+            node.spawn_task(crate::warehouse::follow(node.clone(), sink));
         }
         if node.escrow.rebalance_every_secs > 0 {
             node.spawn_task(rebalancer(node.clone()));
@@ -796,6 +811,19 @@ impl Node {
     /// Subscribes to document changes.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<DocEvent> {
         self.events.subscribe()
+    }
+
+    /// Every open document with its handle (what the warehouse follows).
+    pub(crate) fn document_handles(&self) -> Vec<(DocumentId, DocName, DocHandle)> {
+        read(&self.docs)
+            .iter()
+            .map(|(id, (n, h))| (id.clone(), n.clone(), h.clone()))
+            .collect()
+    }
+
+    /// The warehouse sink, at an origin with `[warehouse] postgres_url`.
+    pub fn warehouse(&self) -> Option<&Arc<crate::warehouse::Sink>> {
+        self.warehouse.as_ref()
     }
 
     /// Every open document with its heads, for `GET /v1/documents`.
@@ -1488,6 +1516,9 @@ impl Node {
             }
         }
         let report = settlement::reconcile(&receipts, rows);
+        if let Some(sink) = &self.warehouse {
+            sink.note_reconciliation(batch, &report).await;
+        }
         let mut by_ledger: BTreeMap<DocumentId, (DocHandle, Vec<ReceiptToken>)> = BTreeMap::new();
         for m in report.to_mark() {
             if let (Some(handle), Some(token)) = (home.get(&m.token), ReceiptToken::parse(&m.token))

@@ -6,5 +6,6 @@ pub use site::popmesh;
 pub mod hostile;
 pub mod hostile_json;
 pub mod hostile_routes;
+pub mod pg;
 pub mod site;
 pub mod stranger;
