@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use fuzz::{bounded, fuzz, hostile_text};
 use popmesh_node::config::{
     Alerts, Api, Config, Escrow, Log, LogFormat, Media, P2p, Payments, TEMPLATE, TelemetryConfig,
-    Uplink,
+    Uplink, Warehouse,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseResult;
@@ -149,20 +149,43 @@ fn config() -> impl Strategy<Value = Config> {
         outage_max_secs: e,
     });
     let uplink = int().prop_map(|limit_kib_s| Uplink { limit_kib_s });
-    (
-        api, p2p, log, escrow, payments, media, telemetry, alerts, uplink,
+    let warehouse = (
+        prop_oneof![
+            Just(String::new()),
+            Just("postgresql://popmesh@localhost/shows".to_owned())
+        ],
+        1usize..64,
+        1usize..1_000_000,
+        1..=TOML_INT_MAX,
     )
         .prop_map(
-            |(api, p2p, log, escrow, payments, media, telemetry, alerts, uplink)| Config {
-                api,
-                p2p,
-                log,
-                escrow,
-                payments,
-                media,
-                telemetry,
-                alerts,
-                uplink,
+            |(postgres_url, pool_size, queue_max, retry_every_secs)| Warehouse {
+                postgres_url,
+                pool_size,
+                queue_max,
+                retry_every_secs,
+            },
+        );
+    (
+        (
+            api, p2p, log, escrow, payments, media, telemetry, alerts, uplink,
+        ),
+        warehouse,
+    )
+        .prop_map(
+            |((api, p2p, log, escrow, payments, media, telemetry, alerts, uplink), warehouse)| {
+                Config {
+                    api,
+                    p2p,
+                    log,
+                    escrow,
+                    payments,
+                    media,
+                    telemetry,
+                    alerts,
+                    uplink,
+                    warehouse,
+                }
             },
         )
 }
