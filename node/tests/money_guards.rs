@@ -74,8 +74,14 @@ fn a_pos_restarted_with_many_ledger_pages_says_it_is_loading_and_never_answers_h
         match page.status {
             503 => {
                 assert!(message(&page).contains("loading"), "{}", page.body);
+                // The status may already say ready (the last page opened in between); if not, it says what loads.
                 let status = edge.status();
-                assert_eq!(status["ready"], false, "{status}");
+                if status["ready"] == false {
+                    assert!(
+                        status["loading"].as_array().is_some_and(|l| !l.is_empty()),
+                        "{status}"
+                    );
+                }
                 loading_seen += 1;
             }
             200 => {

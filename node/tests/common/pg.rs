@@ -66,7 +66,7 @@ impl Pg {
     /// Starts a cluster with extra server settings (`-c name=value` pairs).
     pub fn start_with(label: &str, settings: &[&str]) -> Option<Self> {
         let skip = |why: &str| {
-            println!("SKIPPED: needs PostgreSQL (.ci/run installs it): {why}");
+            super::site::skipped(&format!("needs PostgreSQL (.ci/run installs it): {why}"));
             None
         };
         let Some(bin) = bin_dir() else {
