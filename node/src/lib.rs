@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cli_status;
 pub mod client;
 pub mod clock;
 pub mod config;
