@@ -574,18 +574,11 @@ fn take_one(
     if page.earlier.page_capacity > 0 && on_page >= page.earlier.page_capacity {
         return Err(PaymentError::PageFull);
     }
-    // Checked: held amounts past u64 are over any limit.
+    // Held amounts past u64 read as u64::MAX, which the limit's checked sum refuses with any amount (at least 1).
     let stored = unreconciled(tx)?
         .checked_add(page.earlier.unreconciled_minor)
         .and_then(|s| s.checked_add(stored_elsewhere_minor))
         .unwrap_or(u64::MAX);
-    if stored == u64::MAX {
-        return Err(PaymentError::OverLimit(RiskError::OverStoredLimit {
-            stored,
-            amount: request.amount_minor,
-            max: limits.stored_total_max_minor,
-        }));
-    }
     limits.check(stored, request.amount_minor, &request.currency)?;
     let receipt = Receipt::issue(
         key,

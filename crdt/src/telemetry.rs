@@ -359,13 +359,12 @@ impl<D: BorrowMut<Automerge>> Doc<Telemetry, D> {
     }
 
     /// Records where this device's mesh listens (replacing what it said before).
-    pub fn set_addrs(&mut self, mut addrs: Vec<String>, at: UnixMillis) -> Result<(), DocError> {
+    pub fn set_addrs(&mut self, mut addrs: Vec<String>) -> Result<(), DocError> {
         addrs.sort();
         addrs.dedup();
         addrs.truncate(ADDRS_MAX);
         let mut record: TelemetryRecord = self.read()?;
         record.addrs = addrs;
-        let _ = at;
         self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))
     }
 

@@ -251,7 +251,7 @@ async fn issued(
             "device must be a device id: 64 hex digits",
         )
     })?;
-    node.money_ready_public().await?;
+    node.money_ready().await?;
     Ok(
         Json(json!({ "device": device.to_hex(), "issued": node.issued_by(device).await? }))
             .into_response(),

@@ -334,18 +334,23 @@ mod tests {
                 "origin out of reach for 90 s",
             ]
         );
-        let off = Alerts {
-            unreconciled_max_minor: 0,
-            preseed_min_percent: 0,
-            peers_min: 0,
-            peer_silent_max_secs: 0,
-            outage_max_secs: 0,
-        };
+        let off = all_off();
         let mut quiet = facts.clone();
         if let Some(w) = quiet.warehouse.as_mut() {
             w.connected = true;
         }
         assert!(alerts(&off, &quiet).is_empty());
+    }
+
+    /// Every threshold turned off.
+    fn all_off() -> Alerts {
+        Alerts {
+            unreconciled_max_minor: 0,
+            preseed_min_percent: 0,
+            peers_min: 0,
+            peer_silent_max_secs: 0,
+            outage_max_secs: 0,
+        }
     }
 
     #[test]
@@ -355,13 +360,7 @@ mod tests {
             below_reserve: true,
             ..Facts::default()
         };
-        let off = Alerts {
-            unreconciled_max_minor: 0,
-            preseed_min_percent: 0,
-            peers_min: 0,
-            peer_silent_max_secs: 0,
-            outage_max_secs: 0,
-        };
+        let off = all_off();
         let got = alerts(&off, &full);
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].level, "critical");

@@ -321,6 +321,26 @@ fn to_chunks(wanted: &[Range<u64>]) -> ChunkRanges {
     out
 }
 
+/// The one rule for room: an upload of `total` bytes so far stays under `max`, and writing `next` more bytes leaves
+/// the `reserve` kept for money free (when the file system says how much is free).
+fn room_for(
+    total: u64,
+    next: u64,
+    max: u64,
+    reserve: u64,
+    free: Option<u64>,
+) -> Result<(), MediaError> {
+    if total > max {
+        return Err(MediaError::TooLarge { max });
+    }
+    match free {
+        Some(free) if free < reserve.saturating_add(next) => {
+            Err(MediaError::LowSpace { free, reserve })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Splits byte ranges into at most `parts` pieces of about equal size, on 16 KiB boundaries (bao chunk groups).
 fn split(wanted: &[Range<u64>], parts: usize) -> Vec<Vec<Range<u64>>> {
     const ALIGN: u64 = GROUP_BYTES;
@@ -626,20 +646,13 @@ impl Media {
 
     /// Whether `more` bytes fit: under the upload maximum, and leaving the reserve free.
     pub fn check_room(&self, more: u64) -> Result<(), MediaError> {
-        if more > self.options.upload_max_bytes {
-            return Err(MediaError::TooLarge {
-                max: self.options.upload_max_bytes,
-            });
-        }
-        if let Some(free) = self.free_bytes()
-            && free < self.options.reserve_bytes.saturating_add(more)
-        {
-            return Err(MediaError::LowSpace {
-                free,
-                reserve: self.options.reserve_bytes,
-            });
-        }
-        Ok(())
+        room_for(
+            more,
+            more,
+            self.options.upload_max_bytes,
+            self.options.reserve_bytes,
+            self.free_bytes(),
+        )
     }
 
     /// Adds the blob `data` streams. Stops (and adds nothing) once it passes the upload maximum or would eat into
@@ -660,14 +673,8 @@ impl Media {
         let data = futures::StreamExt::map(data, move |chunk| {
             let chunk = chunk?;
             total = total.saturating_add(chunk.len() as u64);
-            let problem = if total > max {
-                Some(MediaError::TooLarge { max })
-            } else {
-                meta.free_bytes()
-                    .filter(|free| *free < reserve.saturating_add(chunk.len() as u64))
-                    .map(|free| MediaError::LowSpace { free, reserve })
-            };
-            if let Some(problem) = problem {
+            let room = room_for(total, chunk.len() as u64, max, reserve, meta.free_bytes());
+            if let Err(problem) = room {
                 let message = problem.to_string();
                 *lock(&seen) = Some(problem);
                 return Err(std::io::Error::other(message));

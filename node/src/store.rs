@@ -289,11 +289,6 @@ impl Store {
         crate::faults::free_bytes(dir, self.faults.as_deref())
     }
 
-    /// The fault layer's switches, when the store runs behind it.
-    pub fn faults(&self) -> Option<&Arc<Faults>> {
-        self.faults.as_ref()
-    }
-
     /// After a failed write: reopens the data file (redb refuses every write after an I/O error until then) and
     /// proves it takes a durable write again. Returns whether the store was failed and is healthy now; the
     /// caller then makes its documents durable again, since writes that failed may be missing from the file.

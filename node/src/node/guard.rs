@@ -74,8 +74,13 @@ impl Node {
     }
 
     /// Whether money requests and money reads may be answered: the directory is read, every ledger page of this
-    /// device is open, and the device's idempotency keys are indexed.
+    /// device is open, and the device's idempotency keys are indexed. Latched by the key index: it is built only
+    /// once every page is open, and no page of this device can appear unopened after that (only this device's
+    /// desk registers its pages, and it opens them first), so a payment does not re-read the directory for it.
     pub(crate) async fn money_ready(&self) -> Result<(), Failure> {
+        if lock(&self.keys).is_some() {
+            return Ok(());
+        }
         let loading = self.ledgers_loading()?;
         if !loading.is_empty() {
             let shown: Vec<&str> = loading.iter().take(5).map(String::as_str).collect();
@@ -123,11 +128,6 @@ impl Node {
                 .join(", "),
             if loading.len() > 3 { ", ..." } else { "" }
         )))
-    }
-
-    /// [`Node::money_ready`] for the HTTP layer's money reads.
-    pub async fn money_ready_public(&self) -> Result<(), Failure> {
-        self.money_ready().await
     }
 
     /// Every idempotency key this device's ledgers hold, with its show.

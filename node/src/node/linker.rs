@@ -56,9 +56,9 @@ impl Node {
             return Ok(());
         }
         let handle = self.telemetry_handle().await?;
-        let (actor, at, addrs) = (self.actor(), clock::now(), mine.clone());
+        let (actor, addrs) = (self.actor(), mine.clone());
         self.change(&handle, move |am| {
-            Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)?.set_addrs(addrs, at)
+            Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)?.set_addrs(addrs)
         })
         .await?
         .map_err(internal)?;
