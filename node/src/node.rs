@@ -14,13 +14,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use automerge::Automerge;
-use popmesh_crdt::directory::{Directory, DirectoryView, admit_peer};
+use popmesh_crdt::directory::{Directory, DirectoryView};
 use popmesh_crdt::docs::DocName;
 use popmesh_crdt::enrollment::{EnrollmentCert, Revocation, RevocationTarget};
-use popmesh_crdt::escrow::{EscrowError, SaleOutcome, Slot, plan_rebalance};
-use popmesh_crdt::ledger::{EarlierPages, Ledger, LedgerView, PaymentError, PaymentOutcome};
+use popmesh_crdt::escrow::{EscrowError, SaleOutcome, Slot};
+use popmesh_crdt::ledger::{Ledger, LedgerView};
 use popmesh_crdt::privacy::{AttendeeProfile, check_pseudonym};
-use popmesh_crdt::receipt::{PaymentRequest, Receipt};
+use popmesh_crdt::receipt::Receipt;
 use popmesh_crdt::report::{ReportReceipt, ShowData, ShowReport};
 use popmesh_crdt::risk::RiskLimits;
 use popmesh_crdt::telemetry::{
@@ -28,6 +28,7 @@ use popmesh_crdt::telemetry::{
     Telemetry, TelemetryRecord, check_counter_name,
 };
 use popmesh_crdt::{DeviceId, Doc, Role, actor_id};
+use popmesh_device::gate;
 use popmesh_transport::{Gate, Hello, LinkPolicy, Mesh, MeshConfig};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -35,6 +36,7 @@ use prometheus_client::registry::Registry;
 use samod::{DocHandle, DocumentId};
 use serde::{Deserialize, Serialize};
 
+mod desk;
 mod guard;
 mod linker;
 mod receipts;
@@ -101,7 +103,7 @@ fn stopped(_: samod::Stopped) -> Failure {
     Failure::Unavailable("the document engine is shutting down".into())
 }
 
-/// Admission against this device's replica of the directory (see `admit_peer` in popmesh-crdt).
+/// Admission against this device's replica of the directory (`popmesh_device::gate::admit`).
 struct SiteGate {
     site_hex: String,
     authority: DeviceId,
@@ -112,7 +114,7 @@ struct SiteGate {
     /// The UDP port of this device's blob endpoint, said in every hello.
     blob_port: Option<u16>,
     role: Role,
-    /// Document id -> the class its sync messages travel in on every link (see [`priority_of`]).
+    /// Document id -> the class its sync messages travel in on every link (`popmesh_device::gate::class_of`).
     priorities: Arc<RwLock<std::collections::HashMap<String, u8>>>,
     /// `[uplink] limit_kib_s`, in bytes per second, for links to the origin.
     uplink_limit: Option<u64>,
@@ -136,32 +138,17 @@ fn share_policy(
 + Send
 + 'static {
     move |doc: samod::DocumentId, peer: samod::PeerId| {
-        let config = if is_device_peer(peer.as_str()) {
-            samod::ShareConfig::read_write()
-        } else if read(&screen_docs).contains(&doc.to_string()) {
-            samod::ShareConfig::read_only().with_announce(false)
-        } else {
-            samod::ShareConfig::none()
+        let readable = read(&screen_docs).contains(&doc.to_string());
+        let config = match gate::share(peer.as_str(), readable) {
+            gate::Share::ReadWrite => samod::ShareConfig::read_write(),
+            gate::Share::ReadOnly => samod::ShareConfig::read_only().with_announce(false),
+            gate::Share::None => samod::ShareConfig::none(),
         };
         futures::stream::iter([config])
     }
 }
 
-/// Whether a samod peer id is a site device's (64 hex digits, a device key).
-pub fn is_device_peer(id: &str) -> bool {
-    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// Which class a document's sync messages travel in: money first, then what sells and admits, then telemetry,
-/// then the rest (media manifests). Unknown documents go with the second class.
-fn priority_of(name: &DocName) -> u8 {
-    match name {
-        DocName::Ledger { .. } => 0,
-        DocName::Directory | DocName::Slot { .. } | DocName::Access { .. } => 1,
-        DocName::Telemetry { .. } => 2,
-        DocName::Manifest { .. } => 3,
-    }
-}
+pub use popmesh_device::gate::is_device_peer;
 
 impl SiteGate {
     /// Bytes waiting on the links to the origin.
@@ -183,22 +170,19 @@ impl Gate for SiteGate {
     }
 
     fn admit(&self, device: DeviceId, hello: &Hello) -> Result<(), String> {
-        if hello.v != 1 {
-            return Err(format!("unsupported hello version {}", hello.v));
-        }
-        if hello.site != self.site_hex {
-            return Err(format!(
-                "peer belongs to site {}, not this site {}",
-                hello.site, self.site_hex
-            ));
-        }
-        let cert = EnrollmentCert::from_bytes(&hello.cert_bytes()?).map_err(|e| e.to_string())?;
-        admit_peer(
-            &cert,
-            &device,
+        let cert = hello.cert_bytes()?;
+        let claim = gate::Claim {
+            version: hello.v,
+            site: &hello.site,
+            cert: &cert,
+        };
+        gate::admit(
             &self.authority,
+            &device,
+            claim,
             clock::now(),
             read(&self.view).as_ref(),
+            popmesh_device::Mutations::none(),
         )
         .map_err(|e| e.to_string())?;
         // A new device learns where the directory is from the first peer it admits.
@@ -371,8 +355,8 @@ pub struct Node {
     directory: RwLock<Option<DocHandle>>,
     /// Serializes creating and registering this device's own documents.
     creating: tokio::sync::Mutex<()>,
-    /// Payment queues by show.
-    desks: Mutex<BTreeMap<String, Arc<Desk>>>,
+    /// The payment desk: its core (`popmesh_device::desk`), waiting clients and ledger pages.
+    desk: desk::DeskShell,
     telemetry: Mutex<CounterBuffer>,
     sampler: Mutex<Sampler>,
     /// Peers this device has reached, and the incidents open for those it cannot reach now.
@@ -398,12 +382,8 @@ pub struct Node {
     screens: samod::AcceptorHandle,
     /// The background tasks, stopped by [`Node::shutdown`].
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
-    /// Idempotency key -> show, for every payment this device took (indexed once its ledgers are open).
-    keys: Mutex<Option<std::collections::HashMap<String, guard::KeyClaim>>>,
-    /// Documents whose acknowledged write failed: the next write or replay saves them whole first.
-    undurable: Mutex<std::collections::HashSet<DocumentId>>,
-    /// Per document, heads known to be on disk with everything before them (see `change_then`).
-    durable_heads: Mutex<std::collections::HashMap<DocumentId, Vec<automerge::ChangeHash>>>,
+    /// Documents whose acknowledged write failed, and heads known to be on disk (see `change_then`).
+    durability: Mutex<popmesh_device::Durability<DocumentId>>,
     /// The mesh addresses last written to this device's telemetry document (see `linker.rs`).
     addrs_written: Mutex<Option<Vec<String>>>,
     /// Decoded ledger pages by document, with the heads they were read at (see `receipts.rs`).
@@ -508,7 +488,7 @@ impl Node {
             docs: RwLock::new(BTreeMap::new()),
             directory: RwLock::new(None),
             creating: tokio::sync::Mutex::new(()),
-            desks: Mutex::new(BTreeMap::new()),
+            desk: desk::DeskShell::default(),
             telemetry: Mutex::new(CounterBuffer::new(TELEMETRY_WINDOW_MS, now)),
             sampler: Mutex::new(Sampler::new(options.telemetry)),
             reached: Mutex::new(BTreeSet::new()),
@@ -525,10 +505,8 @@ impl Node {
             screen_docs,
             screens,
             alerts: options.alerts,
-            keys: Mutex::new(None),
             addrs_written: Mutex::new(None),
-            durable_heads: Mutex::new(std::collections::HashMap::new()),
-            undurable: Mutex::new(std::collections::HashSet::new()),
+            durability: Mutex::default(),
             ledger_cache: Mutex::new(BTreeMap::new()),
             warehouse,
         });
@@ -774,8 +752,8 @@ impl Node {
                 return;
             }
             docs.insert(id.clone(), (name.clone(), handle.clone()));
-            write(&self.gate.priorities).insert(id.to_string(), priority_of(&name));
-            if matches!(name, DocName::Manifest { .. } | DocName::Slot { .. }) {
+            write(&self.gate.priorities).insert(id.to_string(), gate::class_of(&name));
+            if gate::screen_may_read(&name) {
                 write(&self.screen_docs).insert(id.to_string());
             }
         }
@@ -879,48 +857,29 @@ impl Node {
         replay: impl FnOnce(&T) -> bool + Send + 'static,
     ) -> Result<T, Failure> {
         let id = handle.document_id().clone();
-        let undurable = lock(&self.undurable).contains(&id);
-        let durable = lock(&self.durable_heads).get(&id).cloned();
-        let (out, bytes, now_durable) = handle
+        let known = lock(&self.durability).snapshot(&id);
+        let (out, bytes, plan, after) = handle
             .with_document_async(move |am| {
                 let before = am.get_heads();
                 let out = f(am);
-                let after = am.get_heads();
-                let is_replay = replay(&out);
-                let base_durable = !undurable && durable.as_ref() == Some(&before);
-                let bytes = if undurable {
-                    am.save()
-                } else if is_replay && !base_durable {
-                    match &durable {
-                        Some(d) => am.save_after(d),
-                        None => am.save(),
-                    }
-                } else {
-                    am.save_after(&before)
+                let plan = known.plan(&before, replay(&out));
+                let bytes = match &plan.save {
+                    popmesh_device::Save::Whole => am.save(),
+                    popmesh_device::Save::After(heads) => am.save_after(heads),
                 };
-                // What is on disk once these bytes are: everything, if they carry the whole document or all since
-                // the last durable heads; else only as much as was known before.
-                let whole = undurable || is_replay || base_durable;
-                (out, bytes, whole.then_some(after))
+                (out, bytes, plan, am.get_heads())
             })
             .await
             .map_err(stopped)?;
-        if !bytes.is_empty()
-            && let Err(e) = self.ack(&id, bytes).await
-        {
-            // The change is in memory (and may sync) but not on disk: nothing may be answered from this
-            // document until a whole save of it is durable.
-            lock(&self.undurable).insert(id.clone());
-            lock(&self.durable_heads).remove(&id);
-            return Err(e);
-        }
-        if undurable {
-            lock(&self.undurable).remove(&id);
-        }
-        if let Some(heads) = now_durable {
-            lock(&self.durable_heads).insert(id, heads);
-        }
-        Ok(out)
+        let acked = if bytes.is_empty() {
+            Ok(())
+        } else {
+            self.ack(&id, bytes).await
+        };
+        // On failure the change is in memory (and may sync) but not on disk: nothing may be answered from this
+        // document until a whole save of it is durable.
+        lock(&self.durability).handle_saved(&id, &plan, after, acked.is_ok());
+        acked.map(|()| out)
     }
 
     async fn ack(&self, doc: &DocumentId, bytes: Vec<u8>) -> Result<(), Failure> {
@@ -1029,259 +988,6 @@ impl Node {
     }
 
     // ----- operations the API offers -----
-
-    /// Takes an offline payment. Returns the receipt and whether it replays an earlier identical request.
-    ///
-    /// Payments for one show queue at a *desk*: whichever request finds the desk idle starts a drain task that
-    /// takes every waiting request, decides them as one Automerge change, makes that change durable with one
-    /// fsync, and answers each. Under load a burst costs one change, one sync round and one flush; alone, a
-    /// payment is a batch of one.
-    ///
-    /// Receipts go into ledger *pages* of `receipts_per_page` each (one document per page), so no document grows
-    /// with the show and the sync engine's whole-document compaction stays cheap.
-    pub async fn pay(
-        self: &Arc<Self>,
-        request: PaymentRequest,
-        show: Option<String>,
-    ) -> Result<(Receipt, bool), Failure> {
-        request
-            .validate()
-            .map_err(|e| Failure::BadRequest(e.to_string()))?;
-        if let Some(show) = &show {
-            popmesh_crdt::naming::check_name("show", show)
-                .map_err(|e| Failure::BadRequest(e.to_string()))?;
-        }
-        self.writable()?;
-        let view = self.view()?;
-        let show = self.existing_show(&view, show)?;
-        self.money_ready().await?;
-        // What the limits refuse whatever is stored is refused before anything (a ledger page) is written. A
-        // replay of an earlier payment passes this too: it was within the limits when it was taken.
-        self.limits
-            .check(0, request.amount_minor, &request.currency)
-            .map_err(|e| Failure::Refused(e.to_string()))?;
-        self.claim_key(&request.idempotency_key, &show)?;
-        let desk = lock(&self.desks).entry(show.clone()).or_default().clone();
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        lock(&desk.queue).push(PendingPayment { request, reply });
-        if !desk.busy.swap(true, Ordering::AcqRel) {
-            // A spawned task, so a client hanging up cannot leave the desk marked busy.
-            tokio::spawn(drain_desk(self.clone(), show, desk));
-        }
-        answer
-            .await
-            .map_err(|_| Failure::Unavailable("the payment desk stopped".into()))?
-    }
-
-    /// Decides a batch of payments as one change (two when a page fills mid-batch) and answers each request.
-    async fn take_batch(&self, show: &str, desk: &Desk, batch: Vec<PendingPayment>) {
-        let (requests, replies): (Vec<PaymentRequest>, Vec<_>) =
-            batch.into_iter().map(|p| (p.request, p.reply)).unzip();
-        let keys: Vec<String> = requests.iter().map(|r| r.idempotency_key.clone()).collect();
-        let mut pages = desk.pages.lock().await;
-        let outcomes = self.take_paged(show, &mut pages, requests).await;
-        match outcomes {
-            Ok(outcomes) => {
-                for ((reply, outcome), key) in replies.into_iter().zip(outcomes).zip(keys) {
-                    self.settle_key(&key, outcome.is_ok());
-                    let _ = reply.send(outcome);
-                }
-            }
-            Err(failure) => {
-                // Nothing of this batch reached a ledger (see `change_then`).
-                let message = failure.to_string();
-                for (reply, key) in replies.into_iter().zip(keys) {
-                    self.settle_key(&key, false);
-                    let _ = reply.send(Err(Failure::Unavailable(message.clone())));
-                }
-            }
-        }
-    }
-
-    /// Takes `requests` on the open page, starting the next page for those that did not fit.
-    async fn take_paged(
-        &self,
-        show: &str,
-        pages: &mut Option<Pages>,
-        requests: Vec<PaymentRequest>,
-    ) -> Result<Vec<Result<(Receipt, bool), Failure>>, Failure> {
-        if pages.is_none() {
-            *pages = Some(self.open_pages(show).await?);
-        }
-        let Some(pages) = pages.as_mut() else {
-            return Err(internal("no ledger page"));
-        };
-        let mut results: Vec<Option<Result<(Receipt, bool), Failure>>> =
-            requests.iter().map(|_| None).collect();
-        let mut todo: Vec<(usize, PaymentRequest)> = requests.into_iter().enumerate().collect();
-        while !todo.is_empty() {
-            let (indices, batch): (Vec<usize>, Vec<PaymentRequest>) = todo.drain(..).unzip();
-            // Once some requests are decided (and durable), a later failure answers only the undecided ones.
-            let decided = results.iter().any(Option::is_some);
-            let outcomes = match self.take_on_page(show, pages, batch.clone()).await {
-                Ok(outcomes) => outcomes,
-                Err(e) if decided => {
-                    let message = e.to_string();
-                    return Ok(results
-                        .into_iter()
-                        .map(|r| r.unwrap_or_else(|| Err(Failure::Unavailable(message.clone()))))
-                        .collect());
-                }
-                Err(e) => return Err(e),
-            };
-            let mut full = false;
-            for ((i, request), outcome) in indices.into_iter().zip(batch).zip(outcomes) {
-                match outcome {
-                    Err(PaymentError::PageFull) => {
-                        full = true;
-                        todo.push((i, request));
-                    }
-                    other => results[i] = Some(payment_result(other)),
-                }
-            }
-            if full && let Err(e) = self.next_page(show, pages).await {
-                let message = e.to_string();
-                return Ok(results
-                    .into_iter()
-                    .map(|r| r.unwrap_or_else(|| Err(Failure::Unavailable(message.clone()))))
-                    .collect());
-            }
-        }
-        Ok(results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(internal("payment not decided"))))
-            .collect())
-    }
-
-    /// This device's ledger pages for `show`: every registered one, or a new page 0.
-    async fn open_pages(&self, show: &str) -> Result<Pages, Failure> {
-        let view = self.view()?;
-        let me = self.me();
-        let mut handles = Vec::new();
-        loop {
-            let name = DocName::Ledger {
-                show: show.to_owned(),
-                device: me,
-                page: handles.len() as u32,
-            };
-            if !view.documents.contains_key(&name.to_string()) {
-                break;
-            }
-            handles.push(self.ledger_page(show, handles.len() as u32).await?);
-        }
-        let current = match handles.pop() {
-            Some(h) => h,
-            None => self.ledger_page(show, 0).await?,
-        };
-        let mut earlier = EarlierPages {
-            page_capacity: self.receipts_per_page,
-            ..EarlierPages::default()
-        };
-        for h in &handles {
-            let page = read_ledger(h)
-                .await?
-                .ok_or_else(|| internal("an earlier ledger page does not read"))?;
-            earlier.absorb(&page);
-        }
-        Ok(Pages {
-            page: handles.len() as u32,
-            current,
-            earlier: Arc::new(earlier),
-            earlier_handles: handles,
-        })
-    }
-
-    /// Opens (or creates and registers) page `page` of this device's ledger for `show`.
-    async fn ledger_page(&self, show: &str, page: u32) -> Result<DocHandle, Failure> {
-        let (me, site, show) = (self.me(), self.dir.site_id(), show.to_owned());
-        let name = DocName::Ledger {
-            show: show.clone(),
-            device: me,
-            page,
-        };
-        self.own_document(name, move |actor| {
-            Doc::create_ledger(actor, site, &show, me)
-                .map(Doc::into_automerge)
-                .map_err(internal)
-        })
-        .await
-    }
-
-    /// Closes the full page and opens the next.
-    async fn next_page(&self, show: &str, pages: &mut Pages) -> Result<(), Failure> {
-        let full = read_ledger(&pages.current)
-            .await?
-            .ok_or_else(|| internal("the full ledger page does not read"))?;
-        let next = self.ledger_page(show, pages.page + 1).await?;
-        Arc::make_mut(&mut pages.earlier).absorb(&full);
-        pages
-            .earlier_handles
-            .push(std::mem::replace(&mut pages.current, next));
-        pages.page += 1;
-        tracing::info!(show, page = pages.page, "started a new ledger page");
-        Ok(())
-    }
-
-    async fn take_on_page(
-        &self,
-        show: &str,
-        pages: &mut Pages,
-        requests: Vec<PaymentRequest>,
-    ) -> Result<Vec<Result<PaymentOutcome, PaymentError>>, Failure> {
-        // A replay may answer from an earlier page: one whose acknowledged write failed is made durable first.
-        for h in &pages.earlier_handles {
-            if lock(&self.undurable).contains(h.document_id()) {
-                self.change_then(h, |_| (), |_| true).await?;
-            }
-        }
-        // Earlier pages' unreconciled totals change when the origin reconciles: read their counters afresh.
-        let mut earlier_held = 0u64;
-        for h in &pages.earlier_handles {
-            earlier_held = earlier_held.saturating_add(unreconciled_of(h).await?);
-        }
-        Arc::make_mut(&mut pages.earlier).unreconciled_minor = earlier_held;
-        // What this device holds unreconciled in its other shows' ledgers counts against the stored limit.
-        let mut elsewhere = 0u64;
-        for (other, handle) in self.own_ledgers() {
-            if other != show {
-                elsewhere = elsewhere.saturating_add(unreconciled_of(&handle).await?);
-            }
-        }
-        let key = self.dir.key.clone();
-        let limits = self.limits.clone();
-        let actor = self.actor();
-        let now = clock::now();
-        let earlier = Arc::clone(&pages.earlier);
-        self.change_then(
-            &pages.current,
-            move |am| {
-                Doc::<Ledger, &mut Automerge>::attach_as(am, actor).and_then(|mut d| {
-                    d.take_payments_paged(&key, &limits, &requests, &earlier, elsewhere, now)
-                })
-            },
-            // A replay answers 201 from what the page held: the whole page is made durable first (a retry after
-            // a failed write must not be told its receipt exists when it never reached the disk).
-            |out| {
-                out.as_ref()
-                    .is_ok_and(|o| o.iter().any(|r| matches!(r, Ok(p) if p.replayed)))
-            },
-        )
-        .await?
-        .map_err(internal)
-    }
-
-    fn own_ledgers(&self) -> Vec<(String, DocHandle)> {
-        let me = self.me();
-        read(&self.docs)
-            .values()
-            .filter_map(|(name, h)| match name {
-                DocName::Ledger { show, device, .. } if *device == me => {
-                    Some((show.clone(), h.clone()))
-                }
-                _ => None,
-            })
-            .collect()
-    }
 
     /// Every receipt this device holds, from every device's ledger, checked against the directory: every page
     /// of [`Node::receipts_page`] (for the demo and tests; clients page through `GET /v1/receipts`).
@@ -1678,12 +1384,12 @@ impl Node {
     /// Gives seats from this device's quota in each slot to a connected device running low, by the policy in
     /// `popmesh_crdt::escrow::plan_rebalance` (only the giver writes a transfer). Returns the transfers made.
     pub async fn rebalance(&self) -> Result<usize, Failure> {
-        let connected: Vec<String> = self
+        let connected: Vec<DeviceId> = self
             .mesh
             .peers()
             .into_iter()
             .filter(|p| p.admitted)
-            .map(|p| p.device)
+            .filter_map(|p| DeviceId::from_hex(&p.device).ok())
             .collect();
         if connected.is_empty() {
             return Ok(0);
@@ -1705,13 +1411,17 @@ impl Node {
                     let mut doc = Doc::<Slot, &mut Automerge>::attach_as(am, actor)
                         .map_err(EscrowError::Doc)?;
                     let view = doc.view()?;
-                    match plan_rebalance(&view, &me.to_hex(), &connected, low) {
-                        Some((to, seats)) => {
-                            let to = DeviceId::from_hex(&to)
-                                .map_err(|_| EscrowError::BadId(to.clone()))?;
-                            doc.transfer(me, to, &id, seats, at)
-                                .map(|()| Some((to, seats)))
-                        }
+                    let plan = popmesh_device::rebalancer::plan(
+                        &view,
+                        &me,
+                        &connected,
+                        low,
+                        popmesh_device::Mutations::none(),
+                    );
+                    match plan {
+                        Some(t) => doc
+                            .transfer(me, t.to, &id, t.seats, at)
+                            .map(|()| Some((t.to, t.seats))),
                         None => Ok(None),
                     }
                 })
@@ -2481,20 +2191,6 @@ async fn unreconciled_of(handle: &DocHandle) -> Result<u64, Failure> {
         .map_err(internal)
 }
 
-fn payment_result(
-    outcome: Result<PaymentOutcome, PaymentError>,
-) -> Result<(Receipt, bool), Failure> {
-    match outcome {
-        Ok(o) => Ok((o.receipt, o.replayed)),
-        Err(PaymentError::BadRequest(e)) => Err(Failure::BadRequest(e.to_string())),
-        Err(PaymentError::OverLimit(e)) => Err(Failure::Refused(e.to_string())),
-        Err(e @ (PaymentError::IdempotencyKeyReused { .. } | PaymentError::Full)) => {
-            Err(Failure::Conflict(e.to_string()))
-        }
-        Err(e) => Err(internal(e)),
-    }
-}
-
 async fn read_ledger(handle: &DocHandle) -> Result<Option<LedgerView>, Failure> {
     let view = handle
         .with_document_async(|am| Doc::<Ledger, &mut Automerge>::attach(am).and_then(|d| d.view()))
@@ -2518,45 +2214,6 @@ fn next_epoch(store: &Store) -> anyhow::Result<u32> {
     let next = last.map_or(0, |e| e.saturating_add(1));
     store.set_meta("epoch", &next.to_string())?;
     Ok(next)
-}
-
-/// A payment waiting at its show's desk.
-struct PendingPayment {
-    request: PaymentRequest,
-    reply: tokio::sync::oneshot::Sender<Result<(Receipt, bool), Failure>>,
-}
-
-/// One show's payment queue, whether a drain task is running for it, and its ledger pages (opened on first use).
-#[derive(Default)]
-struct Desk {
-    queue: Mutex<Vec<PendingPayment>>,
-    busy: AtomicBool,
-    pages: tokio::sync::Mutex<Option<Pages>>,
-}
-
-/// The open page of this device's ledger for a show, and what the pages before it hold.
-struct Pages {
-    page: u32,
-    current: DocHandle,
-    /// Shared with the payment closure without copying; only the desk's drain task changes it, between batches.
-    earlier: Arc<EarlierPages>,
-    earlier_handles: Vec<DocHandle>,
-}
-
-/// Takes batches from a desk until it is empty, then marks it idle (re-checking, so no request is stranded).
-async fn drain_desk(node: Arc<Node>, show: String, desk: Arc<Desk>) {
-    loop {
-        let batch = std::mem::take(&mut *lock(&desk.queue));
-        if batch.is_empty() {
-            desk.busy.store(false, Ordering::Release);
-            let more = !lock(&desk.queue).is_empty();
-            if more && !desk.busy.swap(true, Ordering::AcqRel) {
-                continue;
-            }
-            return;
-        }
-        node.take_batch(&show, &desk, batch).await;
-    }
 }
 
 /// Finds the directory, enrolls this device in it, and keeps every registered document open.

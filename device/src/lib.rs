@@ -1,0 +1,25 @@
+//! popmesh's device core: every decision a device makes, as sans-IO state machines.
+//!
+//! The node (`popmesh run`) and the chaos simulator (`popmesh sim`) are two shells around this crate: they feed it
+//! what happened (`handle_*`), ask it what must happen next (`poll_*`), and carry out its effects, which come back as
+//! data. Time is passed in; nothing here reads a clock, touches a disk or opens a socket. So what the simulator
+//! proves under partitions, crashes and storage faults is a property of the code the node runs.
+//!
+//! - [`desk`]: the payment desk: readiness after a start, idempotency keys across shows, batching, ledger pages,
+//!   and the rule that no payment is answered before its write is durable.
+//! - [`durability`]: which bytes of a document a write must make durable so that no answer rests on anything that
+//!   is not on disk (whole saves after a failed write, replays).
+//! - [`gate`]: admission of a peer when a link opens, the class each document's messages travel in, and who may
+//!   read and write what.
+//! - [`rebalancer`]: when a device gives quota to a connected peer running low.
+//! - [`mutation`]: deliberately broken decisions, for the tests that prove the simulator catches them.
+
+pub mod desk;
+pub mod durability;
+pub mod gate;
+pub mod mutation;
+pub mod rebalancer;
+
+pub use desk::{Desk, DeskAction, DeskError, StoreFault, Ticket};
+pub use durability::{Durability, Save};
+pub use mutation::{Mutation, Mutations};

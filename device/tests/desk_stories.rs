@@ -1,0 +1,294 @@
+//! The payment desk's promises, told as a POS terminal's day, with the core driven by a tiny in-memory shell.
+
+use popmesh_crdt::identity::SecretKey;
+use popmesh_crdt::ledger::{EarlierPages, Ledger};
+use popmesh_crdt::receipt::PaymentRequest;
+use popmesh_crdt::risk::RiskLimits;
+use popmesh_crdt::{Doc, SiteId, UnixMillis, actor_id};
+use popmesh_device::desk::Ready;
+use popmesh_device::{Desk, DeskAction, DeskError, Mutation, Mutations, StoreFault, Ticket};
+
+/// A POS terminal: its key, its ledger pages for one show, and the answers its clients got.
+struct Pos {
+    key: SecretKey,
+    pages: Vec<Doc<Ledger>>,
+    earlier: EarlierPages,
+    answers: Vec<(Ticket, Result<bool, String>)>,
+}
+
+impl Pos {
+    fn new(capacity: usize) -> Self {
+        let key = SecretKey::from_seed([7; 32]);
+        let site = SiteId::for_authority(&SecretKey::from_seed([1; 32]).public());
+        let page = Doc::create_ledger(actor_id(key.public(), 1), site, "show", key.public())
+            .expect("in memory");
+        Self {
+            key,
+            pages: vec![page],
+            earlier: EarlierPages {
+                page_capacity: capacity,
+                ..EarlierPages::default()
+            },
+            answers: Vec::new(),
+        }
+    }
+
+    /// Carries out the desk's actions; `durable` says whether each write reaches the disk.
+    fn drive(&mut self, desk: &mut Desk, mut durable: impl FnMut() -> bool) {
+        while let Some(action) = desk.poll_action() {
+            match action {
+                DeskAction::Take {
+                    batch, requests, ..
+                } => {
+                    let page = self.pages.last_mut().expect("in memory");
+                    let out = page
+                        .take_payments_paged(
+                            &self.key,
+                            &RiskLimits::default(),
+                            &requests,
+                            &self.earlier,
+                            0,
+                            UnixMillis(1_000),
+                        )
+                        .map_err(|e| e.to_string());
+                    desk.handle_taken(batch, out);
+                    let ok = durable();
+                    desk.handle_durable(
+                        batch,
+                        if ok {
+                            Ok(())
+                        } else {
+                            Err("fsync failed".into())
+                        },
+                    );
+                }
+                DeskAction::NextPage { batch, .. } => {
+                    let full = self
+                        .pages
+                        .last()
+                        .expect("in memory")
+                        .view()
+                        .expect("in memory");
+                    self.earlier.absorb(&full);
+                    let key = self.key.public();
+                    let site = SiteId::for_authority(&SecretKey::from_seed([1; 32]).public());
+                    let actor = actor_id(key, 1 + self.pages.len() as u32);
+                    self.pages
+                        .push(Doc::create_ledger(actor, site, "show", key).expect("in memory"));
+                    desk.handle_next_page(batch, Ok(()));
+                }
+                DeskAction::Answer { ticket, result } => {
+                    self.answers.push((
+                        ticket,
+                        result.map(|o| o.replayed).map_err(|e| e.to_string()),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn pay(key: &str, amount: u64) -> PaymentRequest {
+    PaymentRequest {
+        idempotency_key: key.into(),
+        amount_minor: amount,
+        currency: "EUR".into(),
+        attendee: None,
+    }
+}
+
+fn ready_desk(mutations: Mutations) -> Desk {
+    let mut desk = Desk::new(mutations);
+    assert_eq!(desk.ready(&[]).expect("in memory"), Ready::IndexKeys);
+    desk.handle_keys_indexed([]);
+    desk
+}
+
+#[test]
+fn a_restarted_pos_answers_loading_until_its_pages_are_open_and_its_keys_indexed() {
+    let mut desk = Desk::new(Mutations::none());
+    let loading = vec!["show/s/ledger/d/3".to_owned()];
+    assert!(matches!(
+        desk.ready(&loading),
+        Err(DeskError::Loading { .. })
+    ));
+    let refused = desk.handle_request(Ticket(1), "s", pay("k1", 500), None, &RiskLimits::default());
+    assert!(matches!(refused, Err(DeskError::Loading { .. })));
+    desk.handle_keys_indexed([("k0".to_owned(), "other-show".to_owned())]);
+    assert_eq!(
+        desk.ready(&loading).expect("in memory"),
+        Ready::Yes,
+        "readiness is latched by the key index"
+    );
+    let reused = desk.handle_request(Ticket(2), "s", pay("k0", 500), None, &RiskLimits::default());
+    assert!(
+        matches!(reused, Err(DeskError::KeyInOtherShow { .. })),
+        "{reused:?}"
+    );
+}
+
+#[test]
+fn three_payments_that_arrive_together_are_one_change_answered_only_once_durable() {
+    let mut desk = ready_desk(Mutations::none());
+    let mut pos = Pos::new(0);
+    for (i, key) in ["a", "b", "c"].iter().enumerate() {
+        desk.handle_request(
+            Ticket(i as u64),
+            "show",
+            pay(key, 900),
+            None,
+            &RiskLimits::default(),
+        )
+        .expect("in memory");
+    }
+    let Some(DeskAction::Take {
+        batch, requests, ..
+    }) = desk.poll_action()
+    else {
+        panic!("a batch");
+    };
+    assert_eq!(requests.len(), 3, "one batch");
+    let out = pos.pages[0]
+        .take_payments_paged(
+            &pos.key,
+            &RiskLimits::default(),
+            &requests,
+            &pos.earlier,
+            0,
+            UnixMillis(5),
+        )
+        .map_err(|e| e.to_string());
+    desk.handle_taken(batch, out);
+    assert!(
+        desk.poll_action().is_none(),
+        "nothing is answered before the write is durable"
+    );
+    desk.handle_durable(batch, Ok(()));
+    pos.drive(&mut desk, || true);
+    assert_eq!(pos.answers.len(), 3);
+    assert!(pos.answers.iter().all(|(_, r)| r == &Ok(false)));
+}
+
+#[test]
+fn a_write_that_fails_is_answered_not_durable_and_the_retry_replays_after_a_whole_save() {
+    let mut desk = ready_desk(Mutations::none());
+    let mut pos = Pos::new(0);
+    desk.handle_request(
+        Ticket(1),
+        "show",
+        pay("a", 900),
+        None,
+        &RiskLimits::default(),
+    )
+    .expect("in memory");
+    pos.drive(&mut desk, || false);
+    assert!(
+        matches!(&pos.answers[0], (Ticket(1), Err(e)) if e.contains("not acknowledged")),
+        "{:?}",
+        pos.answers
+    );
+    // The key is free again at the desk; the ledger (in memory) holds the payment, so the retry is a replay.
+    desk.handle_request(
+        Ticket(2),
+        "show",
+        pay("a", 900),
+        None,
+        &RiskLimits::default(),
+    )
+    .expect("in memory");
+    pos.drive(&mut desk, || true);
+    assert_eq!(pos.answers[1], (Ticket(2), Ok(true)));
+}
+
+#[test]
+fn a_full_disk_refuses_at_once_and_writes_nothing() {
+    let mut desk = ready_desk(Mutations::none());
+    let fault = StoreFault {
+        disk_full: true,
+        reason: "no space left on device".into(),
+    };
+    let refused = desk.handle_request(
+        Ticket(1),
+        "show",
+        pay("a", 900),
+        Some(&fault),
+        &RiskLimits::default(),
+    );
+    assert!(matches!(refused, Err(DeskError::StoreFailed(_))));
+    assert!(desk.poll_action().is_none());
+    let over = desk.handle_request(
+        Ticket(2),
+        "show",
+        pay("b", 15_001),
+        None,
+        &RiskLimits::default(),
+    );
+    assert!(
+        matches!(over, Err(DeskError::OverLimit(_))),
+        "over the per-payment limit, before any write"
+    );
+    assert_eq!(desk.pending(), 0);
+}
+
+#[test]
+fn a_page_that_fills_mid_batch_takes_the_rest_on_the_next_page() {
+    let mut desk = ready_desk(Mutations::none());
+    let mut pos = Pos::new(2);
+    for i in 0..5u64 {
+        desk.handle_request(
+            Ticket(i),
+            "show",
+            pay(&format!("k{i}"), 100),
+            None,
+            &RiskLimits::default(),
+        )
+        .expect("in memory");
+    }
+    pos.drive(&mut desk, || true);
+    assert_eq!(pos.pages.len(), 3, "pages of two: 2 + 2 + 1");
+    let mut tickets: Vec<u64> = pos
+        .answers
+        .iter()
+        .map(|(t, r)| {
+            assert_eq!(r, &Ok(false));
+            t.0
+        })
+        .collect();
+    tickets.sort_unstable();
+    assert_eq!(tickets, vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn the_mutation_answers_before_the_write_is_durable() {
+    let mut desk = ready_desk(Mutations::none().with(Mutation::AnswerBeforeDurable));
+    let mut pos = Pos::new(0);
+    desk.handle_request(
+        Ticket(1),
+        "show",
+        pay("a", 900),
+        None,
+        &RiskLimits::default(),
+    )
+    .expect("in memory");
+    let Some(DeskAction::Take {
+        batch, requests, ..
+    }) = desk.poll_action()
+    else {
+        panic!("a batch");
+    };
+    let out = pos.pages[0]
+        .take_payments_paged(
+            &pos.key,
+            &RiskLimits::default(),
+            &requests,
+            &pos.earlier,
+            0,
+            UnixMillis(5),
+        )
+        .map_err(|e| e.to_string());
+    desk.handle_taken(batch, out);
+    assert!(matches!(
+        desk.poll_action(),
+        Some(DeskAction::Answer { result: Ok(_), .. })
+    ));
+}
