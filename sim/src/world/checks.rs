@@ -1,0 +1,527 @@
+//! Checkers: safety after every event, liveness at every probe.
+
+use super::*;
+
+impl World {
+    /// The escrow invariant for the device that just wrote, on its own replica (cheap: its own entries only).
+    pub(super) fn check_writer(&mut self, dev: usize, id: &DocumentId) {
+        let me = self.devices[dev].key.public().to_hex();
+        let verdict = self.replica::<Slot, _>(dev, id, |d| Some(d.check_device(&me)));
+        if let Some(Err(broken)) = verdict {
+            let name = self.devices[dev].name.clone();
+            self.violation(format!("seat oversold on {name} as it wrote: {broken}"));
+        }
+    }
+
+    /// The escrow invariant on one device's replica of a slot.
+    ///
+    /// Run on the writer's replica right after every sale and transfer: by causality (see `popmesh_crdt::escrow`),
+    /// a replica that holds a device's sale holds everything that justified it, so an oversell is visible on the
+    /// writer's replica the moment it is written. Other replicas are swept every minute and at the end.
+    pub(super) fn check_slot(&mut self, dev: usize, id: &DocumentId) {
+        let verdict =
+            self.replica::<Slot, _>(dev, id, |d| d.view().ok().map(|v| v.check_invariant()));
+        if let Some(Err(broken)) = verdict {
+            let slot = match self.names.get(id) {
+                Some(DocName::Slot { slot, .. }) => slot.clone(),
+                _ => id.to_string(),
+            };
+            let name = self.devices[dev].name.clone();
+            self.violation(format!(
+                "seat oversold in {slot} as seen on {name}: {broken}"
+            ));
+        }
+    }
+
+    /// Every document a device changed since the last event is checked against its invariant at once.
+    pub(super) fn check_changes(&mut self) {
+        for dev in 0..self.devices.len() {
+            let Some(host) = self.devices[dev].host.as_mut() else {
+                continue;
+            };
+            let changed = host.take_changed();
+            for id in &changed {
+                let heads = host.read(id, |am| am.get_heads()).unwrap_or_default();
+                self.trace.update(&(dev as u64).to_be_bytes());
+                self.trace.update(id.as_bytes());
+                for head in &heads {
+                    self.trace.update(&head.0);
+                }
+                if self.opts.keep_trace {
+                    let short: Vec<String> = heads
+                        .iter()
+                        .map(|h| h.to_string()[..8].to_owned())
+                        .collect();
+                    self.report
+                        .trace
+                        .push(format!("{} dev={dev} doc={id} heads={short:?}", self.now));
+                }
+            }
+            if changed.contains(&self.directory) {
+                self.refresh_directory(dev);
+            }
+            for id in changed {
+                match self.names.get(&id) {
+                    Some(DocName::Slot { .. }) => {
+                        // The writer's replica was checked when it wrote (see `check_slot`); other replicas are
+                        // swept every minute as a backstop.
+                        self.dirty_slots.insert((dev, id.clone()));
+                    }
+                    Some(DocName::Ledger { device, .. }) => {
+                        if *device == self.devices[dev].key.public() {
+                            self.check_own_receipts(dev);
+                        }
+                        self.check_ledger(dev, &id, false);
+                    }
+                    Some(DocName::Telemetry { device }) => {
+                        let owner = self.devices.iter().position(|d| d.key.public() == *device);
+                        let value = self.visits(dev, &id);
+                        if let Some(owner) = owner {
+                            // Jepsen's counter bound: no read exceeds what was attempted.
+                            if value > self.devices[owner].attempted {
+                                let name = self.devices[dev].name.clone();
+                                self.violation(format!(
+                                    "{name} reads {value} visits from a device that counted {}",
+                                    self.devices[owner].attempted
+                                ));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Every receipt in a ledger replica must verify; an issuer not yet in this replica's directory is only an error
+    /// once everything has converged (`strict`).
+    pub(super) fn check_ledger(&mut self, dev: usize, id: &DocumentId, strict: bool) {
+        if self.devices[dev].view.is_none() {
+            self.refresh_directory(dev);
+        }
+        let Some(ledger) = self.replica::<Ledger, _>(dev, id, |d| d.view().ok()) else {
+            return;
+        };
+        let d = &self.devices[dev];
+        let Some(directory) = d.view.as_ref() else {
+            return;
+        };
+        let mut problems = Vec::new();
+        for (token, err) in &ledger.malformed {
+            problems.push(format!("malformed receipt {token}: {err}"));
+        }
+        let mut newly_verified = Vec::new();
+        for receipt in &ledger.receipts {
+            let token = receipt.token.to_string();
+            if !strict && d.verified.contains(&token) {
+                continue;
+            }
+            match receipt.verify(directory) {
+                Ok(()) => newly_verified.push(token),
+                Err(ReceiptError::Untrusted(_)) if !strict => {}
+                Err(err) => {
+                    problems.push(format!("receipt {} does not verify: {err}", receipt.token))
+                }
+            }
+        }
+        self.devices[dev].verified.extend(newly_verified);
+        let name = self.devices[dev].name.clone();
+        for p in problems {
+            self.violation(format!("on {name}: {p}"));
+        }
+    }
+
+    /// No acknowledged receipt lost: a device still holds every receipt it acknowledged.
+    pub(super) fn check_own_receipts(&mut self, dev: usize) {
+        let Some(host) = self.devices[dev].host.as_ref() else {
+            return;
+        };
+        if self.devices[dev].view.is_none() {
+            return;
+        }
+        let name = DocName::Ledger {
+            show: SHOW.into(),
+            device: self.devices[dev].key.public(),
+            page: 0,
+        };
+        let Some(id) = self.doc_id(dev, &name) else {
+            if !self.devices[dev].acked_receipts.is_empty() {
+                let who = self.devices[dev].name.clone();
+                self.violation(format!("{who} lost the registration of its ledger"));
+            }
+            return;
+        };
+        if !host.is_open(&id) {
+            return;
+        }
+        let held = self.receipt_tokens(dev, &id);
+        let lost: Vec<String> = self.devices[dev]
+            .acked_receipts
+            .difference(&held)
+            .cloned()
+            .collect();
+        if !lost.is_empty() {
+            let who = self.devices[dev].name.clone();
+            self.violation(format!(
+                "{who} lost {} acknowledged receipts, e.g. {}",
+                lost.len(),
+                lost[0]
+            ));
+        }
+    }
+
+    /// The slow checks and the convergence clock, once a simulated second.
+    pub(super) fn probe(&mut self) {
+        let n = self.devices.len();
+        for dev in 0..n {
+            self.open_documents(dev);
+            self.preseed(dev);
+        }
+        // No acknowledged receipt lost (also checked whenever a device's own ledger changes).
+        if self.now.is_multiple_of(10_000) {
+            for dev in 0..n {
+                self.check_own_receipts(dev);
+            }
+        }
+        if self.now.is_multiple_of(SWEEP_MS) {
+            for (dev, id) in std::mem::take(&mut self.dirty_slots) {
+                self.check_slot(dev, &id);
+            }
+        }
+        // Feature parity after a failure: documents open and caught up, media preseeded.
+        for dev in 0..n {
+            if let Some(failed) = self.devices[dev].failed_at
+                && self.has_parity(dev)
+            {
+                self.report.mttr_samples_ms.push(self.now - failed);
+                self.devices[dev].failed_at = None;
+            }
+        }
+        if self.converged() {
+            if let Some(healed) = self.heal_pending.take() {
+                self.report.heal_samples_ms.push(self.now - healed);
+            }
+            if let Some(ended) = self.faults_ended_at {
+                self.report.final_convergence_ms = Some(self.now - ended);
+                self.converged_at = Some(self.now);
+            }
+        }
+    }
+
+    /// Finds the directory, then every document it registers.
+    pub(super) fn open_documents(&mut self, dev: usize) {
+        let ts = self.ts(dev);
+        let at = UnixMillis(self.local_ms(dev));
+        let directory = self.directory.clone();
+        let me = self.devices[dev].key.public();
+        let name = self.devices[dev].name.clone();
+        let mut token = self.devices[dev].token.take();
+        let actor = self.actor(dev);
+        let Some(host) = self.devices[dev].host.as_mut() else {
+            self.devices[dev].token = token;
+            return;
+        };
+        if !host.is_open(&directory) {
+            host.find_document(&directory, ts);
+            self.devices[dev].token = token;
+            self.route(dev);
+            return;
+        }
+        if self.devices[dev].view.is_none() {
+            self.refresh_directory(dev);
+        }
+        let registered: Vec<DocumentId> = self.devices[dev].known.values().cloned().collect();
+        let Some(host) = self.devices[dev].host.as_mut() else {
+            return;
+        };
+        for id in registered {
+            if !host.is_open(&id) {
+                host.find_document(&id, ts);
+            }
+        }
+        // A dropped-in kiosk enrolls itself from its token once it holds the directory.
+        if let Some(token) = token.take() {
+            let enrolled = host.change(&directory, ts, |am| {
+                let token = JoinToken::from_line(&token).map_err(|e| e.to_string())?;
+                let cert = token.enroll(me, &name, at).map_err(|e| e.to_string())?;
+                Doc::<Directory, &mut Automerge>::attach_as(am, actor)
+                    .map_err(|e| e.to_string())?
+                    .add_device(&cert)
+                    .map_err(|e| e.to_string())
+            });
+            if !matches!(enrolled, Ok(Ok(()))) {
+                self.violation(format!(
+                    "{name} could not enroll from its join token: {enrolled:?}"
+                ));
+            }
+        }
+        self.route(dev);
+    }
+
+    /// Fetches missing media of the manifest from a connected peer that has it.
+    pub(super) fn preseed(&mut self, dev: usize) {
+        let d = &self.devices[dev];
+        if d.host.is_none() || !d.present || d.blobs.len() + d.fetching.len() >= BLOBS {
+            return;
+        }
+        let wanted = self
+            .replica::<Manifest, _>(dev, &self.manifest, |d| d.record().ok())
+            .map_or(0, |r| r.entries.len());
+        for blob in 0..wanted.min(BLOBS) {
+            let d = &self.devices[dev];
+            if d.blobs.contains(&blob) || d.fetching.contains(&blob) {
+                continue;
+            }
+            let providers: Vec<(usize, usize)> = self
+                .net
+                .of_device(dev)
+                .filter(|l| self.net.links[*l].conns.is_some())
+                .map(|l| {
+                    (
+                        l,
+                        if self.net.links[l].a == dev {
+                            self.net.links[l].b
+                        } else {
+                            self.net.links[l].a
+                        },
+                    )
+                })
+                .filter(|(_, peer)| self.devices[*peer].blobs.contains(&blob))
+                .collect();
+            if providers.is_empty() {
+                continue;
+            }
+            let (link, provider) = providers[self.workload.random_range(0..providers.len())];
+            let time =
+                self.blob_sizes[blob] / BLOB_BYTES_PER_MS + self.net.links[link].latency.base_ms;
+            let calm = self.devices[provider]
+                .vanished_at
+                .is_none_or(|t| self.now >= t + 60_000);
+            if self.opts.faults
+                && self.faults_ended_at.is_none()
+                && calm
+                && self.faults.random_bool(0.1)
+            {
+                self.devices[provider].vanished_at = Some(self.now);
+                // The provider vanishes mid-transfer; the fetch fails and the next probe picks another provider.
+                self.at(time / 2, Event::Vanish { dev: provider });
+            }
+            let epoch = self.net.links[link].epoch;
+            self.devices[dev].fetching.insert(blob);
+            self.at(
+                time,
+                Event::BlobDone {
+                    dev,
+                    blob,
+                    link,
+                    epoch,
+                },
+            );
+        }
+    }
+
+    pub(super) fn heads_of(&self, dev: usize) -> Option<BTreeMap<DocumentId, Vec<ChangeHash>>> {
+        let host = self.devices[dev].host.as_ref()?;
+        self.names
+            .keys()
+            .map(|id| {
+                host.read(id, |am| am.get_heads())
+                    .ok()
+                    .map(|h| (id.clone(), h))
+            })
+            .collect()
+    }
+
+    /// Every present device holds every document, with the same heads, and every media blob of the manifest.
+    pub(super) fn converged(&self) -> bool {
+        let mut first: Option<BTreeMap<DocumentId, Vec<ChangeHash>>> = None;
+        for dev in 0..self.devices.len() {
+            if !self.devices[dev].present {
+                continue;
+            }
+            if self.devices[dev].blobs.len() < BLOBS {
+                return false;
+            }
+            let Some(heads) = self.heads_of(dev) else {
+                return false;
+            };
+            match &first {
+                None => first = Some(heads),
+                Some(f) if *f != heads => return false,
+                Some(_) => {}
+            }
+        }
+        first.is_some()
+    }
+
+    pub(super) fn has_parity(&self, dev: usize) -> bool {
+        let d = &self.devices[dev];
+        if d.host.is_none() || d.blobs.len() < BLOBS {
+            return false;
+        }
+        let Some(mine) = self.heads_of(dev) else {
+            return false;
+        };
+        // Caught up with every connected peer.
+        self.net
+            .of_device(dev)
+            .filter(|l| self.net.links[*l].conns.is_some())
+            .all(|l| {
+                let peer = if self.net.links[l].a == dev {
+                    self.net.links[l].b
+                } else {
+                    self.net.links[l].a
+                };
+                self.heads_of(peer).is_none_or(|theirs| theirs == mine)
+            })
+    }
+
+    /// The end of the run: liveness, then the checks that need a converged site.
+    pub(super) fn finish(mut self) -> RunReport {
+        self.report.simulated_ms = self.now;
+        self.report.documents = self.names.len();
+        self.report.messages = self.net.links.iter().map(|l| l.messages).sum();
+        self.report.bytes = self.net.links.iter().map(|l| l.bytes).sum();
+        self.report.convergence_after_heal = Quantiles::of(&self.report.heal_samples_ms);
+        self.report.mttr = Quantiles::of(&self.report.mttr_samples_ms);
+        if self.converged_at.is_none() {
+            let bound = self.opts.liveness_bound_ms;
+            let missing = self.describe_divergence();
+            self.violation(format!(
+                "no convergence within {bound} ms after faults stopped: {missing}"
+            ));
+        } else {
+            self.final_checks();
+        }
+        self.report.trace_hash = self.trace.finalize().to_hex().to_string();
+        self.report
+    }
+
+    pub(super) fn describe_divergence(&self) -> String {
+        let mut out = Vec::new();
+        for dev in 0..self.devices.len() {
+            let d = &self.devices[dev];
+            if d.present && d.blobs.len() < BLOBS {
+                out.push(format!(
+                    "{} holds {} of {BLOBS} media blobs",
+                    d.name,
+                    d.blobs.len()
+                ));
+            }
+            if self.heads_of(dev).is_none() {
+                let open = d
+                    .host
+                    .as_ref()
+                    .map_or(0, |h| self.names.keys().filter(|id| h.is_open(id)).count());
+                out.push(format!(
+                    "{} holds {open} of {} documents",
+                    d.name,
+                    self.names.len()
+                ));
+            }
+        }
+        if out.is_empty() {
+            "every device holds every document but their heads differ".into()
+        } else {
+            out.join("; ")
+        }
+    }
+
+    pub(super) fn final_checks(&mut self) {
+        let origin = self.devices.len() - 1;
+        // The origin holds every receipt any device acknowledged, and every one verifies.
+        let all_acked: BTreeSet<String> = self
+            .devices
+            .iter()
+            .flat_map(|d| d.acked_receipts.iter().cloned())
+            .collect();
+        let ledgers: Vec<DocumentId> = self
+            .names
+            .iter()
+            .filter(|(_, n)| matches!(n, DocName::Ledger { .. }))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut at_origin = BTreeSet::new();
+        for id in &ledgers {
+            self.check_ledger(origin, id, true);
+            at_origin.extend(self.receipt_tokens(origin, id));
+        }
+        let missing = all_acked.difference(&at_origin).count();
+        if missing > 0 {
+            self.violation(format!(
+                "the origin is missing {missing} acknowledged receipts"
+            ));
+        }
+        // No seat lost or oversold: each slot holds exactly what was acknowledged, within capacity.
+        for slot in self.slots.clone() {
+            let Some(view) = self.replica::<Slot, _>(origin, &slot, |d| d.view().ok()) else {
+                continue;
+            };
+            let acked: u64 = self
+                .devices
+                .iter()
+                .map(|d| d.acked_seats.get(&slot.to_string()).copied().unwrap_or(0))
+                .sum();
+            if view.total_sold() != acked {
+                self.violation(format!(
+                    "slot holds {} sold seats but {acked} were acknowledged",
+                    view.total_sold()
+                ));
+            }
+            if let Err(broken) = view.check_invariant() {
+                self.violation(format!("after convergence: {broken}"));
+            }
+        }
+        // Counters: every converged read lies between what was confirmed and what was attempted.
+        let confirmed: i64 = self.devices.iter().map(|d| d.confirmed).sum();
+        let attempted: i64 = self.devices.iter().map(|d| d.attempted).sum();
+        let read: i64 = self
+            .names
+            .iter()
+            .filter(|(_, n)| matches!(n, DocName::Telemetry { .. }))
+            .map(|(id, _)| self.visits(origin, id))
+            .sum();
+        if read < confirmed || read > attempted {
+            self.violation(format!(
+                "visits read {read}, outside [confirmed {confirmed}, attempted {attempted}]"
+            ));
+        }
+        // Equal materialized state on every device, not only equal heads.
+        let digests: BTreeSet<String> = (0..self.devices.len())
+            .filter_map(|dev| self.state_digest(dev))
+            .collect();
+        if digests.len() > 1 {
+            self.violation(format!(
+                "devices with equal heads materialize {} different states",
+                digests.len()
+            ));
+        }
+    }
+
+    pub(super) fn state_digest(&self, dev: usize) -> Option<String> {
+        let host = self.devices[dev].host.as_ref()?;
+        let mut hasher = blake3::Hasher::new();
+        for (id, name) in &self.names {
+            let text = host
+                .read(id, |am| match name {
+                    DocName::Slot { .. } => Doc::<Slot, &Automerge>::attach(am)
+                        .ok()
+                        .and_then(|d| d.view().ok())
+                        .map(|v| format!("{:?}", v.record)),
+                    DocName::Ledger { .. } => Doc::<Ledger, &Automerge>::attach(am)
+                        .ok()
+                        .and_then(|d| d.record().ok())
+                        .map(|r| format!("{r:?}")),
+                    DocName::Directory => Doc::<Directory, &Automerge>::attach(am)
+                        .ok()
+                        .and_then(|d| d.record().ok())
+                        .map(|r| format!("{r:?}")),
+                    _ => Some(String::new()),
+                })
+                .ok()
+                .flatten()?;
+            hasher.update(text.as_bytes());
+        }
+        Some(hasher.finalize().to_hex().to_string())
+    }
+}

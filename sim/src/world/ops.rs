@@ -1,0 +1,269 @@
+//! Domain operations, each through the real crdt code on the document the device's sync engine holds.
+
+use super::*;
+
+impl World {
+    pub(super) fn doc_id(&self, dev: usize, name: &DocName) -> Option<DocumentId> {
+        self.devices[dev].known.get(&name.to_string()).cloned()
+    }
+
+    /// Reads device `dev`'s replica of `id` as an `S` document. `None` when the device is down, does not hold the
+    /// document, or `f` finds nothing.
+    pub(super) fn replica<S: Schema, T>(
+        &self,
+        dev: usize,
+        id: &DocumentId,
+        f: impl FnOnce(&Doc<S, &Automerge>) -> Option<T>,
+    ) -> Option<T> {
+        let host = self.devices[dev].host.as_ref()?;
+        host.read(id, |am| {
+            Doc::<S, &Automerge>::attach(am).ok().and_then(|d| f(&d))
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// The receipt tokens in device `dev`'s replica of ledger `id`.
+    pub(super) fn receipt_tokens(&self, dev: usize, id: &DocumentId) -> BTreeSet<String> {
+        self.replica::<Ledger, _>(dev, id, |d| d.view().ok())
+            .map(|v| v.receipts.iter().map(|r| r.token.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The `visits` counter in device `dev`'s replica of telemetry document `id`.
+    pub(super) fn visits(&self, dev: usize, id: &DocumentId) -> i64 {
+        self.replica::<Telemetry, _>(dev, id, |d| d.counters().ok())
+            .and_then(|c| c.get("visits").copied())
+            .unwrap_or(0)
+    }
+
+    /// Re-reads this device's directory replica: the documents it registers and the verified view of its
+    /// certificates. Runs when the replica changes, as a node would on a change notification.
+    pub(super) fn refresh_directory(&mut self, dev: usize) {
+        if self.devices[dev].host.is_none() {
+            return;
+        }
+        let view = self.replica::<Directory, _>(dev, &self.directory, |d| d.view().ok());
+        let d = &mut self.devices[dev];
+        d.known = view
+            .as_ref()
+            .map(|v| {
+                v.documents
+                    .iter()
+                    .filter_map(|(k, id)| id.parse().ok().map(|id| (k.clone(), id)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        d.view = view;
+    }
+
+    pub(super) fn sell(&mut self, dev: usize) {
+        let Some(slot_index) =
+            (!self.slots.is_empty()).then(|| self.workload.random_range(0..self.slots.len()))
+        else {
+            return;
+        };
+        let slot = self.slots[slot_index].clone();
+        let oversell = self.opts.broken == Some(Broken::Oversells) && dev == 1;
+        // The broken device sells in blocks, so it runs out of quota (and past it) early in the show.
+        let seats = if oversell {
+            8
+        } else {
+            self.workload.random_range(1..=3)
+        };
+        let d = &mut self.devices[dev];
+        d.next_op += 1;
+        let booking = format!("{}-b{}-e{}", dev, d.next_op, d.epoch);
+        let me = d.key.public();
+        let at = UnixMillis(self.local_ms(dev));
+        let ts = self.ts(dev);
+        let actor = self.actor(dev);
+        let Some(host) = self.devices[dev].host.as_mut() else {
+            return;
+        };
+        let outcome = host.change(&slot, ts, |am| {
+            let mut doc =
+                Doc::<Slot, &mut Automerge>::attach_as(am, actor).map_err(EscrowError::from)?;
+            match doc.sell(me, &booking, seats, at) {
+                Err(EscrowError::QuotaSpent { .. }) if oversell => {
+                    // The broken device writes the sale anyway.
+                    crate::broken::write_sale_without_quota(
+                        doc.automerge_mut(),
+                        me,
+                        &booking,
+                        seats,
+                        at,
+                    )
+                    .map(|()| SaleOutcome::Recorded)
+                    .map_err(EscrowError::from)
+                }
+                other => other,
+            }
+        });
+        match outcome {
+            Ok(Ok(SaleOutcome::Recorded)) => {
+                *self.devices[dev]
+                    .acked_seats
+                    .entry(slot.to_string())
+                    .or_default() += seats;
+                self.report.seats_sold += seats;
+                self.check_writer(dev, &slot);
+            }
+            Ok(Ok(SaleOutcome::AlreadyRecorded)) => {}
+            Ok(Err(EscrowError::QuotaSpent { .. })) => self.report.sales_refused += 1,
+            Ok(Err(other)) => self.violation(format!(
+                "{} could not sell: {other}",
+                self.devices[dev].name
+            )),
+            Err(_) => {} // the slot has not reached this device yet
+        }
+        self.route(dev);
+    }
+
+    pub(super) fn pay(&mut self, dev: usize) {
+        let name = DocName::Ledger {
+            show: SHOW.into(),
+            device: self.devices[dev].key.public(),
+            page: 0,
+        };
+        let site = self.authority.site();
+        let me = self.devices[dev].key.public();
+        let Some(ledger) = self.own_document(dev, name, |actor| {
+            Doc::<Ledger>::create_ledger(actor, site, SHOW, me)
+                .expect("ledger")
+                .into_automerge()
+        }) else {
+            return;
+        };
+        let retry = self.workload.random_bool(0.1) && self.devices[dev].last_payment.is_some();
+        let request = if retry {
+            self.report.payment_retries += 1;
+            self.devices[dev].last_payment.clone().expect("checked")
+        } else {
+            let d = &mut self.devices[dev];
+            d.next_op += 1;
+            PaymentRequest {
+                idempotency_key: format!("{}-o{}-e{}", dev, d.next_op, d.epoch),
+                amount_minor: self.workload.random_range(500..9_000),
+                currency: "EUR".into(),
+                attendee: None,
+            }
+        };
+        let key = self.devices[dev].key.clone();
+        let limits = self.limits.clone();
+        let at = UnixMillis(self.local_ms(dev));
+        let ts = self.ts(dev);
+        let actor = self.actor(dev);
+        let Some(host) = self.devices[dev].host.as_mut() else {
+            return;
+        };
+        // A replayed payment must leave the ledger exactly as it was.
+        let heads = |host: &Host| host.read(&ledger, |am| am.get_heads()).ok();
+        let before = heads(host);
+        let outcome = host.change(&ledger, ts, |am| {
+            let mut doc =
+                Doc::<Ledger, &mut Automerge>::attach_as(am, actor).map_err(PaymentError::from)?;
+            doc.take_payment(&key, &limits, &request, 0, at)
+        });
+        let after = heads(host);
+        match outcome {
+            Ok(Ok(taken)) => {
+                if taken.replayed && before != after {
+                    self.violation(format!(
+                        "{} charged a retried payment twice",
+                        self.devices[dev].name
+                    ));
+                }
+                if !taken.replayed {
+                    self.report.receipts += 1;
+                }
+                let d = &mut self.devices[dev];
+                d.acked_receipts.insert(taken.receipt.token.to_string());
+                d.last_payment = Some(request);
+            }
+            Ok(Err(PaymentError::OverLimit(_))) => self.report.payments_refused += 1,
+            Ok(Err(other)) => self.violation(format!(
+                "{} could not take a payment: {other}",
+                self.devices[dev].name
+            )),
+            Err(_) => {}
+        }
+        self.route(dev);
+    }
+
+    pub(super) fn flush(&mut self, dev: usize) {
+        let at = UnixMillis(self.now);
+        let Some(increments) = self.devices[dev].counter.poll_flush(at) else {
+            return;
+        };
+        let name = DocName::Telemetry {
+            device: self.devices[dev].key.public(),
+        };
+        let me = self.devices[dev].key.public();
+        let Some(id) = self.own_document(dev, name, |actor| {
+            Doc::<Telemetry>::create_telemetry(actor, me)
+                .expect("telemetry")
+                .into_automerge()
+        }) else {
+            return;
+        };
+        let ts = self.ts(dev);
+        let actor = self.actor(dev);
+        let Some(host) = self.devices[dev].host.as_mut() else {
+            return;
+        };
+        let sum: i64 = increments.values().sum();
+        let flushed = host.change(&id, ts, |am| {
+            Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)
+                .and_then(|mut d| d.flush(&increments))
+        });
+        if matches!(flushed, Ok(Ok(()))) {
+            self.devices[dev].confirmed += sum;
+        }
+        self.route(dev);
+    }
+
+    pub(super) fn rebalance(&mut self, dev: usize) {
+        let me = self.devices[dev].key.public();
+        let connected: Vec<String> = self
+            .net
+            .of_device(dev)
+            .filter(|l| self.net.links[*l].conns.is_some())
+            .map(|l| {
+                if self.net.links[l].a == dev {
+                    self.net.links[l].b
+                } else {
+                    self.net.links[l].a
+                }
+            })
+            .filter(|peer| self.devices[*peer].sells)
+            .map(|peer| self.devices[peer].key.public().to_hex())
+            .collect();
+        for slot in self.slots.clone() {
+            let ts = self.ts(dev);
+            let actor = self.actor(dev);
+            let at = UnixMillis(self.local_ms(dev));
+            let d = &mut self.devices[dev];
+            d.next_op += 1;
+            let transfer = format!("{}-t{}-e{}", dev, d.next_op, d.epoch);
+            let Some(host) = d.host.as_mut() else { return };
+            let moved = host.change(&slot, ts, |am| {
+                let mut doc = Doc::<Slot, &mut Automerge>::attach_as(am, actor)?;
+                let view = doc.view()?;
+                match plan_rebalance(&view, &me.to_hex(), &connected, LOW_WATER) {
+                    Some((to, seats)) => {
+                        let to = popmesh_crdt::DeviceId::from_hex(&to)
+                            .map_err(|_| EscrowError::BadId(to.clone()))?;
+                        doc.transfer(me, to, &transfer, seats, at).map(|()| true)
+                    }
+                    None => Ok(false),
+                }
+            });
+            if matches!(moved, Ok(Ok(true))) {
+                self.report.quota_transfers += 1;
+                self.check_writer(dev, &slot);
+            }
+        }
+        self.route(dev);
+    }
+}
