@@ -487,6 +487,10 @@ impl JoinToken {
 
     /// Signs a certificate for `device` with the invite key. Fails if the invite has expired by `now`.
     ///
+    /// The certificate is valid from [`CERT_BACKDATE_MS`] before `now`: the joining device's clock may run ahead
+    /// of its peers' (the simulator found a kiosk five minutes fast refused by every peer until their clocks
+    /// caught up).
+    ///
     /// The use limit cannot be checked here (the issuer may be offline): the site directory enforces it when the
     /// certificate arrives.
     pub fn enroll(
@@ -506,7 +510,7 @@ impl JoinToken {
             device,
             role: self.invite.role,
             name: name.to_owned(),
-            not_before: now,
+            not_before: UnixMillis(now.0.saturating_sub(CERT_BACKDATE_MS)),
             not_after: self.invite.cert_valid_until,
             issuer: Issuer::Invite(Box::new(self.invite.clone())),
             signature: [0; 64],
@@ -515,6 +519,11 @@ impl JoinToken {
         Ok(cert)
     }
 }
+
+/// How long before its issue a certificate from a join token is valid: more than the clock skew between two
+/// devices a site tolerates (each up to `access::CLOCK_SKEW_MS` off), as certificate authorities backdate
+/// `notBefore` for the same reason.
+pub const CERT_BACKDATE_MS: u64 = 60 * 60_000;
 
 /// Why a line of text is not a usable join token.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -596,6 +605,30 @@ mod tests {
             .expect("enrolls");
         assert_eq!(cert.role, Role::Pos);
         assert_eq!(cert.verify_chain(&site.public(), site.site()), Ok(()));
+    }
+
+    #[test]
+    fn a_kiosk_whose_clock_runs_ten_minutes_fast_is_trusted_by_a_peer_whose_clock_is_right() {
+        let site = site();
+        let (invite, secret) = site.invite([3; 32], terms(Role::Kiosk));
+        let token = JoinToken {
+            site_name: "Harbour Market".into(),
+            authority: site.public(),
+            invite,
+            invite_secret: secret.seed(),
+            network_key: [9; 32],
+            bootstrap: vec![],
+        };
+        let right = UnixMillis(2 * 3_600_000);
+        let fast = UnixMillis(right.0 + 10 * 60_000);
+        let cert = token
+            .enroll(SecretKey::from_seed([4; 32]).public(), "kiosk-9", fast)
+            .expect("enrolls");
+        assert_eq!(
+            cert.check_valid_at(right),
+            Ok(()),
+            "valid on a peer whose clock is right"
+        );
     }
 
     #[test]

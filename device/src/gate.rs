@@ -38,7 +38,13 @@ pub enum AdmitError {
 }
 
 /// Whether `device` (authenticated by the transport) may sync with this device of the site of `authority`, given
-/// its claim, the time and this device's directory replica (none yet on a device that has just enrolled).
+/// its claim, the time and this device's directory replica.
+///
+/// `view` is `None` only on a device that holds no directory yet (it has just enrolled from a join token): then the
+/// chain alone decides, and the shell re-checks every link once the directory arrives. A device whose disk holds
+/// the directory must read it before it links with anyone (both shells do), or a restart would admit a revoked
+/// device until the directory was read; the simulator found that (a stolen kiosk got the directory from a POS
+/// that had just restarted).
 pub fn admit(
     authority: &DeviceId,
     device: &DeviceId,

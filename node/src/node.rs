@@ -151,6 +151,25 @@ fn share_policy(
 pub use popmesh_device::gate::is_device_peer;
 
 impl SiteGate {
+    /// Reads the directory from this device's store, if it is there (no peer is linked yet: a directory that is
+    /// not on disk is not found, and the gate starts without a view).
+    async fn preload(&self, repo: &samod::Repo, id: &DocumentId) {
+        let found = tokio::time::timeout(Duration::from_secs(5), repo.find(id.clone())).await;
+        let Ok(Ok(Some(handle))) = found else {
+            return;
+        };
+        let view = handle
+            .with_document_async(|am| {
+                Doc::<Directory, &mut Automerge>::attach(am)
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| d.view().map_err(|e| e.to_string()))
+            })
+            .await;
+        if let Ok(Ok(view)) = view {
+            *write(&self.view) = Some(view);
+        }
+    }
+
     /// Bytes waiting on the links to the origin.
     fn uplink_backlog(&self) -> u64 {
         let mut links = lock(&self.uplinks);
@@ -442,7 +461,7 @@ impl Node {
             site_hex: dir.site_id().to_hex(),
             authority: dir.authority,
             cert: dir.cert.to_bytes(),
-            directory: RwLock::new(directory_id),
+            directory: RwLock::new(directory_id.clone()),
             view: RwLock::new(None),
             learned: tokio::sync::Notify::new(),
             blob_port: media.port(),
@@ -451,6 +470,12 @@ impl Node {
             uplink_limit: options.uplink_limit,
             uplinks: Mutex::new(Vec::new()),
         });
+        // A device whose data file holds the directory reads it before the mesh starts, so its gate never admits
+        // a peer on the certificate chain alone after a restart (a revoked device would get in until the
+        // librarian caught up; the simulator found this). Only a device with no directory yet decides on the chain.
+        if let Some(id) = &directory_id {
+            gate.preload(&repo, id).await;
+        }
         let metrics = NodeMetrics::register(&mut registry);
         let warehouse = crate::warehouse::Sink::for_node(
             &dir,
@@ -2245,6 +2270,9 @@ async fn librarian(node: Arc<Node>) {
     *write(&node.directory) = Some(handle.clone());
     node.track(directory_id.clone(), DocName::Directory, handle.clone());
     node.refresh_view().await;
+    // Peers admitted on the certificate chain alone (this device had no directory) are re-checked at once: one
+    // may be revoked, and samod would otherwise sync with it until the directory's next change.
+    node.mesh.reverify().await;
     // 3. Make sure this device's certificate is in it (a device that joined from a token adds its own).
     let me = node.me();
     let listed = read(&node.gate.view)

@@ -10,6 +10,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use automerge::Automerge;
+use popmesh_device::Durability;
+use popmesh_device::durability::{Plan, Save, Snapshot};
 use rand::rngs::StdRng;
 use samod_core::actors::DocumentActor;
 use samod_core::actors::document::io::{DocumentIoResult, DocumentIoTask};
@@ -23,36 +25,173 @@ use samod_core::{
     LoaderState, PeerId, ShareConfig, StorageKey, UnixTimestamp,
 };
 
-/// A device's durable storage: what samod-core asked to store and was told is stored. It survives a crash.
+/// A device's storage, as the node's store keeps it: two tiers and a disk that can fail.
+///
+/// - The **lazy tier**: what samod-core writes (its chunks, snapshots and deletes) lands here first and is flushed
+///   to disk every `FLUSH_EVERY` (2 s in the node); a crash loses what was not flushed.
+/// - The **acknowledged tier** ([`Storage::put_ack`]): written through with an fsync before the node answers; it
+///   survives a crash. Entries use samod's own key layout, so samod-core loads them on restart like any chunk.
+/// - **Faults** ([`DiskFault`]): a full disk or failing fsyncs. The device learns of one only when a write hits it
+///   (as redb reports an I/O error): from then on the store is *failed* and refuses every write, until the disk
+///   works again and the next flush tick reopens it ([`Storage::recover`]).
 #[derive(Debug, Clone, Default)]
 pub struct Storage {
-    entries: BTreeMap<String, (StorageKey, Vec<u8>)>,
+    durable: BTreeMap<String, (StorageKey, Vec<u8>)>,
+    /// Not flushed yet: `None` is a delete.
+    lazy: BTreeMap<String, (StorageKey, Option<Vec<u8>>)>,
+    /// The disk refuses writes now (the device may not know yet).
+    disk: Option<DiskFault>,
+    /// The device's store has seen a write fail and refuses writes until it recovers.
+    failed: Option<DiskFault>,
+    /// Acknowledged writes that reached the disk, and those refused.
+    pub acks: u64,
+    pub acks_refused: u64,
+}
+
+/// How a disk refuses writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DiskFault {
+    Full,
+    FsyncError,
+}
+
+impl DiskFault {
+    pub fn reason(self) -> &'static str {
+        match self {
+            DiskFault::Full => "no space left on device",
+            DiskFault::FsyncError => "fsync failed: input/output error",
+        }
+    }
 }
 
 impl Storage {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        match self.lazy.get(key) {
+            Some((_, v)) => v.clone(),
+            None => self.durable.get(key).map(|(_, v)| v.clone()),
+        }
+    }
+
     fn run(&mut self, task: StorageTask) -> StorageResult {
         match task {
             StorageTask::Load { key } => StorageResult::Load {
-                value: self.entries.get(&key.to_string()).map(|(_, v)| v.clone()),
+                value: self.get(&key.to_string()),
             },
-            StorageTask::LoadRange { prefix } => StorageResult::LoadRange {
-                values: self
-                    .entries
-                    .values()
-                    .filter(|(k, _)| prefix.is_prefix_of(k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            },
+            StorageTask::LoadRange { prefix } => {
+                let mut values: BTreeMap<String, (StorageKey, Vec<u8>)> = self
+                    .durable
+                    .iter()
+                    .filter(|(_, (k, _))| prefix.is_prefix_of(k))
+                    .map(|(s, (k, v))| (s.clone(), (k.clone(), v.clone())))
+                    .collect();
+                for (s, (k, v)) in &self.lazy {
+                    if prefix.is_prefix_of(k) {
+                        match v {
+                            Some(v) => values.insert(s.clone(), (k.clone(), v.clone())),
+                            None => values.remove(s),
+                        };
+                    }
+                }
+                StorageResult::LoadRange {
+                    values: values.into_values().collect(),
+                }
+            }
+            // samod's writes are lazy: they reach the disk at the next flush, or never if the device crashes first.
             StorageTask::Put { key, value } => {
-                self.entries.insert(key.to_string(), (key, value));
+                self.lazy.insert(key.to_string(), (key, Some(value)));
                 StorageResult::Put
             }
             StorageTask::Delete { key } => {
-                self.entries.remove(&key.to_string());
+                self.lazy.insert(key.to_string(), (key, None));
                 StorageResult::Delete
             }
         }
     }
+
+    /// The store's fault, once a write has met it.
+    pub fn failed(&self) -> Option<DiskFault> {
+        self.failed
+    }
+
+    /// The disk starts (or stops) refusing writes.
+    pub fn set_disk(&mut self, fault: Option<DiskFault>) {
+        self.disk = fault;
+    }
+
+    fn refuse(&mut self) -> Result<(), DiskFault> {
+        if let Some(f) = self.failed.or(self.disk) {
+            self.failed = Some(f);
+            return Err(f);
+        }
+        Ok(())
+    }
+
+    /// An acknowledged write: `bytes` of document `doc` under samod's key layout, durable when this returns `Ok`.
+    pub fn put_ack(&mut self, doc: &DocumentId, bytes: &[u8]) -> Result<(), DiskFault> {
+        if let Err(f) = self.refuse() {
+            self.acks_refused += 1;
+            return Err(f);
+        }
+        let name = format!("ack-{}", blake3::hash(bytes).to_hex());
+        let key = StorageKey::from_parts([doc.to_string().as_str(), "incremental", name.as_str()])
+            .expect("a document id and a hash are key parts");
+        self.durable.insert(key.to_string(), (key, bytes.to_vec()));
+        self.acks += 1;
+        Ok(())
+    }
+
+    /// The flush tick: the lazy tier reaches the disk in one transaction, unless the disk refuses it.
+    pub fn flush(&mut self) {
+        if self.lazy.is_empty() || self.refuse().is_err() {
+            return;
+        }
+        for (s, (k, v)) in std::mem::take(&mut self.lazy) {
+            match v {
+                Some(v) => self.durable.insert(s, (k, v)),
+                None => self.durable.remove(&s),
+            };
+        }
+    }
+
+    /// The flush tick on a failed store: reopens it once the disk takes writes again. Returns whether it did.
+    pub fn recover(&mut self) -> bool {
+        if self.failed.is_some() && self.disk.is_none() {
+            self.failed = None;
+            return true;
+        }
+        false
+    }
+
+    /// Document `doc` as a restart would load it from the disk alone (the lazy tier left out): what survives a
+    /// SIGKILL now. `None` if nothing of it is on disk.
+    pub fn on_disk(&self, doc: &DocumentId) -> Option<Automerge> {
+        let prefix = StorageKey::from_parts([doc.to_string().as_str()]).ok()?;
+        let mut am = Automerge::new();
+        let mut any = false;
+        for (key, bytes) in self.durable.values() {
+            if prefix.is_prefix_of(key) {
+                am.load_incremental(bytes).ok()?;
+                any = true;
+            }
+        }
+        any.then_some(am)
+    }
+
+    /// What survives a crash: the disk, not the lazy tier; a failed store is reopened at start.
+    pub fn crashed(mut self) -> Self {
+        self.lazy.clear();
+        self.failed = None;
+        self
+    }
+}
+
+/// A write made in memory and planned, not durable yet.
+#[derive(Debug, Clone)]
+pub struct PendingAck {
+    pub doc: DocumentId,
+    pub plan: Plan,
+    pub bytes: Vec<u8>,
+    pub after: Vec<automerge::ChangeHash>,
 }
 
 /// Why the host could not do what was asked.
@@ -164,9 +303,18 @@ impl Host {
         self.hub.peer_id()
     }
 
-    /// Ends this incarnation; only storage survives.
+    /// Ends this incarnation; only what reached the disk survives.
     pub fn crash(self) -> Storage {
-        self.storage
+        self.storage.crashed()
+    }
+
+    /// This device's storage (the shell's acknowledged writes, flushes and faults).
+    pub fn storage(&mut self) -> &mut Storage {
+        &mut self.storage
+    }
+
+    pub fn store_failed(&self) -> Option<DiskFault> {
+        self.storage.failed()
     }
 
     fn command(
@@ -283,6 +431,80 @@ impl Host {
         self.handle_actor_result(actor_id, result.actor_result, now);
         self.pump(now);
         Ok(value)
+    }
+
+    /// [`Host::change`], with what must be made durable for it planned by the device core
+    /// (`popmesh_device::durability`, as the node's `change_then` plans it): the write is not done yet; the shell
+    /// completes it with [`Host::complete_ack`], at once or after a simulated fsync.
+    pub fn change_planned<R>(
+        &mut self,
+        id: &DocumentId,
+        now: UnixTimestamp,
+        known: Snapshot,
+        replay: impl FnOnce(&R) -> bool,
+        f: impl FnOnce(&mut Automerge) -> R,
+    ) -> Result<(R, PendingAck), HostError> {
+        let doc = id.clone();
+        self.change(id, now, move |am| {
+            let before = am.get_heads();
+            let out = f(am);
+            let plan = known.plan(&before, replay(&out));
+            let bytes = match &plan.save {
+                Save::Whole => am.save(),
+                Save::After(heads) => am.save_after(heads),
+            };
+            let after = am.get_heads();
+            (
+                out,
+                PendingAck {
+                    doc,
+                    plan,
+                    bytes,
+                    after,
+                },
+            )
+        })
+    }
+
+    /// Makes a planned write durable (the acknowledged tier) and tells `durability` how it went.
+    pub fn complete_ack(
+        &mut self,
+        durability: &mut Durability<DocumentId>,
+        write: PendingAck,
+    ) -> Result<(), DiskFault> {
+        let done = if write.bytes.is_empty() {
+            Ok(())
+        } else {
+            self.storage.put_ack(&write.doc, &write.bytes)
+        };
+        durability.handle_saved(&write.doc, &write.plan, write.after, done.is_ok());
+        done
+    }
+
+    /// A change acknowledged as the node's `Node::change` does: made, then made durable before it returns.
+    /// `Ok((value, Err(fault)))`: the change is in memory (and may sync) but was not acknowledged.
+    pub fn change_acked<R>(
+        &mut self,
+        durability: &mut Durability<DocumentId>,
+        id: &DocumentId,
+        now: UnixTimestamp,
+        f: impl FnOnce(&mut Automerge) -> R,
+    ) -> Result<(R, Result<(), DiskFault>), HostError> {
+        let known = durability.snapshot(id);
+        let (out, write) = self.change_planned(id, now, known, |_| false, f)?;
+        Ok((out, self.complete_ack(durability, write)))
+    }
+
+    /// Creates a document and acknowledges it whole, as the node's `own_document` does.
+    pub fn create_acked(
+        &mut self,
+        content: Automerge,
+        now: UnixTimestamp,
+    ) -> Result<(DocumentId, Result<(), DiskFault>), HostError> {
+        let bytes = content.save();
+        let id = self.create_document(content, now)?;
+        let done = self.storage.put_ack(&id, &bytes);
+        Ok((id, done))
     }
 
     /// Messages for the network, in the order they were produced.

@@ -61,10 +61,22 @@ pub struct RunReport {
     pub documents: usize,
     pub seats_sold: u64,
     pub sales_refused: u64,
+    /// Bookings refused because the store had failed, or whose write the disk refused.
+    pub sales_refused_disk: u64,
     pub quota_transfers: u64,
     pub receipts: u64,
     pub payments_refused: u64,
     pub payment_retries: u64,
+    /// Payments the desk refused while this device's pages were loading after a start.
+    pub payments_loading: u64,
+    /// Refused at once on a failed store, and answered "not durable" when the fsync failed.
+    pub payments_refused_disk: u64,
+    pub payments_not_durable: u64,
+    /// Disks that began refusing writes, and stores that reopened once they worked again.
+    pub disk_faults: u64,
+    pub store_recoveries: u64,
+    /// Link openings a gate refused (the stolen device, mostly).
+    pub links_refused: u64,
     pub crashes: u64,
     pub partitions: u64,
     pub connection_resets: u64,

@@ -15,8 +15,8 @@ use automerge::{Automerge, ChangeHash};
 use popmesh_crdt::directory::{Directory, DirectoryView, ShowRecord, SlotRecord};
 use popmesh_crdt::doc::Schema;
 use popmesh_crdt::docs::DocName;
-use popmesh_crdt::enrollment::{InviteTerms, JoinToken, SiteAuthority};
-use popmesh_crdt::escrow::{EscrowError, SaleOutcome, Slot, plan_rebalance};
+use popmesh_crdt::enrollment::{InviteTerms, JoinToken, RevocationTarget, SiteAuthority};
+use popmesh_crdt::escrow::{EscrowError, SaleOutcome, Slot};
 use popmesh_crdt::ledger::{Ledger, PaymentError};
 use popmesh_crdt::manifest::{Manifest, MediaEntry};
 use popmesh_crdt::receipt::{PaymentRequest, ReceiptError};
@@ -27,11 +27,15 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use samod_core::{DocumentId, UnixTimestamp};
 
-use crate::host::{Host, Side, Storage};
+use crate::host::{DiskFault, Host, PendingAck, Side, Storage};
 use crate::net::{Dir, Latency, Network};
 use crate::report::{Quantiles, RunReport};
+use popmesh_crdt::enrollment::EnrollmentCert;
+use popmesh_device::desk::BatchId;
+use popmesh_device::{Desk, Durability, Mutation, Mutations, gate};
 
 mod checks;
+mod desk;
 mod faults;
 mod links;
 mod ops;
@@ -59,6 +63,15 @@ const BLOB_BYTES_PER_MS: u64 = 20_000;
 /// How long a one-way-broken connection takes to be noticed and reset.
 const DEAD_CONNECTION_MS: u64 = 5_000;
 
+/// How often each device's store flushes its lazy tier (the node's `FLUSH_EVERY`).
+const STORE_FLUSH_MS: u64 = 2_000;
+/// How long an acknowledged write's fsync takes.
+const FSYNC_MS: u64 = 4;
+/// Receipts per ledger page (the node's `receipts_per_page`, small here so pages fill during a show).
+const RECEIPTS_PER_PAGE: usize = 8;
+/// How long a device waits before it dials a peer its gate refused again.
+const REFUSED_RETRY_MS: u64 = 30_000;
+
 /// A deliberately broken device, to prove the checkers bite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Broken {
@@ -66,6 +79,25 @@ pub enum Broken {
     DropsIncoming,
     /// Device 1 sells whatever is asked, ignoring its quota.
     Oversells,
+    /// The device core's desk answers payments before their write is durable (every device).
+    AnswersBeforeDurable,
+    /// The device core's rebalancer gives quota it does not hold (every device).
+    GivesUnheldQuota,
+    /// The device core's gate admits revoked devices (every device).
+    AdmitsRevoked,
+}
+
+impl Broken {
+    /// The device-core mutation this breakage is, if it is one.
+    fn mutations(self) -> Mutations {
+        let m = match self {
+            Broken::AnswersBeforeDurable => Mutation::AnswerBeforeDurable,
+            Broken::GivesUnheldQuota => Mutation::GiveUnheldQuota,
+            Broken::AdmitsRevoked => Mutation::AdmitRevoked,
+            Broken::DropsIncoming | Broken::Oversells => return Mutations::none(),
+        };
+        Mutations::none().with(m)
+    }
 }
 
 /// How to run one simulation.
@@ -156,6 +188,25 @@ enum Event {
     Leave {
         dev: usize,
     },
+    /// The simulated fsync of acknowledged write `write` of a device's incarnation `epoch` is done.
+    Durable {
+        dev: usize,
+        epoch: u32,
+        write: u64,
+    },
+    StoreFlush {
+        dev: usize,
+    },
+    /// A device's disk starts refusing writes.
+    DiskFault {
+        dev: usize,
+        kind: DiskFault,
+    },
+    /// It works again; with `reboot`, someone power-cycles the device first.
+    DiskHeal {
+        dev: usize,
+        reboot: bool,
+    },
     PartitionStart,
     PartitionEnd,
     Probe,
@@ -192,6 +243,22 @@ struct Device {
     view: Option<DirectoryView>,
     /// Receipts this device has already verified.
     verified: BTreeSet<String>,
+    /// Its enrollment certificate (a dropped-in kiosk makes its own from the join token when it arrives), and
+    /// whether it still has to write it into the directory.
+    cert: Option<EnrollmentCert>,
+    enroll_pending: bool,
+    /// Reported stolen: the directory revokes it from the start, so no honest device may link with it.
+    stolen: bool,
+    /// The device core: the payment desk and what is known to be durable (both lost on a crash).
+    desk: Desk,
+    durability: Durability<DocumentId>,
+    /// Payment requests at the desk, by ticket; acknowledged writes waiting for their fsync.
+    tickets: BTreeMap<u64, PaymentRequest>,
+    writes: BTreeMap<u64, (BatchId, PendingAck)>,
+    next_ticket: u64,
+    pages: Option<desk::Pages>,
+    /// Seats written but not acknowledged (the write failed): they may still have synced from memory.
+    unacked_seats: BTreeMap<String, u64>,
 }
 
 /// A simulation in progress.
@@ -224,6 +291,8 @@ pub struct World {
     /// Slot replicas changed since the last backstop sweep.
     dirty_slots: BTreeSet<(usize, DocumentId)>,
     faults_ended_at: Option<u64>,
+    /// The device-core mutations in force (none but in the mutation tests).
+    mutations: Mutations,
     converged_at: Option<u64>,
 }
 
@@ -252,6 +321,7 @@ impl World {
         );
         let n = opts.devices;
         let seed = opts.seed;
+        let mutations = opts.broken.map_or(Mutations::none(), Broken::mutations);
         let mut faults = seeded(seed, "faults");
         let authority =
             SiteAuthority::new(SecretKey::from_seed(seeded(seed, "authority").random()));
@@ -297,6 +367,16 @@ impl World {
                     known: BTreeMap::new(),
                     view: None,
                     verified: BTreeSet::new(),
+                    cert: None,
+                    enroll_pending: false,
+                    stolen: false,
+                    desk: Desk::new(mutations),
+                    durability: Durability::default(),
+                    tickets: BTreeMap::new(),
+                    writes: BTreeMap::new(),
+                    next_ticket: 0,
+                    pages: None,
+                    unacked_seats: BTreeMap::new(),
                 }
             })
             .collect();
@@ -363,6 +443,7 @@ impl World {
             },
             heal_pending: None,
             dirty_slots: BTreeSet::new(),
+            mutations,
             faults_ended_at: None,
             converged_at: None,
             opts,
@@ -546,6 +627,13 @@ impl World {
                     self.reset(link);
                 }
             }
+            Event::Durable { dev, epoch, write } => self.durable(dev, epoch, write),
+            Event::StoreFlush { dev } => {
+                self.store_flush(dev);
+                self.reschedule(dev, STORE_FLUSH_MS, Event::StoreFlush { dev });
+            }
+            Event::DiskFault { dev, kind } => self.disk_fault(dev, kind),
+            Event::DiskHeal { dev, reboot } => self.disk_heal(dev, reboot),
             Event::PartitionStart => self.start_partition(),
             Event::PartitionEnd => {
                 self.blocked.clear();

@@ -42,3 +42,39 @@ fn a_device_that_sells_beyond_its_quota_is_reported_as_overselling() {
         report.violations
     );
 }
+
+/// Mutations of the device core itself (`popmesh_device::Mutation`): every simulated device runs the broken
+/// decision, and the simulator must catch it within the seeds of the CI sweep (`sweep.rs`, same options).
+/// Returns the first seed that caught it, and what was said.
+fn caught_within_the_ci_sweep(broken: Broken, says: &str) -> (u64, String) {
+    for seed in 0..200 {
+        let report = run(with(broken, seed));
+        if let Some(v) = report.violations.iter().find(|v| v.contains(says)) {
+            return (seed, v.clone());
+        }
+    }
+    panic!("{broken:?} went unnoticed in all 200 seeds of the CI sweep");
+}
+
+#[test]
+fn a_desk_that_answers_before_the_write_is_durable_is_caught() {
+    let (seed, said) =
+        caught_within_the_ci_sweep(Broken::AnswersBeforeDurable, "before it was on its disk");
+    eprintln!("caught at seed {seed}: {said}");
+}
+
+#[test]
+fn a_rebalancer_that_gives_quota_it_does_not_hold_is_caught() {
+    let (seed, said) = caught_within_the_ci_sweep(
+        Broken::GivesUnheldQuota,
+        "planned a transfer the escrow refuses",
+    );
+    eprintln!("caught at seed {seed}: {said}");
+}
+
+#[test]
+fn a_gate_that_admits_a_revoked_device_is_caught() {
+    let (seed, said) =
+        caught_within_the_ci_sweep(Broken::AdmitsRevoked, "which its directory revokes");
+    eprintln!("caught at seed {seed}: {said}");
+}

@@ -67,7 +67,8 @@ fn a_document_created_on_one_host_is_found_and_edited_on_another() {
         .expect("open");
     assert!(reply, "a sees b's change");
 
-    // Storage holds the document: a rebooted host finds it without any peer.
+    // After the flush tick, storage holds the document: a rebooted host finds it without any peer.
+    a.storage().flush();
     let storage = a.crash();
     let mut a2 = Host::boot("a", storage, StdRng::seed_from_u64(3), now);
     a2.find_document(&id, now);
@@ -78,4 +79,74 @@ fn a_document_created_on_one_host_is_found_and_edited_on_another() {
         })
         .expect("open");
     assert!(reply, "b's change was stored on a");
+}
+
+#[test]
+fn a_crash_before_the_flush_tick_loses_what_was_only_written_lazily_but_never_an_acknowledged_write()
+ {
+    let now = UnixTimestamp::from_millis(1_000);
+    let mut a = Host::boot("a", Storage::default(), StdRng::seed_from_u64(1), now);
+    let mut durability = popmesh_device::Durability::default();
+    // Every document popmesh creates has content (its kind and schema) from its first change.
+    let mut content = Automerge::new();
+    let mut tx = content.transaction();
+    tx.put(automerge::ROOT, "kind", "test").expect("put");
+    tx.commit();
+    let (id, stored) = a.create_acked(content, now).expect("create");
+    stored.expect("the disk works");
+    let put = |key: &'static str| {
+        move |doc: &mut Automerge| {
+            let mut tx = doc.transaction();
+            tx.put(automerge::ROOT, key, true).expect("put");
+            tx.commit();
+        }
+    };
+    // One change acknowledged (fsync'd), one only made (samod's lazy write, not flushed yet).
+    let ((), acked) = a
+        .change_acked(&mut durability, &id, now, put("acked"))
+        .expect("open");
+    acked.expect("the disk works");
+    a.change(&id, now, put("lazy")).expect("open");
+    let mut a2 = Host::boot("a", a.crash(), StdRng::seed_from_u64(3), now);
+    a2.find_document(&id, now);
+    let has = |h: &Host, key: &str| {
+        h.read(&id, |doc| {
+            doc.get(automerge::ROOT, key).expect("read").is_some()
+        })
+        .expect("open")
+    };
+    assert!(
+        has(&a2, "acked"),
+        "the acknowledged change survived the crash"
+    );
+    assert!(!has(&a2, "lazy"), "the lazy one did not");
+
+    // A full disk: the acknowledged write is refused, and the store refuses everything until it recovers.
+    a2.storage()
+        .set_disk(Some(popmesh_sim::host::DiskFault::Full));
+    let ((), refused) = a2
+        .change_acked(&mut durability, &id, now, put("refused"))
+        .expect("open");
+    assert!(refused.is_err());
+    assert!(
+        durability.is_undurable(&id),
+        "the next write saves the document whole"
+    );
+    a2.storage().set_disk(None);
+    assert!(
+        a2.storage().recover(),
+        "the store reopens once the disk works"
+    );
+    let ((), healed) = a2
+        .change_acked(&mut durability, &id, now, |_| ())
+        .expect("open");
+    healed.expect("the disk works again");
+    let on_disk = a2.storage().on_disk(&id).expect("on disk");
+    assert!(
+        on_disk
+            .get(automerge::ROOT, "refused")
+            .expect("read")
+            .is_some(),
+        "saved whole"
+    );
 }

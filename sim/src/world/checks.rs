@@ -139,22 +139,33 @@ impl World {
         if self.devices[dev].view.is_none() {
             return;
         }
-        let name = DocName::Ledger {
-            show: SHOW.into(),
-            device: self.devices[dev].key.public(),
-            page: 0,
-        };
-        let Some(id) = self.doc_id(dev, &name) else {
+        // Every page of this device's ledger the directory registers, from page 0 up.
+        let me = self.devices[dev].key.public();
+        let mut pages = Vec::new();
+        while let Some(id) = self.doc_id(
+            dev,
+            &DocName::Ledger {
+                show: SHOW.into(),
+                device: me,
+                page: pages.len() as u32,
+            },
+        ) {
+            pages.push(id);
+        }
+        if pages.is_empty() {
             if !self.devices[dev].acked_receipts.is_empty() {
                 let who = self.devices[dev].name.clone();
                 self.violation(format!("{who} lost the registration of its ledger"));
             }
             return;
-        };
-        if !host.is_open(&id) {
+        }
+        if pages.iter().any(|id| !host.is_open(id)) {
             return;
         }
-        let held = self.receipt_tokens(dev, &id);
+        let held: BTreeSet<String> = pages
+            .iter()
+            .flat_map(|id| self.receipt_tokens(dev, id))
+            .collect();
         let lost: Vec<String> = self.devices[dev]
             .acked_receipts
             .difference(&held)
@@ -211,19 +222,12 @@ impl World {
     /// Finds the directory, then every document it registers.
     pub(super) fn open_documents(&mut self, dev: usize) {
         let ts = self.ts(dev);
-        let at = UnixMillis(self.local_ms(dev));
         let directory = self.directory.clone();
-        let me = self.devices[dev].key.public();
-        let name = self.devices[dev].name.clone();
-        let mut token = self.devices[dev].token.take();
-        let actor = self.actor(dev);
         let Some(host) = self.devices[dev].host.as_mut() else {
-            self.devices[dev].token = token;
             return;
         };
         if !host.is_open(&directory) {
             host.find_document(&directory, ts);
-            self.devices[dev].token = token;
             self.route(dev);
             return;
         }
@@ -231,7 +235,9 @@ impl World {
             self.refresh_directory(dev);
         }
         let registered: Vec<DocumentId> = self.devices[dev].known.values().cloned().collect();
-        let Some(host) = self.devices[dev].host.as_mut() else {
+        let actor = self.actor(dev);
+        let d = &mut self.devices[dev];
+        let Some(host) = d.host.as_mut() else {
             return;
         };
         for id in registered {
@@ -239,20 +245,26 @@ impl World {
                 host.find_document(&id, ts);
             }
         }
-        // A dropped-in kiosk enrolls itself from its token once it holds the directory.
-        if let Some(token) = token.take() {
-            let enrolled = host.change(&directory, ts, |am| {
-                let token = JoinToken::from_line(&token).map_err(|e| e.to_string())?;
-                let cert = token.enroll(me, &name, at).map_err(|e| e.to_string())?;
+        // A dropped-in kiosk writes its certificate into the directory once it holds it (acknowledged, retried
+        // while the disk refuses it).
+        if d.enroll_pending
+            && let Some(cert) = d.cert.clone()
+        {
+            let enrolled = host.change_acked(&mut d.durability, &directory, ts, |am| {
                 Doc::<Directory, &mut Automerge>::attach_as(am, actor)
                     .map_err(|e| e.to_string())?
                     .add_device(&cert)
                     .map_err(|e| e.to_string())
             });
-            if !matches!(enrolled, Ok(Ok(()))) {
-                self.violation(format!(
-                    "{name} could not enroll from its join token: {enrolled:?}"
-                ));
+            match enrolled {
+                Ok((Ok(()), Ok(()))) => d.enroll_pending = false,
+                Ok((Ok(()), Err(_))) => {}
+                other => {
+                    let name = d.name.clone();
+                    self.violation(format!(
+                        "{name} could not enroll from its join token: {other:?}"
+                    ));
+                }
             }
         }
         self.route(dev);
@@ -320,10 +332,14 @@ impl World {
         }
     }
 
+    /// The heads of every document this device's directory registers (and the directory's own), `None` if it
+    /// lacks one. Two devices agree only if they register the same documents and hold them at the same heads.
     pub(super) fn heads_of(&self, dev: usize) -> Option<BTreeMap<DocumentId, Vec<ChangeHash>>> {
         let host = self.devices[dev].host.as_ref()?;
+        let registered: BTreeSet<&DocumentId> = self.devices[dev].known.values().collect();
         self.names
             .keys()
+            .filter(|id| **id == self.directory || registered.contains(id))
             .map(|id| {
                 host.read(id, |am| am.get_heads())
                     .ok()
@@ -336,7 +352,8 @@ impl World {
     pub(super) fn converged(&self) -> bool {
         let mut first: Option<BTreeMap<DocumentId, Vec<ChangeHash>>> = None;
         for dev in 0..self.devices.len() {
-            if !self.devices[dev].present {
+            // The stolen device is refused by everyone: it never converges, by design.
+            if !self.devices[dev].present || self.devices[dev].stolen {
                 continue;
             }
             if self.devices[dev].blobs.len() < BLOBS {
@@ -409,14 +426,26 @@ impl World {
                 ));
             }
             if self.heads_of(dev).is_none() {
-                let open = d
-                    .host
-                    .as_ref()
-                    .map_or(0, |h| self.names.keys().filter(|id| h.is_open(id)).count());
+                let registered: BTreeSet<&DocumentId> = d.known.values().collect();
+                let missing: Vec<String> = self
+                    .names
+                    .iter()
+                    .filter(|(id, _)| **id == self.directory || registered.contains(id))
+                    .filter(|(id, _)| !d.host.as_ref().is_some_and(|h| h.is_open(id)))
+                    .map(|(_, name)| name.to_string())
+                    .collect();
+                let shown: Vec<&str> = missing.iter().take(3).map(String::as_str).collect();
                 out.push(format!(
-                    "{} holds {open} of {} documents",
+                    "{}{} lacks {} of the {} documents its directory registers ({})",
                     d.name,
-                    self.names.len()
+                    if d.stolen {
+                        " (stolen, refused by all)"
+                    } else {
+                        ""
+                    },
+                    missing.len(),
+                    registered.len() + 1,
+                    shown.join(", ")
                 ));
             }
         }
@@ -462,10 +491,17 @@ impl World {
                 .iter()
                 .map(|d| d.acked_seats.get(&slot.to_string()).copied().unwrap_or(0))
                 .sum();
-            if view.total_sold() != acked {
+            // Sales refused for a failed write may still have synced from memory: they count at most.
+            let unacked: u64 = self
+                .devices
+                .iter()
+                .map(|d| d.unacked_seats.get(&slot.to_string()).copied().unwrap_or(0))
+                .sum();
+            let held = view.total_sold();
+            if held < acked || held > acked.saturating_add(unacked) {
                 self.violation(format!(
-                    "slot holds {} sold seats but {acked} were acknowledged",
-                    view.total_sold()
+                    "slot holds {held} sold seats but {acked} were acknowledged ({unacked} more written, \
+                     refused for the disk)"
                 ));
             }
             if let Err(broken) = view.check_invariant() {

@@ -80,6 +80,13 @@ impl World {
         d.known.clear();
         d.view = None;
         d.verified.clear();
+        // The device core's state is memory: the desk (its queue, batches and key index) and what it knew to be
+        // durable. Clients waiting at the desk saw their connection die.
+        d.desk = Desk::new(self.mutations);
+        d.durability.clear();
+        d.tickets.clear();
+        d.writes.clear();
+        d.pages = None;
         d.failed_at = Some(self.now);
         self.heal_pending = None;
         let links: Vec<usize> = self.net.of_device(dev).collect();
@@ -92,6 +99,9 @@ impl World {
 
     pub(super) fn end_faults(&mut self) {
         self.faults_ended_at = Some(self.now);
+        for dev in 0..self.devices.len() {
+            self.storage_of(dev).set_disk(None);
+        }
         self.blocked.clear();
         self.loss_per_message = 0.0;
         let n = self.devices.len();

@@ -118,15 +118,28 @@ impl World {
             return;
         }
         let ts = self.ts(to);
-        if let Some(host) = self.devices[to].host.as_mut() {
-            if let Some(error) = host.receive(conn, msg, ts) {
-                self.violation(format!(
-                    "{} rejected a peer message: {error}",
-                    self.devices[to].name
-                ));
-            }
-            self.route(to);
+        let directory = self.directory.clone();
+        let had_directory = self.devices[to]
+            .host
+            .as_ref()
+            .is_some_and(|h| h.is_open(&directory));
+        let Some(host) = self.devices[to].host.as_mut() else {
+            return;
+        };
+        let rejected = host.receive(conn, msg, ts);
+        // A device that has just received its first directory reads it (and re-checks its links) before it sends
+        // anything on: peers it admitted on the certificate chain alone may be revoked. (The node's librarian
+        // re-checks the mesh as soon as the directory opens; ARCHITECTURE.md says what window remains there.)
+        if !had_directory && host.is_open(&directory) {
+            self.refresh_directory(to);
         }
+        if let Some(error) = rejected {
+            self.violation(format!(
+                "{} rejected a peer message: {error}",
+                self.devices[to].name
+            ));
+        }
+        self.route(to);
     }
 
     pub(super) fn reconnect(&mut self, link: usize) {
@@ -135,6 +148,12 @@ impl World {
             return;
         }
         let (a, b) = (self.net.links[link].a, self.net.links[link].b);
+        // Both gates decide before anything reaches the sync engine, as the link's hello does in the node.
+        if !self.admits(a, b) || !self.admits(b, a) {
+            self.report.links_refused += 1;
+            self.want_reconnect(link, REFUSED_RETRY_MS);
+            return;
+        }
         let (ta, tb) = (self.ts(a), self.ts(b));
         // The lower index dials: never two connections between the same pair.
         let ca = self.devices[a]
@@ -148,7 +167,74 @@ impl World {
             .expect("wanted link has both hosts")
             .open_connection(Side::Listener, tb);
         self.net.connect(link, ca, cb);
+        self.check_link_trust(link);
         self.route(a);
         self.route(b);
+    }
+
+    /// Whether `me`'s gate admits `peer` now: the device core's `gate::admit`, on `me`'s directory replica (none
+    /// yet on a device that has not synced it: then the certificate's chain alone decides, as in the node).
+    pub(super) fn admits(&self, me: usize, peer: usize) -> bool {
+        let p = &self.devices[peer];
+        let Some(cert) = p.cert.as_ref() else {
+            return false;
+        };
+        let bytes = cert.to_bytes();
+        let site = self.authority.site().to_hex();
+        let claim = gate::Claim {
+            version: gate::HELLO_VERSION,
+            site: &site,
+            cert: &bytes,
+        };
+        let at = UnixMillis(self.local_ms(me));
+        let view = self.devices[me].view.as_ref();
+        gate::admit(
+            &self.authority.public(),
+            &p.key.public(),
+            claim,
+            at,
+            view,
+            self.mutations,
+        )
+        .is_ok()
+    }
+
+    /// Re-checks `dev`'s open links after its directory replica changed (a revocation merged): a peer its gate no
+    /// longer admits is disconnected, as the node's mesh does when asked to re-check.
+    pub(super) fn recheck_links(&mut self, dev: usize) {
+        let links: Vec<usize> = self
+            .net
+            .of_device(dev)
+            .filter(|l| self.net.links[*l].conns.is_some())
+            .collect();
+        for link in links {
+            let l = &self.net.links[link];
+            let peer = if l.a == dev { l.b } else { l.a };
+            if !self.admits(dev, peer) {
+                self.report.links_refused += 1;
+                self.reset(link);
+            }
+        }
+    }
+
+    /// A device that holds a revocation never links with the device it revokes.
+    fn check_link_trust(&mut self, link: usize) {
+        let (a, b) = (self.net.links[link].a, self.net.links[link].b);
+        for (me, peer) in [(a, b), (b, a)] {
+            let target = RevocationTarget::Device(self.devices[peer].key.public());
+            let revokes = self.devices[me]
+                .view
+                .as_ref()
+                .is_some_and(|v| v.revocation_of(target).is_some());
+            if revokes {
+                let (me, peer) = (
+                    self.devices[me].name.clone(),
+                    self.devices[peer].name.clone(),
+                );
+                self.violation(format!(
+                    "{me} linked with {peer}, which its directory revokes"
+                ));
+            }
+        }
     }
 }

@@ -55,6 +55,7 @@ impl World {
             })
             .unwrap_or_default();
         d.view = view;
+        self.recheck_links(dev);
     }
 
     pub(super) fn sell(&mut self, dev: usize) {
@@ -78,10 +79,16 @@ impl World {
         let at = UnixMillis(self.local_ms(dev));
         let ts = self.ts(dev);
         let actor = self.actor(dev);
-        let Some(host) = self.devices[dev].host.as_mut() else {
+        let d = &mut self.devices[dev];
+        let Some(host) = d.host.as_mut() else {
             return;
         };
-        let outcome = host.change(&slot, ts, |am| {
+        // A failed store refuses bookings at once (the node's `writable`, a 503).
+        if host.store_failed().is_some() {
+            self.report.sales_refused_disk += 1;
+            return;
+        }
+        let outcome = host.change_acked(&mut d.durability, &slot, ts, |am| {
             let mut doc =
                 Doc::<Slot, &mut Automerge>::attach_as(am, actor).map_err(EscrowError::from)?;
             match doc.sell(me, &booking, seats, at) {
@@ -101,7 +108,7 @@ impl World {
             }
         });
         match outcome {
-            Ok(Ok(SaleOutcome::Recorded)) => {
+            Ok((Ok(SaleOutcome::Recorded), Ok(()))) => {
                 *self.devices[dev]
                     .acked_seats
                     .entry(slot.to_string())
@@ -109,84 +116,22 @@ impl World {
                 self.report.seats_sold += seats;
                 self.check_writer(dev, &slot);
             }
-            Ok(Ok(SaleOutcome::AlreadyRecorded)) => {}
-            Ok(Err(EscrowError::QuotaSpent { .. })) => self.report.sales_refused += 1,
-            Ok(Err(other)) => self.violation(format!(
+            Ok((Ok(SaleOutcome::Recorded), Err(_))) => {
+                // Answered 503: not sold, though the change is in memory and may sync.
+                *self.devices[dev]
+                    .unacked_seats
+                    .entry(slot.to_string())
+                    .or_default() += seats;
+                self.report.sales_refused_disk += 1;
+                self.check_writer(dev, &slot);
+            }
+            Ok((Ok(SaleOutcome::AlreadyRecorded), _)) => {}
+            Ok((Err(EscrowError::QuotaSpent { .. }), _)) => self.report.sales_refused += 1,
+            Ok((Err(other), _)) => self.violation(format!(
                 "{} could not sell: {other}",
                 self.devices[dev].name
             )),
             Err(_) => {} // the slot has not reached this device yet
-        }
-        self.route(dev);
-    }
-
-    pub(super) fn pay(&mut self, dev: usize) {
-        let name = DocName::Ledger {
-            show: SHOW.into(),
-            device: self.devices[dev].key.public(),
-            page: 0,
-        };
-        let site = self.authority.site();
-        let me = self.devices[dev].key.public();
-        let Some(ledger) = self.own_document(dev, name, |actor| {
-            Doc::<Ledger>::create_ledger(actor, site, SHOW, me)
-                .expect("ledger")
-                .into_automerge()
-        }) else {
-            return;
-        };
-        let retry = self.workload.random_bool(0.1) && self.devices[dev].last_payment.is_some();
-        let request = if retry {
-            self.report.payment_retries += 1;
-            self.devices[dev].last_payment.clone().expect("checked")
-        } else {
-            let d = &mut self.devices[dev];
-            d.next_op += 1;
-            PaymentRequest {
-                idempotency_key: format!("{}-o{}-e{}", dev, d.next_op, d.epoch),
-                amount_minor: self.workload.random_range(500..9_000),
-                currency: "EUR".into(),
-                attendee: None,
-            }
-        };
-        let key = self.devices[dev].key.clone();
-        let limits = self.limits.clone();
-        let at = UnixMillis(self.local_ms(dev));
-        let ts = self.ts(dev);
-        let actor = self.actor(dev);
-        let Some(host) = self.devices[dev].host.as_mut() else {
-            return;
-        };
-        // A replayed payment must leave the ledger exactly as it was.
-        let heads = |host: &Host| host.read(&ledger, |am| am.get_heads()).ok();
-        let before = heads(host);
-        let outcome = host.change(&ledger, ts, |am| {
-            let mut doc =
-                Doc::<Ledger, &mut Automerge>::attach_as(am, actor).map_err(PaymentError::from)?;
-            doc.take_payment(&key, &limits, &request, 0, at)
-        });
-        let after = heads(host);
-        match outcome {
-            Ok(Ok(taken)) => {
-                if taken.replayed && before != after {
-                    self.violation(format!(
-                        "{} charged a retried payment twice",
-                        self.devices[dev].name
-                    ));
-                }
-                if !taken.replayed {
-                    self.report.receipts += 1;
-                }
-                let d = &mut self.devices[dev];
-                d.acked_receipts.insert(taken.receipt.token.to_string());
-                d.last_payment = Some(request);
-            }
-            Ok(Err(PaymentError::OverLimit(_))) => self.report.payments_refused += 1,
-            Ok(Err(other)) => self.violation(format!(
-                "{} could not take a payment: {other}",
-                self.devices[dev].name
-            )),
-            Err(_) => {}
         }
         self.route(dev);
     }
@@ -209,23 +154,25 @@ impl World {
         };
         let ts = self.ts(dev);
         let actor = self.actor(dev);
-        let Some(host) = self.devices[dev].host.as_mut() else {
+        let d = &mut self.devices[dev];
+        let Some(host) = d.host.as_mut() else {
             return;
         };
         let sum: i64 = increments.values().sum();
-        let flushed = host.change(&id, ts, |am| {
+        let flushed = host.change_acked(&mut d.durability, &id, ts, |am| {
             Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)
                 .and_then(|mut d| d.flush(&increments))
         });
-        if matches!(flushed, Ok(Ok(()))) {
+        if matches!(flushed, Ok((Ok(()), Ok(())))) {
             self.devices[dev].confirmed += sum;
         }
         self.route(dev);
     }
 
+    /// The device core's rebalancer decides; the escrow checks what it planned as the transfer is written.
     pub(super) fn rebalance(&mut self, dev: usize) {
         let me = self.devices[dev].key.public();
-        let connected: Vec<String> = self
+        let connected: Vec<popmesh_crdt::DeviceId> = self
             .net
             .of_device(dev)
             .filter(|l| self.net.links[*l].conns.is_some())
@@ -237,8 +184,9 @@ impl World {
                 }
             })
             .filter(|peer| self.devices[*peer].sells)
-            .map(|peer| self.devices[peer].key.public().to_hex())
+            .map(|peer| self.devices[peer].key.public())
             .collect();
+        let mutations = self.mutations;
         for slot in self.slots.clone() {
             let ts = self.ts(dev);
             let actor = self.actor(dev);
@@ -247,21 +195,33 @@ impl World {
             d.next_op += 1;
             let transfer = format!("{}-t{}-e{}", dev, d.next_op, d.epoch);
             let Some(host) = d.host.as_mut() else { return };
-            let moved = host.change(&slot, ts, |am| {
+            if host.store_failed().is_some() {
+                return;
+            }
+            let moved = host.change_acked(&mut d.durability, &slot, ts, |am| {
                 let mut doc = Doc::<Slot, &mut Automerge>::attach_as(am, actor)?;
                 let view = doc.view()?;
-                match plan_rebalance(&view, &me.to_hex(), &connected, LOW_WATER) {
-                    Some((to, seats)) => {
-                        let to = popmesh_crdt::DeviceId::from_hex(&to)
-                            .map_err(|_| EscrowError::BadId(to.clone()))?;
-                        doc.transfer(me, to, &transfer, seats, at).map(|()| true)
-                    }
-                    None => Ok(false),
+                let plan =
+                    popmesh_device::rebalancer::plan(&view, &me, &connected, LOW_WATER, mutations);
+                match plan {
+                    Some(t) => doc
+                        .transfer(me, t.to, &transfer, t.seats, at)
+                        .map(|()| Some(t)),
+                    None => Ok(None),
                 }
             });
-            if matches!(moved, Ok(Ok(true))) {
-                self.report.quota_transfers += 1;
-                self.check_writer(dev, &slot);
+            match moved {
+                Ok((Ok(Some(_)), _)) => {
+                    self.report.quota_transfers += 1;
+                    self.check_writer(dev, &slot);
+                }
+                Ok((Ok(None), _)) | Err(_) => {}
+                Ok((Err(e), _)) => {
+                    let name = self.devices[dev].name.clone();
+                    self.violation(format!(
+                        "{name}'s rebalancer planned a transfer the escrow refuses: {e}"
+                    ));
+                }
             }
         }
         self.route(dev);

@@ -17,13 +17,34 @@ impl World {
         .expect("new site");
         let start = UnixMillis(0);
         let end = UnixMillis(u64::MAX / 2);
-        for (i, d) in self.devices.iter().enumerate() {
+        // In some seeds a seller was reported stolen before the show: enrolled, and revoked in the directory from
+        // the start. It still comes on site; no honest device may link with it.
+        let mut thief = seeded(self.opts.seed, "stolen");
+        let stolen = (self.opts.faults && thief.random_bool(0.3))
+            .then(|| thief.random_range(1..late))
+            .filter(|i| self.devices[*i].sells);
+        for (i, d) in self.devices.iter_mut().enumerate() {
             if i != late {
                 let cert = self
                     .authority
                     .enroll(d.key.public(), d.role, &d.name, start, end);
                 directory.add_device(&cert).expect("authority certificate");
+                d.cert = Some(cert);
             }
+        }
+        if let Some(i) = stolen {
+            let d = &mut self.devices[i];
+            d.stolen = true;
+            d.sells = false;
+            d.pays = false;
+            let revocation = self.authority.revoke(
+                RevocationTarget::Device(d.key.public()),
+                start,
+                "reported stolen",
+            );
+            directory
+                .add_revocation(&revocation)
+                .expect("authority revocation");
         }
         let (invite, secret) = self.authority.invite(
             seeded(self.opts.seed, "invite").random(),
@@ -78,9 +99,10 @@ impl World {
         self.boot(0);
         let ts = self.ts(0);
         let host = self.devices[0].host.as_mut().expect("edge is up");
-        let directory_id = host
-            .create_document(directory.into_automerge(), ts)
+        let (directory_id, stored) = host
+            .create_acked(directory.into_automerge(), ts)
             .expect("directory stored");
+        stored.expect("the edge box's disk works at set-up");
         self.directory = directory_id.clone();
         self.names.insert(directory_id.clone(), DocName::Directory);
         for s in 0..SLOTS {
@@ -97,14 +119,16 @@ impl World {
                 &grants,
             )
             .expect("grants fit");
-            let id = self.create_and_register(
-                0,
-                slot.into_automerge(),
-                DocName::Slot {
-                    show: SHOW.into(),
-                    slot: format!("slot-{s}"),
-                },
-            );
+            let id = self
+                .create_and_register(
+                    0,
+                    slot.into_automerge(),
+                    DocName::Slot {
+                        show: SHOW.into(),
+                        slot: format!("slot-{s}"),
+                    },
+                )
+                .expect("the edge box's disk works at set-up");
             self.slots.push(id);
         }
         let mut manifest = Doc::<Manifest>::create_manifest(edge_actor, SHOW).expect("manifest");
@@ -126,11 +150,13 @@ impl World {
                 .publish(&format!("clip-{b}.mp4"), &entry)
                 .expect("valid entry");
         }
-        self.manifest = self.create_and_register(
-            0,
-            manifest.into_automerge(),
-            DocName::Manifest { show: SHOW.into() },
-        );
+        self.manifest = self
+            .create_and_register(
+                0,
+                manifest.into_automerge(),
+                DocName::Manifest { show: SHOW.into() },
+            )
+            .expect("the edge box's disk works at set-up");
         self.devices[0].blobs = (0..BLOBS).collect();
 
         // Everyone but the late kiosk and the origin is on site from the start.
@@ -156,9 +182,27 @@ impl World {
                 let when = self.faults.random_range(30_000..duration.max(30_001));
                 self.at(when, Event::Crash { dev });
             }
+            // Disks that fill or fail for a while (their own stream, so the faults above replay as before); half of
+            // them end with the device power-cycled before the disk works again.
+            let mut disks = seeded(self.opts.seed, "disks");
+            for _ in 0..disks.random_range(0..=2) {
+                let dev = disks.random_range(0..n - 1);
+                let when = disks.random_range(20_000..duration.max(20_001));
+                let kind = if disks.random_bool(0.5) {
+                    DiskFault::Full
+                } else {
+                    DiskFault::FsyncError
+                };
+                let length = disks.random_range(5_000..90_000);
+                let reboot = disks.random_bool(0.5);
+                self.at(when, Event::DiskFault { dev, kind });
+                self.at(when + length, Event::DiskHeal { dev, reboot });
+            }
         }
         self.at(PROBE_MS, Event::Probe);
         self.at(duration, Event::EndFaults);
+        // The edge box read the directory it wrote before it links (as the node's gate does from its disk).
+        self.refresh_directory(0);
         self.link_all(0);
     }
 
@@ -177,29 +221,37 @@ impl World {
             return None;
         }
         let content = make(self.actor(dev));
-        Some(self.create_and_register(dev, content, name))
+        self.create_and_register(dev, content, name)
     }
 
+    /// Creates a document and registers it in the directory, both acknowledged (as the node's `own_document`):
+    /// `None` when the disk refused either write (the document may exist in memory, and its registration may
+    /// sync, as in the node).
     pub(super) fn create_and_register(
         &mut self,
         dev: usize,
         content: Automerge,
         name: DocName,
-    ) -> DocumentId {
+    ) -> Option<DocumentId> {
         let ts = self.ts(dev);
-        let host = self.devices[dev].host.as_mut().expect("device is up");
-        let id = host.create_document(content, ts).expect("document stored");
         let directory = self.directory.clone();
-        let key = id.to_string();
         let actor = actor_id(self.devices[dev].key.public(), self.devices[dev].epoch);
-        let host = self.devices[dev].host.as_mut().expect("device is up");
-        let registered = host.change(&directory, ts, |am| {
+        let d = &mut self.devices[dev];
+        let host = d.host.as_mut()?;
+        let (id, created) = host.create_acked(content, ts).expect("document stored");
+        // Not acknowledged: never registered, so no one looks for it (it may linger in this engine's memory).
+        created.ok()?;
+        self.names.insert(id.clone(), name.clone());
+        let key = id.to_string();
+        let registered = host.change_acked(&mut d.durability, &directory, ts, |am| {
             Doc::<Directory, &mut Automerge>::attach_as(am, actor)
                 .map(|mut d| d.register_document(&name, &key).is_ok())
         });
-        debug_assert!(matches!(registered, Ok(Ok(true))), "{registered:?}");
-        self.names.insert(id.clone(), name);
-        id
+        match registered {
+            Ok((Ok(true), Ok(()))) => Some(id),
+            Ok((Ok(true), Err(_))) => None,
+            other => panic!("registering {name} failed: {other:?}"),
+        }
     }
 
     pub(super) fn boot(&mut self, dev: usize) {
@@ -207,13 +259,49 @@ impl World {
         let rng = seeded(self.opts.seed, &format!("engine-{dev}-{}", d.epoch));
         let storage = std::mem::take(&mut d.storage);
         let now = UnixTimestamp::from_millis(u128::from(self.now));
-        d.host = Some(Host::boot(&d.key.public().to_hex(), storage, rng, now));
+        let mut host = Host::boot(&d.key.public().to_hex(), storage, rng, now);
+        // A device whose disk holds the directory reads it before it links with anyone, so its gate never
+        // decides on the certificate chain alone after a restart (the node does the same before its mesh starts).
+        let directory = self.directory.clone();
+        let on_disk =
+            self.names.contains_key(&directory) && host.storage().on_disk(&directory).is_some();
+        if on_disk {
+            host.find_document(&directory, now);
+        }
+        d.host = Some(host);
+        if on_disk {
+            self.refresh_directory(dev);
+        }
     }
 
     /// A device arrives on the site network (a dropped-in kiosk enrolls itself from its join token first).
     pub(super) fn join(&mut self, dev: usize) {
         if self.devices[dev].host.is_none() {
             self.boot(dev);
+        }
+        // A dropped-in kiosk enrolls itself from its join token before it dials anyone (`popmesh join`); it writes
+        // the certificate into the directory once it holds it.
+        let at = UnixMillis(self.local_ms(dev));
+        let d = &mut self.devices[dev];
+        if d.cert.is_none()
+            && let Some(token) = d.token.take()
+        {
+            let cert = JoinToken::from_line(&token)
+                .map_err(|e| e.to_string())
+                .and_then(|t| {
+                    t.enroll(d.key.public(), &d.name, at)
+                        .map_err(|e| e.to_string())
+                });
+            match cert {
+                Ok(cert) => {
+                    d.cert = Some(cert);
+                    d.enroll_pending = true;
+                }
+                Err(e) => {
+                    let name = d.name.clone();
+                    self.violation(format!("{name} could not enroll from its join token: {e}"));
+                }
+            }
         }
         self.devices[dev].present = true;
         self.schedule_device(dev);
@@ -245,6 +333,7 @@ impl World {
             let next = self.workload.random_range(1_000..PAY_EVERY_MS);
             self.at(next, Event::Pay { dev });
         }
+        self.at(STORE_FLUSH_MS, Event::StoreFlush { dev });
         if counts {
             let next = self.workload.random_range(100..2_000);
             self.at(next, Event::Count { dev });
