@@ -1,8 +1,9 @@
-//! Architecture Invariant: `popmesh-crdt` does no IO, so the node and the simulator run the same domain code.
+//! Architecture Invariant: the domain core (`popmesh-crdt`), the device core (`popmesh-device`) and the simulator
+//! (`popmesh-sim`) do no IO, so the node and the simulator run the same decisions and the simulator replays exactly.
 //!
-//! This test reads the resolved dependency graph (`cargo metadata`) and fails if the core ever gains, among its
+//! This test reads the resolved dependency graph (`cargo metadata`) and fails if one of them ever gains, among its
 //! normal dependencies, a runtime, a network stack, a storage engine, a clock or an OS randomness crate: directly or
-//! through another crate.
+//! through another crate. (The simulator may use `rand` directly: it seeds every generator itself.)
 
 use std::collections::{BTreeSet, VecDeque};
 use std::process::Command;
@@ -81,8 +82,8 @@ fn normal_deps(node: &Value) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn the_domain_core_depends_on_no_runtime_network_storage_clock_or_os_randomness() {
+/// Fails if `krate` depends on IO crates (anywhere) or on a clock or OS randomness (directly, but for `allowed`).
+fn assert_sans_io(krate: &str, allowed: &[&str]) {
     let meta = metadata();
     let packages = meta["packages"].as_array().expect("packages").clone();
     let nodes = meta["resolve"]["nodes"]
@@ -92,9 +93,9 @@ fn the_domain_core_depends_on_no_runtime_network_storage_clock_or_os_randomness(
     let node_of = |id: &str| nodes.iter().find(|n| n["id"] == id).cloned();
     let core = packages
         .iter()
-        .find(|p| p["name"] == "popmesh-crdt")
+        .find(|p| p["name"] == krate)
         .and_then(|p| p["id"].as_str())
-        .expect("popmesh-crdt is a workspace member")
+        .expect("the crate is a workspace member")
         .to_owned();
 
     let direct: BTreeSet<String> = normal_deps(&node_of(&core).expect("core node"))
@@ -103,11 +104,11 @@ fn the_domain_core_depends_on_no_runtime_network_storage_clock_or_os_randomness(
         .collect();
     let bad_direct: Vec<&String> = direct
         .iter()
-        .filter(|n| FORBIDDEN_DIRECT.contains(&n.as_str()))
+        .filter(|n| FORBIDDEN_DIRECT.contains(&n.as_str()) && !allowed.contains(&n.as_str()))
         .collect();
     assert!(
         bad_direct.is_empty(),
-        "popmesh-crdt depends directly on {bad_direct:?}: pass time and randomness in"
+        "{krate} depends directly on {bad_direct:?}: pass time and randomness in"
     );
 
     let mut seen = BTreeSet::new();
@@ -134,6 +135,21 @@ fn the_domain_core_depends_on_no_runtime_network_storage_clock_or_os_randomness(
     );
     assert!(
         offenders.is_empty(),
-        "popmesh-crdt pulls in IO crates: {offenders:?}"
+        "{krate} pulls in IO crates: {offenders:?}"
     );
+}
+
+#[test]
+fn the_domain_core_depends_on_no_runtime_network_storage_clock_or_os_randomness() {
+    assert_sans_io("popmesh-crdt", &[]);
+}
+
+#[test]
+fn the_device_core_the_node_and_the_simulator_share_does_no_io_either() {
+    assert_sans_io("popmesh-device", &[]);
+}
+
+#[test]
+fn the_simulator_does_no_io_and_draws_randomness_only_from_its_seed() {
+    assert_sans_io("popmesh-sim", &["rand"]);
 }
