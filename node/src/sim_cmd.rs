@@ -141,6 +141,21 @@ fn print_run(out: &mut impl Write, r: &RunReport, wall_ms: u64) -> Result<()> {
         "  faults           {} partitions, {} crashes, {} connection resets, {} blob fetches cut",
         r.partitions, r.crashes, r.connection_resets, r.blob_fetch_failures
     )?;
+    writeln!(
+        out,
+        "  disks            {} faults, {} store recoveries; refused for the disk: {} payments at once, {} not \
+         durable, {} bookings",
+        r.disk_faults,
+        r.store_recoveries,
+        r.payments_refused_disk,
+        r.payments_not_durable,
+        r.sales_refused_disk
+    )?;
+    writeln!(
+        out,
+        "  gate             {} link openings refused; {} payments refused while pages loaded",
+        r.links_refused, r.payments_loading
+    )?;
     writeln!(out, "  heal -> converge {}", r.convergence_after_heal)?;
     match r.final_convergence_ms {
         Some(ms) => writeln!(out, "  after faults     converged in {ms} ms")?,
@@ -162,7 +177,8 @@ fn print_run(out: &mut impl Write, r: &RunReport, wall_ms: u64) -> Result<()> {
     if r.passed() {
         writeln!(
             out,
-            "  invariants       held: no receipt lost, no seat oversold, every receipt verified, counters in bounds"
+            "  invariants       held: no receipt lost, no seat oversold, every receipt verified, counters in \
+             bounds, every acknowledged payment on disk, no link to a revoked device"
         )?;
     } else {
         writeln!(
