@@ -1,0 +1,199 @@
+//! Seats: booking, transfers, the rebalancer's transfers (planned by the device core) and availability.
+
+use super::*;
+
+impl Node {
+    pub(crate) fn slot_handle(
+        &self,
+        view: &DirectoryView,
+        show: &str,
+        slot: &str,
+    ) -> Result<DocHandle, Failure> {
+        let known = view
+            .shows
+            .get(show)
+            .is_some_and(|s| s.slots.contains_key(slot));
+        if !known {
+            return Err(Failure::NotFound(format!(
+                "show {} has no slot {}",
+                popmesh_crdt::naming::shown(show),
+                popmesh_crdt::naming::shown(slot)
+            )));
+        }
+        self.handle_by_name(&DocName::Slot {
+            show: show.into(),
+            slot: slot.into(),
+        })
+        .ok_or_else(|| {
+            Failure::Unavailable(format!(
+                "slot {show}/{slot} has not synced to this device yet"
+            ))
+        })
+    }
+
+    /// Books `seats` in a slot against this device's escrow quota. Returns whether the booking is new.
+    pub async fn book(
+        &self,
+        show: &str,
+        slot: &str,
+        booking: &str,
+        seats: u64,
+        attendee: Option<String>,
+    ) -> Result<bool, Failure> {
+        self.writable()?;
+        let view = self.view()?;
+        let handle = self.slot_handle(&view, show, slot)?;
+        let (me, actor, at, booking) = (self.me(), self.actor(), clock::now(), booking.to_owned());
+        let outcome = self
+            .change(&handle, move |am| {
+                Doc::<Slot, &mut Automerge>::attach_as(am, actor)
+                    .map_err(EscrowError::Doc)
+                    .and_then(|mut d| d.sell_to(me, &booking, seats, at, attendee.as_deref()))
+            })
+            .await?;
+        escrow_outcome(outcome.map(|o| o == SaleOutcome::Recorded))
+    }
+
+    /// Gives `seats` of this device's quota in a slot to another device.
+    pub async fn transfer(
+        &self,
+        show: &str,
+        slot: &str,
+        to: DeviceId,
+        transfer: &str,
+        seats: u64,
+    ) -> Result<(), Failure> {
+        self.writable()?;
+        let view = self.view()?;
+        self.check_trusted(&view, to, "to")?;
+        let handle = self.slot_handle(&view, show, slot)?;
+        let (me, actor, at, transfer) =
+            (self.me(), self.actor(), clock::now(), transfer.to_owned());
+        let outcome = self
+            .change(&handle, move |am| {
+                Doc::<Slot, &mut Automerge>::attach_as(am, actor)
+                    .map_err(EscrowError::Doc)
+                    .and_then(|mut d| d.transfer(me, to, &transfer, seats, at))
+            })
+            .await?;
+        escrow_outcome(outcome)
+    }
+
+    /// Gives seats from this device's quota in each slot to a connected device running low, by the policy in
+    /// `popmesh_crdt::escrow::plan_rebalance` (only the giver writes a transfer). Returns the transfers made.
+    pub async fn rebalance(&self) -> Result<usize, Failure> {
+        let connected: Vec<DeviceId> = self
+            .mesh
+            .peers()
+            .into_iter()
+            .filter(|p| p.admitted)
+            .filter_map(|p| DeviceId::from_hex(&p.device).ok())
+            .collect();
+        if connected.is_empty() {
+            return Ok(0);
+        }
+        let slots: Vec<DocHandle> = read(&self.docs)
+            .values()
+            .filter(|(n, _)| matches!(n, DocName::Slot { .. }))
+            .map(|(_, h)| h.clone())
+            .collect();
+        let mut made = 0;
+        for handle in slots {
+            let n = self.transfers.fetch_add(1, Ordering::Relaxed);
+            let id = format!("rb-{}-{n}", self.epoch);
+            let (me, actor, at, low) =
+                (self.me(), self.actor(), clock::now(), self.escrow.low_water);
+            let connected = connected.clone();
+            let moved = self
+                .change(&handle, move |am| {
+                    let mut doc = Doc::<Slot, &mut Automerge>::attach_as(am, actor)
+                        .map_err(EscrowError::Doc)?;
+                    let view = doc.view()?;
+                    let plan = popmesh_device::rebalancer::plan(
+                        &view,
+                        &me,
+                        &connected,
+                        low,
+                        popmesh_device::Mutations::none(),
+                    );
+                    match plan {
+                        Some(t) => doc
+                            .transfer(me, t.to, &id, t.seats, at)
+                            .map(|()| Some((t.to, t.seats))),
+                        None => Ok(None),
+                    }
+                })
+                .await?;
+            match moved {
+                Ok(Some((to, seats))) => {
+                    tracing::info!(to = %to.short(), seats, "gave quota to a device running low");
+                    made += 1;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("rebalancing a slot failed: {e}"),
+            }
+        }
+        Ok(made)
+    }
+
+    /// A slot's availability as this device sees it.
+    pub async fn availability(&self, show: &str, slot: &str) -> Result<Availability, Failure> {
+        let view = self.view()?;
+        let handle = self.slot_handle(&view, show, slot)?;
+        let record = view.shows[show].slots[slot].clone();
+        let slot_view = handle
+            .with_document_async(|am| {
+                Doc::<Slot, &mut Automerge>::attach(am)
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| d.view().map_err(|e| e.to_string()))
+            })
+            .await
+            .map_err(stopped)?
+            .map_err(internal)?;
+        let me = self.me().to_hex();
+        let devices = slot_view
+            .devices()
+            .into_iter()
+            .map(|d| {
+                let entry = DeviceSeats {
+                    grant: slot_view.grant(&d),
+                    sold: slot_view.sold(&d),
+                    available: slot_view.available(&d),
+                };
+                (d, entry)
+            })
+            .collect();
+        Ok(Availability {
+            show: show.into(),
+            slot: slot.into(),
+            label: record.label,
+            starts_at: record.starts_at,
+            capacity: record.capacity,
+            sold: slot_view.total_sold(),
+            remaining: slot_view.remaining(),
+            available_here: slot_view.available(&me),
+            devices,
+        })
+    }
+}
+
+pub(super) fn escrow_outcome<T>(outcome: Result<T, EscrowError>) -> Result<T, Failure> {
+    match outcome {
+        Ok(v) => Ok(v),
+        Err(
+            e @ (EscrowError::QuotaSpent { .. }
+            | EscrowError::BookingConflict { .. }
+            | EscrowError::TransferConflict { .. }
+            | EscrowError::Full),
+        ) => Err(Failure::Conflict(e.to_string())),
+        Err(
+            e @ (EscrowError::BadSeatCount(_)
+            | EscrowError::BadId(_)
+            | EscrowError::SelfTransfer
+            | EscrowError::BadTransferSeats
+            | EscrowError::OverGranted { .. }
+            | EscrowError::BadAttendee(_)),
+        ) => Err(Failure::BadRequest(e.to_string())),
+        Err(e) => Err(internal(e)),
+    }
+}
