@@ -18,6 +18,10 @@ use serde_json::Value;
 /// The `popmesh` binary: cargo names it for the node package's tests; elsewhere it sits beside the test binary's
 /// directory (`target/<profile>/popmesh`).
 pub fn binary() -> PathBuf {
+    // A benchmark can compare two builds in one session: `POPMESH_BIN=/path/to/older/popmesh cargo bench ...`.
+    if let Some(path) = std::env::var_os("POPMESH_BIN") {
+        return PathBuf::from(path);
+    }
     if let Some(path) = option_env!("CARGO_BIN_EXE_popmesh") {
         return PathBuf::from(path);
     }
