@@ -20,29 +20,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use futures::future::BoxFuture;
-use libp2p::core::transport::upgrade::Version;
-use libp2p::core::{ConnectedPoint, Transport as _};
-use libp2p::metrics::Recorder as _;
-use libp2p::pnet::{PnetConfig, PreSharedKey};
-use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, allow_block_list, connection_limits, identify, mdns};
-use libp2p::{noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm};
 use popmesh_crdt::SecretKey;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::identity::{device_of_peer, libp2p_keypair};
-use crate::link::{self, Gate, Hello, LinkCounters, LinkError, SITE_PROTOCOL};
+use self::connections::Conn;
+use self::dial::{Bootstrap, DialState, Known};
+use self::links::accept_links;
+use self::metrics::MeshMetrics;
+use self::swarm::Behaviour;
+use crate::identity::device_of_peer;
+use crate::link::{Gate, Hello, LinkError, SITE_PROTOCOL};
 
+mod admission;
+mod connections;
+mod dial;
+mod events;
+mod links;
+mod metrics;
 mod plan;
+mod swarm;
 
 pub use plan::{LinkReason, PRUNE_AFTER};
 
@@ -68,94 +67,6 @@ pub struct MeshConfig {
     pub mdns: bool,
     /// The site's pre-shared key (libp2p pnet): peers without it cannot finish a handshake.
     pub network_key: [u8; 32],
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
-    reason: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DirectionLabel {
-    direction: &'static str,
-}
-
-/// The mesh's own metrics, registered beside libp2p-metrics in the node's one registry.
-#[derive(Debug, Clone)]
-struct MeshMetrics {
-    peers_admitted: Gauge,
-    connections: Gauge,
-    rejected: Family<ReasonLabel, Counter>,
-    links: Arc<LinkCounters>,
-}
-
-impl MeshMetrics {
-    fn register(registry: &mut Registry) -> Self {
-        let peers_admitted = Gauge::default();
-        let connections = Gauge::default();
-        let rejected = Family::<ReasonLabel, Counter>::default();
-        let messages = Family::<DirectionLabel, Counter>::default();
-        let bytes = Family::<DirectionLabel, Counter>::default();
-        registry.register(
-            "popmesh_peers_connected",
-            "Peers connected and admitted to the site",
-            peers_admitted.clone(),
-        );
-        registry.register(
-            "popmesh_connections",
-            "Open libp2p connections, admitted or not",
-            connections.clone(),
-        );
-        registry.register(
-            "popmesh_peers_rejected",
-            "Peers disconnected because they were not admitted, by reason",
-            rejected.clone(),
-        );
-        registry.register(
-            "popmesh_sync_messages",
-            "Document sync messages, by direction",
-            messages.clone(),
-        );
-        registry.register(
-            "popmesh_sync_bytes",
-            "Document sync bytes, by direction",
-            bytes.clone(),
-        );
-        let dir = |d| DirectionLabel { direction: d };
-        // Each lookup in its own call: `get_or_create` holds the family's lock until its guard drops, so four in one
-        // struct expression would deadlock on the second.
-        let counter =
-            |family: &Family<DirectionLabel, Counter>, d| family.get_or_create(&dir(d)).clone();
-        let links = Arc::new(LinkCounters {
-            messages_in: counter(&messages, "in"),
-            messages_out: counter(&messages, "out"),
-            bytes_in: counter(&bytes, "in"),
-            bytes_out: counter(&bytes, "out"),
-        });
-        Self {
-            peers_admitted,
-            connections,
-            rejected,
-            links,
-        }
-    }
-
-    fn reject(&self, reason: &str) {
-        self.rejected
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_owned(),
-            })
-            .inc();
-    }
-}
-
-#[derive(NetworkBehaviour)]
-struct Behaviour {
-    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
-    limits: connection_limits::Behaviour,
-    identify: identify::Behaviour,
-    mdns: Toggle<mdns::tokio::Behaviour>,
-    stream: libp2p_stream::Behaviour,
 }
 
 /// A peer as `status` shows it.
@@ -240,53 +151,7 @@ impl Mesh {
     ) -> Result<Self, MeshError> {
         let metrics = MeshMetrics::register(registry);
         let p2p_metrics = libp2p::metrics::Metrics::new(registry);
-        let psk = PreSharedKey::new(config.network_key);
-        let mdns_on = config.mdns;
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(libp2p_keypair(key))
-            .with_tokio()
-            .with_other_transport(|key| {
-                let noise = noise::Config::new(key)?;
-                Ok(
-                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                        .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-                        .upgrade(Version::V1Lazy)
-                        .authenticate(noise)
-                        .multiplex(yamux::Config::default())
-                        .timeout(Duration::from_secs(10)),
-                )
-            })
-            .map_err(|e| MeshError::Transport(e.to_string()))?
-            .with_bandwidth_metrics(registry)
-            .with_behaviour(|key| {
-                let local = key.public().to_peer_id();
-                let mdns = if mdns_on {
-                    let cfg = mdns::Config {
-                        query_interval: Duration::from_secs(5),
-                        ..Default::default()
-                    };
-                    Some(mdns::tokio::Behaviour::new(cfg, local)?)
-                } else {
-                    None
-                };
-                Ok(Behaviour {
-                    blocked: Default::default(),
-                    limits: connection_limits::Behaviour::new(
-                        connection_limits::ConnectionLimits::default()
-                            .with_max_pending_incoming(Some(64))
-                            .with_max_established(Some(512))
-                            .with_max_established_per_peer(Some(4)),
-                    ),
-                    identify: identify::Behaviour::new(identify::Config::new(
-                        "/popmesh/1".into(),
-                        key.public(),
-                    )),
-                    mdns: Toggle::from(mdns),
-                    stream: libp2p_stream::Behaviour::new(),
-                })
-            })
-            .map_err(|e| MeshError::Transport(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-            .build();
+        let mut swarm = swarm::build(key, &config, registry)?;
         for addr in &config.listen {
             swarm
                 .listen_on(addr.clone())
@@ -388,146 +253,6 @@ impl Mesh {
     }
 }
 
-/// Answers inbound site streams: hello, then hand the stream to samod as an accepted connection.
-async fn accept_links(
-    mut incoming: libp2p_stream::IncomingStreams,
-    acceptor: samod::AcceptorHandle,
-    gate: Arc<dyn Gate>,
-    counters: Arc<LinkCounters>,
-    commands: mpsc::Sender<Command>,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(HELLOS_IN_FLIGHT_MAX));
-    while let Some((peer, stream)) = incoming.next().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (gate, counters, commands, acceptor) = (
-            gate.clone(),
-            counters.clone(),
-            commands.clone(),
-            acceptor.clone(),
-        );
-        tokio::spawn(async move {
-            let outcome = link::accept(stream, peer, &*gate).await;
-            drop(slot);
-            match outcome {
-                Ok((hello, framed)) => {
-                    let policy = link_policy(&*gate, peer, &hello);
-                    let _ = commands.send(Command::Admitted { peer, hello }).await;
-                    if acceptor
-                        .accept(link::into_samod(framed, peer, counters, policy))
-                        .is_err()
-                    {
-                        tracing::debug!(%peer, "document engine stopped; dropping link");
-                    }
-                }
-                Err(e) => report_link_error(&commands, peer, &e).await,
-            }
-        });
-    }
-}
-
-fn link_policy(gate: &dyn Gate, peer: PeerId, hello: &Hello) -> link::LinkPolicy {
-    match device_of_peer(&peer) {
-        Some(device) => gate.link_policy(device, hello),
-        None => link::LinkPolicy::default(),
-    }
-}
-
-async fn report_link_error(commands: &mpsc::Sender<Command>, peer: PeerId, e: &LinkError) {
-    if e.is_refusal() {
-        tracing::warn!(%peer, "site link refused: {e}");
-        let _ = commands
-            .send(Command::Refused {
-                peer,
-                reason: match e {
-                    LinkError::TheyRefused { .. } => "they_refused".into(),
-                    LinkError::NotADevice(_) | LinkError::Malformed(_) => "malformed_hello".into(),
-                    _ => "not_enrolled".into(),
-                },
-            })
-            .await;
-    } else {
-        tracing::debug!(%peer, "site link failed: {e}");
-    }
-}
-
-/// samod's dialer for one admitted-or-not-yet peer: each connect opens a fresh site stream and says hello.
-struct PeerDialer {
-    peer: PeerId,
-    control: libp2p_stream::Control,
-    gate: Arc<dyn Gate>,
-    counters: Arc<LinkCounters>,
-    commands: mpsc::Sender<Command>,
-}
-
-impl samod::Dialer for PeerDialer {
-    type Error = LinkError;
-
-    fn url(&self) -> samod::Url {
-        samod::Url::parse(&format!("libp2p://{}", self.peer))
-            .expect("a peer id is a valid url host")
-    }
-
-    fn connect(&self) -> BoxFuture<'static, Result<samod::Transport, samod::DialError<LinkError>>> {
-        let mut control = self.control.clone();
-        let (peer, gate, counters, commands) = (
-            self.peer,
-            self.gate.clone(),
-            self.counters.clone(),
-            self.commands.clone(),
-        );
-        Box::pin(async move {
-            let stream = control
-                .open_stream(peer, SITE_PROTOCOL)
-                .await
-                .map_err(samod::DialError::transient)?;
-            match link::open(stream, peer, &*gate).await {
-                Ok((hello, framed)) => {
-                    let policy = link_policy(&*gate, peer, &hello);
-                    let _ = commands.send(Command::Admitted { peer, hello }).await;
-                    Ok(link::into_samod(framed, peer, counters, policy))
-                }
-                Err(e) if e.is_refusal() => {
-                    report_link_error(&commands, peer, &e).await;
-                    Err(samod::DialError::PermanentFailure(e))
-                }
-                Err(e) => Err(samod::DialError::transient(e)),
-            }
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DialState {
-    Idle,
-    Dialing(ConnectionId),
-    Connected(ConnectionId),
-}
-
-struct Bootstrap {
-    addr: Multiaddr,
-    state: DialState,
-    backoff: Duration,
-    next_at: Instant,
-    /// The peer this address led to last time.
-    peer: Option<PeerId>,
-}
-
-struct Conn {
-    id: ConnectionId,
-    dialed_by_me: bool,
-    /// The remote IP address of the connection.
-    remote_ip: Option<std::net::IpAddr>,
-}
-
-/// Addresses a peer was discovered at (mDNS, identify), and when to try it next.
-struct Known {
-    addrs: Vec<Multiaddr>,
-    next_at: Instant,
-    backoff: Duration,
-}
-
 struct SwarmTask {
     swarm: Swarm<Behaviour>,
     local: PeerId,
@@ -582,308 +307,16 @@ impl SwarmTask {
             Command::Refused { peer, reason } => self.refuse(peer, &reason),
             Command::Plan(plan) => self.set_plan(plan),
             Command::Stop => {}
-            Command::Reverify => {
-                let refused: Vec<(PeerId, String)> = self
-                    .admitted
-                    .iter()
-                    .filter_map(|(peer, hello)| {
-                        let device = device_of_peer(peer)?;
-                        self.gate.admit(device, hello).err().map(|r| (*peer, r))
-                    })
-                    .collect();
-                for (peer, reason) in refused {
-                    tracing::warn!(%peer, "admitted peer no longer trusted: {reason}");
-                    self.refuse(peer, "not_enrolled");
-                }
-            }
-        }
-    }
-
-    fn refuse(&mut self, peer: PeerId, reason: &str) {
-        self.metrics.reject(reason);
-        self.admitted.remove(&peer);
-        if let Some(session) = self.sessions.remove(&peer) {
-            session.close();
-        }
-        self.blocked.insert(peer, Instant::now() + BLOCK_FOR);
-        self.swarm.behaviour_mut().blocked.block_peer(peer);
-    }
-
-    fn on_event(
-        &mut self,
-        event: SwarmEvent<BehaviourEvent>,
-        connected_at: &mut HashMap<PeerId, Instant>,
-    ) {
-        self.p2p_metrics.record(&event);
-        match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                tracing::info!(%address, "listening");
-                self.lock().listening.push(address);
-            }
-            SwarmEvent::ExpiredListenAddr { address, .. } => {
-                self.lock().listening.retain(|a| a != &address);
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
-                for (peer, addr) in found {
-                    if peer == self.local {
-                        continue;
-                    }
-                    let first = !self.known.contains_key(&peer);
-                    let known = self.known.entry(peer).or_insert_with(|| Known {
-                        addrs: Vec::new(),
-                        next_at: Instant::now(),
-                        backoff: BACKOFF_MIN,
-                    });
-                    if !known.addrs.contains(&addr) {
-                        known.addrs.push(addr);
-                    }
-                    if first {
-                        tracing::info!(%peer, "discovered by mDNS");
-                        // The smaller peer dials at once; the larger gives it a head start.
-                        known.next_at = if self.local < peer {
-                            Instant::now()
-                        } else {
-                            Instant::now() + FALLBACK_DIAL
-                        };
-                    }
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(gone))) => {
-                for (peer, addr) in gone {
-                    if let Some(k) = self.known.get_mut(&peer) {
-                        k.addrs.retain(|a| a != &addr);
-                        if k.addrs.is_empty() {
-                            self.known.remove(&peer);
-                        }
-                    }
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => {
-                self.p2p_metrics.record(&event);
-                if let identify::Event::Received { peer_id, info, .. } = event
-                    && let Some(k) = self.known.get_mut(&peer_id)
-                {
-                    for addr in info.listen_addrs {
-                        if !k.addrs.contains(&addr) {
-                            k.addrs.push(addr);
-                        }
-                    }
-                }
-            }
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                connection_id,
-                endpoint,
-                ..
-            } => {
-                let dialed_by_me = matches!(endpoint, ConnectedPoint::Dialer { .. });
-                for b in &mut self.bootstrap {
-                    if b.state == DialState::Dialing(connection_id) {
-                        b.state = DialState::Connected(connection_id);
-                        b.peer = Some(peer_id);
-                        b.backoff = BACKOFF_MIN;
-                    }
-                }
-                if let Some(k) = self.known.get_mut(&peer_id) {
-                    k.backoff = BACKOFF_MIN;
-                }
-                connected_at.entry(peer_id).or_insert_with(Instant::now);
-                let remote = match &endpoint {
-                    ConnectedPoint::Dialer { address, .. } => address,
-                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
-                };
-                let remote_ip = remote.iter().find_map(|p| match p {
-                    libp2p::multiaddr::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
-                    libp2p::multiaddr::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
-                    _ => None,
-                });
-                self.conns.entry(peer_id).or_default().push(Conn {
-                    id: connection_id,
-                    dialed_by_me,
-                    remote_ip,
-                });
-                self.drop_duplicates(peer_id);
-                if self.local < peer_id && !self.sessions.contains_key(&peer_id) {
-                    self.open_session(peer_id);
-                }
-            }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                connection_id,
-                num_established,
-                cause,
-                ..
-            } => {
-                for b in &mut self.bootstrap {
-                    if b.state == DialState::Connected(connection_id) {
-                        b.state = DialState::Idle;
-                        b.next_at = Instant::now() + b.backoff;
-                    }
-                }
-                if let Some(list) = self.conns.get_mut(&peer_id) {
-                    list.retain(|c| c.id != connection_id);
-                }
-                if num_established == 0 {
-                    tracing::info!(%peer_id, ?cause, "peer disconnected");
-                    self.conns.remove(&peer_id);
-                    connected_at.remove(&peer_id);
-                    self.admitted.remove(&peer_id);
-                    if let Some(session) = self.sessions.remove(&peer_id) {
-                        session.close();
-                    }
-                    if let Some(k) = self.known.get_mut(&peer_id) {
-                        k.next_at = Instant::now() + k.backoff;
-                    }
-                }
-            }
-            SwarmEvent::OutgoingConnectionError {
-                connection_id,
-                peer_id,
-                error,
-            } => {
-                tracing::debug!(?peer_id, "dial failed: {error}");
-                for b in &mut self.bootstrap {
-                    if b.state == DialState::Dialing(connection_id) {
-                        b.state = DialState::Idle;
-                        b.next_at = Instant::now() + b.backoff;
-                        b.backoff = (b.backoff * 2).min(BACKOFF_MAX);
-                    }
-                }
-                if let Some(k) = peer_id.and_then(|p| self.known.get_mut(&p)) {
-                    k.next_at = Instant::now() + k.backoff;
-                    k.backoff = (k.backoff * 2).min(BACKOFF_MAX);
-                }
-            }
-            SwarmEvent::IncomingConnectionError { error, .. } => {
-                // A transport error here is most often a device without the site key: the pnet/noise handshake
-                // fails. Denials (a blocked peer trying again) were counted when the peer was refused.
-                tracing::debug!("inbound connection failed: {error}");
-                if matches!(error, libp2p::swarm::ListenError::Transport(_)) {
-                    self.metrics.reject("handshake");
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Closes this side's redundant dials to `peer` (see the module notes for why both sides agree).
-    fn drop_duplicates(&mut self, peer: PeerId) {
-        let Some(list) = self.conns.get(&peer) else {
-            return;
-        };
-        let theirs = list.iter().any(|c| !c.dialed_by_me);
-        let mine: Vec<ConnectionId> = list
-            .iter()
-            .filter(|c| c.dialed_by_me)
-            .map(|c| c.id)
-            .collect();
-        let keep_one_of_mine = self.local < peer || !theirs;
-        let close = if keep_one_of_mine {
-            mine.get(1..).unwrap_or_default()
-        } else {
-            &mine[..]
-        };
-        for id in close {
-            tracing::debug!(%peer, "closing a duplicate connection");
-            self.swarm.close_connection(*id);
-        }
-    }
-
-    fn open_session(&mut self, peer: PeerId) {
-        let dialer = PeerDialer {
-            peer,
-            control: self.control.clone(),
-            gate: self.gate.clone(),
-            counters: self.metrics.links.clone(),
-            commands: self.commands.clone(),
-        };
-        let backoff = samod::BackoffConfig {
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(5),
-            max_retries: None,
-        };
-        match self.repo.dial(backoff, Arc::new(dialer)) {
-            Ok(handle) => {
-                self.sessions.insert(peer, handle);
-            }
-            Err(_) => tracing::warn!("document engine stopped; no session for {peer}"),
+            Command::Reverify => self.reverify(),
         }
     }
 
     fn housekeeping(&mut self, connected_at: &HashMap<PeerId, Instant>) {
         let now = Instant::now();
-        // Unblock refused peers whose time is up (a revoked peer is refused again on its next hello).
-        let expired: Vec<PeerId> = self
-            .blocked
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in expired {
-            self.blocked.remove(&peer);
-            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
-        }
-        // Peers that connected but never said hello.
-        let silent: Vec<PeerId> = connected_at
-            .iter()
-            .filter(|(p, at)| {
-                !self.admitted.contains_key(p) && now.duration_since(**at) > HELLO_GRACE
-            })
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in silent {
-            tracing::warn!(%peer, "no hello within {HELLO_GRACE:?}; disconnecting");
-            self.refuse(peer, "no_hello");
-        }
-        // Bootstrap addresses whose peer is not connected.
-        let connected: Vec<PeerId> = self.conns.keys().copied().collect();
-        for i in 0..self.bootstrap.len() {
-            let b = &self.bootstrap[i];
-            let satisfied = b
-                .peer
-                .is_some_and(|p| connected.contains(&p) || self.blocked.contains_key(&p));
-            if b.state != DialState::Idle || satisfied || b.next_at > now {
-                continue;
-            }
-            let opts = DialOpts::unknown_peer_id().address(b.addr.clone()).build();
-            let id = opts.connection_id();
-            let addr = b.addr.clone();
-            match self.swarm.dial(opts) {
-                Ok(()) => self.bootstrap[i].state = DialState::Dialing(id),
-                Err(e) => {
-                    tracing::debug!(%addr, "bootstrap dial refused: {e}");
-                    let b = &mut self.bootstrap[i];
-                    b.next_at = now + b.backoff;
-                    b.backoff = (b.backoff * 2).min(BACKOFF_MAX);
-                }
-            }
-        }
-        // Discovered peers we should be connected to.
-        let due: Vec<(PeerId, Vec<Multiaddr>)> = self
-            .known
-            .iter()
-            .filter(|(p, k)| {
-                k.next_at <= now
-                    && !self.conns.contains_key(p)
-                    && !self.blocked.contains_key(p)
-                    && self.wanted(p)
-                    && !k.addrs.is_empty()
-            })
-            .map(|(p, k)| (*p, k.addrs.clone()))
-            .collect();
-        for (peer, addrs) in due {
-            let opts = DialOpts::peer_id(peer)
-                .addresses(addrs)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build();
-            if let Some(k) = self.known.get_mut(&peer) {
-                k.next_at = now + k.backoff;
-                k.backoff = (k.backoff * 2).min(BACKOFF_MAX);
-            }
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(%peer, "dial refused: {e}");
-            }
-        }
+        self.unblock_expired(now);
+        self.disconnect_silent(connected_at, now);
+        self.dial_bootstrap(now);
+        self.dial_known(now);
         self.prune(connected_at, now);
     }
 

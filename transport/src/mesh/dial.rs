@@ -1,0 +1,89 @@
+//! Dialing and backoff: bootstrap addresses and discovered peers, each redialed with backoff while not connected.
+
+use std::time::{Duration, Instant};
+
+use libp2p::swarm::ConnectionId;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{Multiaddr, PeerId};
+
+use super::{BACKOFF_MAX, SwarmTask};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DialState {
+    Idle,
+    Dialing(ConnectionId),
+    Connected(ConnectionId),
+}
+
+pub(super) struct Bootstrap {
+    pub(super) addr: Multiaddr,
+    pub(super) state: DialState,
+    pub(super) backoff: Duration,
+    pub(super) next_at: Instant,
+    /// The peer this address led to last time.
+    pub(super) peer: Option<PeerId>,
+}
+
+/// Addresses a peer was discovered at (mDNS, identify), and when to try it next.
+pub(super) struct Known {
+    pub(super) addrs: Vec<Multiaddr>,
+    pub(super) next_at: Instant,
+    pub(super) backoff: Duration,
+}
+
+impl SwarmTask {
+    /// Dials bootstrap addresses whose peer is not connected, when their backoff allows.
+    pub(super) fn dial_bootstrap(&mut self, now: Instant) {
+        let connected: Vec<PeerId> = self.conns.keys().copied().collect();
+        for i in 0..self.bootstrap.len() {
+            let b = &self.bootstrap[i];
+            let satisfied = b
+                .peer
+                .is_some_and(|p| connected.contains(&p) || self.blocked.contains_key(&p));
+            if b.state != DialState::Idle || satisfied || b.next_at > now {
+                continue;
+            }
+            let opts = DialOpts::unknown_peer_id().address(b.addr.clone()).build();
+            let id = opts.connection_id();
+            let addr = b.addr.clone();
+            match self.swarm.dial(opts) {
+                Ok(()) => self.bootstrap[i].state = DialState::Dialing(id),
+                Err(e) => {
+                    tracing::debug!(%addr, "bootstrap dial refused: {e}");
+                    let b = &mut self.bootstrap[i];
+                    b.next_at = now + b.backoff;
+                    b.backoff = (b.backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Dials discovered (or planned) peers this device should be connected to, when their backoff allows.
+    pub(super) fn dial_known(&mut self, now: Instant) {
+        let due: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .known
+            .iter()
+            .filter(|(p, k)| {
+                k.next_at <= now
+                    && !self.conns.contains_key(p)
+                    && !self.blocked.contains_key(p)
+                    && self.wanted(p)
+                    && !k.addrs.is_empty()
+            })
+            .map(|(p, k)| (*p, k.addrs.clone()))
+            .collect();
+        for (peer, addrs) in due {
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Some(k) = self.known.get_mut(&peer) {
+                k.next_at = now + k.backoff;
+                k.backoff = (k.backoff * 2).min(BACKOFF_MAX);
+            }
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, "dial refused: {e}");
+            }
+        }
+    }
+}
