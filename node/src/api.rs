@@ -2,7 +2,7 @@
 //!
 //! Every error is a JSON body `{"error": {"status": 409, "message": "..."}}` that says what was wrong. Fixed names
 //! that apps rely on: `GET /v1/status`, `POST /v1/payments`, `GET /v1/receipts`, `GET /metrics`, and the media
-//! routes of [`crate::media_api`] (`GET /media/{hash}`, `GET /media/by-name/{name}`).
+//! routes of [`media`] (`GET /media/{hash}`, `GET /media/by-name/{name}`).
 
 use std::sync::Arc;
 
@@ -20,11 +20,14 @@ use serde_json::json;
 
 mod body;
 mod browser;
+pub mod console;
+pub mod media;
+pub mod screens;
+pub mod warehouse;
 
 pub use body::{JsonObject, URI_BYTES_MAX};
 pub use browser::BrowserPolicy;
 
-use crate::media_api;
 use crate::node::{Failure, Node, ShowSpec};
 
 /// The longest error message an answer carries, in bytes.
@@ -129,20 +132,20 @@ pub fn router_with(node: Arc<Node>, browser: BrowserPolicy) -> Router {
         .route("/v1/report", get(report))
         .route("/v1/rehearsals", post(call_rehearsal))
         .route("/v1/rehearsals/{id}", get(rehearsal))
-        .route("/v1/warehouse", get(crate::warehouse::status_route))
-        .route("/v1/warehouse/replay", post(crate::warehouse::replay_route))
-        .route("/console", get(crate::console::page))
-        .route("/v1/console", get(crate::console::state))
-        .route("/v1/sync", get(crate::screen_sync::upgrade))
+        .route("/v1/warehouse", get(warehouse::status_route))
+        .route("/v1/warehouse/replay", post(warehouse::replay_route))
+        .route("/console", get(console::page))
+        .route("/v1/console", get(console::state))
+        .route("/v1/sync", get(screens::upgrade))
         .route("/v1/attendees/{id}", get(profile).put(update_profile))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
-        .route("/v1/blobs", post(media_api::add))
-        .route("/v1/blobs/{hash}", get(media_api::blob_state))
-        .route("/v1/manifests", get(media_api::manifests))
-        .route("/v1/manifests/{name}", post(media_api::publish))
-        .route("/media/{hash}", get(media_api::by_hash))
-        .route("/media/by-name/{name}", get(media_api::by_name))
+        .route("/v1/blobs", post(media::add))
+        .route("/v1/blobs/{hash}", get(media::blob_state))
+        .route("/v1/manifests", get(media::manifests))
+        .route("/v1/manifests/{name}", post(media::publish))
+        .route("/media/{hash}", get(media::by_hash))
+        .route("/media/by-name/{name}", get(media::by_name))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/status")
         })

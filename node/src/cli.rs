@@ -293,7 +293,7 @@ pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
         mdns: config.p2p.mdns,
         network_key: dir.network_key,
     };
-    let options = config.run_options(mesh);
+    let options = crate::node::RunOptions::from_config(&config, mesh);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

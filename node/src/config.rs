@@ -127,7 +127,7 @@ pub struct Config {
     pub warehouse: Warehouse,
 }
 
-/// `[warehouse]`: where the origin writes the show data (see [`crate::warehouse`]).
+/// `[warehouse]`: where the origin writes the show data (see [`crate::node::warehouse`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Warehouse {
@@ -346,35 +346,6 @@ impl Media {
             upload_max_bytes: self.upload_max_mib.saturating_mul(1 << 20),
             reserve_bytes: self.reserve_mib.saturating_mul(1 << 20),
             bind_ip: std::net::IpAddr::from([0, 0, 0, 0]),
-        }
-    }
-}
-
-impl Config {
-    /// What `popmesh run` (and each node of `popmesh demo`) starts with, given the mesh settings.
-    pub fn run_options(&self, mesh: popmesh_transport::MeshConfig) -> crate::node::RunOptions {
-        let mut media = self.media.options();
-        // The blob endpoint binds where the mesh listens (its first IP address), not every interface.
-        if let Some(ip) = mesh.listen.iter().find_map(|addr| {
-            addr.iter().find_map(|p| match p {
-                libp2p::multiaddr::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
-                libp2p::multiaddr::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
-                _ => None,
-            })
-        }) {
-            media.bind_ip = ip;
-        }
-        crate::node::RunOptions {
-            mesh,
-            limits: self.payments.limits(),
-            escrow: self.escrow.clone(),
-            receipts_per_page: self.payments.receipts_per_page,
-            media,
-            telemetry: self.telemetry.policy(),
-            alerts: self.alerts.clone(),
-            uplink_limit: (self.uplink.limit_kib_s > 0)
-                .then_some(self.uplink.limit_kib_s.saturating_mul(1024)),
-            warehouse: self.warehouse.clone(),
         }
     }
 }

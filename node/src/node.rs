@@ -53,6 +53,7 @@ mod status;
 mod tasks;
 mod telemetry;
 mod trust;
+pub mod warehouse;
 mod watchman;
 mod writes;
 
@@ -155,6 +156,38 @@ pub struct RunOptions {
     pub warehouse: crate::config::Warehouse,
 }
 
+impl RunOptions {
+    /// What `popmesh run` (and each node of `popmesh demo`) starts with, given the config and the mesh settings.
+    pub fn from_config(
+        config: &crate::config::Config,
+        mesh: popmesh_transport::MeshConfig,
+    ) -> Self {
+        let mut media = config.media.options();
+        // The blob endpoint binds where the mesh listens (its first IP address), not every interface.
+        if let Some(ip) = mesh.listen.iter().find_map(|addr| {
+            addr.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+                libp2p::multiaddr::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+                _ => None,
+            })
+        }) {
+            media.bind_ip = ip;
+        }
+        Self {
+            mesh,
+            limits: config.payments.limits(),
+            escrow: config.escrow.clone(),
+            receipts_per_page: config.payments.receipts_per_page,
+            media,
+            telemetry: config.telemetry.policy(),
+            alerts: config.alerts.clone(),
+            uplink_limit: (config.uplink.limit_kib_s > 0)
+                .then_some(config.uplink.limit_kib_s.saturating_mul(1024)),
+            warehouse: config.warehouse.clone(),
+        }
+    }
+}
+
 /// A running node.
 pub struct Node {
     pub dir: DataDir,
@@ -209,7 +242,7 @@ pub struct Node {
     /// Decoded ledger pages by document, with the heads they were read at (see `receipts.rs`).
     ledger_cache: Mutex<BTreeMap<DocumentId, receipts::CachedPage>>,
     /// The warehouse sink (the origin, with `[warehouse] postgres_url`).
-    warehouse: Option<Arc<crate::warehouse::Sink>>,
+    warehouse: Option<Arc<crate::node::warehouse::Sink>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -278,7 +311,7 @@ impl Node {
             gate.preload(&repo, id).await;
         }
         let metrics = NodeMetrics::register(&mut registry);
-        let warehouse = crate::warehouse::Sink::for_node(
+        let warehouse = crate::node::warehouse::Sink::for_node(
             &dir,
             &options.warehouse,
             &options.telemetry.conversion,
@@ -350,7 +383,7 @@ impl Node {
             node.spawn_task(confirmer(node.clone()));
         }
         if let Some(sink) = node.warehouse.clone() {
-            node.spawn_task(crate::warehouse::follow(node.clone(), sink));
+            node.spawn_task(crate::node::warehouse::follow(node.clone(), sink));
         }
         if node.escrow.rebalance_every_secs > 0 {
             node.spawn_task(rebalancer(node.clone()));
@@ -423,7 +456,7 @@ impl Node {
     }
 
     /// The warehouse sink, at an origin with `[warehouse] postgres_url`.
-    pub fn warehouse(&self) -> Option<&Arc<crate::warehouse::Sink>> {
+    pub fn warehouse(&self) -> Option<&Arc<crate::node::warehouse::Sink>> {
         self.warehouse.as_ref()
     }
 

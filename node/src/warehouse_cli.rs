@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use crate::client::Client;
 use crate::config::Config;
+use crate::node::warehouse::{self, schema};
 use crate::site::DataDir;
-use crate::warehouse::{self, schema};
 
 fn url_of(data: &Path, url: Option<String>) -> Result<(Config, String)> {
     let config = Config::load(&DataDir::config_path(data))?;

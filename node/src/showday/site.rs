@@ -42,12 +42,15 @@ impl Site {
         config.escrow.rebalance_every_secs = 1;
         config.media.port = 0;
         config.media.preseed_every_secs = 1;
-        Ok(config.run_options(MeshConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
-            bootstrap: self.bootstrap.clone(),
-            mdns: false,
-            network_key: dir.network_key,
-        }))
+        Ok(crate::node::RunOptions::from_config(
+            &config,
+            MeshConfig {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+                bootstrap: self.bootstrap.clone(),
+                mdns: false,
+                network_key: dir.network_key,
+            },
+        ))
     }
 
     pub(super) async fn start(&mut self, name: &str) -> Result<Arc<Node>> {

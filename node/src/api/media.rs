@@ -20,7 +20,7 @@ use iroh_blobs::Hash;
 use popmesh_crdt::manifest::{ManifestRecord, MediaEntry};
 use serde_json::json;
 
-use crate::api::ApiError;
+use super::ApiError;
 use crate::clock;
 use crate::media::{MediaError, parse_hash};
 use crate::node::{ManifestSpec, Node};
@@ -368,11 +368,11 @@ pub async fn manifests(State(node): State<Arc<Node>>) -> impl IntoResponse {
 pub async fn publish(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
-    body: Result<crate::api::JsonObject<ManifestSpec>, ApiError>,
+    body: Result<super::JsonObject<ManifestSpec>, ApiError>,
 ) -> Api<Response> {
     popmesh_crdt::naming::check_name("name", &name)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let crate::api::JsonObject(spec) = body?;
+    let super::JsonObject(spec) = body?;
     node.publish_manifest(&name, spec).await?;
     Ok((StatusCode::CREATED, Json(json!({ "published": name }))).into_response())
 }

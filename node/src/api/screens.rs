@@ -20,7 +20,7 @@ use futures::{SinkExt as _, StreamExt as _};
 use popmesh_transport::link::FRAME_BYTES_MAX;
 use popmesh_transport::outbox::text_field;
 
-use crate::api::ApiError;
+use super::ApiError;
 use crate::node::{Node, is_device_peer};
 
 /// How long a screen may take to say who it is.

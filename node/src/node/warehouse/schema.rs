@@ -18,12 +18,12 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "show_data",
-        sql: include_str!("../../migrations/0001_show_data.sql"),
+        sql: include_str!("../../../migrations/0001_show_data.sql"),
     },
     Migration {
         version: 2,
         name: "report_views",
-        sql: include_str!("../../migrations/0002_report_views.sql"),
+        sql: include_str!("../../../migrations/0002_report_views.sql"),
     },
 ];
 

@@ -12,7 +12,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::api::ApiError;
+use super::ApiError;
 use crate::config::Alerts;
 use crate::node::Node;
 
@@ -58,7 +58,7 @@ pub struct Facts {
     /// Whether free space is below the reserve kept for money (media and uploads have stopped).
     pub below_reserve: bool,
     /// At an origin with a warehouse: what it owes and why it cannot write.
-    pub warehouse: Option<crate::warehouse::SinkStatus>,
+    pub warehouse: Option<crate::node::warehouse::SinkStatus>,
 }
 
 /// The alerts `facts` raise under `limits` (a limit of 0 is off).
@@ -245,7 +245,7 @@ pub async fn snapshot(node: &Node) -> serde_json::Value {
             .collect(),
         store_fault: status.store.fault.as_ref().map(|f| f.reason.clone()),
         below_reserve: status.store.below_reserve,
-        warehouse: crate::warehouse::status_of(node),
+        warehouse: crate::node::warehouse::status_of(node),
         out_of_reach: open
             .iter()
             .map(|i| (name_of(&i.subject), now.saturating_sub(i.started)))
@@ -304,7 +304,7 @@ mod tests {
             out_of_reach: vec![("origin".into(), 90_000)],
             store_fault: None,
             below_reserve: false,
-            warehouse: Some(crate::warehouse::SinkStatus {
+            warehouse: Some(crate::node::warehouse::SinkStatus {
                 connected: false,
                 error: Some("connection refused".into()),
                 owed_documents: 3,

@@ -520,29 +520,3 @@ impl Sink {
         }
     }
 }
-
-/// `GET /v1/warehouse`: what this origin owes the warehouse (404 on a device that writes none).
-pub async fn status_route(
-    axum::extract::State(node): axum::extract::State<Arc<crate::node::Node>>,
-) -> Result<axum::Json<SinkStatus>, crate::api::ApiError> {
-    status_of(&node).map(axum::Json).ok_or_else(no_warehouse)
-}
-
-/// `POST /v1/warehouse/replay`: every document is compared with the warehouse again and what it lacks written.
-pub async fn replay_route(
-    axum::extract::State(node): axum::extract::State<Arc<crate::node::Node>>,
-) -> Result<(axum::http::StatusCode, axum::Json<serde_json::Value>), crate::api::ApiError> {
-    let sink = node.warehouse().ok_or_else(no_warehouse)?;
-    sink.replay();
-    Ok((
-        axum::http::StatusCode::ACCEPTED,
-        axum::Json(serde_json::json!({ "replaying": true })),
-    ))
-}
-
-fn no_warehouse() -> crate::api::ApiError {
-    crate::api::ApiError::new(
-        axum::http::StatusCode::NOT_FOUND,
-        "this device writes no warehouse: only the origin does, with [warehouse] postgres_url set",
-    )
-}
