@@ -11,12 +11,15 @@
 //!   is not on disk (whole saves after a failed write, replays).
 //! - [`gate`]: admission of a peer when a link opens, the class each document's messages travel in, and who may
 //!   read and write what.
+//! - [`links`]: the mesh's rules between two devices: who dials, which duplicate connection closes, backoff,
+//!   blocking.
 //! - [`rebalancer`]: when a device gives quota to a connected peer running low.
 //! - [`mutation`]: deliberately broken decisions, for the tests that prove the simulator catches them.
 
 pub mod desk;
 pub mod durability;
 pub mod gate;
+pub mod links;
 pub mod mutation;
 pub mod rebalancer;
 

@@ -40,6 +40,9 @@ pub struct Link {
     pub last_arrival: [u64; 2],
     /// A reconnect is already scheduled.
     pub reconnect_pending: bool,
+    /// When the dialing side tries again after a reset: the device core's rule (`popmesh_device::links`), in
+    /// simulated time.
+    pub backoff: popmesh_device::links::Backoff<std::time::Duration>,
     /// Messages sent per direction over the link's life: with the link and direction, a message's place in the
     /// event order, independent of the order in which the sync engine emitted messages for different links.
     pub sent: [u64; 2],
@@ -59,6 +62,10 @@ impl Link {
             epoch: 0,
             last_arrival: [0; 2],
             reconnect_pending: false,
+            backoff: popmesh_device::links::Backoff::new(
+                std::time::Duration::ZERO,
+                std::time::Duration::ZERO,
+            ),
             sent: [0; 2],
             messages: 0,
             bytes: 0,

@@ -32,7 +32,9 @@ use crate::net::{Dir, Latency, Network};
 use crate::report::{Quantiles, RunReport};
 use popmesh_crdt::enrollment::EnrollmentCert;
 use popmesh_device::desk::BatchId;
+use popmesh_device::links as mesh_rules;
 use popmesh_device::{Desk, Durability, Mutation, Mutations, gate};
+use std::time::Duration;
 
 mod checks;
 mod desk;
@@ -69,8 +71,6 @@ const STORE_FLUSH_MS: u64 = 2_000;
 const FSYNC_MS: u64 = 4;
 /// Receipts per ledger page (the node's `receipts_per_page`, small here so pages fill during a show).
 const RECEIPTS_PER_PAGE: usize = 8;
-/// How long a device waits before it dials a peer its gate refused again.
-const REFUSED_RETRY_MS: u64 = 30_000;
 
 /// A deliberately broken device, to prove the checkers bite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -45,15 +45,10 @@ mod swarm;
 
 pub use plan::{LinkReason, PRUNE_AFTER};
 
-/// How long the larger peer waits for the smaller one to dial before dialing itself.
-pub const FALLBACK_DIAL: Duration = Duration::from_secs(3);
-/// How long a connected peer has to complete the hello.
-pub const HELLO_GRACE: Duration = Duration::from_secs(15);
-/// How long a refused peer stays blocked before it may try again.
-pub const BLOCK_FOR: Duration = Duration::from_secs(60);
-/// Redial backoff for bootstrap addresses and known peers.
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(15);
+// The rules between two devices (who dials, which duplicate closes, backoff, blocking) are the device core's,
+// so the simulator runs them too.
+use popmesh_device::links::{self as rules, Backoff};
+pub use popmesh_device::links::{BLOCK_FOR, FALLBACK_DIAL, HELLO_GRACE};
 /// Bounded queue from link tasks to the swarm task.
 const COMMANDS_MAX: usize = 1024;
 /// Hellos being answered at once; more inbound streams wait.
@@ -196,8 +191,7 @@ impl Mesh {
                 .map(|addr| Bootstrap {
                     addr,
                     state: DialState::Idle,
-                    backoff: BACKOFF_MIN,
-                    next_at: Instant::now(),
+                    backoff: Backoff::new(Instant::now(), Duration::ZERO),
                     peer: None,
                 })
                 .collect(),

@@ -41,8 +41,12 @@ impl World {
             }
         }
         if self.link_wanted(link) {
-            let backoff = self.faults.random_range(500..3_000);
-            self.want_reconnect(link, backoff);
+            // The dialer waits as the node's mesh does after a closed connection (the device core's backoff).
+            let now = Duration::from_millis(self.now);
+            let l = &mut self.net.links[link];
+            l.backoff.failed(now);
+            let wait = l.backoff.next_at.saturating_sub(now).as_millis() as u64;
+            self.want_reconnect(link, wait);
         }
     }
 
@@ -150,23 +154,32 @@ impl World {
         let (a, b) = (self.net.links[link].a, self.net.links[link].b);
         // Both gates decide before anything reaches the sync engine, as the link's hello does in the node.
         if !self.admits(a, b) || !self.admits(b, a) {
+            // Refused: blocked for the mesh's `BLOCK_FOR`, then tried again.
             self.report.links_refused += 1;
-            self.want_reconnect(link, REFUSED_RETRY_MS);
+            self.want_reconnect(link, mesh_rules::BLOCK_FOR.as_millis() as u64);
             return;
         }
         let (ta, tb) = (self.ts(a), self.ts(b));
-        // The lower index dials: never two connections between the same pair.
+        // One connection per pair, dialed by the side the mesh's rule names (the smaller device id).
+        let a_dials =
+            mesh_rules::dials_first(&self.devices[a].key.public(), &self.devices[b].key.public());
+        let (side_a, side_b) = if a_dials {
+            (Side::Dialer, Side::Listener)
+        } else {
+            (Side::Listener, Side::Dialer)
+        };
         let ca = self.devices[a]
             .host
             .as_mut()
             .expect("wanted link has both hosts")
-            .open_connection(Side::Dialer, ta);
+            .open_connection(side_a, ta);
         let cb = self.devices[b]
             .host
             .as_mut()
             .expect("wanted link has both hosts")
-            .open_connection(Side::Listener, tb);
+            .open_connection(side_b, tb);
         self.net.connect(link, ca, cb);
+        self.net.links[link].backoff.connected();
         self.check_link_trust(link);
         self.route(a);
         self.route(b);

@@ -24,12 +24,8 @@ impl SwarmTask {
             .filter(|c| c.dialed_by_me)
             .map(|c| c.id)
             .collect();
-        let keep_one_of_mine = self.local < peer || !theirs;
-        let close = if keep_one_of_mine {
-            mine.get(1..).unwrap_or_default()
-        } else {
-            &mine[..]
-        };
+        let keep = popmesh_device::links::own_dials_to_keep(&self.local, &peer, theirs);
+        let close = mine.get(keep..).unwrap_or_default();
         for id in close {
             tracing::debug!(%peer, "closing a duplicate connection");
             self.swarm.close_connection(*id);

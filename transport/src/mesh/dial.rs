@@ -1,12 +1,12 @@
 //! Dialing and backoff: bootstrap addresses and discovered peers, each redialed with backoff while not connected.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use libp2p::swarm::ConnectionId;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId};
 
-use super::{BACKOFF_MAX, SwarmTask};
+use super::{Backoff, SwarmTask};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum DialState {
@@ -18,8 +18,7 @@ pub(super) enum DialState {
 pub(super) struct Bootstrap {
     pub(super) addr: Multiaddr,
     pub(super) state: DialState,
-    pub(super) backoff: Duration,
-    pub(super) next_at: Instant,
+    pub(super) backoff: Backoff<Instant>,
     /// The peer this address led to last time.
     pub(super) peer: Option<PeerId>,
 }
@@ -27,8 +26,7 @@ pub(super) struct Bootstrap {
 /// Addresses a peer was discovered at (mDNS, identify), and when to try it next.
 pub(super) struct Known {
     pub(super) addrs: Vec<Multiaddr>,
-    pub(super) next_at: Instant,
-    pub(super) backoff: Duration,
+    pub(super) backoff: Backoff<Instant>,
 }
 
 impl SwarmTask {
@@ -40,7 +38,7 @@ impl SwarmTask {
             let satisfied = b
                 .peer
                 .is_some_and(|p| connected.contains(&p) || self.blocked.contains_key(&p));
-            if b.state != DialState::Idle || satisfied || b.next_at > now {
+            if b.state != DialState::Idle || satisfied || !b.backoff.due(now) {
                 continue;
             }
             let opts = DialOpts::unknown_peer_id().address(b.addr.clone()).build();
@@ -50,9 +48,7 @@ impl SwarmTask {
                 Ok(()) => self.bootstrap[i].state = DialState::Dialing(id),
                 Err(e) => {
                     tracing::debug!(%addr, "bootstrap dial refused: {e}");
-                    let b = &mut self.bootstrap[i];
-                    b.next_at = now + b.backoff;
-                    b.backoff = (b.backoff * 2).min(BACKOFF_MAX);
+                    self.bootstrap[i].backoff.failed(now);
                 }
             }
         }
@@ -64,7 +60,7 @@ impl SwarmTask {
             .known
             .iter()
             .filter(|(p, k)| {
-                k.next_at <= now
+                k.backoff.due(now)
                     && !self.conns.contains_key(p)
                     && !self.blocked.contains_key(p)
                     && self.wanted(p)
@@ -78,8 +74,7 @@ impl SwarmTask {
                 .condition(PeerCondition::DisconnectedAndNotDialing)
                 .build();
             if let Some(k) = self.known.get_mut(&peer) {
-                k.next_at = now + k.backoff;
-                k.backoff = (k.backoff * 2).min(BACKOFF_MAX);
+                k.backoff.failed(now);
             }
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!(%peer, "dial refused: {e}");

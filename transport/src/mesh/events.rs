@@ -12,7 +12,7 @@ use libp2p::{PeerId, identify, mdns};
 use super::connections::Conn;
 use super::dial::{DialState, Known};
 use super::swarm::BehaviourEvent;
-use super::{BACKOFF_MAX, BACKOFF_MIN, FALLBACK_DIAL, SwarmTask};
+use super::{Backoff, SwarmTask, rules};
 
 impl SwarmTask {
     pub(super) fn on_event(
@@ -35,22 +35,16 @@ impl SwarmTask {
                         continue;
                     }
                     let first = !self.known.contains_key(&peer);
+                    let after = rules::first_dial_after(&self.local, &peer);
                     let known = self.known.entry(peer).or_insert_with(|| Known {
                         addrs: Vec::new(),
-                        next_at: Instant::now(),
-                        backoff: BACKOFF_MIN,
+                        backoff: Backoff::new(Instant::now(), after),
                     });
                     if !known.addrs.contains(&addr) {
                         known.addrs.push(addr);
                     }
                     if first {
                         tracing::info!(%peer, "discovered by mDNS");
-                        // The smaller peer dials at once; the larger gives it a head start.
-                        known.next_at = if self.local < peer {
-                            Instant::now()
-                        } else {
-                            Instant::now() + FALLBACK_DIAL
-                        };
                     }
                 }
             }
@@ -87,11 +81,11 @@ impl SwarmTask {
                     if b.state == DialState::Dialing(connection_id) {
                         b.state = DialState::Connected(connection_id);
                         b.peer = Some(peer_id);
-                        b.backoff = BACKOFF_MIN;
+                        b.backoff.connected();
                     }
                 }
                 if let Some(k) = self.known.get_mut(&peer_id) {
-                    k.backoff = BACKOFF_MIN;
+                    k.backoff.connected();
                 }
                 connected_at.entry(peer_id).or_insert_with(Instant::now);
                 let remote = match &endpoint {
@@ -109,7 +103,9 @@ impl SwarmTask {
                     remote_ip,
                 });
                 self.drop_duplicates(peer_id);
-                if self.local < peer_id && !self.sessions.contains_key(&peer_id) {
+                if rules::dials_first(&self.local, &peer_id)
+                    && !self.sessions.contains_key(&peer_id)
+                {
                     self.open_session(peer_id);
                 }
             }
@@ -123,7 +119,7 @@ impl SwarmTask {
                 for b in &mut self.bootstrap {
                     if b.state == DialState::Connected(connection_id) {
                         b.state = DialState::Idle;
-                        b.next_at = Instant::now() + b.backoff;
+                        b.backoff.closed(Instant::now());
                     }
                 }
                 if let Some(list) = self.conns.get_mut(&peer_id) {
@@ -138,7 +134,7 @@ impl SwarmTask {
                         session.close();
                     }
                     if let Some(k) = self.known.get_mut(&peer_id) {
-                        k.next_at = Instant::now() + k.backoff;
+                        k.backoff.closed(Instant::now());
                     }
                 }
             }
@@ -151,13 +147,11 @@ impl SwarmTask {
                 for b in &mut self.bootstrap {
                     if b.state == DialState::Dialing(connection_id) {
                         b.state = DialState::Idle;
-                        b.next_at = Instant::now() + b.backoff;
-                        b.backoff = (b.backoff * 2).min(BACKOFF_MAX);
+                        b.backoff.failed(Instant::now());
                     }
                 }
                 if let Some(k) = peer_id.and_then(|p| self.known.get_mut(&p)) {
-                    k.next_at = Instant::now() + k.backoff;
-                    k.backoff = (k.backoff * 2).min(BACKOFF_MAX);
+                    k.backoff.failed(Instant::now());
                 }
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {

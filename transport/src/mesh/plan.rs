@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 
-use super::{BACKOFF_MIN, FALLBACK_DIAL, Known, SwarmTask};
+use super::{Backoff, Known, SwarmTask, rules};
 
 /// How long a link the plan does not name may live before this side closes it.
 pub const PRUNE_AFTER: Duration = Duration::from_secs(10);
@@ -42,15 +42,10 @@ impl SwarmTask {
             if *peer == self.local {
                 continue;
             }
+            let after = rules::first_dial_after(&self.local, peer);
             let known = self.known.entry(*peer).or_insert_with(|| Known {
                 addrs: Vec::new(),
-                // The smaller peer dials at once; the larger gives it a head start.
-                next_at: if self.local < *peer {
-                    now
-                } else {
-                    now + FALLBACK_DIAL
-                },
-                backoff: BACKOFF_MIN,
+                backoff: Backoff::new(now, after),
             });
             // What the peer publishes now, plus what mDNS or identify found (bounded: the plan replaces its own).
             if !addrs.is_empty() {
