@@ -672,13 +672,29 @@ mod tests {
         );
     }
 
-    fn tempdir() -> PathBuf {
+    /// A directory for one test's data file, removed when the test ends.
+    struct TempDir(PathBuf);
+
+    impl std::ops::Deref for TempDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tempdir() -> TempDir {
         let dir = std::env::temp_dir().join(format!(
             "popmesh-store-{}-{}",
             std::process::id(),
             blake3::hash(format!("{:?}", std::time::Instant::now()).as_bytes()).to_hex()
         ));
         std::fs::create_dir_all(&dir).expect("tempdir");
-        dir
+        TempDir(dir)
     }
 }
