@@ -584,19 +584,24 @@ mod tests {
         assert!(cert.check_valid_at(UnixMillis(DAY + 1)).is_err());
     }
 
-    #[test]
-    fn a_pos_enrolls_itself_from_a_join_token_while_the_issuer_is_offline() {
+    /// A join token of the Harbour Market site for a device of `role`.
+    fn token(role: Role) -> JoinToken {
         let site = site();
-        let (invite, secret) = site.invite([3; 32], terms(Role::Pos));
-        let token = JoinToken {
+        let (invite, secret) = site.invite([3; 32], terms(role));
+        JoinToken {
             site_name: "Harbour Market".into(),
             authority: site.public(),
             invite,
             invite_secret: secret.seed(),
             network_key: [9; 32],
             bootstrap: vec!["/ip4/127.0.0.1/tcp/4001".into()],
-        };
-        let token = JoinToken::from_line(&token.to_line()).expect("token parses");
+        }
+    }
+
+    #[test]
+    fn a_pos_enrolls_itself_from_a_join_token_while_the_issuer_is_offline() {
+        let site = site();
+        let token = JoinToken::from_line(&token(Role::Pos).to_line()).expect("token parses");
         assert_eq!(token.site(), site.site());
 
         let pos = SecretKey::from_seed([4; 32]).public();
@@ -609,16 +614,7 @@ mod tests {
 
     #[test]
     fn a_kiosk_whose_clock_runs_ten_minutes_fast_is_trusted_by_a_peer_whose_clock_is_right() {
-        let site = site();
-        let (invite, secret) = site.invite([3; 32], terms(Role::Kiosk));
-        let token = JoinToken {
-            site_name: "Harbour Market".into(),
-            authority: site.public(),
-            invite,
-            invite_secret: secret.seed(),
-            network_key: [9; 32],
-            bootstrap: vec![],
-        };
+        let token = token(Role::Kiosk);
         let right = UnixMillis(2 * 3_600_000);
         let fast = UnixMillis(right.0 + 10 * 60_000);
         let cert = token

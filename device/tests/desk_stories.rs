@@ -1,7 +1,7 @@
 //! The payment desk's promises, told as a POS terminal's day, with the core driven by a tiny in-memory shell.
 
 use popmesh_crdt::identity::SecretKey;
-use popmesh_crdt::ledger::{EarlierPages, Ledger};
+use popmesh_crdt::ledger::{EarlierPages, Ledger, PaymentError, PaymentOutcome};
 use popmesh_crdt::receipt::PaymentRequest;
 use popmesh_crdt::risk::RiskLimits;
 use popmesh_crdt::{Doc, SiteId, UnixMillis, actor_id};
@@ -33,6 +33,23 @@ impl Pos {
         }
     }
 
+    /// Takes `requests` on the open page, in memory (not durable until the shell says so).
+    fn take(
+        &mut self,
+        requests: &[PaymentRequest],
+    ) -> Result<Vec<Result<PaymentOutcome, PaymentError>>, String> {
+        let page = self.pages.last_mut().expect("in memory");
+        page.take_payments_paged(
+            &self.key,
+            &RiskLimits::default(),
+            requests,
+            &self.earlier,
+            0,
+            UnixMillis(1_000),
+        )
+        .map_err(|e| e.to_string())
+    }
+
     /// Carries out the desk's actions; `durable` says whether each write reaches the disk.
     fn drive(&mut self, desk: &mut Desk, mut durable: impl FnMut() -> bool) {
         while let Some(action) = desk.poll_action() {
@@ -40,17 +57,7 @@ impl Pos {
                 DeskAction::Take {
                     batch, requests, ..
                 } => {
-                    let page = self.pages.last_mut().expect("in memory");
-                    let out = page
-                        .take_payments_paged(
-                            &self.key,
-                            &RiskLimits::default(),
-                            &requests,
-                            &self.earlier,
-                            0,
-                            UnixMillis(1_000),
-                        )
-                        .map_err(|e| e.to_string());
+                    let out = self.take(&requests);
                     desk.handle_taken(batch, out);
                     let ok = durable();
                     desk.handle_durable(
@@ -148,16 +155,7 @@ fn three_payments_that_arrive_together_are_one_change_answered_only_once_durable
         panic!("a batch");
     };
     assert_eq!(requests.len(), 3, "one batch");
-    let out = pos.pages[0]
-        .take_payments_paged(
-            &pos.key,
-            &RiskLimits::default(),
-            &requests,
-            &pos.earlier,
-            0,
-            UnixMillis(5),
-        )
-        .map_err(|e| e.to_string());
+    let out = pos.take(&requests);
     desk.handle_taken(batch, out);
     assert!(
         desk.poll_action().is_none(),
@@ -276,16 +274,7 @@ fn the_mutation_answers_before_the_write_is_durable() {
     else {
         panic!("a batch");
     };
-    let out = pos.pages[0]
-        .take_payments_paged(
-            &pos.key,
-            &RiskLimits::default(),
-            &requests,
-            &pos.earlier,
-            0,
-            UnixMillis(5),
-        )
-        .map_err(|e| e.to_string());
+    let out = pos.take(&requests);
     desk.handle_taken(batch, out);
     assert!(matches!(
         desk.poll_action(),

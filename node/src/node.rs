@@ -529,14 +529,7 @@ impl Node {
         let Ok(handle) = self.directory_handle() else {
             return;
         };
-        let view = handle
-            .with_document_async(|am| {
-                Doc::<Directory, &mut Automerge>::attach(am)
-                    .map_err(|e| e.to_string())
-                    .and_then(|d| d.view().map_err(|e| e.to_string()))
-            })
-            .await;
-        match view {
+        match read_view(&handle).await {
             Ok(Ok(v)) => *write(&self.gate.view) = Some(v),
             Ok(Err(e)) => tracing::warn!("the site directory does not read: {e}"),
             Err(_) => {}
@@ -600,3 +593,15 @@ fn next_epoch(store: &Store) -> anyhow::Result<u32> {
 }
 
 // ----- JSON shapes -----
+
+/// The verified view of the directory `handle` holds (`Err` says why it does not read; the engine stopping is
+/// `Err` too, as nothing can be decided then).
+async fn read_view(handle: &DocHandle) -> Result<Result<DirectoryView, String>, samod::Stopped> {
+    handle
+        .with_document_async(|am| {
+            Doc::<Directory, &mut Automerge>::attach(am)
+                .map_err(|e| e.to_string())
+                .and_then(|d| d.view().map_err(|e| e.to_string()))
+        })
+        .await
+}

@@ -150,6 +150,16 @@ impl Network {
         self.by_device[device].iter().copied()
     }
 
+    /// The links of `device` that are connected now, each with the device at its other end.
+    pub fn connected(&self, device: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.of_device(device)
+            .filter(|l| self.links[*l].conns.is_some())
+            .map(move |l| {
+                let link = &self.links[l];
+                (l, if link.a == device { link.b } else { link.a })
+            })
+    }
+
     /// Records a new connection on `link`.
     pub fn connect(&mut self, link: usize, ca: ConnectionId, cb: ConnectionId) {
         let (a, b) = (self.links[link].a, self.links[link].b);

@@ -55,14 +55,7 @@ impl SiteGate {
         let Ok(Ok(Some(handle))) = found else {
             return;
         };
-        let view = handle
-            .with_document_async(|am| {
-                Doc::<Directory, &mut Automerge>::attach(am)
-                    .map_err(|e| e.to_string())
-                    .and_then(|d| d.view().map_err(|e| e.to_string()))
-            })
-            .await;
-        if let Ok(Ok(view)) = view {
+        if let Ok(Ok(view)) = super::read_view(&handle).await {
             *write(&self.view) = Some(view);
         }
     }

@@ -286,18 +286,7 @@ impl World {
             }
             let providers: Vec<(usize, usize)> = self
                 .net
-                .of_device(dev)
-                .filter(|l| self.net.links[*l].conns.is_some())
-                .map(|l| {
-                    (
-                        l,
-                        if self.net.links[l].a == dev {
-                            self.net.links[l].b
-                        } else {
-                            self.net.links[l].a
-                        },
-                    )
-                })
+                .connected(dev)
                 .filter(|(_, peer)| self.devices[*peer].blobs.contains(&blob))
                 .collect();
             if providers.is_empty() {
@@ -381,16 +370,8 @@ impl World {
         };
         // Caught up with every connected peer.
         self.net
-            .of_device(dev)
-            .filter(|l| self.net.links[*l].conns.is_some())
-            .all(|l| {
-                let peer = if self.net.links[l].a == dev {
-                    self.net.links[l].b
-                } else {
-                    self.net.links[l].a
-                };
-                self.heads_of(peer).is_none_or(|theirs| theirs == mine)
-            })
+            .connected(dev)
+            .all(|(_, peer)| self.heads_of(peer).is_none_or(|theirs| theirs == mine))
     }
 
     /// The end of the run: liveness, then the checks that need a converged site.

@@ -215,14 +215,8 @@ impl World {
     /// Re-checks `dev`'s open links after its directory replica changed (a revocation merged): a peer its gate no
     /// longer admits is disconnected, as the node's mesh does when asked to re-check.
     pub(super) fn recheck_links(&mut self, dev: usize) {
-        let links: Vec<usize> = self
-            .net
-            .of_device(dev)
-            .filter(|l| self.net.links[*l].conns.is_some())
-            .collect();
-        for link in links {
-            let l = &self.net.links[link];
-            let peer = if l.a == dev { l.b } else { l.a };
+        let links: Vec<(usize, usize)> = self.net.connected(dev).collect();
+        for (link, peer) in links {
             if !self.admits(dev, peer) {
                 self.report.links_refused += 1;
                 self.reset(link);

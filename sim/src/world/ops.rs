@@ -174,15 +174,8 @@ impl World {
         let me = self.devices[dev].key.public();
         let connected: Vec<popmesh_crdt::DeviceId> = self
             .net
-            .of_device(dev)
-            .filter(|l| self.net.links[*l].conns.is_some())
-            .map(|l| {
-                if self.net.links[l].a == dev {
-                    self.net.links[l].b
-                } else {
-                    self.net.links[l].a
-                }
-            })
+            .connected(dev)
+            .map(|(_, peer)| peer)
             .filter(|peer| self.devices[*peer].sells)
             .map(|peer| self.devices[peer].key.public())
             .collect();
