@@ -77,6 +77,9 @@ pub struct RunReport {
     pub store_recoveries: u64,
     /// Link openings a gate refused (the stolen device, mostly).
     pub links_refused: u64,
+    /// Whether a revoked (stolen) or a forged device came on site in this run.
+    pub stolen_devices: u64,
+    pub forged_devices: u64,
     pub crashes: u64,
     pub partitions: u64,
     pub connection_resets: u64,

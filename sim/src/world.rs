@@ -249,6 +249,8 @@ struct Device {
     enroll_pending: bool,
     /// Reported stolen: the directory revokes it from the start, so no honest device may link with it.
     stolen: bool,
+    /// A forgery: its certificate chains to another authority.
+    forged: bool,
     /// The device core: the payment desk and what is known to be durable (both lost on a crash).
     desk: Desk,
     durability: Durability<DocumentId>,
@@ -370,6 +372,7 @@ impl World {
                     cert: None,
                     enroll_pending: false,
                     stolen: false,
+                    forged: false,
                     desk: Desk::new(mutations),
                     durability: Durability::default(),
                     tickets: BTreeMap::new(),

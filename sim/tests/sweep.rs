@@ -30,6 +30,23 @@ fn two_hundred_seeds_of_chaos_break_no_invariant() {
         runs.iter().map(|r| r.blob_fetch_failures).sum::<u64>() > 20,
         "blob providers vanishing"
     );
+    // The node's storage model and admission: disks that fill or fail, stolen and forged devices on site.
+    assert!(
+        runs.iter().map(|r| r.disk_faults).sum::<u64>() > 100,
+        "disk faults"
+    );
+    assert!(
+        runs.iter().map(|r| r.store_recoveries).sum::<u64>() > 20,
+        "store recoveries"
+    );
+    assert!(
+        runs.iter().map(|r| r.stolen_devices).sum::<u64>() > 10,
+        "stolen devices"
+    );
+    assert!(
+        runs.iter().map(|r| r.forged_devices).sum::<u64>() > 5,
+        "forged devices"
+    );
     assert!(
         summary.failed_seeds.is_empty(),
         "failing seeds {:?} (replay: popmesh sim --seed N --devices 6 --duration 5m):\n{}",

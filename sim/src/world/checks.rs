@@ -420,7 +420,7 @@ impl World {
                     "{}{} lacks {} of the {} documents its directory registers ({})",
                     d.name,
                     if d.stolen {
-                        " (stolen, refused by all)"
+                        " (stolen or forged, refused by all)"
                     } else {
                         ""
                     },

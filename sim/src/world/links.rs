@@ -224,22 +224,33 @@ impl World {
         }
     }
 
-    /// A device that holds a revocation never links with the device it revokes.
+    /// A device that holds a revocation never links with the device it revokes, and no device links with one whose
+    /// certificate does not chain to the site's authority.
     fn check_link_trust(&mut self, link: usize) {
         let (a, b) = (self.net.links[link].a, self.net.links[link].b);
+        let (authority, site) = (self.authority.public(), self.authority.site());
         for (me, peer) in [(a, b), (b, a)] {
             let target = RevocationTarget::Device(self.devices[peer].key.public());
             let revokes = self.devices[me]
                 .view
                 .as_ref()
                 .is_some_and(|v| v.revocation_of(target).is_some());
+            let forged = self.devices[peer]
+                .cert
+                .as_ref()
+                .is_none_or(|c| c.verify_chain(&authority, site).is_err());
+            let (me, peer) = (
+                self.devices[me].name.clone(),
+                self.devices[peer].name.clone(),
+            );
             if revokes {
-                let (me, peer) = (
-                    self.devices[me].name.clone(),
-                    self.devices[peer].name.clone(),
-                );
                 self.violation(format!(
                     "{me} linked with {peer}, which its directory revokes"
+                ));
+            }
+            if forged {
+                self.violation(format!(
+                    "{me} linked with {peer}, whose certificate is not the site's"
                 ));
             }
         }

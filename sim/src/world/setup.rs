@@ -18,11 +18,13 @@ impl World {
         let start = UnixMillis(0);
         let end = UnixMillis(u64::MAX / 2);
         // In some seeds a seller was reported stolen before the show: enrolled, and revoked in the directory from
-        // the start. It still comes on site; no honest device may link with it.
+        // the start. In some of those it is a forgery instead: a device with a certificate from another authority,
+        // never enrolled here. Either way it comes on site, and no honest device may link with it.
         let mut thief = seeded(self.opts.seed, "stolen");
         let stolen = (self.opts.faults && thief.random_bool(0.3))
             .then(|| thief.random_range(1..late))
             .filter(|i| self.devices[*i].sells);
+        let forged = stolen.is_some() && thief.random_bool(0.4);
         for (i, d) in self.devices.iter_mut().enumerate() {
             if i != late {
                 let cert = self
@@ -37,14 +39,27 @@ impl World {
             d.stolen = true;
             d.sells = false;
             d.pays = false;
-            let revocation = self.authority.revoke(
-                RevocationTarget::Device(d.key.public()),
-                start,
-                "reported stolen",
-            );
-            directory
-                .add_revocation(&revocation)
-                .expect("authority revocation");
+            if forged {
+                self.report.forged_devices += 1;
+            } else {
+                self.report.stolen_devices += 1;
+            }
+            if forged {
+                // Its certificate is in the directory (it was enrolled); the forger presents another one, signed by
+                // an authority of its own.
+                let other = SiteAuthority::new(SecretKey::from_seed(thief.random()));
+                d.cert = Some(other.enroll(d.key.public(), d.role, &d.name, start, end));
+                d.forged = true;
+            } else {
+                let revocation = self.authority.revoke(
+                    RevocationTarget::Device(d.key.public()),
+                    start,
+                    "reported stolen",
+                );
+                directory
+                    .add_revocation(&revocation)
+                    .expect("authority revocation");
+            }
         }
         let (invite, secret) = self.authority.invite(
             seeded(self.opts.seed, "invite").random(),
