@@ -496,11 +496,23 @@ fn the_database_stopped_mid_show_and_started_again_loses_and_duplicates_nothing(
         "{console}"
     );
 
-    // The origin is killed while it owes, and comes back still owing: the queue is in its own store.
-    std::thread::sleep(Duration::from_secs(2));
-    let queued = origin.get("/v1/warehouse")["queued_documents"]
-        .as_u64()
-        .unwrap_or(0);
+    // The origin is killed while it owes, and comes back still owing: the queue is in its own store. The queue is
+    // saved at most once a second (by design: a reconnect compares every document anyway), so the test waits until
+    // it has stopped growing for longer than that, when what is saved is what is queued.
+    let queued_now = |n: &Node| {
+        n.get("/v1/warehouse")["queued_documents"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let mut queued = queued_now(&origin);
+    loop {
+        std::thread::sleep(Duration::from_millis(1_500));
+        let again = queued_now(&origin);
+        if again == queued {
+            break;
+        }
+        queued = again;
+    }
     assert!(queued > 0, "{}", origin.get("/v1/warehouse"));
     origin.kill();
     let mut origin2 = Node::start(&origin_dev, &[&site.edge]);
