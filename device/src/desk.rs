@@ -463,7 +463,9 @@ impl Desk {
         reason: &str,
     ) {
         item.state = State::Answered;
-        Self::settle(keys, &item.request.idempotency_key, false);
+        // The key stays this payment's: the change may be in memory, may sync, and a healed store saves it whole,
+        // so another show must not take a second payment under the same key. A retry in this show replays it.
+        Self::settle(keys, &item.request.idempotency_key, true);
         answers.push_back((item.ticket, Err(DeskError::NotDurable(reason.to_owned()))));
     }
 

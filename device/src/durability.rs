@@ -31,6 +31,9 @@ pub enum Save {
 pub struct Plan {
     pub save: Save,
     pub whole: bool,
+    /// How many writes to the document had failed when the plan was made: a success clears nothing that a write
+    /// failing meanwhile (a concurrent writer's) marked.
+    pub failures_seen: u64,
 }
 
 /// Per document (`K`, the shell's document id): undurable documents and the heads known to be durable.
@@ -38,6 +41,8 @@ pub struct Plan {
 pub struct Durability<K> {
     undurable: BTreeSet<K>,
     durable_heads: BTreeMap<K, Vec<ChangeHash>>,
+    /// Failed writes per document, ever (only compared for equality).
+    failures: BTreeMap<K, u64>,
 }
 
 impl<K> Default for Durability<K> {
@@ -45,6 +50,7 @@ impl<K> Default for Durability<K> {
         Self {
             undurable: BTreeSet::new(),
             durable_heads: BTreeMap::new(),
+            failures: BTreeMap::new(),
         }
     }
 }
@@ -55,6 +61,7 @@ impl<K> Default for Durability<K> {
 pub struct Snapshot {
     pub undurable: bool,
     pub durable: Option<Vec<ChangeHash>>,
+    pub failures: u64,
 }
 
 impl Snapshot {
@@ -77,6 +84,7 @@ impl Snapshot {
         Plan {
             save,
             whole: undurable || replay || base_durable,
+            failures_seen: self.failures,
         }
     }
 }
@@ -86,6 +94,7 @@ impl<K: Ord + Clone> Durability<K> {
         Snapshot {
             undurable: self.undurable.contains(doc),
             durable: self.durable_heads.get(doc).cloned(),
+            failures: self.failures.get(doc).copied().unwrap_or(0),
         }
     }
 
@@ -95,14 +104,27 @@ impl<K: Ord + Clone> Durability<K> {
     }
 
     /// The outcome of saving `plan` for `doc`, whose heads after the change are `after`.
+    ///
+    /// Only a whole save clears a document's undurable mark, and only if no write to it failed since the plan was
+    /// made: with two writers on one document (the desk and the origin's reconciliation on a ledger page), a
+    /// success must not clear the mark the other's failed write left, or that write's change would never be saved
+    /// and the next answer would rest on a change missing from disk.
     pub fn handle_saved(&mut self, doc: &K, plan: &Plan, after: Vec<ChangeHash>, ok: bool) {
+        let failures = self.failures.get(doc).copied().unwrap_or(0);
         if !ok {
+            self.failures.insert(doc.clone(), failures.wrapping_add(1));
             self.undurable.insert(doc.clone());
             self.durable_heads.remove(doc);
             return;
         }
-        self.undurable.remove(doc);
-        if plan.whole {
+        if failures != plan.failures_seen {
+            // Another write failed meanwhile: what it marked stays marked, and these heads prove nothing.
+            return;
+        }
+        if plan.save == Save::Whole {
+            self.undurable.remove(doc);
+        }
+        if plan.whole && !self.undurable.contains(doc) {
             self.durable_heads.insert(doc.clone(), after);
         }
     }
@@ -120,6 +142,7 @@ impl<K: Ord + Clone> Durability<K> {
     pub fn clear(&mut self) {
         self.undurable.clear();
         self.durable_heads.clear();
+        self.failures.clear();
     }
 }
 
@@ -139,17 +162,33 @@ mod tests {
         d.handle_saved(&1, &plan, vec![h(2)], false);
         assert!(d.is_undurable(&1));
         let plan = d.plan(&1, &[h(2)], false);
-        assert_eq!(
-            plan,
-            Plan {
-                save: Save::Whole,
-                whole: true
-            }
-        );
+        assert_eq!(plan.save, Save::Whole);
+        assert!(plan.whole);
         d.handle_saved(&1, &plan, vec![h(3)], true);
         assert!(!d.is_undurable(&1));
         // Heads durable: a replay on top of them saves only what is new.
         assert_eq!(d.plan(&1, &[h(3)], true).save, Save::After(vec![h(3)]));
+    }
+
+    #[test]
+    fn a_success_never_clears_the_mark_of_a_concurrent_write_that_failed() {
+        let mut d = Durability::<u8>::default();
+        // The origin's reconciliation (r) and the desk (t) plan writes to one ledger page at once.
+        let r = d.plan(&1, &[h(1)], false);
+        let t = d.plan(&1, &[h(2)], false);
+        d.handle_saved(&1, &t, vec![h(3)], false);
+        d.handle_saved(&1, &r, vec![h(2)], true);
+        assert!(d.is_undurable(&1), "t's change is still not on disk");
+        assert_eq!(d.plan(&1, &[h(3)], false).save, Save::Whole);
+        // Even a whole save planned before t failed does not clear it.
+        let mut d = Durability::<u8>::default();
+        let first = d.plan(&1, &[h(1)], false);
+        d.handle_saved(&1, &first, vec![h(2)], false);
+        let whole = d.plan(&1, &[h(2)], false);
+        let t = d.plan(&1, &[h(2)], false);
+        d.handle_saved(&1, &t, vec![h(4)], false);
+        d.handle_saved(&1, &whole, vec![h(3)], true);
+        assert!(d.is_undurable(&1));
     }
 
     #[test]

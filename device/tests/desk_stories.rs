@@ -185,7 +185,19 @@ fn a_write_that_fails_is_answered_not_durable_and_the_retry_replays_after_a_whol
         "{:?}",
         pos.answers
     );
-    // The key is free again at the desk; the ledger (in memory) holds the payment, so the retry is a replay.
+    // The key stays this payment's (the change is in memory and a healed store saves it): another show may not take
+    // a second payment under it, and the retry here replays it.
+    let other = desk.handle_request(
+        Ticket(3),
+        "other-show",
+        pay("a", 900),
+        None,
+        &RiskLimits::default(),
+    );
+    assert!(
+        matches!(other, Err(DeskError::KeyInOtherShow { .. })),
+        "{other:?}"
+    );
     desk.handle_request(
         Ticket(2),
         "show",

@@ -15,7 +15,7 @@ use popmesh_crdt::Doc;
 use popmesh_crdt::docs::DocName;
 use popmesh_crdt::ledger::{EarlierPages, Ledger, PaymentError, PaymentOutcome};
 use popmesh_crdt::receipt::{PaymentRequest, Receipt};
-use popmesh_device::desk::{DeskError, Ready};
+use popmesh_device::desk::{BatchId, DeskError, Ready};
 use popmesh_device::{DeskAction, Ticket};
 use samod::DocHandle;
 
@@ -151,6 +151,7 @@ impl Node {
                     let node = self.clone();
                     // A spawned task, so a client hanging up cannot strand the batch.
                     tokio::spawn(async move {
+                        let mut guard = Unfinished::new(&node, batch, Step::Take);
                         let pages = node.show_pages(&show);
                         let mut pages = pages.lock().await;
                         match node.take_on_page(&show, &mut pages, requests).await {
@@ -162,6 +163,7 @@ impl Node {
                             }
                             Err(e) => lock(&node.desk.core).handle_taken(batch, Err(e.to_string())),
                         }
+                        guard.finished();
                         drop(pages);
                         node.pump_desk();
                     });
@@ -169,6 +171,7 @@ impl Node {
                 DeskAction::NextPage { batch, show } => {
                     let node = self.clone();
                     tokio::spawn(async move {
+                        let mut guard = Unfinished::new(&node, batch, Step::NextPage);
                         let pages = node.show_pages(&show);
                         let mut pages = pages.lock().await;
                         let opened = match pages.as_mut() {
@@ -177,6 +180,7 @@ impl Node {
                         };
                         lock(&node.desk.core)
                             .handle_next_page(batch, opened.map_err(|e| e.to_string()));
+                        guard.finished();
                         drop(pages);
                         node.pump_desk();
                     });
@@ -327,6 +331,56 @@ impl Node {
                 _ => None,
             })
             .collect()
+    }
+}
+
+/// What a desk task was doing for its batch.
+#[derive(Clone, Copy)]
+enum Step {
+    Take,
+    NextPage,
+}
+
+/// Reports a desk task that ended without reporting (it panicked, or the runtime dropped it) as a failure, so its
+/// batch is answered "not durable" and the show takes its next batch, instead of its clients waiting for ever.
+struct Unfinished {
+    node: Arc<Node>,
+    batch: BatchId,
+    step: Step,
+    done: bool,
+}
+
+impl Unfinished {
+    fn new(node: &Arc<Node>, batch: BatchId, step: Step) -> Self {
+        Self {
+            node: node.clone(),
+            batch,
+            step,
+            done: false,
+        }
+    }
+
+    fn finished(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let reason = "the payment desk's task stopped before the write finished".to_owned();
+        {
+            let mut core = lock(&self.node.desk.core);
+            match self.step {
+                Step::Take => core.handle_taken(self.batch, Err(reason)),
+                Step::NextPage => core.handle_next_page(self.batch, Err(reason)),
+            }
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.node.pump_desk();
+        }
     }
 }
 

@@ -163,12 +163,16 @@ impl World {
         // A replay may answer from an earlier page: one whose acknowledged write failed is made durable first.
         if let (Some(pages), Some(host)) = (d.pages.as_ref(), d.host.as_mut()) {
             for id in &pages.earlier_ids {
-                if d.durability.is_undurable(id)
-                    && let Ok((_, Err(fault))) =
-                        host.change_acked(&mut d.durability, id, ts, |_| ())
-                {
-                    d.desk.handle_taken(batch, Err(fault.reason().to_owned()));
-                    return;
+                if d.durability.is_undurable(id) {
+                    let failed = match host.change_acked(&mut d.durability, id, ts, |_| ()) {
+                        Ok(((), Ok(()))) => None,
+                        Ok(((), Err(fault))) => Some(fault.reason().to_owned()),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if let Some(reason) = failed {
+                        d.desk.handle_taken(batch, Err(reason));
+                        return;
+                    }
                 }
             }
         }
