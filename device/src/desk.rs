@@ -16,7 +16,8 @@
 //!
 //! The shell (the node's HTTP handler and samod, or the simulator's device) feeds requests in with
 //! [`Desk::handle_request`], carries out what [`Desk::poll_action`] returns, and reports back with
-//! `handle_taken`, `handle_durable` and `handle_next_page`.
+//! `handle_taken`, `handle_durable` and `handle_next_page`. A crash loses the desk with the rest of memory: the
+//! shell starts a new one.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -407,24 +408,6 @@ impl Desk {
         };
         self.put_back(show, b);
         self.deferred(action);
-    }
-
-    /// The shell lost everything in flight (a crash, a stopped engine): requests not answered are dropped with
-    /// their claims, as a client whose connection died sees it.
-    pub fn handle_stopped(&mut self) {
-        for desk in self.shows.values_mut() {
-            let items = desk
-                .queue
-                .drain(..)
-                .chain(desk.batch.take().into_iter().flat_map(|b| b.items));
-            for item in items {
-                if !matches!(item.state, State::Answered) {
-                    Self::settle(&mut self.keys, &item.request.idempotency_key, false);
-                }
-            }
-        }
-        self.answers.clear();
-        self.pending_actions.clear();
     }
 
     /// The batch `batch` if the shell was doing `phase` for it, taken out of its show's desk; the caller puts it

@@ -104,6 +104,17 @@ fn pay(key: &str, amount: u64) -> PaymentRequest {
     }
 }
 
+/// A client asks the desk for a payment in `show`.
+fn ask(desk: &mut Desk, ticket: u64, show: &str, key: &str, amount: u64) -> Result<(), DeskError> {
+    desk.handle_request(
+        Ticket(ticket),
+        show,
+        pay(key, amount),
+        None,
+        &RiskLimits::default(),
+    )
+}
+
 fn ready_desk(mutations: Mutations) -> Desk {
     let mut desk = Desk::new(mutations);
     assert_eq!(desk.ready(&[]).expect("in memory"), Ready::IndexKeys);
@@ -119,7 +130,7 @@ fn a_restarted_pos_answers_loading_until_its_pages_are_open_and_its_keys_indexed
         desk.ready(&loading),
         Err(DeskError::Loading { .. })
     ));
-    let refused = desk.handle_request(Ticket(1), "s", pay("k1", 500), None, &RiskLimits::default());
+    let refused = ask(&mut desk, 1, "s", "k1", 500);
     assert!(matches!(refused, Err(DeskError::Loading { .. })));
     desk.handle_keys_indexed([("k0".to_owned(), "other-show".to_owned())]);
     assert_eq!(
@@ -127,7 +138,7 @@ fn a_restarted_pos_answers_loading_until_its_pages_are_open_and_its_keys_indexed
         Ready::Yes,
         "readiness is latched by the key index"
     );
-    let reused = desk.handle_request(Ticket(2), "s", pay("k0", 500), None, &RiskLimits::default());
+    let reused = ask(&mut desk, 2, "s", "k0", 500);
     assert!(
         matches!(reused, Err(DeskError::KeyInOtherShow { .. })),
         "{reused:?}"
@@ -139,14 +150,7 @@ fn three_payments_that_arrive_together_are_one_change_answered_only_once_durable
     let mut desk = ready_desk(Mutations::none());
     let mut pos = Pos::new(0);
     for (i, key) in ["a", "b", "c"].iter().enumerate() {
-        desk.handle_request(
-            Ticket(i as u64),
-            "show",
-            pay(key, 900),
-            None,
-            &RiskLimits::default(),
-        )
-        .expect("in memory");
+        ask(&mut desk, i as u64, "show", key, 900).expect("in memory");
     }
     let Some(DeskAction::Take {
         batch, requests, ..
@@ -171,14 +175,7 @@ fn three_payments_that_arrive_together_are_one_change_answered_only_once_durable
 fn a_write_that_fails_is_answered_not_durable_and_the_retry_replays_after_a_whole_save() {
     let mut desk = ready_desk(Mutations::none());
     let mut pos = Pos::new(0);
-    desk.handle_request(
-        Ticket(1),
-        "show",
-        pay("a", 900),
-        None,
-        &RiskLimits::default(),
-    )
-    .expect("in memory");
+    ask(&mut desk, 1, "show", "a", 900).expect("in memory");
     pos.drive(&mut desk, || false);
     assert!(
         matches!(&pos.answers[0], (Ticket(1), Err(e)) if e.contains("not acknowledged")),
@@ -187,25 +184,12 @@ fn a_write_that_fails_is_answered_not_durable_and_the_retry_replays_after_a_whol
     );
     // The key stays this payment's (the change is in memory and a healed store saves it): another show may not take
     // a second payment under it, and the retry here replays it.
-    let other = desk.handle_request(
-        Ticket(3),
-        "other-show",
-        pay("a", 900),
-        None,
-        &RiskLimits::default(),
-    );
+    let other = ask(&mut desk, 3, "other-show", "a", 900);
     assert!(
         matches!(other, Err(DeskError::KeyInOtherShow { .. })),
         "{other:?}"
     );
-    desk.handle_request(
-        Ticket(2),
-        "show",
-        pay("a", 900),
-        None,
-        &RiskLimits::default(),
-    )
-    .expect("in memory");
+    ask(&mut desk, 2, "show", "a", 900).expect("in memory");
     pos.drive(&mut desk, || true);
     assert_eq!(pos.answers[1], (Ticket(2), Ok(true)));
 }
@@ -226,13 +210,7 @@ fn a_full_disk_refuses_at_once_and_writes_nothing() {
     );
     assert!(matches!(refused, Err(DeskError::StoreFailed(_))));
     assert!(desk.poll_action().is_none());
-    let over = desk.handle_request(
-        Ticket(2),
-        "show",
-        pay("b", 15_001),
-        None,
-        &RiskLimits::default(),
-    );
+    let over = ask(&mut desk, 2, "show", "b", 15_001);
     assert!(
         matches!(over, Err(DeskError::OverLimit(_))),
         "over the per-payment limit, before any write"
@@ -272,14 +250,7 @@ fn a_page_that_fills_mid_batch_takes_the_rest_on_the_next_page() {
 fn the_mutation_answers_before_the_write_is_durable() {
     let mut desk = ready_desk(Mutations::none().with(Mutation::AnswerBeforeDurable));
     let mut pos = Pos::new(0);
-    desk.handle_request(
-        Ticket(1),
-        "show",
-        pay("a", 900),
-        None,
-        &RiskLimits::default(),
-    )
-    .expect("in memory");
+    ask(&mut desk, 1, "show", "a", 900).expect("in memory");
     let Some(DeskAction::Take {
         batch, requests, ..
     }) = desk.poll_action()

@@ -43,9 +43,6 @@ pub struct Storage {
     disk: Option<DiskFault>,
     /// The device's store has seen a write fail and refuses writes until it recovers.
     failed: Option<DiskFault>,
-    /// Acknowledged writes that reached the disk, and those refused.
-    pub acks: u64,
-    pub acks_refused: u64,
 }
 
 /// How a disk refuses writes.
@@ -128,15 +125,11 @@ impl Storage {
 
     /// An acknowledged write: `bytes` of document `doc` under samod's key layout, durable when this returns `Ok`.
     pub fn put_ack(&mut self, doc: &DocumentId, bytes: &[u8]) -> Result<(), DiskFault> {
-        if let Err(f) = self.refuse() {
-            self.acks_refused += 1;
-            return Err(f);
-        }
+        self.refuse()?;
         let name = format!("ack-{}", blake3::hash(bytes).to_hex());
         let key = StorageKey::from_parts([doc.to_string().as_str(), "incremental", name.as_str()])
             .expect("a document id and a hash are key parts");
         self.durable.insert(key.to_string(), (key, bytes.to_vec()));
-        self.acks += 1;
         Ok(())
     }
 

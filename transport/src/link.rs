@@ -58,7 +58,7 @@ pub struct Hello {
 impl Hello {
     pub fn new(site: String, cert: &[u8], directory: Option<String>) -> Self {
         Self {
-            v: 1,
+            v: popmesh_device::gate::HELLO_VERSION,
             site,
             cert: B64.encode(cert),
             directory,

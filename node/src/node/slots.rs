@@ -82,13 +82,7 @@ impl Node {
     /// Gives seats from this device's quota in each slot to a connected device running low, by the policy in
     /// `popmesh_crdt::escrow::plan_rebalance` (only the giver writes a transfer). Returns the transfers made.
     pub async fn rebalance(&self) -> Result<usize, Failure> {
-        let connected: Vec<DeviceId> = self
-            .mesh
-            .peers()
-            .into_iter()
-            .filter(|p| p.admitted)
-            .filter_map(|p| DeviceId::from_hex(&p.device).ok())
-            .collect();
+        let connected = self.admitted_devices();
         if connected.is_empty() {
             return Ok(0);
         }

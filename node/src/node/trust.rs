@@ -3,6 +3,16 @@
 use super::*;
 
 impl Node {
+    /// The devices the mesh has admitted on a link now.
+    pub(crate) fn admitted_devices(&self) -> Vec<DeviceId> {
+        self.mesh
+            .peers()
+            .into_iter()
+            .filter(|p| p.admitted)
+            .filter_map(|p| DeviceId::from_hex(&p.device).ok())
+            .collect()
+    }
+
     /// A device named by hex id or by its certificate's name, which must be enrolled at this site and trusted now
     /// (not revoked, not expired): seats or money given to anything else would be gone.
     pub fn resolve_device(&self, view: &DirectoryView, who: &str) -> Result<DeviceId, Failure> {

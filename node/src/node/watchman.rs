@@ -6,13 +6,7 @@ impl Node {
     /// Compares the peers in reach with those reached before: a peer that dropped out opens an incident in this
     /// device's telemetry document, and its return resolves it. The show report's MTTR comes from these.
     pub(crate) async fn watch(&self) -> Result<(), Failure> {
-        let now: BTreeSet<DeviceId> = self
-            .mesh
-            .peers()
-            .into_iter()
-            .filter(|p| p.admitted)
-            .filter_map(|p| DeviceId::from_hex(&p.device).ok())
-            .collect();
+        let now: BTreeSet<DeviceId> = self.admitted_devices().into_iter().collect();
         let lost: Vec<DeviceId> = {
             let mut reached = lock(&self.reached);
             reached.extend(now.iter().copied());
