@@ -11,6 +11,7 @@
 //!   is not on disk (whole saves after a failed write, replays).
 //! - [`gate`]: admission of a peer when a link opens, the class each document's messages travel in, and who may
 //!   read and write what.
+//! - [`librarian`]: finding the site directory, enrolling in it, and opening every document it registers.
 //! - [`links`]: the mesh's rules between two devices: who dials, which duplicate connection closes, backoff,
 //!   blocking.
 //! - [`rebalancer`]: when a device gives quota to a connected peer running low.
@@ -19,6 +20,7 @@
 pub mod desk;
 pub mod durability;
 pub mod gate;
+pub mod librarian;
 pub mod links;
 pub mod mutation;
 pub mod rebalancer;

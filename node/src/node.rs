@@ -40,6 +40,7 @@ mod access;
 mod desk;
 mod guard;
 mod json;
+mod librarian;
 mod linker;
 mod manifests;
 mod metrics;
@@ -58,6 +59,7 @@ mod watchman;
 mod writes;
 
 pub use json::*;
+use librarian::librarian;
 use metrics::NodeMetrics;
 use site_gate::{SiteGate, share_policy};
 use tasks::*;
@@ -77,8 +79,6 @@ use popmesh_crdt::settlement::{self, Reconciliation, SettlementRow, SiteReceipt}
 const TELEMETRY_WINDOW_MS: u64 = 5_000;
 /// Change events a slow `/v1/events` subscriber may fall behind by before it is told it lagged.
 const EVENTS_QUEUE: usize = 4096;
-/// How often the librarian looks for documents it could not open yet.
-const LIBRARIAN_EVERY: Duration = Duration::from_millis(500);
 /// How often the origin confirms the check-ins it has merged.
 const CONFIRM_EVERY: Duration = Duration::from_secs(2);
 /// How often the watchman compares the peers in reach with those that were, to record incidents.

@@ -32,6 +32,7 @@ use crate::net::{Dir, Latency, Network};
 use crate::report::{Quantiles, RunReport};
 use popmesh_crdt::enrollment::EnrollmentCert;
 use popmesh_device::desk::BatchId;
+use popmesh_device::librarian::{Enrolled, Librarian, Step};
 use popmesh_device::links as mesh_rules;
 use popmesh_device::{Desk, Durability, Mutation, Mutations, gate};
 use std::time::Duration;
@@ -39,6 +40,7 @@ use std::time::Duration;
 mod checks;
 mod desk;
 mod faults;
+mod librarian;
 mod links;
 mod ops;
 mod setup;
@@ -243,10 +245,10 @@ struct Device {
     view: Option<DirectoryView>,
     /// Receipts this device has already verified.
     verified: BTreeSet<String>,
-    /// Its enrollment certificate (a dropped-in kiosk makes its own from the join token when it arrives), and
-    /// whether it still has to write it into the directory.
+    /// Its enrollment certificate (a dropped-in kiosk makes its own from the join token when it arrives).
     cert: Option<EnrollmentCert>,
-    enroll_pending: bool,
+    /// The device core's librarian: which documents it has asked for and opened, and whether it must enroll.
+    librarian: Librarian<DocumentId>,
     /// Reported stolen: the directory revokes it from the start, so no honest device may link with it.
     stolen: bool,
     /// A forgery: its certificate chains to another authority.
@@ -370,7 +372,7 @@ impl World {
                     view: None,
                     verified: BTreeSet::new(),
                     cert: None,
-                    enroll_pending: false,
+                    librarian: Librarian::new(),
                     stolen: false,
                     forged: false,
                     desk: Desk::new(mutations),

@@ -219,57 +219,6 @@ impl World {
         }
     }
 
-    /// Finds the directory, then every document it registers.
-    pub(super) fn open_documents(&mut self, dev: usize) {
-        let ts = self.ts(dev);
-        let directory = self.directory.clone();
-        let Some(host) = self.devices[dev].host.as_mut() else {
-            return;
-        };
-        if !host.is_open(&directory) {
-            host.find_document(&directory, ts);
-            self.route(dev);
-            return;
-        }
-        if self.devices[dev].view.is_none() {
-            self.refresh_directory(dev);
-        }
-        let registered: Vec<DocumentId> = self.devices[dev].known.values().cloned().collect();
-        let actor = self.actor(dev);
-        let d = &mut self.devices[dev];
-        let Some(host) = d.host.as_mut() else {
-            return;
-        };
-        for id in registered {
-            if !host.is_open(&id) {
-                host.find_document(&id, ts);
-            }
-        }
-        // A dropped-in kiosk writes its certificate into the directory once it holds it (acknowledged, retried
-        // while the disk refuses it).
-        if d.enroll_pending
-            && let Some(cert) = d.cert.clone()
-        {
-            let enrolled = host.change_acked(&mut d.durability, &directory, ts, |am| {
-                Doc::<Directory, &mut Automerge>::attach_as(am, actor)
-                    .map_err(|e| e.to_string())?
-                    .add_device(&cert)
-                    .map_err(|e| e.to_string())
-            });
-            match enrolled {
-                Ok((Ok(()), Ok(()))) => d.enroll_pending = false,
-                Ok((Ok(()), Err(_))) => {}
-                other => {
-                    let name = d.name.clone();
-                    self.violation(format!(
-                        "{name} could not enroll from its join token: {other:?}"
-                    ));
-                }
-            }
-        }
-        self.route(dev);
-    }
-
     /// Fetches missing media of the manifest from a connected peer that has it.
     pub(super) fn preseed(&mut self, dev: usize) {
         let d = &self.devices[dev];

@@ -79,6 +79,7 @@ impl World {
         d.fetching.clear();
         d.known.clear();
         d.view = None;
+        d.librarian = Librarian::new();
         d.verified.clear();
         // The device core's state is memory: the desk (its queue, batches and key index) and what it knew to be
         // durable. Clients waiting at the desk saw their connection die.

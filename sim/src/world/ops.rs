@@ -55,7 +55,7 @@ impl World {
             })
             .unwrap_or_default();
         d.view = view;
-        self.recheck_links(dev);
+        self.read_directory(dev);
     }
 
     pub(super) fn sell(&mut self, dev: usize) {

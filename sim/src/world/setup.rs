@@ -308,10 +308,7 @@ impl World {
                         .map_err(|e| e.to_string())
                 });
             match cert {
-                Ok(cert) => {
-                    d.cert = Some(cert);
-                    d.enroll_pending = true;
-                }
+                Ok(cert) => d.cert = Some(cert),
                 Err(e) => {
                     let name = d.name.clone();
                     self.violation(format!("{name} could not enroll from its join token: {e}"));
