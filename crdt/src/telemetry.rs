@@ -30,7 +30,7 @@ pub const COUNTERS_MAX: usize = 256;
 /// Length of a counter name, in bytes.
 pub const COUNTER_NAME_BYTES_MAX: usize = 64;
 
-#[derive(Debug, Clone, Reconcile, Hydrate)]
+#[derive(Debug, Clone, Default, Reconcile, Hydrate)]
 pub struct TelemetryRecord {
     pub device: String,
     pub counters: BTreeMap<String, Counter>,

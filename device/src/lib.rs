@@ -15,6 +15,7 @@
 //! - [`links`]: the mesh's rules between two devices: who dials, which duplicate connection closes, backoff,
 //!   blocking.
 //! - [`rebalancer`]: when a device gives quota to a connected peer running low.
+//! - [`watchman`]: who this device reaches, the incidents it records when a peer drops out, rehearsal answers.
 //! - [`mutation`]: deliberately broken decisions, for the tests that prove the simulator catches them.
 
 pub mod desk;
@@ -24,6 +25,7 @@ pub mod librarian;
 pub mod links;
 pub mod mutation;
 pub mod rebalancer;
+pub mod watchman;
 
 pub use desk::{Desk, DeskAction, DeskError, StoreFault, Ticket};
 pub use durability::{Durability, Save};

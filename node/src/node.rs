@@ -212,15 +212,13 @@ pub struct Node {
     desk: desk::DeskShell,
     telemetry: Mutex<CounterBuffer>,
     sampler: Mutex<Sampler>,
-    /// Peers this device has reached, and the incidents open for those it cannot reach now.
-    reached: Mutex<BTreeSet<DeviceId>>,
-    /// The rehearsal call this device last answered.
-    answered: Mutex<Option<String>>,
+    /// The watchman's core (`popmesh_device::watchman`): peers reached, incidents open, the rehearsal answered.
+    watchman: Mutex<popmesh_device::watchman::Watchman>,
     /// Set when any telemetry document changes (where rehearsal calls arrive), so the watchman reads them only then.
     telemetry_changed: Arc<AtomicBool>,
-    /// The peers in reach last written to this device's telemetry document.
-    sees_written: Mutex<Option<BTreeSet<DeviceId>>>,
-    incidents: tokio::sync::Mutex<BTreeMap<DeviceId, Incident>>,
+    /// Set when this device's own telemetry document changes (after a start it must be read once), so the
+    /// watchman takes up incidents it holds and does not (`Watchman::handle_recorded`).
+    own_telemetry_changed: Arc<AtomicBool>,
     /// Document changes (local or synced), for `GET /v1/events`.
     events: tokio::sync::broadcast::Sender<DocEvent>,
     metrics: NodeMetrics,
@@ -350,11 +348,9 @@ impl Node {
             desk: desk::DeskShell::default(),
             telemetry: Mutex::new(CounterBuffer::new(TELEMETRY_WINDOW_MS, now)),
             sampler: Mutex::new(Sampler::new(options.telemetry)),
-            reached: Mutex::new(BTreeSet::new()),
-            sees_written: Mutex::new(None),
-            answered: Mutex::new(None),
+            watchman: Mutex::new(popmesh_device::watchman::Watchman::new()),
             telemetry_changed: Arc::new(AtomicBool::new(true)),
-            incidents: tokio::sync::Mutex::new(BTreeMap::new()),
+            own_telemetry_changed: Arc::new(AtomicBool::new(true)),
             events: tokio::sync::broadcast::channel(EVENTS_QUEUE).0,
             metrics,
             registry: Mutex::new(registry),

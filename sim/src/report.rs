@@ -56,6 +56,14 @@ pub struct RunReport {
     pub final_convergence_ms: Option<u64>,
     /// Time from each device failure to its full feature parity (documents open and caught up, media preseeded).
     pub mttr: Quantiles,
+    /// Incidents the devices' watchmen wrote (openings and resolutions), and the outages and MTTR the origin's
+    /// show report computes from them at the end.
+    pub incidents_written: u64,
+    /// Changes the watchmen wrote, and how many of them carried who a device sees.
+    pub watch_writes: u64,
+    pub sees_writes: u64,
+    pub outages: u64,
+    pub outage_mttr_ms: Option<u64>,
     pub messages: u64,
     pub bytes: u64,
     pub documents: usize,

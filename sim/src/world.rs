@@ -44,6 +44,7 @@ mod librarian;
 mod links;
 mod ops;
 mod setup;
+mod watchman;
 
 const SHOW: &str = "show-1";
 const SLOTS: usize = 3;
@@ -249,6 +250,10 @@ struct Device {
     cert: Option<EnrollmentCert>,
     /// The device core's librarian: which documents it has asked for and opened, and whether it must enroll.
     librarian: Librarian<DocumentId>,
+    /// The device core's watchman: peers reached, incidents open.
+    watchman: popmesh_device::watchman::Watchman,
+    /// Whether this device's own telemetry document changed since its watchman last read it.
+    own_telemetry_changed: bool,
     /// Reported stolen: the directory revokes it from the start, so no honest device may link with it.
     stolen: bool,
     /// A forgery: its certificate chains to another authority.
@@ -373,6 +378,8 @@ impl World {
                     verified: BTreeSet::new(),
                     cert: None,
                     librarian: Librarian::new(),
+                    watchman: Default::default(),
+                    own_telemetry_changed: true,
                     stolen: false,
                     forged: false,
                     desk: Desk::new(mutations),

@@ -151,6 +151,8 @@ impl Node {
         let events = self.events.clone();
         let (doc, kind) = (name.to_string(), kind_of(&name));
         let telemetry_changed = self.telemetry_changed.clone();
+        let own_telemetry = matches!(&name, DocName::Telemetry { device } if *device == self.me())
+            .then(|| self.own_telemetry_changed.clone());
         if kind == "telemetry" {
             telemetry_changed.store(true, Ordering::Release);
         }
@@ -159,6 +161,9 @@ impl Node {
             while let Some(change) = futures::StreamExt::next(&mut changes).await {
                 if kind == "telemetry" {
                     telemetry_changed.store(true, Ordering::Release);
+                }
+                if let Some(own) = &own_telemetry {
+                    own.store(true, Ordering::Release);
                 }
                 let heads = change.new_heads.iter().map(|h| h.to_string()).collect();
                 // No subscribers is fine: the event is simply not wanted.

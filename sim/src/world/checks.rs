@@ -74,6 +74,9 @@ impl World {
                         self.check_ledger(dev, &id, false);
                     }
                     Some(DocName::Telemetry { device }) => {
+                        if *device == self.devices[dev].key.public() {
+                            self.devices[dev].own_telemetry_changed = true;
+                        }
                         let owner = self.devices.iter().position(|d| d.key.public() == *device);
                         let value = self.visits(dev, &id);
                         if let Some(owner) = owner {
@@ -186,6 +189,7 @@ impl World {
         let n = self.devices.len();
         for dev in 0..n {
             self.open_documents(dev);
+            self.watch(dev);
             self.preseed(dev);
         }
         // No acknowledged receipt lost (also checked whenever a device's own ledger changes).
@@ -388,6 +392,9 @@ impl World {
 
     pub(super) fn final_checks(&mut self) {
         let origin = self.devices.len() - 1;
+        if self.converged_at.is_some() {
+            self.check_outages();
+        }
         // The origin holds every receipt any device acknowledged, and every one verifies.
         let all_acked: BTreeSet<String> = self
             .devices

@@ -80,6 +80,8 @@ impl World {
         d.known.clear();
         d.view = None;
         d.librarian = Librarian::new();
+        d.watchman = Default::default();
+        d.own_telemetry_changed = true;
         d.verified.clear();
         // The device core's state is memory: the desk (its queue, batches and key index) and what it knew to be
         // durable. Clients waiting at the desk saw their connection die.

@@ -1,0 +1,120 @@
+//! The device core's watchman in the simulator: once a simulated second, as the node's task, each device tells it
+//! who it reaches and writes the incidents and "sees" it decides into its own telemetry document (acknowledged, so
+//! a disk fault makes the core write them again). The origin's show report is computed from these at the end.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use popmesh_crdt::DeviceId;
+use popmesh_crdt::telemetry::TelemetryRecord;
+
+use super::*;
+
+impl World {
+    pub(super) fn watch(&mut self, dev: usize) {
+        if self.devices[dev].host.is_none() {
+            return;
+        }
+        let name = DocName::Telemetry {
+            device: self.devices[dev].key.public(),
+        };
+        let me = self.devices[dev].key.public();
+        let Some(id) = self.own_document(dev, name, |actor| {
+            Doc::<Telemetry>::create_telemetry(actor, me)
+                .expect("telemetry")
+                .into_automerge()
+        }) else {
+            return;
+        };
+        let at = UnixMillis(self.local_ms(dev));
+        if self.devices[dev].own_telemetry_changed {
+            let Some(record) = self.replica::<Telemetry, _>(dev, &id, |d| d.record().ok()) else {
+                return;
+            };
+            let d = &mut self.devices[dev];
+            d.watchman.handle_recorded(record.incidents.values(), at);
+            d.own_telemetry_changed = false;
+        }
+        let in_reach: BTreeSet<DeviceId> = self
+            .net
+            .connected(dev)
+            .map(|(_, peer)| self.devices[peer].key.public())
+            .collect();
+        let roles: BTreeMap<DeviceId, Role> = self.devices[dev]
+            .view
+            .as_ref()
+            .map(|v| v.certificates().map(|c| (c.device, c.role)).collect())
+            .unwrap_or_default();
+        let Some(watch) = self.devices[dev]
+            .watchman
+            .handle_reach(at, in_reach, &roles)
+        else {
+            return;
+        };
+        let (ts, actor) = (self.ts(dev), self.actor(dev));
+        let d = &mut self.devices[dev];
+        let Some(host) = d.host.as_mut() else {
+            return;
+        };
+        let written = watch.clone();
+        let outcome = host.change_acked(&mut d.durability, &id, ts, |am| {
+            let mut doc = Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)?;
+            written
+                .incidents
+                .iter()
+                .try_for_each(|i| doc.record_incident(i))?;
+            match written.sees {
+                Some(peers) => doc.set_sees(peers, at),
+                None => Ok(()),
+            }
+        });
+        let ok = matches!(outcome, Ok((Ok(()), Ok(()))));
+        d.watchman.handle_written(&watch, ok);
+        if ok {
+            self.report.incidents_written += watch.incidents.len() as u64;
+            self.report.watch_writes += 1;
+            self.report.sees_writes += u64::from(watch.sees.is_some());
+        }
+        self.route(dev);
+    }
+
+    /// Every telemetry record device `dev` holds.
+    pub(super) fn telemetry_records(&self, dev: usize) -> Vec<TelemetryRecord> {
+        self.names
+            .iter()
+            .filter(|(_, n)| matches!(n, DocName::Telemetry { .. }))
+            .filter_map(|(id, _)| self.replica::<Telemetry, _>(dev, id, |d| d.record().ok()))
+            .collect()
+    }
+
+    /// Once the site has converged after its faults, the origin's show report must say what each device's
+    /// watchman knows: the outages open in the report are exactly the incidents the watchmen hold open (none
+    /// lost to a disk fault, none forgotten by a restart, every resolution synced).
+    pub(super) fn check_outages(&mut self) {
+        let origin = self.devices.len() - 1;
+        let records = self.telemetry_records(origin);
+        let operations = popmesh_crdt::report::operations(&records);
+        self.report.outages = operations.outages.len() as u64;
+        self.report.outage_mttr_ms = operations.mttr_ms;
+        for dev in 0..self.devices.len() {
+            let d = &self.devices[dev];
+            if d.host.is_none() || d.stolen || d.forged {
+                continue;
+            }
+            let me = d.key.public().to_hex();
+            let held: BTreeSet<String> = d.watchman.open().map(|i| i.key()).collect();
+            let reported: BTreeSet<String> = records
+                .iter()
+                .filter(|r| r.device == me)
+                .flat_map(|r| r.incidents.values())
+                .filter(|i| i.resolved.is_none())
+                .map(|i| i.key())
+                .collect();
+            if held != reported {
+                let name = d.name.clone();
+                self.violation(format!(
+                    "the origin's show report holds {name}'s open incidents {reported:?}, its watchman {held:?}"
+                ));
+            }
+        }
+    }
+}
