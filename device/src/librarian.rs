@@ -187,8 +187,7 @@ impl<D: Ord + Clone> Librarian<D> {
             self.enrolment = Enrolment::Writing;
             return Some(Step::Enroll);
         }
-        let due = self
-            .finding
+        self.finding
             .iter_mut()
             .find_map(|(doc, (name, state))| match state {
                 Finding::RetryAt(at) if *at <= now => {
@@ -199,8 +198,7 @@ impl<D: Ord + Clone> Librarian<D> {
                     })
                 }
                 _ => None,
-            });
-        due
+            })
     }
 
     /// When the librarian next has something to do without new input (a retry), if ever.

@@ -1,9 +1,8 @@
 //! `DIR/popmesh.toml`: the node's settings, with defaults for everything. Flags to `popmesh run` override it.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 /// The file `site init` and `join` write, with every default spelled out.
@@ -361,40 +360,68 @@ impl Payments {
     }
 }
 
+/// Why a configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {}: {reason}", path.display())]
+    Read { path: PathBuf, reason: String },
+    #[error("{} is not a valid popmesh config: {reason}", path.display())]
+    InFile { path: PathBuf, reason: String },
+    /// What is wrong, naming the section and field.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Write(#[from] crate::site::SiteError),
+}
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+fn invalid(what: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid(what.to_string())
+}
+
 impl Config {
     /// Reads `path`, or the defaults when it does not exist. A bad file is an error naming the file and field.
     pub fn load(path: &Path) -> Result<Self> {
         if !path.exists() {
             return Ok(Self::default());
         }
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::parse(&text)
-            .with_context(|| format!("{} is not a valid popmesh config", path.display()))
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text).map_err(|e| ConfigError::InFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
     }
 
     pub fn parse(text: &str) -> Result<Self> {
-        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let config: Config = toml::from_str(text).map_err(invalid)?;
         if config.telemetry.sample_one_in == 0 {
-            anyhow::bail!("telemetry: sample_one_in must be at least 1 (1 keeps every event)");
+            return Err(invalid(
+                "telemetry: sample_one_in must be at least 1 (1 keeps every event)",
+            ));
         }
         if config.media.preseed_every_secs == 0 || config.media.gc_every_secs == 0 {
-            anyhow::bail!("media: preseed_every_secs and gc_every_secs must be at least 1");
+            return Err(invalid(
+                "media: preseed_every_secs and gc_every_secs must be at least 1",
+            ));
         }
         let w = &config.warehouse;
         if w.pool_size == 0 || w.queue_max == 0 || w.retry_every_secs == 0 {
-            anyhow::bail!(
-                "warehouse: pool_size, queue_max and retry_every_secs must be at least 1"
-            );
+            return Err(invalid(
+                "warehouse: pool_size, queue_max and retry_every_secs must be at least 1",
+            ));
         }
         if !w.postgres_url.is_empty() {
             w.postgres_url
                 .parse::<tokio_postgres::Config>()
-                .map_err(|e| anyhow::anyhow!("warehouse: postgres_url does not parse: {e}"))?;
+                .map_err(|e| invalid(format!("warehouse: postgres_url does not parse: {e}")))?;
         }
         for addr in config.p2p.listen.iter().chain(&config.p2p.bootstrap) {
             addr.parse::<libp2p::Multiaddr>()
-                .map_err(|e| anyhow::anyhow!("p2p: {addr:?} is not a multiaddr: {e}"))?;
+                .map_err(|e| invalid(format!("p2p: {addr:?} is not a multiaddr: {e}")))?;
         }
         Ok(config)
     }
@@ -407,7 +434,7 @@ impl Config {
             .collect::<Vec<_>>()
             .join(", ");
         let text = TEMPLATE.replace("bootstrap = []", &format!("bootstrap = [{list}]"));
-        crate::site::write_atomic(path, text.as_bytes(), false)
+        Ok(crate::site::write_atomic(path, text.as_bytes(), false)?)
     }
 }
 

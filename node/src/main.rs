@@ -13,7 +13,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use popmesh_crdt::Role;
 use popmesh_node::config::LogFormat;
-use popmesh_node::{cli, demo, media_cli, showday, sim_cmd, warehouse_cli};
+mod cmd;
+
+use cmd::{cli, demo, media_cli, showday, sim_cmd, warehouse_cli};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -249,7 +251,7 @@ enum ManifestCommand {
         #[arg(long, default_value_t = 72)]
         ttl_hours: u64,
         /// Ask a role to preseed only these bytes of each entry, such as kiosk=0-4M; repeat for several.
-        #[arg(long, value_parser = popmesh_node::media_cli::parse_slice)]
+        #[arg(long, value_parser = cmd::media_cli::parse_slice)]
         slice: Vec<(String, popmesh_crdt::manifest::ByteRange)>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -436,7 +438,16 @@ fn main() -> ExitCode {
             ..
         } => {
             let mut stdout = std::io::stdout().lock();
-            showday::run(&out, keep.as_deref(), &mut stdout).map(|_| ())
+            showday::run(&out, keep.as_deref(), &mut stdout).and_then(|outcome| {
+                anyhow::ensure!(
+                    outcome.seats_sold > 0
+                        && outcome.receipts_verified == outcome.receipts
+                        && outcome.matched > 0,
+                    "the demo did not end reconciled: {outcome:?}"
+                );
+                tracing::debug!(report = %outcome.report_dir.display(), elapsed = ?outcome.elapsed, "demo done");
+                Ok(())
+            })
         }
         Command::Demo { seed, .. } => {
             let entropy = seed.map_or(demo::Entropy::Os, demo::Entropy::Seeded);

@@ -94,6 +94,22 @@ pub enum MediaError {
     LowSpace { free: u64, reserve: u64 },
 }
 
+/// Why the media side could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaStartError {
+    #[error("blob store {}: {reason}", path.display())]
+    BlobStore {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("could not bind the blob endpoint on UDP port {port} ([media] port): {reason}")]
+    Bind { port: u16, reason: String },
+    #[error(transparent)]
+    Meta(#[from] crate::store::StoreError),
+    #[error("{HELD_META} in the data file: {0}")]
+    Held(String),
+}
+
 fn store_err(e: impl std::fmt::Display) -> MediaError {
     MediaError::Store(e.to_string())
 }
@@ -202,7 +218,7 @@ impl Media {
         meta: Store,
         options: MediaOptions,
         registry: &mut Registry,
-    ) -> anyhow::Result<Arc<Self>> {
+    ) -> Result<Arc<Self>, MediaStartError> {
         let mut store_options = StoreOptions::new(root);
         store_options.gc = Some(GcConfig {
             interval: options.gc_every,
@@ -210,21 +226,25 @@ impl Media {
         });
         let store = FsStore::load_with_opts(root.join("blobs.db"), store_options)
             .await
-            .map_err(|e| anyhow::anyhow!("blob store {}: {e}", root.display()))?;
+            .map_err(|e| MediaStartError::BlobStore {
+                path: root.to_owned(),
+                reason: e.to_string(),
+            })?;
         let lookup = MemoryLookup::new();
         let endpoint = Endpoint::builder(presets::Minimal)
             .secret_key(iroh::SecretKey::from_bytes(&key.seed()))
             .relay_mode(RelayMode::Disabled)
             .address_lookup(lookup.clone())
             .bind_addr(std::net::SocketAddr::new(options.bind_ip, options.port))
-            .map_err(|e| anyhow::anyhow!("[media] port {}: {e}", options.port))?
+            .map_err(|e| MediaStartError::Bind {
+                port: options.port,
+                reason: e.to_string(),
+            })?
             .bind()
             .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "could not bind the blob endpoint on UDP port {} ([media] port): {e}",
-                    options.port
-                )
+            .map_err(|e| MediaStartError::Bind {
+                port: options.port,
+                reason: e.to_string(),
             })?;
         let mask = EventMask {
             connected: ConnectMode::Intercept,
@@ -243,16 +263,21 @@ impl Media {
             .spawn();
         let downloader = Downloader::new(&store, &endpoint);
         let held = match meta.meta(HELD_META)? {
-            Some(text) => serde_json::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("{HELD_META} in the data file: {e}"))?,
+            Some(text) => {
+                serde_json::from_str(&text).map_err(|e| MediaStartError::Held(e.to_string()))?
+            }
             None => BTreeMap::new(),
         };
         let mut tagged = BTreeSet::new();
-        let mut tags = store
-            .tags()
-            .list_prefix(TAG_PREFIX)
-            .await
-            .map_err(|e| anyhow::anyhow!("listing blob tags: {e}"))?;
+        let mut tags =
+            store
+                .tags()
+                .list_prefix(TAG_PREFIX)
+                .await
+                .map_err(|e| MediaStartError::BlobStore {
+                    path: root.to_owned(),
+                    reason: format!("listing blob tags: {e}"),
+                })?;
         while let Some(tag) = tags.next().await {
             if let Ok(tag) = tag {
                 tagged.insert(tag.hash);

@@ -86,6 +86,27 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// How often the media side learns which peers the mesh admits (and so who may fetch blobs).
 const BLOB_PEERS_EVERY: Duration = Duration::from_millis(250);
 
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{}: stored {what} is not valid: {reason}", path.display())]
+    Corrupt {
+        path: std::path::PathBuf,
+        what: &'static str,
+        reason: String,
+    },
+    #[error(transparent)]
+    Media(#[from] crate::media::MediaStartError),
+    #[error(transparent)]
+    Warehouse(#[from] warehouse::WarehouseError),
+    #[error(transparent)]
+    Mesh(#[from] popmesh_transport::mesh::MeshError),
+    #[error("the document engine stopped while starting")]
+    Engine,
+}
+
 /// What went wrong with a request, in terms the API maps to a status code.
 #[derive(Debug)]
 pub enum Failure {
@@ -253,7 +274,7 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// Opens the data file, starts samod and the mesh, and spawns the background tasks.
-    pub async fn start(dir: DataDir, options: RunOptions) -> anyhow::Result<Arc<Self>> {
+    pub async fn start(dir: DataDir, options: RunOptions) -> Result<Arc<Self>, StartError> {
         let store = Store::open(&DataDir::store_path(&dir.root))?;
         let epoch = next_epoch(&store)?;
         let directory_id = match &dir.site.directory {
@@ -261,8 +282,11 @@ impl Node {
             None => store.meta("directory")?,
         }
         .map(|id| {
-            id.parse::<DocumentId>()
-                .map_err(|e| anyhow::anyhow!("directory document id {id:?}: {e}"))
+            id.parse::<DocumentId>().map_err(|e| StartError::Corrupt {
+                path: store.path().to_owned(),
+                what: "directory document id",
+                reason: format!("{id:?}: {e}"),
+            })
         })
         .transpose()?;
         let engine = EngineStorage::new(store.clone());
@@ -325,9 +349,9 @@ impl Node {
         )?;
         let screens = repo
             .make_acceptor(
-                samod::Url::parse("ws://kiosk-screens").map_err(|e| anyhow::anyhow!("{e}"))?,
+                samod::Url::parse("ws://kiosk-screens").expect("a constant URL that parses"),
             )
-            .map_err(|_| anyhow::anyhow!("the document engine stopped while starting"))?;
+            .map_err(|_| StartError::Engine)?;
         let now = clock::now();
         let node = Arc::new(Self {
             dir,
@@ -572,16 +596,15 @@ async fn read_ledger(handle: &DocHandle) -> Result<Option<LedgerView>, Failure> 
 }
 
 /// A fresh actor epoch for this run, durably counted.
-fn next_epoch(store: &Store) -> anyhow::Result<u32> {
+fn next_epoch(store: &Store) -> Result<u32, StartError> {
     let last = store
         .meta("epoch")?
         .map(|e| e.parse::<u32>())
         .transpose()
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{}: stored epoch is not a number: {e}",
-                store.path().display()
-            )
+        .map_err(|e| StartError::Corrupt {
+            path: store.path().to_owned(),
+            what: "epoch",
+            reason: e.to_string(),
         })?;
     let next = last.map_or(0, |e| e.saturating_add(1));
     store.set_meta("epoch", &next.to_string())?;

@@ -13,13 +13,57 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
 use popmesh_crdt::enrollment::{EnrollmentCert, SiteAuthority};
 use popmesh_crdt::identity::hex_decode;
 use popmesh_crdt::{DeviceId, PublicKey, Role, SecretKey, SiteId};
 use serde::{Deserialize, Serialize};
+
+/// Why a data directory could not be read or written. Every message names the file and, where it applies, the
+/// field.
+#[derive(Debug, thiserror::Error)]
+pub enum SiteError {
+    #[error(
+        "{} holds no popmesh device (no {}); create one with `popmesh site init --data {}` or `popmesh join TOKEN --data {}`",
+        root.display(), DataDir::site_path(root).display(), root.display(), root.display()
+    )]
+    NoDevice { root: PathBuf },
+    #[error("{} already holds a device ({} exists); choose another --data directory", root.display(), DataDir::site_path(root).display())]
+    Exists { root: PathBuf },
+    #[error(
+        "{} does not hold the site authority key ({} is missing): run this on the device that ran `popmesh site init`",
+        root.display(), path.display()
+    )]
+    NoAuthority { root: PathBuf, path: PathBuf },
+    #[error("{doing} {}: {reason}", path.display())]
+    Io {
+        doing: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    #[error("no OS randomness: {0}")]
+    Randomness(String),
+}
+
+type Result<T, E = SiteError> = std::result::Result<T, E>;
+
+fn io<'a>(doing: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SiteError + 'a {
+    move |e| SiteError::Io {
+        doing,
+        path: path.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+fn invalid(path: &Path, reason: impl std::fmt::Display) -> SiteError {
+    SiteError::Invalid {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
 
 /// What `site.json` says.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,35 +114,32 @@ impl DataDir {
     pub fn load(root: &Path) -> Result<Self> {
         let site_path = Self::site_path(root);
         if !site_path.exists() {
-            bail!(
-                "{} holds no popmesh device (no {}); create one with `popmesh site init --data {}` or `popmesh join TOKEN --data {}`",
-                root.display(),
-                site_path.display(),
-                root.display(),
-                root.display()
-            );
+            return Err(SiteError::NoDevice {
+                root: root.to_owned(),
+            });
         }
-        let text = std::fs::read_to_string(&site_path)
-            .with_context(|| format!("reading {}", site_path.display()))?;
+        let text = std::fs::read_to_string(&site_path).map_err(io("reading", &site_path))?;
         let site: SiteFile = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid site file", site_path.display()))?;
+            .map_err(|e| invalid(&site_path, format!("not a valid site file: {e}")))?;
         let key = SecretKey::from_seed(read_key(&Self::key_path(root, "device"))?);
         let network_key = read_key(&Self::key_path(root, "network"))?;
         let authority = DeviceId::from_hex(&site.authority)
-            .map_err(|e| anyhow::anyhow!("{}: field `authority`: {e}", site_path.display()))?;
-        let cert_bytes = B64.decode(&site.cert).map_err(|e| {
-            anyhow::anyhow!("{}: field `cert` is not base64: {e}", site_path.display())
-        })?;
+            .map_err(|e| invalid(&site_path, format!("field `authority`: {e}")))?;
+        let cert_bytes = B64
+            .decode(&site.cert)
+            .map_err(|e| invalid(&site_path, format!("field `cert` is not base64: {e}")))?;
         let cert = EnrollmentCert::from_bytes(&cert_bytes)
-            .map_err(|e| anyhow::anyhow!("{}: field `cert`: {e}", site_path.display()))?;
+            .map_err(|e| invalid(&site_path, format!("field `cert`: {e}")))?;
         if cert.device != key.public() {
-            bail!(
-                "{}: field `cert` is for device {}, but {} holds device {}",
-                site_path.display(),
-                cert.device.short(),
-                Self::key_path(root, "device").display(),
-                key.public().short()
-            );
+            return Err(invalid(
+                &site_path,
+                format!(
+                    "field `cert` is for device {}, but {} holds device {}",
+                    cert.device.short(),
+                    Self::key_path(root, "device").display(),
+                    key.public().short()
+                ),
+            ));
         }
         Ok(Self {
             root: root.to_owned(),
@@ -114,11 +155,10 @@ impl DataDir {
     pub fn authority_key(&self) -> Result<SiteAuthority> {
         let path = Self::key_path(&self.root, "authority");
         if !path.exists() {
-            bail!(
-                "{} does not hold the site authority key ({} is missing): run this on the device that ran `popmesh site init`",
-                self.root.display(),
-                path.display()
-            );
+            return Err(SiteError::NoAuthority {
+                root: self.root.clone(),
+                path,
+            });
         }
         Ok(SiteAuthority::new(SecretKey::from_seed(read_key(&path)?)))
     }
@@ -134,11 +174,9 @@ impl DataDir {
     /// Refuses a directory that already holds a device.
     pub fn ensure_new(root: &Path) -> Result<()> {
         if Self::exists(root) {
-            bail!(
-                "{} already holds a device ({} exists); choose another --data directory",
-                root.display(),
-                Self::site_path(root).display()
-            );
+            return Err(SiteError::Exists {
+                root: root.to_owned(),
+            });
         }
         Ok(())
     }
@@ -152,8 +190,8 @@ impl DataDir {
         authority: Option<&SiteAuthority>,
     ) -> Result<()> {
         Self::ensure_new(root)?;
-        std::fs::create_dir_all(root.join("keys"))
-            .with_context(|| format!("creating {}", root.join("keys").display()))?;
+        let keys = root.join("keys");
+        std::fs::create_dir_all(&keys).map_err(io("creating", &keys))?;
         write_key(&Self::key_path(root, "device"), &key.seed())?;
         write_key(&Self::key_path(root, "network"), network_key)?;
         if let Some(a) = authority {
@@ -164,7 +202,7 @@ impl DataDir {
 
     pub fn save_site(root: &Path, site: &SiteFile) -> Result<()> {
         let path = Self::site_path(root);
-        let text = serde_json::to_string_pretty(site)?;
+        let text = serde_json::to_string_pretty(site).map_err(|e| invalid(&path, e))?;
         write_atomic(&path, text.as_bytes(), false)
     }
 
@@ -174,12 +212,11 @@ impl DataDir {
 }
 
 fn read_key(path: &Path) -> Result<[u8; 32]> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(io("reading", path))?;
     hex_decode::<32>(text.trim()).map_err(|e| {
-        anyhow::anyhow!(
-            "{} must hold 64 hex digits (a 32-byte key): {e}",
-            path.display()
+        invalid(
+            path,
+            format!("must hold 64 hex digits (a 32-byte key): {e}"),
         )
     })
 }
@@ -202,19 +239,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> Result<()> {
     }
     #[cfg(not(unix))]
     let _ = secret;
-    let mut file = options
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    let mut file = options.open(&tmp).map_err(io("writing", &tmp))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        .map_err(io("writing", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("writing", path))?;
     Ok(())
 }
 
 /// 32 bytes from the OS.
 pub fn random_seed() -> Result<[u8; 32]> {
     let mut out = [0u8; 32];
-    getrandom::fill(&mut out).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+    getrandom::fill(&mut out).map_err(|e| SiteError::Randomness(e.to_string()))?;
     Ok(out)
 }

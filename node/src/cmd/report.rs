@@ -25,7 +25,7 @@ pub fn write(report: &ShowReport, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for (name, text) in files {
         let path = dir.join(name);
-        crate::site::write_atomic(&path, text.as_bytes(), false)
+        popmesh_node::site::write_atomic(&path, text.as_bytes(), false)
             .with_context(|| format!("writing {}", path.display()))?;
         written.push(path);
     }

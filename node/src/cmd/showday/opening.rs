@@ -14,7 +14,7 @@ use popmesh_crdt::receipt::PaymentRequest;
 use super::crowd::{Crowd, Sales};
 use super::site::{Device, Site, all_hold, until};
 use super::{CAPACITY, PREVIEW, RETURNING, SHOW, SLOT, eur, secs};
-use crate::node::{EntrySpec, ManifestSpec, Node, ShowSpec, SlotSpec};
+use popmesh_node::node::{EntrySpec, ManifestSpec, Node, ShowSpec, SlotSpec};
 
 /// Deterministic demo bytes (a stand-in for the trailer and the poster).
 fn media_bytes(len: usize, seed: u64) -> Vec<u8> {
@@ -38,7 +38,7 @@ pub(super) async fn set_up_site(
     w: &mut impl Write,
 ) -> Result<(Site, Arc<Node>, String)> {
     let edge_dir = root.join("edge-1");
-    crate::cli::create_site(
+    crate::cmd::cli::create_site(
         &edge_dir,
         "Harbour Pop-up",
         Role::Edge,
@@ -59,7 +59,7 @@ pub(super) async fn set_up_site(
         },
     );
     let invite = |role: Role, uses: u32| {
-        crate::cli::invite(&edge_dir, role, uses, 3_600_000, 86_400_000, Vec::new())
+        crate::cmd::cli::invite(&edge_dir, role, uses, 3_600_000, 86_400_000, Vec::new())
     };
     let kiosk_token = invite(Role::Kiosk, 3)?;
     let pos_token = invite(Role::Pos, 2)?;
@@ -118,7 +118,7 @@ pub(super) async fn open_the_show(
     edge: &Arc<Node>,
     w: &mut impl Write,
 ) -> Result<iroh_blobs::Hash> {
-    let now = crate::clock::now().0;
+    let now = popmesh_node::clock::now().0;
     let grants = BTreeMap::from([
         ("edge-1".to_owned(), 24),
         ("kiosk-1".to_owned(), 18),

@@ -11,7 +11,7 @@ use anyhow::{Result, ensure};
 use super::crowd::{Crowd, Sales};
 use super::site::{Site, all_hold, receipts_of, until};
 use super::{ATTENDEES, SHOW, SLOT, eur, secs};
-use crate::node::{Node, ReceiptJson};
+use popmesh_node::node::{Node, ReceiptJson};
 
 /// The origin's WAN link is cut once it has merged the receipts so far; the rest of the crowd arrives and the
 /// site keeps selling offline. Returns those later sales.

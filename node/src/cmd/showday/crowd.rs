@@ -10,7 +10,7 @@ use popmesh_crdt::privacy::{AttendeeProfile, Consent};
 use popmesh_crdt::receipt::PaymentRequest;
 
 use super::{RETURNING, SHOW, SLOT};
-use crate::node::Node;
+use popmesh_node::node::Node;
 
 /// The attendees, arriving: each is issued a pass at the edge box, checked in at a kiosk door, taps around the
 /// kiosk, and some (returning fans more often) book seats and buy merchandise a moment later.
@@ -48,7 +48,8 @@ impl Crowd {
 
     /// One attendee's visit; returns the seats they booked and what they paid.
     async fn visit(&self, i: usize, who: String) -> Result<(u64, u64)> {
-        let err = |what: &str, e: crate::node::Failure| anyhow::anyhow!("{what} for {who}: {e}");
+        let err =
+            |what: &str, e: popmesh_node::node::Failure| anyhow::anyhow!("{what} for {who}: {e}");
         // Arrivals 150 ms apart; buyers decide 0.3 to 2.3 s after check-in.
         tokio::time::sleep(Duration::from_millis(150 * (i as u64 % 16))).await;
         let pass = self

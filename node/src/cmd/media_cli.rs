@@ -8,16 +8,20 @@ use anyhow::{Context as _, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use popmesh_crdt::manifest::ByteRange;
 
-use crate::client::{Client, UploadError};
-use crate::config::Config;
-use crate::site::DataDir;
+use popmesh_node::client::{Client, UploadError};
+use popmesh_node::config::Config;
+use popmesh_node::site::DataDir;
 
 /// Transfers smaller than this draw no bar.
 const BAR_FROM_BYTES: u64 = 4 << 20;
 
 fn client(data: &Path, api: Option<SocketAddr>) -> Result<Client> {
     let config = Config::load(&DataDir::config_path(data))?;
-    let mut client = Client::new(crate::runfile::api_addr(data, api, config.api.listen));
+    let mut client = Client::new(popmesh_node::runfile::api_addr(
+        data,
+        api,
+        config.api.listen,
+    ));
     client.timeout = std::time::Duration::from_secs(120);
     Ok(client)
 }
@@ -106,7 +110,7 @@ pub fn blob_add(data: &Path, api: Option<SocketAddr>, files: &[PathBuf]) -> Resu
 /// `popmesh blob get HASH --out FILE`: from this node, which fetches it from the site peers if it lacks it.
 /// The file is checked against the hash before it takes its name.
 pub fn blob_get(data: &Path, api: Option<SocketAddr>, hash: &str, out: &Path) -> Result<u64> {
-    if crate::media::parse_hash(hash).is_none() {
+    if popmesh_node::media::parse_hash(hash).is_none() {
         bail!("HASH {hash:?} is not a BLAKE3 hash (64 lowercase hex digits)");
     }
     let client = client(data, api)?;

@@ -11,7 +11,7 @@ use popmesh_crdt::settlement::Reconciliation;
 
 use super::site::{Site, converged, until};
 use super::{SHOW, SLOT, eur, secs};
-use crate::node::{Node, ReceiptJson};
+use popmesh_node::node::{Node, ReceiptJson};
 
 /// Settlement: the demo writes the processor's batch (one card declined, one charge the site never saw) and the
 /// origin reconciles the show against it.
@@ -32,7 +32,7 @@ pub(super) async fn settle(
     }
     csv.push_str("ch_3PqfZ9offsite,2500,EUR,settled\n");
     let batch_path = out.join("settlement-batch.csv");
-    crate::site::write_atomic(&batch_path, csv.as_bytes(), false)?;
+    popmesh_node::site::write_atomic(&batch_path, csv.as_bytes(), false)?;
     let rows = popmesh_crdt::settlement::parse_csv(&csv)?;
     let (recon, marked) = origin
         .reconcile("settlement-batch.csv", &rows)
@@ -99,7 +99,7 @@ pub(super) async fn write_the_report(
         .report(Some(SHOW.into()))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let files = crate::report::write(&report, out)?;
+    let files = crate::cmd::report::write(&report, out)?;
     writeln!(
         w,
         "6. every device holds the same documents ({} after the reconciliation); the show report:",
@@ -122,7 +122,7 @@ pub(super) async fn write_the_report(
         r.conversion.checked_in,
         r.conversion
             .median_ms
-            .map(crate::report::duration)
+            .map(crate::cmd::report::duration)
             .unwrap_or_else(|| "n/a".into()),
         r.retention
             .lift
@@ -136,7 +136,7 @@ pub(super) async fn write_the_report(
         r.operations.uplink_outages.len(),
         r.operations
             .uplink_mttr_ms
-            .map(crate::report::duration)
+            .map(crate::cmd::report::duration)
             .unwrap_or_else(|| "n/a".into())
     )?;
     writeln!(

@@ -55,7 +55,7 @@ impl Entropy {
         match self {
             // 2026-11-28 18:00 UTC.
             Entropy::Seeded(_) => UnixMillis(1_795_888_800_000),
-            Entropy::Os => crate::clock::now(),
+            Entropy::Os => popmesh_node::clock::now(),
         }
     }
 }

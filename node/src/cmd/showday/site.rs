@@ -10,9 +10,9 @@ use anyhow::{Context as _, Result, bail};
 use popmesh_transport::MeshConfig;
 
 use super::STEP_TIMEOUT;
-use crate::config::Config;
-use crate::node::{Node, RunOptions};
-use crate::site::DataDir;
+use popmesh_node::config::Config;
+use popmesh_node::node::{Node, RunOptions};
+use popmesh_node::site::DataDir;
 
 /// One device of the demo site.
 pub(super) struct Device {
@@ -42,7 +42,7 @@ impl Site {
         config.escrow.rebalance_every_secs = 1;
         config.media.port = 0;
         config.media.preseed_every_secs = 1;
-        Ok(crate::node::RunOptions::from_config(
+        Ok(popmesh_node::node::RunOptions::from_config(
             &config,
             MeshConfig {
                 listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
@@ -65,7 +65,7 @@ impl Site {
                     tracing::debug!("{name} not started yet: {e:#}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => return Err(e.context(format!("starting {name}"))),
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("starting {name}"))),
             }
         };
         if let Some(d) = self.devices.get_mut(name) {
@@ -96,7 +96,7 @@ impl Site {
 
     pub(super) async fn join(&mut self, token: &str, name: &str) -> Result<()> {
         let dir = self.root.join(name);
-        crate::cli::join_site(token, &dir, Some(name.to_owned()))?;
+        crate::cmd::cli::join_site(token, &dir, Some(name.to_owned()))?;
         self.devices.insert(
             name.to_owned(),
             Device {

@@ -5,14 +5,14 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::client::Client;
-use crate::config::Config;
-use crate::site::DataDir;
+use popmesh_node::client::Client;
+use popmesh_node::config::Config;
+use popmesh_node::site::DataDir;
 /// `popmesh status`: asks the running node.
 pub fn status(data: &Path, api: Option<SocketAddr>, json: bool) -> Result<()> {
     let config = Config::load(&DataDir::config_path(data))?;
     let dir = DataDir::load(data)?;
-    let addr = crate::runfile::api_addr(data, api, config.api.listen);
+    let addr = popmesh_node::runfile::api_addr(data, api, config.api.listen);
     let answer = Client::new(addr).get("/v1/status").map_err(|e| {
         anyhow::anyhow!("{e}\n(is `popmesh run --data {}` running? its API address is set by --api or [api] listen)", data.display())
     })?;

@@ -8,10 +8,10 @@ use std::path::Path;
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::client::Client;
-use crate::config::Config;
-use crate::node::warehouse::{self, schema};
-use crate::site::DataDir;
+use popmesh_node::client::Client;
+use popmesh_node::config::Config;
+use popmesh_node::node::warehouse::{self, schema};
+use popmesh_node::site::DataDir;
 
 fn url_of(data: &Path, url: Option<String>) -> Result<(Config, String)> {
     let config = Config::load(&DataDir::config_path(data))?;

@@ -11,12 +11,12 @@ use popmesh_crdt::enrollment::{InviteTerms, JoinToken, RevocationTarget, SiteAut
 use popmesh_crdt::{DeviceId, Doc, Role, SecretKey, actor_id};
 use popmesh_transport::MeshConfig;
 
-use crate::client::Client;
-use crate::clock;
-use crate::config::{Config, LogFormat};
-use crate::node::{Node, RunOptions};
-use crate::site::{DataDir, SiteFile, random_seed};
-use crate::store::Store;
+use popmesh_node::client::Client;
+use popmesh_node::clock;
+use popmesh_node::config::{Config, LogFormat};
+use popmesh_node::node::{Node, RunOptions};
+use popmesh_node::site::{DataDir, SiteFile, random_seed};
+use popmesh_node::store::Store;
 
 const DAY_MS: u64 = 24 * 3_600_000;
 
@@ -88,7 +88,7 @@ pub async fn create_site(
     directory.add_device(&cert)?;
     let content = directory.into_automerge();
     let bytes = content.save();
-    let engine = crate::store::EngineStorage::new(store.clone());
+    let engine = popmesh_node::store::EngineStorage::new(store.clone());
     let repo = samod::Repo::build_tokio()
         .with_storage(engine.clone())
         .with_peer_id(samod::PeerId::from_string(key.public().to_hex()))
@@ -207,7 +207,11 @@ pub fn revoke(data: &Path, device: &str, reason: &str, api: Option<SocketAddr>) 
     let config = Config::load(&DataDir::config_path(data))?;
     let device =
         DeviceId::from_hex(device).map_err(|e| anyhow::anyhow!("DEVICE {device:?}: {e}"))?;
-    let client = Client::new(crate::runfile::api_addr(data, api, config.api.listen));
+    let client = Client::new(popmesh_node::runfile::api_addr(
+        data,
+        api,
+        config.api.listen,
+    ));
     // Not retroactive: the receipts the device issued that this node holds stay valid; later ones do not.
     let issued = client.get(&format!("/v1/devices/{}/issued", device.to_hex()))?;
     if issued.status != 200 {
@@ -244,7 +248,7 @@ pub fn revoke(data: &Path, device: &str, reason: &str, api: Option<SocketAddr>) 
     Ok(())
 }
 
-pub use crate::cli_status::status;
+pub use crate::cmd::cli_status::status;
 
 /// Flags to `popmesh run` that override the config file.
 #[derive(Debug, Clone, Default)]
@@ -293,7 +297,7 @@ pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
         mdns: config.p2p.mdns,
         network_key: dir.network_key,
     };
-    let options = crate::node::RunOptions::from_config(&config, mesh);
+    let options = popmesh_node::node::RunOptions::from_config(&config, mesh);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -302,7 +306,7 @@ pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
         dir,
         options,
         config.api.listen,
-        crate::api::BrowserPolicy {
+        popmesh_node::api::BrowserPolicy {
             allowed_hosts: config.api.allowed_hosts.clone(),
             allowed_origins: config.api.allowed_origins.clone(),
         },
@@ -313,7 +317,7 @@ async fn serve(
     dir: DataDir,
     options: RunOptions,
     api: SocketAddr,
-    browser: crate::api::BrowserPolicy,
+    browser: popmesh_node::api::BrowserPolicy,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(api)
         .await
@@ -322,8 +326,8 @@ async fn serve(
     let node = Node::start(dir, options).await?;
     let api_addr = listener.local_addr()?;
     tracing::info!(device = %node.dir.device(), %name, api = %api_addr, "popmesh node running");
-    let app = crate::api::router_with(node.clone(), browser);
-    let run = crate::runfile::RunFile {
+    let app = popmesh_node::api::router_with(node.clone(), browser);
+    let run = popmesh_node::runfile::RunFile {
         pid: std::process::id(),
         api: api_addr,
         mesh: node
@@ -360,7 +364,7 @@ async fn serve(
         .await
         .context("serving the API")?;
     tracing::info!("shutting down");
-    crate::runfile::RunFile::remove(&node.dir.root);
+    popmesh_node::runfile::RunFile::remove(&node.dir.root);
     node.shutdown().await;
     Ok(())
 }
@@ -382,7 +386,11 @@ fn init_logging(config: &Config) -> Result<()> {
 /// `popmesh report --out DIR`: asks the node for the show report and writes its files.
 pub fn report(data: &Path, api: Option<SocketAddr>, out: &Path, show: Option<&str>) -> Result<()> {
     let config = Config::load(&DataDir::config_path(data))?;
-    let mut client = Client::new(crate::runfile::api_addr(data, api, config.api.listen));
+    let mut client = Client::new(popmesh_node::runfile::api_addr(
+        data,
+        api,
+        config.api.listen,
+    ));
     client.timeout = std::time::Duration::from_secs(120);
     let path = match show {
         Some(s) => format!("/v1/report?show={}", query_escape(s)),
@@ -403,7 +411,7 @@ pub fn report(data: &Path, api: Option<SocketAddr>, out: &Path, show: Option<&st
     let report: popmesh_crdt::report::ShowReport = serde_json::from_str(&answer.body).context(
         "the node's report is not in the shape this popmesh reads (different versions?)",
     )?;
-    let files = crate::report::write(&report, out)?;
+    let files = crate::cmd::report::write(&report, out)?;
     print_report_summary(&report);
     for f in files {
         println!("  wrote {}", f.display());
@@ -439,7 +447,7 @@ pub fn print_report_summary(r: &popmesh_crdt::report::ShowReport) {
         c.checked_in,
         c.converted,
         c.median_ms
-            .map(crate::report::duration)
+            .map(crate::cmd::report::duration)
             .unwrap_or_else(|| "n/a".into()),
         r.engagement.score,
         r.retention
@@ -452,11 +460,11 @@ pub fn print_report_summary(r: &popmesh_crdt::report::ShowReport) {
         "  {} outage(s), MTTR {}; {} uplink outage(s), MTTR {}",
         o.outages.len(),
         o.mttr_ms
-            .map(crate::report::duration)
+            .map(crate::cmd::report::duration)
             .unwrap_or_else(|| "n/a".into()),
         o.uplink_outages.len(),
         o.uplink_mttr_ms
-            .map(crate::report::duration)
+            .map(crate::cmd::report::duration)
             .unwrap_or_else(|| "n/a".into())
     );
 }
@@ -477,8 +485,12 @@ pub fn rehearse(data: &Path, api: Option<SocketAddr>, flags: &RehearseFlags) -> 
     use popmesh_crdt::rehearsal::{Enrolled, Seen, evaluate};
     use popmesh_crdt::telemetry::{RehearsalAnswer, RehearsalCall};
     let config = Config::load(&DataDir::config_path(data))?;
-    let client = Client::new(crate::runfile::api_addr(data, api, config.api.listen));
-    let running = |e: crate::client::ClientError| {
+    let client = Client::new(popmesh_node::runfile::api_addr(
+        data,
+        api,
+        config.api.listen,
+    ));
+    let running = |e: popmesh_node::client::ClientError| {
         anyhow::anyhow!("{e}\n(is `popmesh run --data {}` running?)", data.display())
     };
     let answer = client
@@ -613,7 +625,11 @@ pub fn reconcile(
         .unwrap_or("settlement")
         .to_owned();
     let config = Config::load(&DataDir::config_path(data))?;
-    let mut client = Client::new(crate::runfile::api_addr(data, api, config.api.listen));
+    let mut client = Client::new(popmesh_node::runfile::api_addr(
+        data,
+        api,
+        config.api.listen,
+    ));
     client.timeout = std::time::Duration::from_secs(300);
     let path = format!("/v1/reconciliations?batch={}", query_escape(&batch));
     let answer = client.post_raw(&path, text.as_bytes()).map_err(|e| {
@@ -636,7 +652,7 @@ pub fn reconcile(
         );
     }
     if let Some(out) = out {
-        crate::site::write_atomic(out, serde_json::to_string_pretty(&v)?.as_bytes(), false)
+        popmesh_node::site::write_atomic(out, serde_json::to_string_pretty(&v)?.as_bytes(), false)
             .with_context(|| format!("writing {}", out.display()))?;
     }
     let r = &v["report"];
