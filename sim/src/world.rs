@@ -37,6 +37,9 @@ use popmesh_device::links as mesh_rules;
 use popmesh_device::{Desk, Durability, Mutation, Mutations, gate};
 use std::time::Duration;
 
+/// How many devices missing in a row from a device's trusted view the simulated network's spare links cover.
+const RING_SLACK: usize = 2;
+
 mod checks;
 mod desk;
 mod faults;
@@ -250,6 +253,8 @@ struct Device {
     cert: Option<EnrollmentCert>,
     /// The device core's librarian: which documents it has asked for and opened, and whether it must enroll.
     librarian: Librarian<DocumentId>,
+    /// The links this device's plan names (`None` before it holds a directory: it links with every peer).
+    plan: Option<BTreeSet<popmesh_crdt::DeviceId>>,
     /// The device core's watchman: peers reached, incidents open.
     watchman: popmesh_device::watchman::Watchman,
     /// Whether this device's own telemetry document changed since its watchman last read it.
@@ -378,6 +383,7 @@ impl World {
                     verified: BTreeSet::new(),
                     cert: None,
                     librarian: Librarian::new(),
+                    plan: None,
                     watchman: Default::default(),
                     own_telemetry_changed: true,
                     stolen: false,
@@ -392,12 +398,17 @@ impl World {
                 }
             })
             .collect();
-        // The site mesh is the one the node builds: hubs plus ring neighbours (popmesh_crdt::topology).
+        // The links the site could hold. Each device plans its links as the node does
+        // (`popmesh_device::links::planned`: hubs plus ring neighbours over the devices its directory trusts now), so
+        // the ring closes over a revoked device and opens for a dropped-in kiosk. The simulated network holds every
+        // link such a plan can name: ring neighbours within `RING_K_DEFAULT + RING_SLACK` over all devices cover
+        // plans over every subset missing up to `RING_SLACK` devices in a row (a plan naming a link outside it is
+        // a violation, see `plan_links`).
         let ids: Vec<(popmesh_crdt::DeviceId, Role)> =
             devices.iter().map(|d| (d.key.public(), d.role)).collect();
         let mut pairs = Vec::new();
         for (a, (me, _)) in ids.iter().enumerate() {
-            let mine = topology::neighbours(*me, &ids, topology::RING_K_DEFAULT);
+            let mine = topology::neighbours(*me, &ids, topology::RING_K_DEFAULT + RING_SLACK);
             for (b, (peer, _)) in ids.iter().enumerate().skip(a + 1) {
                 if mine.contains(peer) {
                     pairs.push((a, b));

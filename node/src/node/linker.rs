@@ -3,7 +3,7 @@
 //! Every device publishes the addresses its mesh listens on in its own telemetry document, which syncs to every
 //! device; so a device that was given one bootstrap address (venue Wi-Fi that blocks multicast) still learns where
 //! every other device is. From the directory and those addresses the linker plans this device's links with the
-//! same rule the simulator runs, `popmesh_crdt::topology::neighbours` (the hubs, and `RING_K_DEFAULT` ring
+//! same rule the simulator runs, `popmesh_device::links::planned` (the hubs, and `RING_K_DEFAULT` ring
 //! neighbours on each side), and hands the plan to the mesh, which dials what is planned and lets go of what is
 //! not. With the edge box gone, the ring still joins every other device.
 
@@ -13,8 +13,7 @@ use std::time::Duration;
 use automerge::Automerge;
 use popmesh_crdt::docs::DocName;
 use popmesh_crdt::telemetry::Telemetry;
-use popmesh_crdt::topology::{RING_K_DEFAULT, neighbours};
-use popmesh_crdt::{DeviceId, Doc, Role};
+use popmesh_crdt::{DeviceId, Doc};
 
 use super::{Failure, Node, clock, internal, lock, read, stopped};
 
@@ -70,13 +69,8 @@ impl Node {
     /// addresses it published.
     async fn plan(&self) -> Result<HashMap<libp2p::PeerId, Vec<libp2p::Multiaddr>>, Failure> {
         let view = self.view()?;
-        let devices: Vec<(DeviceId, Role)> = view
-            .trusted_devices(clock::now())
-            .into_iter()
-            .map(|(d, role, _)| (d, role))
-            .collect();
-        let me = self.me();
-        let wanted = neighbours(me, &devices, RING_K_DEFAULT);
+        let wanted = popmesh_device::links::planned(self.me(), Some(&view), clock::now())
+            .unwrap_or_default();
         let telemetry: HashMap<DeviceId, samod::DocHandle> = read(&self.docs)
             .values()
             .filter_map(|(name, h)| match name {

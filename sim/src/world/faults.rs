@@ -82,6 +82,7 @@ impl World {
         d.librarian = Librarian::new();
         d.watchman = Default::default();
         d.own_telemetry_changed = true;
+        d.plan = None;
         d.verified.clear();
         // The device core's state is memory: the desk (its queue, batches and key index) and what it knew to be
         // durable. Clients waiting at the desk saw their connection die.

@@ -6,10 +6,58 @@ impl World {
     pub(super) fn link_wanted(&self, link: usize) -> bool {
         let l = &self.net.links[link];
         let up = |i: usize| self.devices[i].present && self.devices[i].host.is_some();
+        // One side's plan is enough: the other accepts the link its peer dialed (the node's `TheirPlan`).
+        let plans = |me: usize, peer: usize| {
+            self.devices[me]
+                .plan
+                .as_ref()
+                .is_none_or(|p| p.contains(&self.devices[peer].key.public()))
+        };
         up(l.a)
             && up(l.b)
             && !self.blocked.contains(&(l.a, l.b))
             && !self.blocked.contains(&(l.b, l.a))
+            && (plans(l.a, l.b) || plans(l.b, l.a))
+    }
+
+    /// Re-plans `dev`'s links from its directory replica, as the node's linker does: dials what the plan newly
+    /// names, and lets go of links neither side plans any more (the node closes those after `PRUNE_AFTER`; the
+    /// simulator at once).
+    pub(super) fn plan_links(&mut self, dev: usize) {
+        let at = UnixMillis(self.local_ms(dev));
+        let d = &self.devices[dev];
+        let plan = mesh_rules::planned(d.key.public(), d.view.as_ref(), at);
+        if plan == d.plan {
+            return;
+        }
+        if let Some(planned) = &plan {
+            let missing: Vec<String> = planned
+                .iter()
+                .filter_map(|peer| {
+                    let other = self.devices.iter().position(|o| o.key.public() == *peer)?;
+                    self.net
+                        .between(dev, other)
+                        .is_none()
+                        .then(|| self.devices[other].name.clone())
+                })
+                .collect();
+            if !missing.is_empty() {
+                let name = self.devices[dev].name.clone();
+                self.violation(format!(
+                    "{name} plans links the simulated network does not hold (raise RING_SLACK): {missing:?}"
+                ));
+            }
+        }
+        self.devices[dev].plan = plan;
+        let links: Vec<usize> = self.net.of_device(dev).collect();
+        for link in links {
+            let connected = self.net.links[link].conns.is_some();
+            match (self.link_wanted(link), connected) {
+                (true, false) => self.want_reconnect(link, 0),
+                (false, true) => self.reset(link),
+                _ => {}
+            }
+        }
     }
 
     pub(super) fn link_all(&mut self, dev: usize) {

@@ -55,6 +55,7 @@ impl World {
             })
             .unwrap_or_default();
         d.view = view;
+        self.plan_links(dev);
         self.read_directory(dev);
     }
 
