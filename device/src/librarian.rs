@@ -135,7 +135,8 @@ impl<D: Ord + Clone> Librarian<D> {
 
     /// The engine did not find `doc` at `now` (no peer had it yet): ask again after [`RETRY_MS`].
     pub fn handle_not_found(&mut self, doc: &D, now: u64) {
-        if let Some((_, state)) = self.finding.get_mut(doc) {
+        // Only an answer to a request counts: a document already waiting to be asked again keeps its time.
+        if let Some((_, state @ Finding::Asked)) = self.finding.get_mut(doc) {
             *state = Finding::RetryAt(now.saturating_add(RETRY_MS));
         }
     }
@@ -250,6 +251,12 @@ mod tests {
         l.handle_not_found(&1, 10);
         assert!(drain(&mut l, 100).is_empty(), "no retry before RETRY_MS");
         assert_eq!(l.poll_timeout(), Some(10 + RETRY_MS));
+        l.handle_not_found(&1, 400);
+        assert_eq!(
+            l.poll_timeout(),
+            Some(10 + RETRY_MS),
+            "a second 'not found' does not push the retry"
+        );
         assert_eq!(drain(&mut l, 10 + RETRY_MS).len(), 1, "asks again");
         l.handle_found(1);
         let slot = DocName::Telemetry {

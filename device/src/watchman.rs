@@ -39,6 +39,8 @@ pub struct Watchman {
     reached: BTreeSet<DeviceId>,
     /// Peers reached before and missed since this time, not yet an incident.
     missed: BTreeMap<DeviceId, u64>,
+    /// Peers in reach, and since when (for an incident taken up late, while its peer is already back).
+    since: BTreeMap<DeviceId, u64>,
     open: BTreeMap<DeviceId, Incident>,
     unwritten: Vec<Incident>,
     sees_written: Option<BTreeSet<DeviceId>>,
@@ -60,7 +62,13 @@ impl Watchman {
         roles: &BTreeMap<DeviceId, Role>,
     ) -> Option<Watch> {
         self.reached.extend(in_reach.iter().copied());
-        self.missed.retain(|d, _| !in_reach.contains(d));
+        self.since.retain(|d, _| in_reach.contains(d));
+        for device in &in_reach {
+            self.since.entry(*device).or_insert(now.0);
+        }
+        // A peer the directory no longer lists (revoked) is not waited for: it is simply not seen.
+        self.missed
+            .retain(|d, _| roles.contains_key(d) && !in_reach.contains(d));
         let lost: Vec<DeviceId> = self.reached.difference(&in_reach).copied().collect();
         for device in lost {
             let Some(role) = roles.get(&device) else {
@@ -88,10 +96,12 @@ impl Watchman {
             self.open.insert(device, incident.clone());
             self.unwritten.push(incident);
         }
+        // Back in reach, or no longer the site's (revoked or removed from a directory this device has read): the
+        // outage it stood for is over.
         let back: Vec<DeviceId> = self
             .open
             .keys()
-            .filter(|d| in_reach.contains(d))
+            .filter(|d| in_reach.contains(d) || (!roles.is_empty() && !roles.contains_key(d)))
             .copied()
             .collect();
         for device in back {
@@ -155,11 +165,19 @@ impl Watchman {
                     orphan.resolved = Some(now.0.max(orphan.started));
                     self.unwritten.push(orphan);
                 }
-                (None, None) => {
-                    self.open.insert(device, incident.clone());
-                    self.reached.insert(device);
-                    self.missed.remove(&device);
-                }
+                (None, None) => match self.since.get(&device) {
+                    // The peer is back already: the outage ended when this device first saw it again.
+                    Some(back) => {
+                        let mut ended = incident.clone();
+                        ended.resolved = Some((*back).max(ended.started));
+                        self.unwritten.push(ended);
+                    }
+                    None => {
+                        self.open.insert(device, incident.clone());
+                        self.reached.insert(device);
+                        self.missed.remove(&device);
+                    }
+                },
             }
         }
     }
@@ -385,6 +403,50 @@ mod tests {
         );
         w.handle_written(&orphan, true);
         assert_eq!(w.open().count(), 1, "the current incident stays open");
+    }
+
+    #[test]
+    fn an_incident_taken_up_while_its_peer_is_back_ends_when_the_peer_was_first_seen_again() {
+        let mut w = Watchman::new();
+        w.handle_reach(UnixMillis(100), set(&[2]), &roles());
+        let old = Incident {
+            kind: "peer_lost".into(),
+            subject: dev(2).to_hex(),
+            started: 5,
+            resolved: None,
+        };
+        w.handle_recorded([&old], UnixMillis(900));
+        let ended = w
+            .handle_reach(UnixMillis(1000), set(&[2]), &roles())
+            .expect("ended");
+        assert_eq!(
+            (ended.incidents[0].key(), ended.incidents[0].resolved),
+            (old.key(), Some(100))
+        );
+        assert_eq!(w.open().count(), 0);
+    }
+
+    #[test]
+    fn a_peer_revoked_while_out_of_reach_ends_its_incident_and_is_no_longer_seen() {
+        let mut w = Watchman::new();
+        let first = w
+            .handle_reach(UnixMillis(0), set(&[2, 3]), &roles())
+            .expect("sees");
+        w.handle_written(&first, true);
+        w.handle_reach(UnixMillis(10), set(&[3]), &roles());
+        let lost = w
+            .handle_reach(UnixMillis(5000), set(&[3]), &roles())
+            .expect("lost");
+        w.handle_written(&lost, true);
+        let revoked: BTreeMap<DeviceId, Role> =
+            [(dev(1), Role::Origin), (dev(3), Role::Pos)].into();
+        let over = w
+            .handle_reach(UnixMillis(6000), set(&[3]), &revoked)
+            .expect("over");
+        assert_eq!(over.incidents[0].resolved, Some(6000));
+        assert_eq!(over.sees, None, "it was already not seen");
+        w.handle_written(&over, true);
+        assert_eq!(w.open().count(), 0);
     }
 
     #[test]

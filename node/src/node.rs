@@ -91,7 +91,7 @@ const BLOB_PEERS_EVERY: Duration = Duration::from_millis(250);
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("{}: stored {what} is not valid: {reason}", path.display())]
+    #[error("{}: the {what} is not valid: {reason}", path.display())]
     Corrupt {
         path: std::path::PathBuf,
         what: &'static str,
@@ -277,18 +277,19 @@ impl Node {
     pub async fn start(dir: DataDir, options: RunOptions) -> Result<Arc<Self>, StartError> {
         let store = Store::open(&DataDir::store_path(&dir.root))?;
         let epoch = next_epoch(&store)?;
-        let directory_id = match &dir.site.directory {
-            Some(id) => Some(id.clone()),
-            None => store.meta("directory")?,
-        }
-        .map(|id| {
-            id.parse::<DocumentId>().map_err(|e| StartError::Corrupt {
-                path: store.path().to_owned(),
-                what: "directory document id",
-                reason: format!("{id:?}: {e}"),
+        let (directory_id, from) = match &dir.site.directory {
+            Some(id) => (Some(id.clone()), DataDir::site_path(&dir.root)),
+            None => (store.meta("directory")?, store.path().to_owned()),
+        };
+        let directory_id = directory_id
+            .map(|id| {
+                id.parse::<DocumentId>().map_err(|e| StartError::Corrupt {
+                    path: from.clone(),
+                    what: "directory document id",
+                    reason: format!("{id:?}: {e}"),
+                })
             })
-        })
-        .transpose()?;
+            .transpose()?;
         let engine = EngineStorage::new(store.clone());
         let screen_docs: Arc<RwLock<std::collections::HashSet<String>>> = Arc::default();
         let repo = samod::Repo::build_tokio()

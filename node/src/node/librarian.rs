@@ -20,7 +20,11 @@ type Found = (
 
 /// Finds the directory, enrolls this device in it, and keeps every registered document open.
 pub(super) async fn librarian(node: Arc<Node>) {
+    // The core's time: milliseconds on a monotonic clock (a wall clock stepped back would stall every retry).
+    let started = Instant::now();
+    let now = move || started.elapsed().as_millis() as u64;
     let mut core = Librarian::<DocumentId>::new();
+    let mut last_read = Instant::now();
     let (found_tx, mut found_rx) = tokio::sync::mpsc::unbounded_channel::<Found>();
     let mut changes: Option<Pin<Box<dyn Stream<Item = _> + Send>>> = None;
     loop {
@@ -31,7 +35,7 @@ pub(super) async fn librarian(node: Arc<Node>) {
                 || node.store.meta("directory").ok().flatten().is_some();
             core.handle_directory_known(id, recorded);
         }
-        while let Some(step) = core.poll_step(clock::now().0) {
+        while let Some(step) = core.poll_step(now()) {
             match step {
                 Step::Record(id) => {
                     if let Err(e) = node.store.set_meta("directory", &id.to_string()) {
@@ -64,14 +68,14 @@ pub(super) async fn librarian(node: Arc<Node>) {
                             Enrolled::StoreFailed
                         }
                     };
-                    core.handle_enrolled(outcome, clock::now().0);
-                    read_directory(&node, &mut core).await;
+                    core.handle_enrolled(outcome, now());
+                    read_directory(&node, &mut core, now()).await;
                 }
             }
         }
         let wait = core
             .poll_timeout()
-            .map(|at| Duration::from_millis(at.saturating_sub(clock::now().0)))
+            .map(|at| Duration::from_millis(at.saturating_sub(now())))
             .unwrap_or(REREAD_EVERY)
             .min(REREAD_EVERY);
         tokio::select! {
@@ -86,21 +90,23 @@ pub(super) async fn librarian(node: Arc<Node>) {
                     }
                     node.track(doc, name.clone(), handle);
                     if name == DocName::Directory {
-                        read_directory(&node, &mut core).await;
+                        read_directory(&node, &mut core, now()).await;
                     }
                 }
-                Ok(None) => core.handle_not_found(&doc, clock::now().0),
+                Ok(None) => core.handle_not_found(&doc, now()),
                 Err(_) => return,
             },
             next = async { changes.as_mut().expect("guarded").next().await }, if changes.is_some() => {
                 if next.is_none() {
                     return;
                 }
-                read_directory(&node, &mut core).await;
+                read_directory(&node, &mut core, now()).await;
             }
             _ = tokio::time::sleep(wait) => {
-                if core.has_directory() {
-                    read_directory(&node, &mut core).await;
+                // A retry's wake-up is not a reason to re-read the directory: that is every REREAD_EVERY.
+                if core.has_directory() && last_read.elapsed() >= REREAD_EVERY {
+                    read_directory(&node, &mut core, now()).await;
+                    last_read = Instant::now();
                 }
             }
         }
@@ -109,7 +115,7 @@ pub(super) async fn librarian(node: Arc<Node>) {
 
 /// Re-reads the directory into the gate's view and tells the librarian what it registers and whether it lists
 /// this device.
-async fn read_directory(node: &Node, core: &mut Librarian<DocumentId>) {
+async fn read_directory(node: &Node, core: &mut Librarian<DocumentId>, now: u64) {
     node.refresh_view().await;
     let me = node.me();
     let (registered, listed) = match read(&node.gate.view).as_ref() {
@@ -122,5 +128,5 @@ async fn read_directory(node: &Node, core: &mut Librarian<DocumentId>) {
         ),
         None => return,
     };
-    core.handle_directory_read(registered, listed, clock::now().0);
+    core.handle_directory_read(registered, listed, now);
 }

@@ -22,8 +22,9 @@ impl Node {
                     lock(&self.watchman).handle_recorded(record.incidents.values(), clock::now())
                 }
                 Err(e) => {
+                    // Read again next look; who is in reach is still followed meanwhile.
                     self.own_telemetry_changed.store(true, Ordering::Release);
-                    return Err(e);
+                    tracing::debug!("own telemetry not read yet: {e}");
                 }
             }
         }

@@ -11,12 +11,12 @@ impl World {
         if self.devices[dev].host.is_none() {
             return;
         }
-        self.know_directory(dev);
         let now = self.local_ms(dev);
         let d = &mut self.devices[dev];
         let Some(host) = d.host.as_ref() else {
             return;
         };
+        // What was asked before this probe and is still not open; then the directory, if not known yet.
         let asked: Vec<DocumentId> = d.librarian.missing().map(|(id, _)| id.clone()).collect();
         let mut directory_opened = false;
         for id in asked {
@@ -27,6 +27,8 @@ impl World {
                 d.librarian.handle_not_found(&id, now);
             }
         }
+        self.know_directory(dev);
+        let d = &self.devices[dev];
         if directory_opened || (d.view.is_none() && d.librarian.has_directory()) {
             self.refresh_directory(dev);
         } else {

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Result, ensure};
 
@@ -104,7 +104,19 @@ pub(super) async fn origin_returns(
     payments: usize,
     w: &mut impl Write,
 ) -> Result<(Arc<Node>, Vec<ReceiptJson>, usize)> {
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // The edge box records the origin's absence (after the watchman's grace) before the origin comes back, so the
+    // show report has an uplink outage to measure.
+    let edge = site.node("edge-1")?.clone();
+    until("the edge box recording the origin's absence", || {
+        let edge = edge.clone();
+        async move {
+            edge.open_incident_list()
+                .await
+                .iter()
+                .any(|i| i.kind == "origin_lost")
+        }
+    })
+    .await?;
     let back = Instant::now();
     let origin = site.start("origin").await?;
     let expected = payments;
