@@ -385,8 +385,20 @@ impl<D: BorrowMut<Automerge>> Doc<Telemetry, D> {
     /// Records an incident or its resolution (the same key). Past [`INCIDENTS_MAX`], the oldest resolved
     /// incident is dropped.
     pub fn record_incident(&mut self, incident: &Incident) -> Result<(), DocError> {
+        self.record_watch(std::slice::from_ref(incident), None)
+    }
+
+    /// What a device's watchman decided, as one change: incidents opened or resolved (by key; past
+    /// [`INCIDENTS_MAX`] the oldest resolved ones are dropped) and, when it changed, who the device sees now.
+    pub fn record_watch(
+        &mut self,
+        incidents: &[Incident],
+        sees: Option<(Vec<String>, UnixMillis)>,
+    ) -> Result<(), DocError> {
         let mut record: TelemetryRecord = self.read()?;
-        record.incidents.insert(incident.key(), incident.clone());
+        for incident in incidents {
+            record.incidents.insert(incident.key(), incident.clone());
+        }
         while record.incidents.len() > INCIDENTS_MAX {
             let oldest = record
                 .incidents
@@ -398,6 +410,11 @@ impl<D: BorrowMut<Automerge>> Doc<Telemetry, D> {
                 Some(k) => record.incidents.remove(&k),
                 None => break,
             };
+        }
+        if let Some((mut peers, at)) = sees {
+            peers.sort();
+            record.sees = peers;
+            record.sees_at = at.0;
         }
         self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))
     }

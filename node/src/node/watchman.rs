@@ -63,15 +63,8 @@ impl Node {
         let handle = self.telemetry_handle().await?;
         let (actor, at) = (self.actor(), clock::now());
         self.change(&handle, move |am| {
-            let mut d = Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)?;
-            watch
-                .incidents
-                .iter()
-                .try_for_each(|i| d.record_incident(i))?;
-            match watch.sees {
-                Some(peers) => d.set_sees(peers, at),
-                None => Ok(()),
-            }
+            Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)?
+                .record_watch(&watch.incidents, watch.sees.map(|peers| (peers, at)))
         })
         .await?
         .map_err(internal)

@@ -142,15 +142,7 @@ impl World {
         let Some(increments) = self.devices[dev].counter.poll_flush(at) else {
             return;
         };
-        let name = DocName::Telemetry {
-            device: self.devices[dev].key.public(),
-        };
-        let me = self.devices[dev].key.public();
-        let Some(id) = self.own_document(dev, name, |actor| {
-            Doc::<Telemetry>::create_telemetry(actor, me)
-                .expect("telemetry")
-                .into_automerge()
-        }) else {
+        let Some(id) = self.own_telemetry(dev) else {
             return;
         };
         let ts = self.ts(dev);
@@ -168,6 +160,16 @@ impl World {
             self.devices[dev].confirmed += sum;
         }
         self.route(dev);
+    }
+
+    /// This device's own telemetry document, created and registered the first time.
+    pub(super) fn own_telemetry(&mut self, dev: usize) -> Option<DocumentId> {
+        let me = self.devices[dev].key.public();
+        self.own_document(dev, DocName::Telemetry { device: me }, |actor| {
+            Doc::<Telemetry>::create_telemetry(actor, me)
+                .expect("telemetry")
+                .into_automerge()
+        })
     }
 
     /// The device core's rebalancer decides; the escrow checks what it planned as the transfer is written.

@@ -14,15 +14,7 @@ impl World {
         if self.devices[dev].host.is_none() {
             return;
         }
-        let name = DocName::Telemetry {
-            device: self.devices[dev].key.public(),
-        };
-        let me = self.devices[dev].key.public();
-        let Some(id) = self.own_document(dev, name, |actor| {
-            Doc::<Telemetry>::create_telemetry(actor, me)
-                .expect("telemetry")
-                .into_automerge()
-        }) else {
+        let Some(id) = self.own_telemetry(dev) else {
             return;
         };
         let at = UnixMillis(self.local_ms(dev));
@@ -57,15 +49,8 @@ impl World {
         };
         let written = watch.clone();
         let outcome = host.change_acked(&mut d.durability, &id, ts, |am| {
-            let mut doc = Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)?;
-            written
-                .incidents
-                .iter()
-                .try_for_each(|i| doc.record_incident(i))?;
-            match written.sees {
-                Some(peers) => doc.set_sees(peers, at),
-                None => Ok(()),
-            }
+            Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)?
+                .record_watch(&written.incidents, written.sees.map(|peers| (peers, at)))
         });
         let ok = matches!(outcome, Ok((Ok(()), Ok(()))));
         d.watchman.handle_written(&watch, ok);
