@@ -44,7 +44,6 @@ pub struct Watchman {
     open: BTreeMap<DeviceId, Incident>,
     unwritten: Vec<Incident>,
     sees_written: Option<BTreeSet<DeviceId>>,
-    in_reach: BTreeSet<DeviceId>,
     answered: Option<String>,
 }
 
@@ -115,7 +114,6 @@ impl Watchman {
         let seen: BTreeSet<DeviceId> = in_reach.iter().chain(self.missed.keys()).copied().collect();
         let sees = (self.sees_written.as_ref() != Some(&seen))
             .then(|| seen.iter().map(DeviceId::to_hex).collect());
-        self.in_reach = in_reach;
         (!self.unwritten.is_empty() || sees.is_some()).then(|| Watch {
             incidents: self.unwritten.clone(),
             sees,
@@ -215,7 +213,6 @@ impl Watchman {
     /// The answer to `call` at `now`: this device's clock, how much of the manifests' media it holds, whom it
     /// reaches. Write it, then report with [`Watchman::handle_answered`].
     pub fn answer(
-        &self,
         call: &RehearsalCall,
         now: UnixMillis,
         preseed_completeness: f64,
@@ -462,7 +459,7 @@ mod tests {
         }];
         let mut w = Watchman::new();
         assert_eq!(w.rehearsal_to_answer(&records, &dev(2)), Some(call.clone()));
-        let answer = w.answer(&call, UnixMillis(7), 0.9999, vec![]);
+        let answer = Watchman::answer(&call, UnixMillis(7), 0.9999, vec![]);
         assert_eq!(answer.preseed_permille, 999);
         w.handle_answered(call.id.clone());
         assert_eq!(w.rehearsal_to_answer(&records, &dev(2)), None);

@@ -6,6 +6,14 @@
 //! - [`demo`], [`showday`]: the in-process demos; [`sim_cmd`]: the chaos simulator's command.
 //! - [`warehouse_cli`]: `popmesh warehouse ...`; [`report`]: the show report's files.
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use popmesh_node::client::Client;
+use popmesh_node::config::Config;
+use popmesh_node::site::DataDir;
+
 pub mod cli;
 pub mod cli_status;
 pub mod demo;
@@ -14,3 +22,20 @@ pub mod report;
 pub mod showday;
 pub mod sim_cmd;
 pub mod warehouse_cli;
+
+/// A client for the node running on data directory `data`: at `api` if given, else where the running node recorded
+/// it bound (`run.json`), else the config's address.
+pub fn node_client(
+    data: &Path,
+    api: Option<SocketAddr>,
+    timeout: Duration,
+) -> anyhow::Result<Client> {
+    let config = Config::load(&DataDir::config_path(data))?;
+    let mut client = Client::new(popmesh_node::runfile::api_addr(
+        data,
+        api,
+        config.api.listen,
+    ));
+    client.timeout = timeout;
+    Ok(client)
+}

@@ -232,7 +232,7 @@ pub async fn snapshot(node: &Node) -> serde_json::Value {
     let operations = popmesh_crdt::report::operations(&records);
     let recent: Vec<_> = operations.outages.iter().rev().take(8).collect();
 
-    let open = node.open_incident_list().await;
+    let open = node.open_incident_list();
     let facts = Facts {
         unreconciled: unreconciled.clone(),
         preseed: status.media.completeness,

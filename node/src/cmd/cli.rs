@@ -385,13 +385,7 @@ fn init_logging(config: &Config) -> Result<()> {
 
 /// `popmesh report --out DIR`: asks the node for the show report and writes its files.
 pub fn report(data: &Path, api: Option<SocketAddr>, out: &Path, show: Option<&str>) -> Result<()> {
-    let config = Config::load(&DataDir::config_path(data))?;
-    let mut client = Client::new(popmesh_node::runfile::api_addr(
-        data,
-        api,
-        config.api.listen,
-    ));
-    client.timeout = std::time::Duration::from_secs(120);
+    let client = crate::cmd::node_client(data, api, std::time::Duration::from_secs(120))?;
     let path = match show {
         Some(s) => format!("/v1/report?show={}", query_escape(s)),
         None => "/v1/report".to_owned(),
@@ -624,13 +618,7 @@ pub fn reconcile(
         .and_then(|n| n.to_str())
         .unwrap_or("settlement")
         .to_owned();
-    let config = Config::load(&DataDir::config_path(data))?;
-    let mut client = Client::new(popmesh_node::runfile::api_addr(
-        data,
-        api,
-        config.api.listen,
-    ));
-    client.timeout = std::time::Duration::from_secs(300);
+    let client = crate::cmd::node_client(data, api, std::time::Duration::from_secs(300))?;
     let path = format!("/v1/reconciliations?batch={}", query_escape(&batch));
     let answer = client.post_raw(&path, text.as_bytes()).map_err(|e| {
         anyhow::anyhow!("{e}\n(is `popmesh run --data {}` running?)", data.display())

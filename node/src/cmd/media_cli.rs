@@ -9,21 +9,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use popmesh_crdt::manifest::ByteRange;
 
 use popmesh_node::client::{Client, UploadError};
-use popmesh_node::config::Config;
-use popmesh_node::site::DataDir;
 
 /// Transfers smaller than this draw no bar.
 const BAR_FROM_BYTES: u64 = 4 << 20;
 
 fn client(data: &Path, api: Option<SocketAddr>) -> Result<Client> {
-    let config = Config::load(&DataDir::config_path(data))?;
-    let mut client = Client::new(popmesh_node::runfile::api_addr(
-        data,
-        api,
-        config.api.listen,
-    ));
-    client.timeout = std::time::Duration::from_secs(120);
-    Ok(client)
+    crate::cmd::node_client(data, api, std::time::Duration::from_secs(120))
 }
 
 fn not_running(data: &Path) -> String {

@@ -117,7 +117,7 @@ impl Node {
             .filter(|p| p.admitted)
             .map(|p| p.device)
             .collect();
-        let answer = lock(&self.watchman).answer(
+        let answer = popmesh_device::watchman::Watchman::answer(
             &call,
             clock::now(),
             self.media.report().completeness,
@@ -136,12 +136,12 @@ impl Node {
     }
 
     /// Peers this device reached before and cannot reach now.
-    pub async fn open_incidents(&self) -> usize {
+    pub fn open_incidents(&self) -> usize {
         lock(&self.watchman).open().count()
     }
 
     /// The incidents open on this device now (peers out of reach).
-    pub async fn open_incident_list(&self) -> Vec<Incident> {
+    pub fn open_incident_list(&self) -> Vec<Incident> {
         lock(&self.watchman).open().cloned().collect()
     }
 }

@@ -111,7 +111,6 @@ pub(super) async fn origin_returns(
         let edge = edge.clone();
         async move {
             edge.open_incident_list()
-                .await
                 .iter()
                 .any(|i| i.kind == "origin_lost")
         }
@@ -135,7 +134,7 @@ pub(super) async fn origin_returns(
         let nodes = running.clone();
         async move {
             for n in &nodes {
-                if n.open_incidents().await > 0 {
+                if n.open_incidents() > 0 {
                     return false;
                 }
             }
