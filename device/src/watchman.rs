@@ -52,8 +52,10 @@ impl Watchman {
         Self::default()
     }
 
-    /// The devices in reach at `now` (admitted links open), with the role of every device the directory lists.
-    /// Returns what must be written, if anything.
+    /// The devices in reach at `now` (admitted links open), and the devices this device should reach, with their
+    /// roles: those its link plan names (`links::planned`), or every device its directory lists while it has no
+    /// plan. A peer outside them is not lost when unlinked (the ring let it go on purpose), and an incident for one
+    /// that leaves them ends. Returns what must be written, if anything.
     pub fn handle_reach(
         &mut self,
         now: UnixMillis,
@@ -65,7 +67,7 @@ impl Watchman {
         for device in &in_reach {
             self.since.entry(*device).or_insert(now.0);
         }
-        // A peer the directory no longer lists (revoked) is not waited for: it is simply not seen.
+        // A peer no longer expected (revoked, or out of the plan) is not waited for: it is simply not seen.
         self.missed
             .retain(|d, _| roles.contains_key(d) && !in_reach.contains(d));
         let lost: Vec<DeviceId> = self.reached.difference(&in_reach).copied().collect();
@@ -95,8 +97,8 @@ impl Watchman {
             self.open.insert(device, incident.clone());
             self.unwritten.push(incident);
         }
-        // Back in reach, or no longer the site's (revoked or removed from a directory this device has read): the
-        // outage it stood for is over.
+        // Back in reach, or no longer expected (revoked, or no longer in this device's plan): the outage it stood
+        // for is over.
         let back: Vec<DeviceId> = self
             .open
             .keys()

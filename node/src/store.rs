@@ -169,12 +169,39 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Opens the data file at `path`. A new one is made beside it and renamed into place only once redb has written it
+/// whole, so a start on a full disk (or a kill mid-creation) leaves no half-written file that every later start
+/// would refuse as damaged.
 fn open_database(path: &Path, faults: Option<&Arc<Faults>>) -> Result<Database, StoreError> {
+    if !path.exists() {
+        let fresh = path.with_extension("redb.creating");
+        let _ = std::fs::remove_file(&fresh);
+        if let Err(e) = open_file(&fresh, path, faults).map(drop) {
+            let _ = std::fs::remove_file(&fresh);
+            return Err(e);
+        }
+        std::fs::rename(&fresh, path).map_err(|e| StoreError::Io {
+            path: path.to_owned(),
+            reason: format!("could not put the new data file in place: {e}"),
+        })?;
+        if let Some(dir) = path.parent().and_then(|d| std::fs::File::open(d).ok()) {
+            let _ = dir.sync_all();
+        }
+    }
+    open_file(path, path, faults)
+}
+
+/// Opens (or creates) the redb file `file`; errors name `path`, the data file.
+fn open_file(
+    file: &Path,
+    path: &Path,
+    faults: Option<&Arc<Faults>>,
+) -> Result<Database, StoreError> {
     let opened = match faults {
-        None => Database::create(path),
+        None => Database::create(file),
         Some(faults) => {
             let backend =
-                FaultyBackend::open(path, faults.clone()).map_err(|e| StoreError::Io {
+                FaultyBackend::open(file, faults.clone()).map_err(|e| StoreError::Io {
                     path: path.to_owned(),
                     reason: e.to_string(),
                 })?;
@@ -670,6 +697,28 @@ mod tests {
             err.to_string().contains(&path.display().to_string()),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_first_start_on_a_full_disk_leaves_no_half_made_data_file_and_the_next_start_works() {
+        let dir = tempdir();
+        let path = dir.join("store.redb");
+        let faults = Faults::new();
+        faults.set_disk_full(true);
+        let err = Store::open_with_faults(&path, Some(faults.clone()))
+            .expect_err("a full disk refuses the new data file");
+        assert!(err.to_string().contains("disk is full"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(&*dir).expect("dir").flatten().collect();
+        assert!(
+            left.is_empty(),
+            "nothing half-made is left behind: {left:?}"
+        );
+        faults.set_disk_full(false);
+        let store =
+            Store::open_with_faults(&path, Some(faults)).expect("space is back: the file is made");
+        store
+            .put_ack("doc", b"acked")
+            .expect("and takes acknowledged writes");
     }
 
     /// A directory for one test's data file, removed when the test ends.

@@ -29,9 +29,17 @@ impl Node {
             }
         }
         let in_reach: BTreeSet<DeviceId> = self.admitted_devices().into_iter().collect();
+        // The devices this device should reach: those its link plan names (as the linker plans them).
         let roles: BTreeMap<DeviceId, Role> = self
             .view()
-            .map(|v| v.certificates().map(|c| (c.device, c.role)).collect())
+            .map(|v| {
+                let plan = popmesh_device::links::planned(self.me(), Some(&v), clock::now())
+                    .unwrap_or_default();
+                v.certificates()
+                    .filter(|c| plan.contains(&c.device))
+                    .map(|c| (c.device, c.role))
+                    .collect()
+            })
             .unwrap_or_default();
         let (watch, open) = {
             let mut core = lock(&self.watchman);

@@ -31,10 +31,17 @@ impl World {
             .connected(dev)
             .map(|(_, peer)| self.devices[peer].key.public())
             .collect();
-        let roles: BTreeMap<DeviceId, Role> = self.devices[dev]
+        // The devices this device should reach: those its plan names (every listed one while it has none).
+        let d = &self.devices[dev];
+        let roles: BTreeMap<DeviceId, Role> = d
             .view
             .as_ref()
-            .map(|v| v.certificates().map(|c| (c.device, c.role)).collect())
+            .map(|v| {
+                v.certificates()
+                    .filter(|c| d.plan.as_ref().is_none_or(|p| p.contains(&c.device)))
+                    .map(|c| (c.device, c.role))
+                    .collect()
+            })
             .unwrap_or_default();
         let Some(watch) = self.devices[dev]
             .watchman
@@ -94,6 +101,36 @@ impl World {
                 .filter(|i| i.resolved.is_none())
                 .map(|i| i.key())
                 .collect();
+            // An incident open at the end is for a peer this device plans to reach and is not linked to.
+            let mut stale = Vec::new();
+            for incident in d.watchman.open() {
+                let peer = self
+                    .devices
+                    .iter()
+                    .position(|o| o.key.public().to_hex() == incident.subject);
+                let planned = peer.is_some_and(|p| {
+                    d.plan
+                        .as_ref()
+                        .is_none_or(|plan| plan.contains(&self.devices[p].key.public()))
+                });
+                let linked = peer.is_some_and(|p| self.net.connected(dev).any(|(_, o)| o == p));
+                if !planned || linked {
+                    let why = if linked {
+                        "is linked to"
+                    } else {
+                        "does not plan to reach"
+                    };
+                    stale.push(format!(
+                        "{} holds an incident open for {} at the end, which it {why}",
+                        d.name,
+                        &incident.subject[..8]
+                    ));
+                }
+            }
+            for v in stale {
+                self.violation(v);
+            }
+            let d = &self.devices[dev];
             if held != reported {
                 let name = d.name.clone();
                 self.violation(format!(
