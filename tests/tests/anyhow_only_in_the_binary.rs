@@ -23,7 +23,11 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn no_library_file_uses_anyhow() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let binary = [root.join("node/src/main.rs"), root.join("node/src/cmd")];
+    let binary = [
+        root.join("node/src/main.rs"),
+        root.join("node/src/cmd.rs"),
+        root.join("node/src/cmd"),
+    ];
     let mut files = Vec::new();
     for krate in ["crdt", "device", "transport", "sim", "node"] {
         rust_files(&root.join(krate).join("src"), &mut files);
