@@ -21,6 +21,7 @@ use serde_json::json;
 mod body;
 mod browser;
 pub mod console;
+mod errors;
 pub mod media;
 pub mod screens;
 pub mod warehouse;
@@ -28,7 +29,7 @@ pub mod warehouse;
 pub use body::{JsonObject, URI_BYTES_MAX};
 pub use browser::BrowserPolicy;
 
-use crate::node::{Failure, Node, ShowSpec};
+use crate::node::{Node, ShowSpec};
 
 /// The longest error message an answer carries, in bytes.
 const MESSAGE_BYTES_MAX: usize = 1000;
@@ -37,6 +38,8 @@ const MESSAGE_BYTES_MAX: usize = 1000;
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
+    /// A stable name for what went wrong, for clients to match on (`api/errors.rs` lists them).
+    code: &'static str,
     message: String,
 }
 
@@ -52,7 +55,16 @@ impl ApiError {
             message.truncate(cut);
             message.push_str("...");
         }
-        Self { status, message }
+        Self {
+            status,
+            code: default_code(status),
+            message,
+        }
+    }
+
+    pub(crate) fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
     }
 
     pub fn status(&self) -> StatusCode {
@@ -60,17 +72,19 @@ impl ApiError {
     }
 }
 
-impl From<Failure> for ApiError {
-    fn from(f: Failure) -> Self {
-        let status = match &f {
-            Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Failure::Forbidden(_) => StatusCode::FORBIDDEN,
-            Failure::NotFound(_) => StatusCode::NOT_FOUND,
-            Failure::Conflict(_) => StatusCode::CONFLICT,
-            Failure::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Failure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        Self::new(status, f.to_string())
+/// The code of an answer no operation named more precisely (a body that is not JSON, an unknown endpoint).
+fn default_code(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "invalid",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "not_json",
+        StatusCode::UNPROCESSABLE_ENTITY => "refused",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        _ => "error",
     }
 }
 
@@ -95,7 +109,9 @@ impl From<PathRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "status": self.status.as_u16(), "message": self.message } });
+        let body = json!({
+            "error": { "status": self.status.as_u16(), "code": self.code, "message": self.message }
+        });
         (self.status, Json(body)).into_response()
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The commands themselves (`site init`, `join`, `run`, `status`, `blob`, `demo`, `sim`, `warehouse`) live in the
 //! binary (`src/cmd/`), the only place `anyhow` is used: library errors are enums (`SiteError`, `ConfigError`,
-//! `StartError`, `StoreError`, `MediaError`, ...), and the HTTP layer maps the node's `Failure` classes to status codes.
+//! `StartError`, `StoreError`, `MediaError`, one per operation the API offers such as `PayError`), and the HTTP
+//! layer maps them to status codes.
 //!
 //! - [`node`]: the running daemon: samod on the data file, the site mesh, and the operations the API offers.
 //! - [`api`]: the HTTP layer: the local API (axum), `/metrics`, the console, kiosk screens' `/v1/sync`, and media

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 mod access;
 mod desk;
+mod error;
 mod guard;
 mod json;
 mod librarian;
@@ -58,13 +59,26 @@ pub mod warehouse;
 mod watchman;
 mod writes;
 
+pub use access::{CheckInError, IssuePassError, RevokePassError};
+pub use desk::PayError;
+pub use error::{NotPermitted, ShowError, Unavailable, UnknownDevice};
 pub use json::*;
 use librarian::librarian;
+pub use manifests::PublishError;
 use metrics::NodeMetrics;
+pub use reconcile::ReconcileError;
+pub use show_report::ReportError;
+pub use shows::CreateShowError;
 use site_gate::{SiteGate, share_policy};
+pub use slots::{AvailabilityError, BookError, TransferError, UnknownSlot};
+pub use status::DocumentError;
 use tasks::*;
+pub use telemetry::{CountError, ProfileError};
+pub use trust::RevokeError;
 
-pub use receipts::{RECEIPTS_PAGE_DEFAULT, RECEIPTS_PAGE_MAX, ReceiptPage, ReceiptQuery};
+pub use receipts::{
+    RECEIPTS_PAGE_DEFAULT, RECEIPTS_PAGE_MAX, ReceiptPage, ReceiptQuery, ReceiptsError,
+};
 
 use crate::clock;
 use crate::media::{BlobPeer, Media, MediaOptions, PreseedReport};
@@ -107,41 +121,12 @@ pub enum StartError {
     Engine,
 }
 
-/// What went wrong with a request, in terms the API maps to a status code.
-#[derive(Debug)]
-pub enum Failure {
-    /// The request is malformed (400).
-    BadRequest(String),
-    /// This device may not do that (403).
-    Forbidden(String),
-    /// No such show, slot or device (404).
-    NotFound(String),
-    /// The request conflicts with the site's state: quota spent, idempotency key reused (409).
-    Conflict(String),
-    /// Well formed, but refused by a business rule: over the risk limits (422).
-    Refused(String),
-    /// Not possible yet: the directory is not synced, the store failed (503).
-    Unavailable(String),
+fn internal(e: impl std::fmt::Display) -> Unavailable {
+    Unavailable::internal(e)
 }
 
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (Failure::BadRequest(m)
-        | Failure::Forbidden(m)
-        | Failure::NotFound(m)
-        | Failure::Conflict(m)
-        | Failure::Refused(m)
-        | Failure::Unavailable(m)) = self;
-        f.write_str(m)
-    }
-}
-
-fn internal(e: impl std::fmt::Display) -> Failure {
-    Failure::Unavailable(format!("internal error: {e}"))
-}
-
-fn stopped(_: samod::Stopped) -> Failure {
-    Failure::Unavailable("the document engine is shutting down".into())
+fn stopped(_: samod::Stopped) -> Unavailable {
+    Unavailable::ShuttingDown
 }
 
 pub use popmesh_device::gate::is_device_peer;
@@ -447,20 +432,17 @@ impl Node {
         actor_id(self.me(), self.epoch)
     }
 
-    fn directory_handle(&self) -> Result<DocHandle, Failure> {
-        read(&self.directory).clone().ok_or_else(|| {
-            Failure::Unavailable(
-                "this device has not received the site directory yet; is a site peer reachable?"
-                    .into(),
-            )
-        })
+    fn directory_handle(&self) -> Result<DocHandle, Unavailable> {
+        read(&self.directory)
+            .clone()
+            .ok_or(Unavailable::NoDirectory)
     }
 
-    pub fn view(&self) -> Result<DirectoryView, Failure> {
+    pub fn view(&self) -> Result<DirectoryView, Unavailable> {
         self.directory_handle()?;
         read(&self.gate.view)
             .clone()
-            .ok_or_else(|| Failure::Unavailable("the site directory is not readable yet".into()))
+            .ok_or(Unavailable::DirectoryUnreadable)
     }
 
     /// Subscribes to document changes.
@@ -482,7 +464,11 @@ impl Node {
     }
 
     /// `show` if the site has it, or the show on now when none is named.
-    fn existing_show(&self, view: &DirectoryView, show: Option<String>) -> Result<String, Failure> {
+    fn existing_show(
+        &self,
+        view: &DirectoryView,
+        show: Option<String>,
+    ) -> Result<String, ShowError> {
         let show = match show {
             Some(s) => s,
             None => self.default_show(view)?,
@@ -490,14 +476,11 @@ impl Node {
         if view.shows.contains_key(&show) {
             Ok(show)
         } else {
-            Err(Failure::NotFound(format!(
-                "show {} does not exist at this site",
-                popmesh_crdt::naming::shown(&show)
-            )))
+            Err(ShowError::Unknown(show))
         }
     }
 
-    fn default_show(&self, view: &DirectoryView) -> Result<String, Failure> {
+    fn default_show(&self, view: &DirectoryView) -> Result<String, ShowError> {
         // The show whose latest slot starts last: the one on tonight.
         view.shows
             .iter()
@@ -508,18 +491,14 @@ impl Node {
                 )
             })
             .map(|(id, _)| id.clone())
-            .ok_or_else(|| {
-                Failure::Conflict(
-                    "no show is open at this site yet; create one with POST /v1/shows".into(),
-                )
-            })
+            .ok_or(ShowError::NoneOpen)
     }
 
     // ----- operations the API offers -----
 
     /// Every receipt this device holds, from every device's ledger, checked against the directory: every page
     /// of [`Node::receipts_page`] (for the demo and tests; clients page through `GET /v1/receipts`).
-    pub async fn receipts(&self) -> Result<Vec<ReceiptJson>, Failure> {
+    pub async fn receipts(&self) -> Result<Vec<ReceiptJson>, ReceiptsError> {
         let mut out = Vec::new();
         let mut after = None;
         loop {
@@ -539,11 +518,11 @@ impl Node {
     }
 
     /// Hands a kiosk screen's WebSocket connection (already checked not to pose as a device) to samod.
-    pub fn accept_screen(&self, transport: samod::Transport) -> Result<(), Failure> {
+    pub fn accept_screen(&self, transport: samod::Transport) -> Result<(), Unavailable> {
         self.screens
             .accept(transport)
             .map(|_| ())
-            .map_err(|_| Failure::Unavailable("the document engine is shutting down".into()))
+            .map_err(|_| Unavailable::ShuttingDown)
     }
 
     async fn refresh_view(&self) {
@@ -578,7 +557,7 @@ fn kind_of(name: &DocName) -> &'static str {
 }
 
 /// A ledger page's unreconciled total, from its counter.
-async fn unreconciled_of(handle: &DocHandle) -> Result<u64, Failure> {
+async fn unreconciled_of(handle: &DocHandle) -> Result<u64, Unavailable> {
     handle
         .with_document_async(|am| {
             Doc::<Ledger, &mut Automerge>::attach(am).and_then(|d| d.unreconciled_minor())
@@ -588,7 +567,7 @@ async fn unreconciled_of(handle: &DocHandle) -> Result<u64, Failure> {
         .map_err(internal)
 }
 
-async fn read_ledger(handle: &DocHandle) -> Result<Option<LedgerView>, Failure> {
+async fn read_ledger(handle: &DocHandle) -> Result<Option<LedgerView>, Unavailable> {
     let view = handle
         .with_document_async(|am| Doc::<Ledger, &mut Automerge>::attach(am).and_then(|d| d.view()))
         .await

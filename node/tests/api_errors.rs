@@ -191,6 +191,25 @@ fn a_kiosk_app_sending_bad_requests_gets_json_errors_that_say_what_was_wrong() {
     assert_eq!(wrong_method.status, 405);
     error_message(&wrong_method);
 
+    // Each refusal also carries a stable code, so a POS app can tell a spent quota from a reused key without
+    // parsing the message.
+    for (answer, code) in [
+        (&early, "no_show_open"),
+        (&other, "show_exists"),
+        (&broken, "invalid"),
+        (&too_much, "over_limit"),
+        (&reused, "idempotency_key_reused"),
+        (&spent, "quota_spent"),
+        (&none, "invalid"),
+        (&nowhere, "unknown_slot"),
+        (&no_show, "unknown_show"),
+        (&no_doc, "unknown_document"),
+        (&lost, "not_found"),
+        (&wrong_method, "method_not_allowed"),
+    ] {
+        assert_eq!(answer.json()["error"]["code"], code, "{}", answer.body);
+    }
+
     // Nothing that was refused left a trace: one receipt, two seats.
     assert_eq!(edge.receipt_tokens().len(), 1);
     assert_eq!(edge.get("/v1/shows/fri/slots/s1900")["sold"], 2);

@@ -2,6 +2,47 @@
 
 use super::*;
 
+/// Why a pass was not issued.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuePassError {
+    #[error(transparent)]
+    NotPermitted(#[from] NotPermitted),
+    #[error(transparent)]
+    Show(#[from] ShowError),
+    /// The request is malformed (a subject that is not a pseudonym, a validity out of range).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+/// Why a check-in was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckInError {
+    /// The text is not a pass.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Show(#[from] ShowError),
+    /// The pass does not admit here now: forged, for another show, expired, revoked or used up. Says which.
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+/// Why a pass was not revoked.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokePassError {
+    #[error(transparent)]
+    NotPermitted(#[from] NotPermitted),
+    /// Neither a pass nor a pass id, or a reason that is not one.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
 impl Node {
     /// Signs a pass for the show on now (or `show`): edge boxes and the origin issue, every device checks offline.
     pub async fn issue_pass(
@@ -10,19 +51,10 @@ impl Node {
         kind: PassKind,
         subject: &str,
         valid_secs: u64,
-    ) -> Result<Pass, Failure> {
+    ) -> Result<Pass, IssuePassError> {
         self.edge_or_origin("issue passes", "the edge box or the origin does")?;
         let view = self.view()?;
-        let show = match show {
-            Some(s) if view.shows.contains_key(&s) => s,
-            Some(s) => {
-                return Err(Failure::NotFound(format!(
-                    "no show {}",
-                    popmesh_crdt::naming::shown(&s)
-                )));
-            }
-            None => self.default_show(&view)?,
-        };
+        let show = self.existing_show(&view, show)?;
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(internal)?;
         Pass::issue(
@@ -35,24 +67,24 @@ impl Node {
             clock::now(),
             valid_secs.saturating_mul(1000),
         )
-        .map_err(|e| Failure::BadRequest(e.to_string()))
+        .map_err(|e| IssuePassError::Invalid(e.to_string()))
     }
 
-    pub(crate) fn access_handle(&self, show: &str) -> Result<DocHandle, Failure> {
+    pub(crate) fn access_handle(&self, show: &str) -> Result<DocHandle, Unavailable> {
         self.handle_by_name(&DocName::Access {
             show: show.to_owned(),
         })
         .ok_or_else(|| {
-            Failure::Unavailable(format!(
-                "the access list of show {} has not reached this device yet",
+            Unavailable::loading(format!(
+                "the access list of show {}",
                 popmesh_crdt::naming::shown(show)
             ))
         })
     }
 
     /// Checks a pass offline at this device's door and records the check-in durably. A refusal says why.
-    pub async fn check_in(&self, text: &str, show: Option<String>) -> Result<Pass, Failure> {
-        let pass = Pass::from_text(text).map_err(|e| Failure::BadRequest(e.to_string()))?;
+    pub async fn check_in(&self, text: &str, show: Option<String>) -> Result<Pass, CheckInError> {
+        let pass = Pass::from_text(text).map_err(|e| CheckInError::Invalid(e.to_string()))?;
         self.writable()?;
         let view = self.view()?;
         let show = self.existing_show(&view, show)?;
@@ -61,13 +93,13 @@ impl Node {
         let checked = pass.clone();
         let outcome = self
             .change(&handle, move |am| {
-                let mut d = Doc::<Access, &mut Automerge>::attach_as(am, actor)
-                    .map_err(|e| Failure::Unavailable(e.to_string()))?;
+                let mut d =
+                    Doc::<Access, &mut Automerge>::attach_as(am, actor).map_err(internal)?;
                 let record = d.record().map_err(internal)?;
                 checked
                     .check(&view, &record, &show, now)
-                    .map_err(|e| Failure::Forbidden(format!("refused: {e}")))?;
-                d.check_in(&me, &checked, now).map_err(internal)
+                    .map_err(|e| CheckInError::Refused(e.to_string()))?;
+                Ok::<_, CheckInError>(d.check_in(&me, &checked, now).map_err(internal)?)
             })
             .await?;
         outcome?;
@@ -75,10 +107,10 @@ impl Node {
     }
 
     /// Revokes a pass (by its text or its id) on this site: every device refuses it once the revocation syncs.
-    pub async fn revoke_pass(&self, pass: &str, reason: &str) -> Result<(), Failure> {
+    pub async fn revoke_pass(&self, pass: &str, reason: &str) -> Result<(), RevokePassError> {
         self.edge_or_origin("revoke passes", "the edge box or the origin does")?;
         if reason.is_empty() || reason.len() > 200 || reason.chars().any(char::is_control) {
-            return Err(Failure::BadRequest(
+            return Err(RevokePassError::Invalid(
                 "reason must be 1 to 200 bytes of text without control characters".into(),
             ));
         }
@@ -88,7 +120,7 @@ impl Node {
                 (pass.to_ascii_lowercase(), None)
             }
             Err(e) => {
-                return Err(Failure::BadRequest(format!(
+                return Err(RevokePassError::Invalid(format!(
                     "pass: give the pass text or its 32-hex-digit id ({e})"
                 )));
             }
@@ -120,7 +152,7 @@ impl Node {
     }
 
     /// At the origin: confirms every check-in it has merged, retiring the passes they used.
-    pub async fn confirm_checkins(&self) -> Result<usize, Failure> {
+    pub async fn confirm_checkins(&self) -> Result<usize, Unavailable> {
         let handles: Vec<DocHandle> = read(&self.docs)
             .values()
             .filter(|(n, _)| matches!(n, DocName::Access { .. }))

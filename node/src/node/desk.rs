@@ -19,10 +19,31 @@ use popmesh_device::desk::{BatchId, DeskError, Ready};
 use popmesh_device::{DeskAction, Ticket};
 use samod::DocHandle;
 
-use super::{Failure, Node, internal, lock, read, read_ledger, unreconciled_of};
+use super::{Node, ShowError, Unavailable, internal, lock, read, read_ledger, unreconciled_of};
 use crate::clock;
 
-type Reply = tokio::sync::oneshot::Sender<Result<(Receipt, bool), Failure>>;
+type Reply = tokio::sync::oneshot::Sender<Result<(Receipt, bool), PayError>>;
+
+/// Why a payment was not taken. Nothing was written for it, unless it says otherwise.
+#[derive(Debug, thiserror::Error)]
+pub enum PayError {
+    /// The request is malformed (an amount of 0, a currency or key that is not one).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Show(#[from] ShowError),
+    /// Taking it would pass this device's offline risk limits (per payment, or held unreconciled across shows).
+    #[error("{0}")]
+    OverLimit(String),
+    /// The idempotency key was used for a different payment (other fields, or another show).
+    #[error("{0}")]
+    KeyReused(String),
+    /// This device's ledger for the show holds as many receipts as one may.
+    #[error("{0}")]
+    LedgerFull(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
 
 /// The desk's core, the clients waiting for its answers, and each show's ledger pages.
 #[derive(Default)]
@@ -50,10 +71,10 @@ impl Node {
         self: &Arc<Self>,
         request: PaymentRequest,
         show: Option<String>,
-    ) -> Result<(Receipt, bool), Failure> {
+    ) -> Result<(Receipt, bool), PayError> {
         if let Some(show) = &show {
             popmesh_crdt::naming::check_name("show", show)
-                .map_err(|e| Failure::BadRequest(e.to_string()))?;
+                .map_err(|e| PayError::Invalid(e.to_string()))?;
         }
         let view = self.view()?;
         let show = self.existing_show(&view, show)?;
@@ -69,21 +90,19 @@ impl Node {
             lock(&self.desk.replies).insert(ticket, reply);
         }
         self.pump_desk();
-        answer
-            .await
-            .map_err(|_| Failure::Unavailable("the payment desk stopped".into()))?
+        answer.await.map_err(|_| Unavailable::ShuttingDown)?
     }
 
     /// Whether money requests and money reads may be answered (see `popmesh_device::desk`): every ledger page of
     /// this device the directory registers is open and its idempotency keys are indexed.
-    pub(crate) async fn money_ready(&self) -> Result<(), Failure> {
+    pub(crate) async fn money_ready(&self) -> Result<(), Unavailable> {
         if lock(&self.desk.core).is_ready() {
             return Ok(());
         }
         let loading = self.ledgers_loading()?;
         let ready = lock(&self.desk.core)
             .ready(&loading)
-            .map_err(|e| self.desk_failure(e))?;
+            .map_err(|e| self.desk_unavailable(e))?;
         if ready == Ready::IndexKeys {
             let index = self.index_keys().await?;
             lock(&self.desk.core).handle_keys_indexed(index);
@@ -92,7 +111,7 @@ impl Node {
     }
 
     /// Every idempotency key this device's ledgers hold, with its show.
-    async fn index_keys(&self) -> Result<Vec<(String, String)>, Failure> {
+    async fn index_keys(&self) -> Result<Vec<(String, String)>, Unavailable> {
         let mut index = Vec::new();
         for (show, handle) in self.own_ledgers() {
             let keys: Vec<String> = handle
@@ -110,19 +129,29 @@ impl Node {
         Ok(index)
     }
 
-    fn desk_failure(&self, e: DeskError) -> Failure {
+    fn desk_failure(&self, e: DeskError) -> PayError {
         match e {
-            DeskError::BadRequest(e) => Failure::BadRequest(e.to_string()),
+            DeskError::BadRequest(e) => PayError::Invalid(e.to_string()),
+            DeskError::OverLimit(e) => PayError::OverLimit(e.to_string()),
+            e @ DeskError::KeyInOtherShow { .. } => PayError::KeyReused(e.to_string()),
+            DeskError::Payment(e) => payment_failure(e),
+            e @ (DeskError::StoreFailed(_)
+            | DeskError::Loading { .. }
+            | DeskError::NotDurable(_)) => PayError::Unavailable(self.desk_unavailable(e)),
+        }
+    }
+
+    /// The desk's refusals that say this device cannot take money now.
+    fn desk_unavailable(&self, e: DeskError) -> Unavailable {
+        match e {
+            // The store's own fault says why (a full disk names the path to free).
             DeskError::StoreFailed(_) => self
                 .writable()
                 .err()
-                .unwrap_or_else(|| Failure::Unavailable(e.to_string())),
-            e @ (DeskError::Loading { .. } | DeskError::NotDurable(_)) => {
-                Failure::Unavailable(e.to_string())
-            }
-            DeskError::OverLimit(e) => Failure::Refused(e.to_string()),
-            e @ DeskError::KeyInOtherShow { .. } => Failure::Conflict(e.to_string()),
-            DeskError::Payment(e) => payment_failure(e),
+                .unwrap_or_else(|| Unavailable::StoreRefuses(e.to_string())),
+            e @ DeskError::Loading { .. } => Unavailable::MoneyLoading(e.to_string()),
+            DeskError::NotDurable(reason) => Unavailable::NotDurable(reason),
+            e => Unavailable::internal(e),
         }
     }
 
@@ -197,7 +226,7 @@ impl Node {
     }
 
     /// This device's ledger pages for `show`: every registered one, or a new page 0.
-    async fn open_pages(&self, show: &str) -> Result<Pages, Failure> {
+    async fn open_pages(&self, show: &str) -> Result<Pages, Unavailable> {
         let view = self.view()?;
         let me = self.me();
         let mut handles = Vec::new();
@@ -235,7 +264,7 @@ impl Node {
     }
 
     /// Opens (or creates and registers) page `page` of this device's ledger for `show`.
-    async fn ledger_page(&self, show: &str, page: u32) -> Result<DocHandle, Failure> {
+    async fn ledger_page(&self, show: &str, page: u32) -> Result<DocHandle, Unavailable> {
         let (me, site, show) = (self.me(), self.dir.site_id(), show.to_owned());
         let name = DocName::Ledger {
             show: show.clone(),
@@ -251,7 +280,7 @@ impl Node {
     }
 
     /// Closes the full page and opens the next.
-    async fn next_page(&self, show: &str, pages: &mut Pages) -> Result<(), Failure> {
+    async fn next_page(&self, show: &str, pages: &mut Pages) -> Result<(), Unavailable> {
         let full = read_ledger(&pages.current)
             .await?
             .ok_or_else(|| internal("the full ledger page does not read"))?;
@@ -271,7 +300,7 @@ impl Node {
         show: &str,
         pages: &mut Option<Pages>,
         requests: Vec<PaymentRequest>,
-    ) -> Result<Vec<Result<PaymentOutcome, PaymentError>>, Failure> {
+    ) -> Result<Vec<Result<PaymentOutcome, PaymentError>>, Unavailable> {
         if pages.is_none() {
             *pages = Some(self.open_pages(show).await?);
         }
@@ -384,13 +413,12 @@ impl Drop for Unfinished {
     }
 }
 
-pub(crate) fn payment_failure(e: PaymentError) -> Failure {
+pub(crate) fn payment_failure(e: PaymentError) -> PayError {
     match e {
-        PaymentError::BadRequest(e) => Failure::BadRequest(e.to_string()),
-        PaymentError::OverLimit(e) => Failure::Refused(e.to_string()),
-        e @ (PaymentError::IdempotencyKeyReused { .. } | PaymentError::Full) => {
-            Failure::Conflict(e.to_string())
-        }
-        e => internal(e),
+        PaymentError::BadRequest(e) => PayError::Invalid(e.to_string()),
+        PaymentError::OverLimit(e) => PayError::OverLimit(e.to_string()),
+        e @ PaymentError::IdempotencyKeyReused { .. } => PayError::KeyReused(e.to_string()),
+        e @ PaymentError::Full => PayError::LedgerFull(e.to_string()),
+        e => PayError::Unavailable(internal(e)),
     }
 }

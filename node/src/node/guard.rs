@@ -13,24 +13,18 @@
 
 use popmesh_crdt::docs::DocName;
 
-use super::{Failure, Node, lock, read};
+use super::{Node, Unavailable, lock, read};
 
 impl Node {
     /// Refuses money and seat writes while the data file refuses writes.
-    pub(crate) fn writable(&self) -> Result<(), Failure> {
+    pub(crate) fn writable(&self) -> Result<(), Unavailable> {
         match self.store.health() {
             None => Ok(()),
-            Some(fault) if fault.kind == "disk_full" => Err(Failure::Unavailable(format!(
-                "the disk is full, so this device takes no payments or bookings now (nothing was written); \
-                 free space on {} and it resumes by itself: {}",
-                self.store.path().display(),
-                fault.reason
-            ))),
-            Some(fault) => Err(Failure::Unavailable(format!(
-                "this device's data file refuses writes, so it takes no payments or bookings now (nothing was \
-                 written): {}",
-                fault.reason
-            ))),
+            Some(fault) if fault.kind == "disk_full" => Err(Unavailable::DiskFull {
+                path: self.store.path().display().to_string(),
+                reason: fault.reason,
+            }),
+            Some(fault) => Err(Unavailable::StoreRefuses(fault.reason)),
         }
     }
 
@@ -43,7 +37,7 @@ impl Node {
     }
 
     /// This device's ledger pages the directory registers and that are not open yet.
-    pub(crate) fn ledgers_loading(&self) -> Result<Vec<String>, Failure> {
+    pub(crate) fn ledgers_loading(&self) -> Result<Vec<String>, Unavailable> {
         self.pages_loading(Some(self.me()))
     }
 
@@ -51,7 +45,7 @@ impl Node {
     pub(crate) fn pages_loading(
         &self,
         device: Option<popmesh_crdt::DeviceId>,
-    ) -> Result<Vec<String>, Failure> {
+    ) -> Result<Vec<String>, Unavailable> {
         let view = self.view()?;
         let open: std::collections::BTreeSet<String> = read(&self.docs)
             .values()
@@ -73,23 +67,15 @@ impl Node {
     pub(crate) fn all_pages_open(
         &self,
         device: Option<popmesh_crdt::DeviceId>,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), Unavailable> {
         let loading = self.pages_loading(device)?;
         if loading.is_empty() {
             return Ok(());
         }
-        Err(Failure::Unavailable(format!(
-            "{} ledger pages the directory registers are not open on this device yet ({}{}); ask again once \
-             they have synced",
-            loading.len(),
-            loading
-                .iter()
-                .take(3)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
-            if loading.len() > 3 { ", ..." } else { "" }
-        )))
+        Err(Unavailable::loading_all(
+            "ledger pages the directory registers",
+            &loading,
+        ))
     }
 
     /// Tries to bring a failed store back (called every flush tick).

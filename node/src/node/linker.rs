@@ -15,7 +15,7 @@ use popmesh_crdt::docs::DocName;
 use popmesh_crdt::telemetry::Telemetry;
 use popmesh_crdt::{DeviceId, Doc};
 
-use super::{Failure, Node, clock, internal, lock, read, stopped};
+use super::{Node, Unavailable, clock, internal, lock, read, stopped};
 
 /// How often the plan is recomputed.
 pub const PLAN_EVERY: Duration = Duration::from_secs(2);
@@ -49,7 +49,7 @@ pub fn dialable(listening: &[libp2p::Multiaddr]) -> Vec<String> {
 
 impl Node {
     /// Writes this device's mesh addresses into its telemetry document when they changed.
-    async fn publish_addrs(&self) -> Result<(), Failure> {
+    async fn publish_addrs(&self) -> Result<(), Unavailable> {
         let mine = dialable(&self.mesh.listening());
         if mine.is_empty() || lock(&self.addrs_written).as_ref() == Some(&mine) {
             return Ok(());
@@ -67,7 +67,7 @@ impl Node {
 
     /// The links this device should hold: the topology over the devices the site trusts now, each with the
     /// addresses it published.
-    async fn plan(&self) -> Result<HashMap<libp2p::PeerId, Vec<libp2p::Multiaddr>>, Failure> {
+    async fn plan(&self) -> Result<HashMap<libp2p::PeerId, Vec<libp2p::Multiaddr>>, Unavailable> {
         let view = self.view()?;
         let wanted = popmesh_device::links::planned(self.me(), Some(&view), clock::now())
             .unwrap_or_default();
@@ -107,7 +107,7 @@ impl Node {
     }
 
     /// One round: publish this device's addresses, plan, hand the plan to the mesh.
-    pub(crate) async fn relink(&self) -> Result<usize, Failure> {
+    pub(crate) async fn relink(&self) -> Result<usize, Unavailable> {
         if let Err(e) = self.publish_addrs().await {
             tracing::debug!("mesh addresses not published yet: {e}");
         }

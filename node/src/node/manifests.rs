@@ -2,6 +2,18 @@
 
 use super::*;
 
+/// Why a manifest was not published. Nothing of the request was written.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    NotPermitted(#[from] NotPermitted),
+    /// A bad name, hash, size, slice or fallback, or an entry whose blob is not on this device.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
 impl Node {
     /// Every media manifest this device holds, by name.
     pub async fn manifests(&self) -> Vec<(String, ManifestRecord)> {
@@ -31,7 +43,11 @@ impl Node {
 
     /// Publishes media entries (and optionally the fallback and per-role slices) in the manifest `name`, creating
     /// it the first time. Edge boxes and the origin publish; the entries' blobs must be on this device.
-    pub async fn publish_manifest(&self, name: &str, spec: ManifestSpec) -> Result<(), Failure> {
+    pub async fn publish_manifest(
+        &self,
+        name: &str,
+        spec: ManifestSpec,
+    ) -> Result<(), PublishError> {
         self.edge_or_origin(
             "publish manifests",
             "publish from the site's edge box or the origin",
@@ -45,7 +61,7 @@ impl Node {
                 .parse::<DocName>()
                 .is_ok_and(|n| n == doc_name)
         {
-            return Err(Failure::BadRequest(format!(
+            return Err(PublishError::Invalid(format!(
                 "manifest name {} must be one non-empty path segment",
                 popmesh_crdt::naming::shown(name)
             )));
@@ -54,7 +70,7 @@ impl Node {
         let mut entries = Vec::with_capacity(spec.entries.len());
         for e in &spec.entries {
             let hash = crate::media::parse_hash(&e.hash).ok_or_else(|| {
-                Failure::BadRequest(format!(
+                PublishError::Invalid(format!(
                     "entry {:?}: hash {:?} is not 64 lowercase hex digits",
                     e.name, e.hash
                 ))
@@ -62,13 +78,13 @@ impl Node {
             match self.media.local_size(hash).await {
                 Some(size) if size == e.size => {}
                 Some(size) => {
-                    return Err(Failure::BadRequest(format!(
+                    return Err(PublishError::Invalid(format!(
                         "entry {:?}: blob {} has {size} bytes, not {}",
                         e.name, e.hash, e.size
                     )));
                 }
                 None => {
-                    return Err(Failure::BadRequest(format!(
+                    return Err(PublishError::Invalid(format!(
                         "entry {:?}: blob {} is not on this device; add it with `popmesh blob add` first",
                         e.name, e.hash
                     )));
@@ -114,7 +130,7 @@ impl Node {
             let mut trial = trial;
             let mut d = Doc::<Manifest, &mut Automerge>::attach_as(&mut trial, actor.clone())
                 .map_err(internal)?;
-            apply(&mut d).map_err(|e| Failure::BadRequest(e.to_string()))?;
+            apply(&mut d).map_err(|e| PublishError::Invalid(e.to_string()))?;
         }
         self.writable()?;
         let handle = self
@@ -132,19 +148,24 @@ impl Node {
             apply(&mut d)
         })
         .await?
-        .map_err(|e| Failure::BadRequest(e.to_string()))?;
+        .map_err(|e| PublishError::Invalid(e.to_string()))?;
         self.preseed_now.notify_one();
         Ok(())
     }
 
     /// Refuses what only an edge box or the origin may do: "a kiosk may not `what`; `instead`".
-    pub(crate) fn edge_or_origin(&self, what: &str, instead: &str) -> Result<(), Failure> {
+    pub(crate) fn edge_or_origin(
+        &self,
+        what: &'static str,
+        instead: &'static str,
+    ) -> Result<(), NotPermitted> {
         if matches!(self.dir.cert.role, Role::Edge | Role::Origin) {
             return Ok(());
         }
-        Err(Failure::Forbidden(format!(
-            "a {} may not {what}; {instead}",
-            self.dir.cert.role
-        )))
+        Err(NotPermitted {
+            role: self.dir.cert.role,
+            what,
+            instead,
+        })
     }
 }

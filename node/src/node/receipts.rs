@@ -12,7 +12,17 @@ use popmesh_crdt::DeviceId;
 use popmesh_crdt::docs::DocName;
 use samod::DocHandle;
 
-use super::{Failure, Node, ReceiptJson, internal, lock, read, read_ledger, stopped};
+use super::{Node, ReceiptJson, Unavailable, internal, lock, read, read_ledger, stopped};
+
+/// Why a page of receipts was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiptsError {
+    /// A bad cursor, limit or show name.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
 
 /// A ledger page's receipts, checked against the directory, with the page's and the directory's heads they were
 /// checked at.
@@ -45,9 +55,9 @@ pub struct ReceiptPage {
 /// token breaks ties, so two receipts that share a number are neither skipped nor repeated).
 type Cursor = (String, DeviceId, u64, String);
 
-fn parse_cursor(text: &str) -> Result<Cursor, Failure> {
+fn parse_cursor(text: &str) -> Result<Cursor, ReceiptsError> {
     let bad = || {
-        Failure::BadRequest(format!(
+        ReceiptsError::Invalid(format!(
             "after {}: not a cursor from an earlier page's next",
             popmesh_crdt::naming::shown(text)
         ))
@@ -72,7 +82,7 @@ fn parse_cursor(text: &str) -> Result<Cursor, Failure> {
 
 impl Node {
     /// One page of the receipts this device holds, from every device's ledger, checked against the directory.
-    pub async fn receipts_page(&self, query: ReceiptQuery) -> Result<ReceiptPage, Failure> {
+    pub async fn receipts_page(&self, query: ReceiptQuery) -> Result<ReceiptPage, ReceiptsError> {
         self.money_ready().await?;
         // The directory's heads before the view: a revocation landing in between makes the next read check
         // again, never caches an old verdict under new heads.
@@ -84,13 +94,13 @@ impl Node {
         let view = self.view()?;
         let limit = query.limit.unwrap_or(RECEIPTS_PAGE_DEFAULT);
         if limit == 0 || limit > RECEIPTS_PAGE_MAX {
-            return Err(Failure::BadRequest(format!(
+            return Err(ReceiptsError::Invalid(format!(
                 "limit must be 1 to {RECEIPTS_PAGE_MAX}, not {limit}"
             )));
         }
         if let Some(show) = &query.show {
             popmesh_crdt::naming::check_name("show", show)
-                .map_err(|e| Failure::BadRequest(e.to_string()))?;
+                .map_err(|e| ReceiptsError::Invalid(e.to_string()))?;
         }
         let after = query.after.as_deref().map(parse_cursor).transpose()?;
         let mut ledgers: Vec<((String, DeviceId, u32), DocHandle)> = read(&self.docs)
@@ -156,7 +166,7 @@ impl Node {
         handle: &DocHandle,
         directory: &[automerge::ChangeHash],
         view: &popmesh_crdt::directory::DirectoryView,
-    ) -> Result<Arc<Vec<ReceiptJson>>, Failure> {
+    ) -> Result<Arc<Vec<ReceiptJson>>, Unavailable> {
         let mut heads = handle
             .with_document_async(|am| am.get_heads())
             .await
@@ -195,7 +205,7 @@ impl Node {
     pub async fn issued_by(
         &self,
         device: DeviceId,
-    ) -> Result<std::collections::BTreeMap<String, u64>, Failure> {
+    ) -> Result<std::collections::BTreeMap<String, u64>, Unavailable> {
         // Every page of the device must be here, or the revocation would refuse receipts it took legitimately.
         self.all_pages_open(Some(device))?;
         let handles: Vec<(String, DocHandle)> = read(&self.docs)

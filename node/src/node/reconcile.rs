@@ -2,6 +2,16 @@
 
 use super::*;
 
+/// Why a settlement batch was not reconciled.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Only the origin reconciles.
+    #[error("a {0} may not reconcile; the origin does")]
+    NotOrigin(Role),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
 impl Node {
     /// The origin reconciles every receipt it holds (every device, every ledger page) against the processor's
     /// settlement batch `batch`, and marks the matched receipts reconciled in their ledgers, durably, so the site
@@ -11,12 +21,9 @@ impl Node {
         &self,
         batch: &str,
         rows: &[SettlementRow],
-    ) -> Result<(Reconciliation, usize), Failure> {
+    ) -> Result<(Reconciliation, usize), ReconcileError> {
         if self.dir.cert.role != Role::Origin {
-            return Err(Failure::Forbidden(format!(
-                "a {} may not reconcile; the origin does",
-                self.dir.cert.role
-            )));
+            return Err(ReconcileError::NotOrigin(self.dir.cert.role));
         }
         // Every ledger page the directory registers must be here: a receipt still syncing is not "missing".
         self.all_pages_open(None)?;

@@ -2,9 +2,18 @@
 
 use super::*;
 
+/// Why a show report was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Show(#[from] ShowError),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
 impl Node {
     /// The show report over everything this device holds (complete at the origin once it has merged the show).
-    pub async fn report(&self, show: Option<String>) -> Result<ShowReport, Failure> {
+    pub async fn report(&self, show: Option<String>) -> Result<ShowReport, ReportError> {
         let view = self.view()?;
         let show = self.existing_show(&view, show)?;
         let handles: Vec<(DocName, DocHandle)> = read(&self.docs).values().cloned().collect();

@@ -13,20 +13,35 @@ use popmesh_crdt::docs::DocName;
 use popmesh_crdt::naming::check_name;
 use popmesh_crdt::{DeviceId, Doc};
 
-use super::{Failure, Node, ShowSpec, internal};
+use super::{Node, NotPermitted, ShowSpec, Unavailable, internal};
+
+/// Why a show was not created. Nothing was written unless a retry can finish it (see the module's note).
+#[derive(Debug, thiserror::Error)]
+pub enum CreateShowError {
+    #[error(transparent)]
+    NotPermitted(#[from] NotPermitted),
+    /// Some part of the request is not valid: a name, label, currency, capacity, or a grant.
+    #[error("{0}")]
+    Invalid(String),
+    /// A show with this id exists with another definition.
+    #[error("show {} already exists with another definition", popmesh_crdt::naming::shown(.0))]
+    Exists(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
 
 /// The most seats one slot may hold.
 pub const CAPACITY_MAX: u64 = 1_000_000;
 /// The longest show name or slot label, in bytes.
 pub const LABEL_BYTES_MAX: usize = 200;
 
-fn bad(e: impl std::fmt::Display) -> Failure {
-    Failure::BadRequest(e.to_string())
+fn bad(e: impl std::fmt::Display) -> CreateShowError {
+    CreateShowError::Invalid(e.to_string())
 }
 
-fn check_label(field: &str, text: &str) -> Result<(), Failure> {
+fn check_label(field: &str, text: &str) -> Result<(), CreateShowError> {
     if text.is_empty() || text.len() > LABEL_BYTES_MAX || text.chars().any(char::is_control) {
-        return Err(Failure::BadRequest(format!(
+        return Err(CreateShowError::Invalid(format!(
             "{field} must be 1 to {LABEL_BYTES_MAX} bytes of text without control characters"
         )));
     }
@@ -36,7 +51,7 @@ fn check_label(field: &str, text: &str) -> Result<(), Failure> {
 impl Node {
     /// Creates a show with its slots, escrowing each slot's seats to the devices named in `grants`. Returns
     /// false when the show already existed with this very definition (a retry, which finishes what is missing).
-    pub async fn create_show(&self, spec: ShowSpec) -> Result<bool, Failure> {
+    pub async fn create_show(&self, spec: ShowSpec) -> Result<bool, CreateShowError> {
         self.edge_or_origin("create shows", "ask the site's edge box or the origin")?;
         self.writable()?;
         let view = self.view()?;
@@ -47,10 +62,7 @@ impl Node {
                 // A retry of this very show: finish what is missing below.
             }
             Some(_) => {
-                return Err(Failure::Conflict(format!(
-                    "show {:?} already exists with another definition",
-                    spec.id
-                )));
+                return Err(CreateShowError::Exists(spec.id.clone()));
             }
             None => {
                 let (id, record) = (spec.id.clone(), record.clone());
@@ -68,7 +80,7 @@ impl Node {
             move |actor| {
                 Doc::create_access(actor, &show_id)
                     .map(Doc::into_automerge)
-                    .map_err(internal)
+                    .map_err(|e| CreateShowError::from(internal(e)))
             },
         )
         .await?;
@@ -93,17 +105,17 @@ impl Node {
         &self,
         view: &DirectoryView,
         spec: &ShowSpec,
-    ) -> Result<(ShowRecord, Vec<BTreeMap<DeviceId, u64>>), Failure> {
+    ) -> Result<(ShowRecord, Vec<BTreeMap<DeviceId, u64>>), CreateShowError> {
         check_name("id", &spec.id).map_err(bad)?;
         check_label("name", &spec.name)?;
         if spec.currency.len() != 3 || !spec.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(Failure::BadRequest(format!(
+            return Err(CreateShowError::Invalid(format!(
                 "currency must be a three-letter ISO 4217 code in capitals, such as EUR, not {}",
                 popmesh_crdt::naming::shown(&spec.currency)
             )));
         }
         if spec.slots.is_empty() || spec.slots.len() > SLOTS_PER_SHOW_MAX {
-            return Err(Failure::BadRequest(format!(
+            return Err(CreateShowError::Invalid(format!(
                 "slots must list 1 to {SLOTS_PER_SHOW_MAX} slots, not {}",
                 spec.slots.len()
             )));
@@ -114,14 +126,14 @@ impl Node {
         for (i, slot) in spec.slots.iter().enumerate() {
             check_name(&format!("slots[{i}].id"), &slot.id).map_err(bad)?;
             if !seen.insert(slot.id.as_str()) {
-                return Err(Failure::BadRequest(format!(
+                return Err(CreateShowError::Invalid(format!(
                     "slots[{i}].id: slot {:?} is listed twice",
                     slot.id
                 )));
             }
             check_label(&format!("slots[{i}].label"), &slot.label)?;
             if slot.capacity == 0 || slot.capacity > CAPACITY_MAX {
-                return Err(Failure::BadRequest(format!(
+                return Err(CreateShowError::Invalid(format!(
                     "slots[{i}].capacity must be 1 to {CAPACITY_MAX} seats, not {}",
                     slot.capacity
                 )));
@@ -129,11 +141,9 @@ impl Node {
             let mut grants = BTreeMap::new();
             for (who, seats) in &slot.grants {
                 let field = format!("slots[{i}].grants");
-                let device = self
-                    .resolve_device_as(view, who, &field)
-                    .map_err(|e| Failure::BadRequest(e.to_string()))?;
+                let device = self.resolve_device_as(view, who, &field).map_err(bad)?;
                 if *seats > slot.capacity {
-                    return Err(Failure::BadRequest(format!(
+                    return Err(CreateShowError::Invalid(format!(
                         "{field}: {seats} seats for {} is more than the slot's capacity of {}",
                         popmesh_crdt::naming::shown(who),
                         slot.capacity
@@ -141,14 +151,14 @@ impl Node {
                 }
                 let entry: &mut u64 = grants.entry(device).or_insert(0);
                 *entry = entry.checked_add(*seats).ok_or_else(|| {
-                    Failure::BadRequest(format!("{field}: the grants to one device overflow"))
+                    CreateShowError::Invalid(format!("{field}: the grants to one device overflow"))
                 })?;
             }
             if slot.grants.is_empty() {
                 grants.insert(self.me(), slot.capacity);
             }
             popmesh_crdt::escrow::check_grants(grants.values(), slot.capacity)
-                .map_err(|e| Failure::BadRequest(format!("slots[{i}].grants: {e}")))?;
+                .map_err(|e| CreateShowError::Invalid(format!("slots[{i}].grants: {e}")))?;
             slots.insert(
                 slot.id.clone(),
                 SlotRecord {

@@ -2,33 +2,158 @@
 
 use super::*;
 
+/// A slot a request names that the site does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("show {} has no slot {}", popmesh_crdt::naming::shown(.show), popmesh_crdt::naming::shown(.slot))]
+pub struct UnknownSlot {
+    pub show: String,
+    pub slot: String,
+}
+
+/// Why a slot's availability could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum AvailabilityError {
+    #[error(transparent)]
+    UnknownSlot(#[from] UnknownSlot),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+/// Why a booking was not made. Nothing was written for it.
+#[derive(Debug, thiserror::Error)]
+pub enum BookError {
+    /// The request is malformed (seats out of range, a bad booking id or attendee).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    UnknownSlot(#[from] UnknownSlot),
+    /// This device's quota in the slot does not hold that many seats (other devices may hold more).
+    #[error("{0}")]
+    QuotaSpent(String),
+    /// The booking id was used for another booking.
+    #[error("{0}")]
+    IdReused(String),
+    /// The slot's document holds as many sales of this device as one may.
+    #[error("{0}")]
+    Full(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+/// Why quota was not given to another device. Nothing was written for it.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The request is malformed (no seats, a bad transfer id, to this device itself).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    UnknownSlot(#[from] UnknownSlot),
+    #[error(transparent)]
+    UnknownDevice(#[from] UnknownDevice),
+    /// This device's quota in the slot does not hold that many seats.
+    #[error("{0}")]
+    QuotaSpent(String),
+    /// The transfer id was used for another transfer.
+    #[error("{0}")]
+    IdReused(String),
+    /// The slot's document holds as many entries of this device as one may.
+    #[error("{0}")]
+    Full(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+impl From<AvailabilityError> for BookError {
+    fn from(e: AvailabilityError) -> Self {
+        match e {
+            AvailabilityError::UnknownSlot(e) => Self::UnknownSlot(e),
+            AvailabilityError::Unavailable(e) => Self::Unavailable(e),
+        }
+    }
+}
+
+impl From<AvailabilityError> for TransferError {
+    fn from(e: AvailabilityError) -> Self {
+        match e {
+            AvailabilityError::UnknownSlot(e) => Self::UnknownSlot(e),
+            AvailabilityError::Unavailable(e) => Self::Unavailable(e),
+        }
+    }
+}
+
+/// What an escrow refusal means to the client.
+enum Refusal {
+    Invalid(String),
+    QuotaSpent(String),
+    IdReused(String),
+    Full(String),
+    Unavailable(Unavailable),
+}
+
+fn refusal(e: EscrowError) -> Refusal {
+    match e {
+        e @ EscrowError::QuotaSpent { .. } => Refusal::QuotaSpent(e.to_string()),
+        e @ (EscrowError::BookingConflict { .. } | EscrowError::TransferConflict { .. }) => {
+            Refusal::IdReused(e.to_string())
+        }
+        e @ (EscrowError::BadSeatCount(_)
+        | EscrowError::BadId(_)
+        | EscrowError::SelfTransfer
+        | EscrowError::BadTransferSeats
+        | EscrowError::OverGranted { .. }
+        | EscrowError::BadAttendee(_)) => Refusal::Invalid(e.to_string()),
+        e @ EscrowError::Full => Refusal::Full(e.to_string()),
+        e => Refusal::Unavailable(internal(e)),
+    }
+}
+
+impl From<EscrowError> for BookError {
+    fn from(e: EscrowError) -> Self {
+        match refusal(e) {
+            Refusal::Invalid(m) => Self::Invalid(m),
+            Refusal::QuotaSpent(m) => Self::QuotaSpent(m),
+            Refusal::IdReused(m) => Self::IdReused(m),
+            Refusal::Full(m) => Self::Full(m),
+            Refusal::Unavailable(e) => Self::Unavailable(e),
+        }
+    }
+}
+
+impl From<EscrowError> for TransferError {
+    fn from(e: EscrowError) -> Self {
+        match refusal(e) {
+            Refusal::Invalid(m) => Self::Invalid(m),
+            Refusal::QuotaSpent(m) => Self::QuotaSpent(m),
+            Refusal::IdReused(m) => Self::IdReused(m),
+            Refusal::Full(m) => Self::Full(m),
+            Refusal::Unavailable(e) => Self::Unavailable(e),
+        }
+    }
+}
+
 impl Node {
     pub(crate) fn slot_handle(
         &self,
         view: &DirectoryView,
         show: &str,
         slot: &str,
-    ) -> Result<DocHandle, Failure> {
+    ) -> Result<DocHandle, AvailabilityError> {
         let known = view
             .shows
             .get(show)
             .is_some_and(|s| s.slots.contains_key(slot));
         if !known {
-            return Err(Failure::NotFound(format!(
-                "show {} has no slot {}",
-                popmesh_crdt::naming::shown(show),
-                popmesh_crdt::naming::shown(slot)
-            )));
+            return Err(UnknownSlot {
+                show: show.into(),
+                slot: slot.into(),
+            }
+            .into());
         }
         self.handle_by_name(&DocName::Slot {
             show: show.into(),
             slot: slot.into(),
         })
-        .ok_or_else(|| {
-            Failure::Unavailable(format!(
-                "slot {show}/{slot} has not synced to this device yet"
-            ))
-        })
+        .ok_or_else(|| Unavailable::loading(format!("slot {show}/{slot}")).into())
     }
 
     /// Books `seats` in a slot against this device's escrow quota. Returns whether the booking is new.
@@ -39,7 +164,7 @@ impl Node {
         booking: &str,
         seats: u64,
         attendee: Option<String>,
-    ) -> Result<bool, Failure> {
+    ) -> Result<bool, BookError> {
         self.writable()?;
         let view = self.view()?;
         let handle = self.slot_handle(&view, show, slot)?;
@@ -51,7 +176,7 @@ impl Node {
                     .and_then(|mut d| d.sell_to(me, &booking, seats, at, attendee.as_deref()))
             })
             .await?;
-        escrow_outcome(outcome.map(|o| o == SaleOutcome::Recorded))
+        Ok(outcome? == SaleOutcome::Recorded)
     }
 
     /// Gives `seats` of this device's quota in a slot to another device.
@@ -62,7 +187,7 @@ impl Node {
         to: DeviceId,
         transfer: &str,
         seats: u64,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), TransferError> {
         self.writable()?;
         let view = self.view()?;
         self.check_trusted(&view, to, "to")?;
@@ -76,12 +201,12 @@ impl Node {
                     .and_then(|mut d| d.transfer(me, to, &transfer, seats, at))
             })
             .await?;
-        escrow_outcome(outcome)
+        Ok(outcome?)
     }
 
     /// Gives seats from this device's quota in each slot to a connected device running low, by the policy in
     /// `popmesh_crdt::escrow::plan_rebalance` (only the giver writes a transfer). Returns the transfers made.
-    pub async fn rebalance(&self) -> Result<usize, Failure> {
+    pub async fn rebalance(&self) -> Result<usize, Unavailable> {
         let connected = self.admitted_devices();
         if connected.is_empty() {
             return Ok(0);
@@ -131,7 +256,11 @@ impl Node {
     }
 
     /// A slot's availability as this device sees it.
-    pub async fn availability(&self, show: &str, slot: &str) -> Result<Availability, Failure> {
+    pub async fn availability(
+        &self,
+        show: &str,
+        slot: &str,
+    ) -> Result<Availability, AvailabilityError> {
         let view = self.view()?;
         let handle = self.slot_handle(&view, show, slot)?;
         let record = view.shows[show].slots[slot].clone();
@@ -168,26 +297,5 @@ impl Node {
             available_here: slot_view.available(&me),
             devices,
         })
-    }
-}
-
-pub(super) fn escrow_outcome<T>(outcome: Result<T, EscrowError>) -> Result<T, Failure> {
-    match outcome {
-        Ok(v) => Ok(v),
-        Err(
-            e @ (EscrowError::QuotaSpent { .. }
-            | EscrowError::BookingConflict { .. }
-            | EscrowError::TransferConflict { .. }
-            | EscrowError::Full),
-        ) => Err(Failure::Conflict(e.to_string())),
-        Err(
-            e @ (EscrowError::BadSeatCount(_)
-            | EscrowError::BadId(_)
-            | EscrowError::SelfTransfer
-            | EscrowError::BadTransferSeats
-            | EscrowError::OverGranted { .. }
-            | EscrowError::BadAttendee(_)),
-        ) => Err(Failure::BadRequest(e.to_string())),
-        Err(e) => Err(internal(e)),
     }
 }

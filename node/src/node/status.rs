@@ -2,6 +2,18 @@
 
 use super::*;
 
+/// Why a document's content was not shown.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error(
+        "no open document is named or numbered {} (GET /v1/documents lists them)",
+        popmesh_crdt::naming::shown(.0)
+    )]
+    Unknown(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
 impl Node {
     /// Every open document with its heads, for `GET /v1/documents`.
     pub async fn documents(&self) -> Vec<DocJson> {
@@ -26,16 +38,13 @@ impl Node {
 
     /// A document's whole content as JSON, by name or id: what an operator (or the privacy test) reads to see
     /// exactly what a document carries.
-    pub async fn document_content(&self, which: &str) -> Result<serde_json::Value, Failure> {
+    pub async fn document_content(&self, which: &str) -> Result<serde_json::Value, DocumentError> {
         let found = read(&self.docs)
             .iter()
             .find(|(id, (name, _))| id.to_string() == which || name.to_string() == which)
             .map(|(id, (name, h))| (id.to_string(), name.to_string(), h.clone()));
         let Some((id, name, handle)) = found else {
-            return Err(Failure::NotFound(format!(
-                "no open document is named or numbered {} (GET /v1/documents lists them)",
-                popmesh_crdt::naming::shown(which)
-            )));
+            return Err(DocumentError::Unknown(which.to_owned()));
         };
         let content = handle
             .with_document_async(|am| serde_json::to_value(automerge::AutoSerde::from(&*am)))
@@ -200,7 +209,7 @@ impl Node {
     }
 
     /// Sets the gauges `/metrics` reports, from counters and lengths (no receipt is read or verified).
-    pub async fn refresh_gauges(&self) -> Result<(), Failure> {
+    pub async fn refresh_gauges(&self) -> Result<(), Unavailable> {
         self.metrics
             .store_failed
             .set(i64::from(self.store.has_failed()));

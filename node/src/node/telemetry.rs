@@ -2,6 +2,35 @@
 
 use super::*;
 
+/// Why an event was not counted.
+#[derive(Debug, thiserror::Error)]
+pub enum CountError {
+    /// A bad counter name, increment or attendee id, or a counter past its bounds.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+/// Why an attendee's profile on this device was not read or updated.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// The id is not a pseudonym, or the update is not valid.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+impl From<ProfileError> for CountError {
+    fn from(e: ProfileError) -> Self {
+        match e {
+            ProfileError::Invalid(m) => Self::Invalid(format!("attendee: {m}")),
+            ProfileError::Unavailable(e) => Self::Unavailable(e),
+        }
+    }
+}
+
 impl Node {
     /// Counts telemetry; buffered and written as one change per counter per window. An event about an attendee
     /// counts only if they consented to analytics on this device; under overload, events that are not
@@ -11,8 +40,8 @@ impl Node {
         counter: &str,
         by: i64,
         attendee: Option<&str>,
-    ) -> Result<Counted, Failure> {
-        let bad = |e: String| Failure::BadRequest(e);
+    ) -> Result<Counted, CountError> {
+        let bad = CountError::Invalid;
         check_counter_name(counter).map_err(|e| bad(e.to_string()))?;
         popmesh_crdt::telemetry::check_increment(by).map_err(|e| bad(e.to_string()))?;
         if let Some(who) = attendee {
@@ -36,8 +65,8 @@ impl Node {
     }
 
     /// What an attendee told this device (kept here only; see `popmesh_crdt::privacy`).
-    pub fn profile(&self, attendee: &str) -> Result<Option<AttendeeProfile>, Failure> {
-        check_pseudonym(attendee).map_err(|e| Failure::BadRequest(e.to_string()))?;
+    pub fn profile(&self, attendee: &str) -> Result<Option<AttendeeProfile>, ProfileError> {
+        check_pseudonym(attendee).map_err(|e| ProfileError::Invalid(e.to_string()))?;
         let Some(text) = self
             .store
             .meta(&format!("profile/{attendee}"))
@@ -47,7 +76,7 @@ impl Node {
         };
         serde_json::from_str(&text)
             .map(Some)
-            .map_err(|e| internal(format!("stored profile of {attendee}: {e}")))
+            .map_err(|e| internal(format!("stored profile of {attendee}: {e}")).into())
     }
 
     /// Folds one visit's answers into an attendee's profile on this device, durably. Nothing of it syncs.
@@ -55,11 +84,11 @@ impl Node {
         &self,
         attendee: &str,
         update: &AttendeeProfile,
-    ) -> Result<AttendeeProfile, Failure> {
+    ) -> Result<AttendeeProfile, ProfileError> {
         let mut profile = self.profile(attendee)?.unwrap_or_default();
         profile
             .merge(update, clock::now().0)
-            .map_err(|e| Failure::BadRequest(e.to_string()))?;
+            .map_err(|e| ProfileError::Invalid(e.to_string()))?;
         let text = serde_json::to_string(&profile).map_err(internal)?;
         self.store
             .set_meta(&format!("profile/{attendee}"), &text)
@@ -68,7 +97,7 @@ impl Node {
     }
 
     /// Every device's counters, summed.
-    pub async fn counters(&self) -> Result<BTreeMap<String, i64>, Failure> {
+    pub async fn counters(&self) -> Result<BTreeMap<String, i64>, Unavailable> {
         let handles: Vec<DocHandle> = read(&self.docs)
             .values()
             .filter(|(n, _)| matches!(n, DocName::Telemetry { .. }))
@@ -99,7 +128,7 @@ impl Node {
     }
 
     /// This device's telemetry document, created on first use.
-    pub(crate) async fn telemetry_handle(&self) -> Result<DocHandle, Failure> {
+    pub(crate) async fn telemetry_handle(&self) -> Result<DocHandle, Unavailable> {
         let me = self.me();
         self.own_document(DocName::Telemetry { device: me }, move |actor| {
             Doc::create_telemetry(actor, me)
@@ -109,7 +138,7 @@ impl Node {
         .await
     }
 
-    pub(crate) async fn flush_telemetry(&self) -> Result<(), Failure> {
+    pub(crate) async fn flush_telemetry(&self) -> Result<(), Unavailable> {
         let Some(increments) = lock(&self.telemetry).poll_flush(clock::now()) else {
             return Ok(());
         };

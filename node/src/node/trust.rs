@@ -2,6 +2,19 @@
 
 use super::*;
 
+/// Why a device revocation was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    /// It is not signed by this site's authority, or not for this site, or does not fit the directory.
+    #[error("revocation refused: {0}")]
+    Refused(String),
+    /// The device is revoked already, and this one would honour more of its receipts than the first.
+    #[error("this device is already revoked; a new revocation may not honour more of its receipts")]
+    Widens,
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
 impl Node {
     /// The devices the mesh has admitted on a link now.
     pub(crate) fn admitted_devices(&self) -> Vec<DeviceId> {
@@ -15,7 +28,11 @@ impl Node {
 
     /// A device named by hex id or by its certificate's name, which must be enrolled at this site and trusted now
     /// (not revoked, not expired): seats or money given to anything else would be gone.
-    pub fn resolve_device(&self, view: &DirectoryView, who: &str) -> Result<DeviceId, Failure> {
+    pub fn resolve_device(
+        &self,
+        view: &DirectoryView,
+        who: &str,
+    ) -> Result<DeviceId, UnknownDevice> {
         self.resolve_device_as(view, who, "device")
     }
 
@@ -25,7 +42,7 @@ impl Node {
         view: &DirectoryView,
         who: &str,
         field: &str,
-    ) -> Result<DeviceId, Failure> {
+    ) -> Result<DeviceId, UnknownDevice> {
         let shown = popmesh_crdt::naming::shown(who);
         let device = match DeviceId::from_hex(who) {
             Ok(id) => id,
@@ -35,10 +52,9 @@ impl Node {
                 .into_iter()
                 .find(|(_, _, name)| name == who)
                 .map(|(device, _, _)| device)
-                .ok_or_else(|| {
-                    Failure::NotFound(format!(
-                        "{field}: no device named {shown} is enrolled at this site"
-                    ))
+                .ok_or_else(|| UnknownDevice {
+                    field: field.to_owned(),
+                    reason: format!("no device named {shown} is enrolled at this site"),
                 })?,
         };
         self.check_trusted(view, device, field)?;
@@ -51,22 +67,23 @@ impl Node {
         view: &DirectoryView,
         device: DeviceId,
         field: &str,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), UnknownDevice> {
         view.verify_device(&device, clock::now())
             .map(|_| ())
-            .map_err(|e| {
-                Failure::NotFound(format!(
-                    "{field}: device {} is not a device this site trusts now: {e}",
+            .map_err(|e| UnknownDevice {
+                field: field.to_owned(),
+                reason: format!(
+                    "device {} is not a device this site trusts now: {e}",
                     device.to_hex()
-                ))
+                ),
             })
     }
 
     /// Records an authority-signed revocation and drops the revoked peers at once.
-    pub async fn revoke(&self, revocation: Revocation) -> Result<(), Failure> {
+    pub async fn revoke(&self, revocation: Revocation) -> Result<(), RevokeError> {
         revocation
             .verify(&self.dir.authority, self.dir.site_id())
-            .map_err(|e| Failure::BadRequest(format!("revocation refused: {e}")))?;
+            .map_err(|e| RevokeError::Refused(e.to_string()))?;
         // A second revocation of the same device may only narrow what is honoured, never widen it.
         if let Ok(view) = self.view()
             && let Some(before) = view.revocation_of(revocation.target)
@@ -76,14 +93,12 @@ impl Node {
                 .iter()
                 .any(|(show, seq)| before.honoured.get(show).is_none_or(|was| seq > was));
             if widens {
-                return Err(Failure::Conflict(
-                    "this device is already revoked; a new revocation may not honour more of its receipts".into(),
-                ));
+                return Err(RevokeError::Widens);
             }
         }
         self.change_directory(move |d| d.add_revocation(&revocation))
             .await?
-            .map_err(|e| Failure::BadRequest(e.to_string()))?;
+            .map_err(|e| RevokeError::Refused(e.to_string()))?;
         self.refresh_view().await;
         self.mesh.reverify().await;
         Ok(())

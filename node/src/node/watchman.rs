@@ -8,7 +8,7 @@ impl Node {
     /// Tells the watchman core who is in reach now and writes what it decides: incidents opened for peers that
     /// dropped out (their return resolves them) and who this device sees, into this device's telemetry document.
     /// The show report's MTTR comes from these.
-    pub(crate) async fn watch(&self) -> Result<(), Failure> {
+    pub(crate) async fn watch(&self) -> Result<(), Unavailable> {
         if self.own_telemetry_changed.swap(false, Ordering::AcqRel) {
             let read = async {
                 let handle = self.telemetry_handle().await?;
@@ -67,7 +67,7 @@ impl Node {
         written
     }
 
-    async fn write_watch(&self, watch: Watch) -> Result<(), Failure> {
+    async fn write_watch(&self, watch: Watch) -> Result<(), Unavailable> {
         let handle = self.telemetry_handle().await?;
         let (actor, at) = (self.actor(), clock::now());
         self.change(&handle, move |am| {
@@ -79,7 +79,7 @@ impl Node {
     }
 
     /// Calls a dry rehearsal: every device that syncs the call answers with its clock and readiness.
-    pub async fn call_rehearsal(&self) -> Result<RehearsalCall, Failure> {
+    pub async fn call_rehearsal(&self) -> Result<RehearsalCall, Unavailable> {
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(internal)?;
         let call = RehearsalCall {
@@ -110,7 +110,7 @@ impl Node {
 
     /// Answers the newest rehearsal call any device made, once. Reads the telemetry documents only when one of
     /// them changed since the last look.
-    pub(crate) async fn answer_rehearsal(&self) -> Result<(), Failure> {
+    pub(crate) async fn answer_rehearsal(&self) -> Result<(), Unavailable> {
         if !self.telemetry_changed.swap(false, Ordering::AcqRel) {
             return Ok(());
         }

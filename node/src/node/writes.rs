@@ -8,7 +8,7 @@ impl Node {
         &self,
         handle: &DocHandle,
         f: impl FnOnce(&mut Automerge) -> T + Send + 'static,
-    ) -> Result<T, Failure> {
+    ) -> Result<T, Unavailable> {
         self.change_then(handle, f, |_| false).await
     }
 
@@ -26,7 +26,7 @@ impl Node {
         handle: &DocHandle,
         f: impl FnOnce(&mut Automerge) -> T + Send + 'static,
         replay: impl FnOnce(&T) -> bool + Send + 'static,
-    ) -> Result<T, Failure> {
+    ) -> Result<T, Unavailable> {
         let id = handle.document_id().clone();
         let known = lock(&self.durability).snapshot(&id);
         let (out, bytes, plan, after) = handle
@@ -53,24 +53,20 @@ impl Node {
         acked.map(|()| out)
     }
 
-    pub(crate) async fn ack(&self, doc: &DocumentId, bytes: Vec<u8>) -> Result<(), Failure> {
+    pub(crate) async fn ack(&self, doc: &DocumentId, bytes: Vec<u8>) -> Result<(), Unavailable> {
         let store = self.store.clone();
         let doc = doc.to_string();
         tokio::task::spawn_blocking(move || store.put_ack(&doc, &bytes))
             .await
             .map_err(internal)?
-            .map_err(|e| {
-                Failure::Unavailable(format!(
-                    "could not make the write durable, so it was not acknowledged: {e}"
-                ))
-            })?;
+            .map_err(|e| Unavailable::NotDurable(e.to_string()))?;
         Ok(())
     }
 
     pub(crate) async fn change_directory<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Doc<Directory, &mut Automerge>) -> T + Send + 'static,
-    ) -> Result<T, Failure> {
+    ) -> Result<T, Unavailable> {
         let handle = self.directory_handle()?;
         let actor = self.actor();
         let out = self
@@ -81,12 +77,13 @@ impl Node {
         out.map_err(internal)
     }
 
-    /// This device's own document `name`, created and registered in the directory the first time.
-    pub(crate) async fn own_document(
+    /// This device's own document `name`, created and registered in the directory the first time (by `make`,
+    /// whose error is the caller's).
+    pub(crate) async fn own_document<E: From<Unavailable>>(
         &self,
         name: DocName,
-        make: impl FnOnce(automerge::ActorId) -> Result<Automerge, Failure>,
-    ) -> Result<DocHandle, Failure> {
+        make: impl FnOnce(automerge::ActorId) -> Result<Automerge, E>,
+    ) -> Result<DocHandle, E> {
         if let Some(h) = self.handle_by_name(&name) {
             return Ok(h);
         }
@@ -103,9 +100,7 @@ impl Node {
                 .find(id.clone())
                 .await
                 .map_err(stopped)?
-                .ok_or_else(|| {
-                    Failure::Unavailable(format!("document {name} is registered but not found"))
-                })?;
+                .ok_or_else(|| Unavailable::DocumentMissing(name.to_string()))?;
             self.track(id, name, handle.clone());
             return Ok(handle);
         }

@@ -191,7 +191,8 @@ impl Answer {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
 
-    /// `{"error": {"status": N, "message": "..."}}` with `Content-Type: application/json`, N the status.
+    /// `{"error": {"status": N, "code": "...", "message": "..."}}` with `Content-Type: application/json`, N the
+    /// status.
     pub fn is_json_error(&self) -> bool {
         let v = self.json();
         let error = &v["error"];
@@ -199,6 +200,7 @@ impl Answer {
             .is_some_and(|ct| ct.starts_with("application/json"))
             && v.as_object().is_some_and(|o| o.len() == 1)
             && error["status"].as_u64() == Some(u64::from(self.status))
+            && error["code"].as_str().is_some_and(|c| !c.is_empty())
             && error["message"].as_str().is_some_and(|m| !m.is_empty())
     }
 
