@@ -15,7 +15,6 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use popmesh_crdt::enrollment::Revocation;
 use popmesh_crdt::receipt::PaymentRequest;
-use serde::Deserialize;
 use serde_json::json;
 
 mod body;
@@ -25,11 +24,13 @@ mod errors;
 pub mod media;
 pub mod screens;
 pub mod warehouse;
+pub mod wire;
 
 pub use body::{JsonObject, URI_BYTES_MAX};
 pub use browser::BrowserPolicy;
 
-use crate::node::{Node, ShowSpec};
+use crate::node::Node;
+use wire::*;
 
 /// The longest error message an answer carries, in bytes.
 const MESSAGE_BYTES_MAX: usize = 1000;
@@ -183,18 +184,6 @@ async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {
     Json(node.status().await)
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PaymentBody {
-    amount_minor: u64,
-    currency: String,
-    idempotency_key: String,
-    /// The show the payment is for; the show on now when absent.
-    show: Option<String>,
-    /// The buyer's pseudonymous id (from their pass), when known: links the sale to their check-in.
-    attendee: Option<String>,
-}
-
 async fn pay(
     State(node): State<Arc<Node>>,
     body: Result<JsonObject<PaymentBody>, ApiError>,
@@ -207,24 +196,13 @@ async fn pay(
         attendee: body.attendee,
     };
     let (receipt, replayed) = node.pay(request, body.show).await?;
-    let json = crate::node::ReceiptJson::new(&receipt, false, Ok(()));
+    let json = ReceiptJson::from(&crate::node::CheckedReceipt::new(receipt, false, Ok(())));
     // A replay answers exactly like the first time, so a retrying client cannot tell the difference.
     Ok((
         StatusCode::CREATED,
         Json(json!({ "receipt": json, "replayed": replayed })),
     )
         .into_response())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReceiptsQuery {
-    /// The previous page's `next`.
-    after: Option<String>,
-    limit: Option<usize>,
-    /// Only this device's receipts (hex id).
-    device: Option<String>,
-    show: Option<String>,
 }
 
 /// `GET /v1/receipts[?after=&limit=&device=&show=]`: one page of receipts in (show, device, sequence) order, with
@@ -254,7 +232,7 @@ async fn receipts(
             show: q.show,
         })
         .await?;
-    Ok(Json(page).into_response())
+    Ok(Json(ReceiptPageJson::from(&page)).into_response())
 }
 
 /// `GET /v1/devices/{device}/issued`: the device's last receipt sequence number per show, as this device holds
@@ -301,11 +279,11 @@ async fn shows(State(node): State<Arc<Node>>) -> Api<Response> {
 
 async fn create_show(
     State(node): State<Arc<Node>>,
-    body: Result<JsonObject<ShowSpec>, ApiError>,
+    body: Result<JsonObject<ShowBody>, ApiError>,
 ) -> Api<Response> {
     let JsonObject(spec) = body?;
     let id = spec.id.clone();
-    let new = node.create_show(spec).await?;
+    let new = node.create_show(spec.into()).await?;
     // A retry of the same definition answers 200 (nothing new), another definition under the same id 409.
     let status = if new {
         StatusCode::CREATED
@@ -321,16 +299,6 @@ async fn availability(
 ) -> Api<Response> {
     let Path((show, slot)) = path?;
     Ok(Json(node.availability(&show, &slot).await?).into_response())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BookingBody {
-    seats: u64,
-    /// The client's id for this booking; retrying with the same id books once. Drawn at random when absent.
-    booking_id: Option<String>,
-    /// The buyer's pseudonymous id (from their pass), when known.
-    attendee: Option<String>,
 }
 
 async fn book(
@@ -361,15 +329,6 @@ async fn book(
     Ok((status, Json(body)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TransferBody {
-    /// The receiving device, by id or name.
-    to: String,
-    seats: u64,
-    transfer_id: Option<String>,
-}
-
 async fn transfer(
     State(node): State<Arc<Node>>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -391,20 +350,6 @@ async fn transfer(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CountBody {
-    counter: String,
-    #[serde(default = "one")]
-    by: i64,
-    /// The attendee the event is about (pseudonymous id): counted only if they consented to analytics here.
-    attendee: Option<String>,
-}
-
-fn one() -> i64 {
-    1
-}
-
 async fn count(
     State(node): State<Arc<Node>>,
     body: Result<JsonObject<CountBody>, ApiError>,
@@ -420,17 +365,6 @@ async fn count(
 
 async fn counters(State(node): State<Arc<Node>>) -> Api<Response> {
     Ok(Json(json!({ "counters": node.counters().await? })).into_response())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PassBody {
-    kind: popmesh_crdt::access::PassKind,
-    /// A pseudonymous id (never a name).
-    subject: String,
-    /// The show; the one on now when absent.
-    show: Option<String>,
-    valid_secs: u64,
 }
 
 fn pass_json(pass: &popmesh_crdt::access::Pass) -> serde_json::Value {
@@ -458,15 +392,6 @@ async fn issue_pass(
     Ok((StatusCode::CREATED, Json(pass_json(&pass))).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CheckInBody {
-    /// The pass text (`popmesh-pass1.…`), as scanned.
-    pass: String,
-    /// The show this door is for; the one on now when absent.
-    show: Option<String>,
-}
-
 /// `POST /v1/check-ins`: checks a pass offline and records the check-in; 403 with the reason when refused.
 async fn check_in(
     State(node): State<Arc<Node>>,
@@ -479,14 +404,6 @@ async fn check_in(
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PassRevocationBody {
-    /// The pass text or its id.
-    pass: String,
-    reason: String,
-}
-
 /// `POST /v1/passes/revocations` (edge box or origin).
 async fn revoke_pass(
     State(node): State<Arc<Node>>,
@@ -495,13 +412,6 @@ async fn revoke_pass(
     let JsonObject(b) = body?;
     node.revoke_pass(&b.pass, &b.reason).await?;
     Ok((StatusCode::CREATED, Json(json!({ "revoked": true }))).into_response())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevocationBody {
-    /// The authority-signed revocation, canonical bytes in base64 (`popmesh site revoke` makes one).
-    revocation: String,
 }
 
 async fn revoke(
@@ -525,13 +435,6 @@ async fn revoke(
 
 /// The largest settlement file the API takes.
 const SETTLEMENT_BYTES_MAX: usize = 256 << 20;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReconcileQuery {
-    /// The batch's name, recorded on every mark (such as the settlement file's name).
-    batch: String,
-}
 
 /// `POST /v1/reconciliations?batch=NAME` with the processor's settlement CSV as the body (origin only).
 async fn reconcile(
@@ -575,12 +478,6 @@ async fn document(
 ) -> Api<Response> {
     let Path(which) = path?;
     Ok(Json(node.document_content(&which).await?).into_response())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReportQuery {
-    show: Option<String>,
 }
 
 async fn report(

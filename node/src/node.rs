@@ -20,7 +20,6 @@ use popmesh_crdt::enrollment::{EnrollmentCert, Revocation, RevocationTarget};
 use popmesh_crdt::escrow::{EscrowError, SaleOutcome, Slot};
 use popmesh_crdt::ledger::{Ledger, LedgerView};
 use popmesh_crdt::privacy::{AttendeeProfile, check_pseudonym};
-use popmesh_crdt::receipt::Receipt;
 use popmesh_crdt::report::{ReportReceipt, ShowData, ShowReport};
 use popmesh_crdt::risk::RiskLimits;
 use popmesh_crdt::telemetry::{
@@ -34,13 +33,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use samod::{DocHandle, DocumentId};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 mod access;
 mod desk;
 mod error;
 mod guard;
-mod json;
 mod librarian;
 mod linker;
 mod manifests;
@@ -55,6 +53,7 @@ mod status;
 mod tasks;
 mod telemetry;
 mod trust;
+mod views;
 pub mod warehouse;
 mod watchman;
 mod writes;
@@ -62,22 +61,23 @@ mod writes;
 pub use access::{CheckInError, IssuePassError, RevokePassError};
 pub use desk::PayError;
 pub use error::{NotPermitted, ShowError, Unavailable, UnknownDevice};
-pub use json::*;
 use librarian::librarian;
-pub use manifests::PublishError;
+pub use manifests::{ManifestUpdate, NewEntry, PublishError};
 use metrics::NodeMetrics;
 pub use reconcile::ReconcileError;
 pub use show_report::ReportError;
-pub use shows::CreateShowError;
+pub use shows::{CreateShowError, NewShow, NewSlot};
 use site_gate::{SiteGate, share_policy};
 pub use slots::{AvailabilityError, BookError, TransferError, UnknownSlot};
 pub use status::DocumentError;
 use tasks::*;
 pub use telemetry::{CountError, ProfileError};
 pub use trust::RevokeError;
+pub use views::*;
 
 pub use receipts::{
-    RECEIPTS_PAGE_DEFAULT, RECEIPTS_PAGE_MAX, ReceiptPage, ReceiptQuery, ReceiptsError,
+    CheckedReceipt, RECEIPTS_PAGE_DEFAULT, RECEIPTS_PAGE_MAX, ReceiptPage, ReceiptQuery,
+    ReceiptsError,
 };
 
 use crate::clock;
@@ -498,7 +498,7 @@ impl Node {
 
     /// Every receipt this device holds, from every device's ledger, checked against the directory: every page
     /// of [`Node::receipts_page`] (for the demo and tests; clients page through `GET /v1/receipts`).
-    pub async fn receipts(&self) -> Result<Vec<ReceiptJson>, ReceiptsError> {
+    pub async fn receipts(&self) -> Result<Vec<CheckedReceipt>, ReceiptsError> {
         let mut out = Vec::new();
         let mut after = None;
         loop {

@@ -219,12 +219,12 @@ pub async fn snapshot(node: &Node) -> serde_json::Value {
     let mut unreconciled: BTreeMap<String, u64> = BTreeMap::new();
     let mut receipts = 0usize;
     if let Ok(list) = node.receipts().await {
-        for r in list.iter().filter(|r| r.verified) {
+        for r in list.iter().filter(|r| r.verified.is_ok()) {
             receipts += 1;
             if !r.reconciled {
                 {
-                    let slot = unreconciled.entry(r.currency.clone()).or_default();
-                    *slot = slot.saturating_add(r.amount_minor);
+                    let slot = unreconciled.entry(r.receipt.currency.clone()).or_default();
+                    *slot = slot.saturating_add(r.receipt.amount_minor);
                 }
             }
         }

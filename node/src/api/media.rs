@@ -21,9 +21,10 @@ use popmesh_crdt::manifest::{ManifestRecord, MediaEntry};
 use serde_json::json;
 
 use super::ApiError;
+use super::wire::ManifestBody;
 use crate::clock;
 use crate::media::{MediaError, parse_hash};
-use crate::node::{ManifestSpec, Node};
+use crate::node::Node;
 
 type Api<T> = Result<T, ApiError>;
 
@@ -368,12 +369,12 @@ pub async fn manifests(State(node): State<Arc<Node>>) -> impl IntoResponse {
 pub async fn publish(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
-    body: Result<super::JsonObject<ManifestSpec>, ApiError>,
+    body: Result<super::JsonObject<ManifestBody>, ApiError>,
 ) -> Api<Response> {
     popmesh_crdt::naming::check_name("name", &name)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let super::JsonObject(spec) = body?;
-    node.publish_manifest(&name, spec).await?;
+    node.publish_manifest(&name, spec.into()).await?;
     Ok((StatusCode::CREATED, Json(json!({ "published": name }))).into_response())
 }
 

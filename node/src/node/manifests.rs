@@ -2,6 +2,27 @@
 
 use super::*;
 
+/// What to publish in a media manifest (what `POST /v1/manifests/{name}` asks for).
+#[derive(Debug, Clone, Default)]
+pub struct ManifestUpdate {
+    pub entries: Vec<NewEntry>,
+    /// The entry to serve when a requested blob cannot be had from any peer.
+    pub fallback: Option<String>,
+    /// Role -> byte ranges of every entry that role preseeds.
+    pub slices: BTreeMap<String, Vec<ByteRange>>,
+}
+
+/// One media entry of a [`ManifestUpdate`]: a blob already on this device, under a name.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub name: String,
+    /// BLAKE3, 64 lowercase hex digits.
+    pub hash: String,
+    pub size: u64,
+    pub mime: String,
+    pub ttl_ms: u64,
+}
+
 /// Why a manifest was not published. Nothing of the request was written.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -46,7 +67,7 @@ impl Node {
     pub async fn publish_manifest(
         &self,
         name: &str,
-        spec: ManifestSpec,
+        spec: ManifestUpdate,
     ) -> Result<(), PublishError> {
         self.edge_or_origin(
             "publish manifests",

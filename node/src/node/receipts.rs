@@ -12,7 +12,9 @@ use popmesh_crdt::DeviceId;
 use popmesh_crdt::docs::DocName;
 use samod::DocHandle;
 
-use super::{Node, ReceiptJson, Unavailable, internal, lock, read, read_ledger, stopped};
+use popmesh_crdt::receipt::Receipt;
+
+use super::{Node, Unavailable, internal, lock, read, read_ledger, stopped};
 
 /// Why a page of receipts was not read.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +28,30 @@ pub enum ReceiptsError {
 
 /// A ledger page's receipts, checked against the directory, with the page's and the directory's heads they were
 /// checked at.
-pub(crate) type CachedPage = (Vec<automerge::ChangeHash>, Arc<Vec<ReceiptJson>>);
+pub(crate) type CachedPage = (Vec<automerge::ChangeHash>, Arc<Vec<CheckedReceipt>>);
+
+/// A receipt as this device holds it, checked against the directory.
+#[derive(Debug, Clone)]
+pub struct CheckedReceipt {
+    pub receipt: Receipt,
+    /// The receipt's token as text (what orders receipts of one sequence number, and what cursors name).
+    pub token: String,
+    /// The origin has matched it to the processor's settlement batch.
+    pub reconciled: bool,
+    /// Whether its signature and issuer check out against the directory, and if not, why.
+    pub verified: Result<(), String>,
+}
+
+impl CheckedReceipt {
+    pub fn new(receipt: Receipt, reconciled: bool, verified: Result<(), String>) -> Self {
+        Self {
+            token: receipt.token.to_string(),
+            receipt,
+            reconciled,
+            verified,
+        }
+    }
+}
 
 /// Receipts in one page when the client does not say.
 pub const RECEIPTS_PAGE_DEFAULT: usize = 500;
@@ -44,9 +69,9 @@ pub struct ReceiptQuery {
 }
 
 /// One page of receipts.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct ReceiptPage {
-    pub receipts: Vec<ReceiptJson>,
+    pub receipts: Vec<CheckedReceipt>,
     /// The cursor for the next page (`?after=`), absent on the last.
     pub next: Option<String>,
 }
@@ -137,11 +162,11 @@ impl Node {
             for handle in &handles {
                 pages.push(self.checked_page(handle, &directory, &view).await?);
             }
-            let mut all: Vec<&ReceiptJson> = pages.iter().flat_map(|p| p.iter()).collect();
-            all.sort_by(|a, b| (a.seq, &a.token).cmp(&(b.seq, &b.token)));
+            let mut all: Vec<&CheckedReceipt> = pages.iter().flat_map(|p| p.iter()).collect();
+            all.sort_by(|a, b| (a.receipt.seq, &a.token).cmp(&(b.receipt.seq, &b.token)));
             for r in all {
                 if let Some((s, d, seq, token)) = &after
-                    && (&show, &device, r.seq, &r.token) <= (s, d, *seq, token)
+                    && (&show, &device, r.receipt.seq, &r.token) <= (s, d, *seq, token)
                 {
                     continue;
                 }
@@ -155,7 +180,11 @@ impl Node {
         let next = more
             .then(|| receipts.last())
             .flatten()
-            .map(|r: &ReceiptJson| format!("{}/{}/{}/{}", r.show, r.device, r.seq, r.token));
+            .map(|r: &CheckedReceipt| {
+                let (show, device, seq) =
+                    (&r.receipt.show, r.receipt.device.to_hex(), r.receipt.seq);
+                format!("{show}/{device}/{seq}/{}", r.token)
+            });
         Ok(ReceiptPage { receipts, next })
     }
 
@@ -166,7 +195,7 @@ impl Node {
         handle: &DocHandle,
         directory: &[automerge::ChangeHash],
         view: &popmesh_crdt::directory::DirectoryView,
-    ) -> Result<Arc<Vec<ReceiptJson>>, Unavailable> {
+    ) -> Result<Arc<Vec<CheckedReceipt>>, Unavailable> {
         let mut heads = handle
             .with_document_async(|am| am.get_heads())
             .await
@@ -185,8 +214,8 @@ impl Node {
             page.receipts
                 .iter()
                 .map(|r| {
-                    ReceiptJson::new(
-                        r,
+                    CheckedReceipt::new(
+                        r.clone(),
                         page.is_reconciled(&r.token),
                         r.verify(&view).map_err(|e| e.to_string()),
                     )

@@ -13,7 +13,28 @@ use popmesh_crdt::docs::DocName;
 use popmesh_crdt::naming::check_name;
 use popmesh_crdt::{DeviceId, Doc};
 
-use super::{Node, NotPermitted, ShowSpec, Unavailable, internal};
+use super::{Node, NotPermitted, Unavailable, internal};
+
+/// A show to create, with its slots (what `POST /v1/shows` asks for).
+#[derive(Debug, Clone)]
+pub struct NewShow {
+    pub id: String,
+    pub name: String,
+    /// ISO 4217, in capitals.
+    pub currency: String,
+    pub slots: Vec<NewSlot>,
+}
+
+/// One slot of a [`NewShow`].
+#[derive(Debug, Clone)]
+pub struct NewSlot {
+    pub id: String,
+    pub label: String,
+    pub starts_at: u64,
+    pub capacity: u64,
+    /// Seats escrowed to devices (by device id or name); all to the creating device when empty.
+    pub grants: BTreeMap<String, u64>,
+}
 
 /// Why a show was not created. Nothing was written unless a retry can finish it (see the module's note).
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +72,7 @@ fn check_label(field: &str, text: &str) -> Result<(), CreateShowError> {
 impl Node {
     /// Creates a show with its slots, escrowing each slot's seats to the devices named in `grants`. Returns
     /// false when the show already existed with this very definition (a retry, which finishes what is missing).
-    pub async fn create_show(&self, spec: ShowSpec) -> Result<bool, CreateShowError> {
+    pub async fn create_show(&self, spec: NewShow) -> Result<bool, CreateShowError> {
         self.edge_or_origin("create shows", "ask the site's edge box or the origin")?;
         self.writable()?;
         let view = self.view()?;
@@ -104,7 +125,7 @@ impl Node {
     fn plan_show(
         &self,
         view: &DirectoryView,
-        spec: &ShowSpec,
+        spec: &NewShow,
     ) -> Result<(ShowRecord, Vec<BTreeMap<DeviceId, u64>>), CreateShowError> {
         check_name("id", &spec.id).map_err(bad)?;
         check_label("name", &spec.name)?;

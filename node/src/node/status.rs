@@ -16,7 +16,7 @@ pub enum DocumentError {
 
 impl Node {
     /// Every open document with its heads, for `GET /v1/documents`.
-    pub async fn documents(&self) -> Vec<DocJson> {
+    pub async fn documents(&self) -> Vec<DocInfo> {
         let docs: Vec<(DocumentId, DocName, DocHandle)> = read(&self.docs)
             .iter()
             .map(|(id, (n, h))| (id.clone(), n.clone(), h.clone()))
@@ -24,7 +24,7 @@ impl Node {
         let mut out = Vec::with_capacity(docs.len());
         for (id, name, handle) in docs {
             if let Ok(heads) = handle.with_document_async(|am| am.get_heads()).await {
-                out.push(DocJson {
+                out.push(DocInfo {
                     name: name.to_string(),
                     id: id.to_string(),
                     kind: kind_of(&name),
@@ -145,7 +145,7 @@ impl Node {
                     Some((docs, heard)) => (Some(docs.len()), *heard),
                     None => (None, None),
                 };
-                PeerJson {
+                PeerStatus {
                     device: p.device,
                     name,
                     role,
@@ -182,7 +182,7 @@ impl Node {
                 .map(|a| a.to_string())
                 .collect(),
             peers,
-            documents: DocsJson {
+            documents: DocCounts {
                 open: docs.len(),
                 registered,
                 by_kind,
@@ -191,7 +191,7 @@ impl Node {
                 .as_ref()
                 .map(|v| v.shows.keys().cloned().collect())
                 .unwrap_or_default(),
-            store: StoreJson {
+            store: StoreStatus {
                 path: self.store.path().display().to_string(),
                 bytes: self.store.file_bytes(),
                 acknowledged_writes: self.store.acks(),

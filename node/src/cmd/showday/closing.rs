@@ -11,13 +11,13 @@ use popmesh_crdt::settlement::Reconciliation;
 
 use super::site::{Site, converged, until};
 use super::{SHOW, SLOT, eur, secs};
-use popmesh_node::node::{Node, ReceiptJson};
+use popmesh_node::node::{CheckedReceipt, Node};
 
 /// Settlement: the demo writes the processor's batch (one card declined, one charge the site never saw) and the
 /// origin reconciles the show against it.
 pub(super) async fn settle(
     origin: &Node,
-    receipts: &[ReceiptJson],
+    receipts: &[CheckedReceipt],
     out: &Path,
     w: &mut impl Write,
 ) -> Result<Reconciliation> {
@@ -27,7 +27,7 @@ pub(super) async fn settle(
         let status = if i == 3 { "declined" } else { "settled" };
         csv.push_str(&format!(
             "{},{},{},{status}\n",
-            r.token, r.amount_minor, r.currency
+            r.token, r.receipt.amount_minor, r.receipt.currency
         ));
     }
     csv.push_str("ch_3PqfZ9offsite,2500,EUR,settled\n");

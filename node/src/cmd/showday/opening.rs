@@ -14,7 +14,7 @@ use popmesh_crdt::receipt::PaymentRequest;
 use super::crowd::{Crowd, Sales};
 use super::site::{Device, Site, all_hold, until};
 use super::{CAPACITY, PREVIEW, RETURNING, SHOW, SLOT, eur, secs};
-use popmesh_node::node::{EntrySpec, ManifestSpec, Node, ShowSpec, SlotSpec};
+use popmesh_node::node::{ManifestUpdate, NewEntry, NewShow, NewSlot, Node};
 
 /// Deterministic demo bytes (a stand-in for the trailer and the poster).
 fn media_bytes(len: usize, seed: u64) -> Vec<u8> {
@@ -128,11 +128,11 @@ pub(super) async fn open_the_show(
         (PREVIEW, "Harbour preview night", now - 7 * 86_400_000),
         (SHOW, "Harbour Friday", now + 3_600_000),
     ] {
-        edge.create_show(ShowSpec {
+        edge.create_show(NewShow {
             id: id.into(),
             name: name.into(),
             currency: "EUR".into(),
-            slots: vec![SlotSpec {
+            slots: vec![NewSlot {
                 id: SLOT.into(),
                 label: "Main hall".into(),
                 starts_at: starts,
@@ -156,7 +156,7 @@ pub(super) async fn open_the_show(
             .add(futures::stream::iter([Ok(body)]), now)
             .await
             .map_err(|e| anyhow::anyhow!("adding {name}: {e}"))?;
-        entries.push(EntrySpec {
+        entries.push(NewEntry {
             name: name.into(),
             hash: hash.to_hex().to_string(),
             size,
@@ -167,7 +167,7 @@ pub(super) async fn open_the_show(
     let trailer_hash: iroh_blobs::Hash = entries[0].hash.parse()?;
     edge.publish_manifest(
         SHOW,
-        ManifestSpec {
+        ManifestUpdate {
             entries,
             fallback: Some("poster.jpg".into()),
             slices: BTreeMap::new(),

@@ -11,7 +11,7 @@ use anyhow::{Result, ensure};
 use super::crowd::{Crowd, Sales};
 use super::site::{Site, all_hold, receipts_of, until};
 use super::{ATTENDEES, SHOW, SLOT, eur, secs};
-use popmesh_node::node::{Node, ReceiptJson};
+use popmesh_node::node::{CheckedReceipt, Node};
 
 /// The origin's WAN link is cut once it has merged the receipts so far; the rest of the crowd arrives and the
 /// site keeps selling offline. Returns those later sales.
@@ -103,7 +103,7 @@ pub(super) async fn origin_returns(
     site: &mut Site,
     payments: usize,
     w: &mut impl Write,
-) -> Result<(Arc<Node>, Vec<ReceiptJson>, usize)> {
+) -> Result<(Arc<Node>, Vec<CheckedReceipt>, usize)> {
     // The edge box records the origin's absence (after the watchman's grace) before the origin comes back, so the
     // show report has an uplink outage to measure.
     let edge = site.node("edge-1")?.clone();
@@ -155,14 +155,14 @@ pub(super) async fn origin_returns(
         .receipts()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let verified = receipts.iter().filter(|r| r.verified).count();
+    let verified = receipts.iter().filter(|r| r.verified.is_ok()).count();
     writeln!(
         w,
         "4. the origin is back: it merged {} receipts from {} devices in {}; {verified} of {} verify",
         receipts.len(),
         receipts
             .iter()
-            .map(|r| r.device.as_str())
+            .map(|r| r.receipt.device)
             .collect::<BTreeSet<_>>()
             .len(),
         secs(merged_in),

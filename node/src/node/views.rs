@@ -1,4 +1,6 @@
-//! What the node's operations take and give as JSON (the HTTP layer serializes these).
+//! What the node's read operations give: its status, a slot's availability, what happened to a telemetry event,
+//! document changes. Plain data (the HTTP layer serializes it as it is); what requests carry is the HTTP layer's
+//! (`api/wire.rs`), and the node takes it as domain inputs (`NewShow`, `ManifestUpdate`).
 
 use super::*;
 
@@ -25,68 +27,11 @@ pub struct DocEvent {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct DocJson {
+pub struct DocInfo {
     pub name: String,
     pub id: String,
     pub kind: &'static str,
     pub heads: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ReceiptJson {
-    pub token: String,
-    pub show: String,
-    pub device: String,
-    pub seq: u64,
-    pub amount_minor: u64,
-    pub currency: String,
-    pub idempotency_key: String,
-    pub issued_at: u64,
-    pub signature: String,
-    pub reconciled: bool,
-    pub verified: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verify_error: Option<String>,
-}
-
-impl ReceiptJson {
-    pub fn new(r: &Receipt, reconciled: bool, verified: Result<(), String>) -> Self {
-        Self {
-            token: r.token.to_string(),
-            show: r.show.clone(),
-            device: r.device.to_hex(),
-            seq: r.seq,
-            amount_minor: r.amount_minor,
-            currency: r.currency.clone(),
-            idempotency_key: r.idempotency_key.clone(),
-            issued_at: r.issued_at.0,
-            signature: r.signature.iter().map(|b| format!("{b:02x}")).collect(),
-            reconciled,
-            verified: verified.is_ok(),
-            verify_error: verified.err(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShowSpec {
-    pub id: String,
-    pub name: String,
-    pub currency: String,
-    pub slots: Vec<SlotSpec>,
-}
-
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SlotSpec {
-    pub id: String,
-    pub label: String,
-    pub starts_at: u64,
-    pub capacity: u64,
-    /// Seats escrowed to devices (by device id or name); all to this device when empty.
-    #[serde(default)]
-    pub grants: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -111,7 +56,7 @@ pub struct Availability {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct PeerJson {
+pub struct PeerStatus {
     pub device: String,
     pub name: Option<String>,
     pub role: Option<Role>,
@@ -127,14 +72,14 @@ pub struct PeerJson {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct DocsJson {
+pub struct DocCounts {
     pub open: usize,
     pub registered: usize,
     pub by_kind: BTreeMap<&'static str, usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct StoreJson {
+pub struct StoreStatus {
     pub path: String,
     pub bytes: u64,
     pub acknowledged_writes: u64,
@@ -158,10 +103,10 @@ pub struct Status {
     pub directory_synced: bool,
     pub enrolled: bool,
     pub listening: Vec<String>,
-    pub peers: Vec<PeerJson>,
-    pub documents: DocsJson,
+    pub peers: Vec<PeerStatus>,
+    pub documents: DocCounts,
     pub shows: Vec<String>,
-    pub store: StoreJson,
+    pub store: StoreStatus,
     /// Whether money requests may be answered: the directory is read and every ledger page of this device is
     /// open (until then they answer 503).
     pub ready: bool,
@@ -171,28 +116,4 @@ pub struct Status {
     /// The UDP port of this device's blob endpoint.
     pub media_port: Option<u16>,
     pub uptime_ms: u64,
-}
-
-/// What `POST /v1/manifests/{name}` publishes.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ManifestSpec {
-    #[serde(default)]
-    pub entries: Vec<EntrySpec>,
-    /// The entry to serve when a requested blob cannot be had from any peer.
-    #[serde(default)]
-    pub fallback: Option<String>,
-    /// Role -> byte ranges of every entry that role preseeds.
-    #[serde(default)]
-    pub slices: BTreeMap<String, Vec<ByteRange>>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EntrySpec {
-    pub name: String,
-    pub hash: String,
-    pub size: u64,
-    pub mime: String,
-    pub ttl_ms: u64,
 }
