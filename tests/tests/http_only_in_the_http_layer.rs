@@ -88,7 +88,10 @@ fn the_node_defines_no_request_bodies_or_json_shapes() {
                     .split_whitespace()
                     .skip_while(|w| *w != "struct" && *w != "enum")
                     .nth(1)
-                    .is_some_and(|name| name.trim_end_matches(['{', '(', '<', ';']).ends_with("Json"))
+                    .is_some_and(|name| {
+                        name.trim_end_matches(['{', '(', '<', ';'])
+                            .ends_with("Json")
+                    })
         })
         .map(|(f, n, code)| format!("{}:{n}: {code}", f.display()))
         .collect();
