@@ -16,6 +16,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::directory::DirectoryView;
+use crate::enrollment::RevocationTarget;
+use crate::ledger::LedgerView;
+
 /// Rows one settlement file may hold.
 pub const ROWS_MAX: usize = 1_000_000;
 
@@ -239,6 +243,38 @@ pub struct SiteReceipt {
     pub reconciled: bool,
     /// The issuing device has been revoked since (its receipts before the revocation took effect still verify).
     pub issuer_revoked: bool,
+}
+
+/// The receipts of one ledger page as the origin reconciles them: each verified against `directory`, and each
+/// entry that does not parse as a receipt that does not verify (amount 0, never matched).
+pub fn site_receipts(page: &LedgerView, directory: &DirectoryView) -> Vec<SiteReceipt> {
+    let mut out: Vec<SiteReceipt> = page
+        .receipts
+        .iter()
+        .map(|r| SiteReceipt {
+            token: r.token.to_string(),
+            show: r.show.clone(),
+            device: r.device.to_hex(),
+            amount_minor: r.amount_minor,
+            currency: r.currency.clone(),
+            verified: r.verify(directory).map_err(|e| e.to_string()),
+            reconciled: page.is_reconciled(&r.token),
+            issuer_revoked: directory
+                .revocation_of(RevocationTarget::Device(r.device))
+                .is_some(),
+        })
+        .collect();
+    out.extend(page.malformed.iter().map(|(token, e)| SiteReceipt {
+        token: token.clone(),
+        show: page.show.clone(),
+        device: page.device.to_hex(),
+        amount_minor: 0,
+        currency: String::new(),
+        verified: Err(format!("malformed receipt: {e}")),
+        reconciled: false,
+        issuer_revoked: false,
+    }));
+    out
 }
 
 /// One revoked device's receipts in a run: those issued before its revocation took effect (verified and

@@ -10,6 +10,12 @@
 //!   while a request with it is being decided.
 //! - **Limits that do not depend on stored state are checked before anything is written**, and a failed store
 //!   refuses at once ([`DeskError::StoreFailed`]).
+//! - **One stored limit across shows.** Each show's batches run in parallel (the node takes them on their own
+//!   tasks), so a batch cannot rely on reading another show's ledger: that show's batch in flight may not have
+//!   changed it yet. Each batch carries what other shows' batches in flight ask for
+//!   (`in_flight_elsewhere` in [`DeskAction::Take`]), and the shell adds it to what it reads there. Of two batches
+//!   that overlap, the later counts the earlier whole, so together they never pass the limit (a batch may count
+//!   another's payments twice for the few milliseconds it is written: a refusal near the limit, never a pass).
 //! - **Requests that arrive together are decided together**: each show has one batch in flight; what queues
 //!   meanwhile becomes the next batch (one change, one durable write). When the ledger page fills mid-batch the
 //!   shell starts the next page ([`DeskAction::NextPage`]) and the rest of the batch is taken there.
@@ -83,6 +89,10 @@ pub enum DeskAction {
         batch: BatchId,
         show: String,
         requests: Vec<PaymentRequest>,
+        /// What other shows' batches in flight ask for, in minor units (answered requests are on their pages):
+        /// the shell counts it against the stored limit on top of the unreconciled totals it reads from this
+        /// device's other ledgers.
+        in_flight_elsewhere: u64,
     },
     /// `show`'s open page is full: close it, open the next, and report with [`Desk::handle_next_page`].
     NextPage { batch: BatchId, show: String },
@@ -264,10 +274,14 @@ impl Desk {
         if let Some(action) = self.pending_actions.pop_front() {
             return Some(action);
         }
-        for (show, desk) in &mut self.shows {
-            if desk.batch.is_some() || desk.queue.is_empty() {
-                continue;
-            }
+        let next = self
+            .shows
+            .iter()
+            .find(|(_, d)| d.batch.is_none() && !d.queue.is_empty())
+            .map(|(show, _)| show.clone());
+        if let Some(show) = next {
+            let in_flight_elsewhere = self.in_flight_elsewhere(&show);
+            let desk = self.shows.get_mut(&show)?;
             self.next_batch += 1;
             let id = BatchId(self.next_batch);
             let items: Vec<Item> = desk.queue.drain(..).collect();
@@ -279,11 +293,27 @@ impl Desk {
             });
             return Some(DeskAction::Take {
                 batch: id,
-                show: show.clone(),
+                show,
                 requests,
+                in_flight_elsewhere,
             });
         }
         None
+    }
+
+    /// What the batches in flight of shows other than `show` ask for and have not answered, in minor units
+    /// (saturating: a sum past u64 is over any limit).
+    pub fn in_flight_elsewhere(&self, show: &str) -> u64 {
+        if self.mutations.has(Mutation::IgnoreOtherShows) {
+            return 0;
+        }
+        self.shows
+            .iter()
+            .filter(|(other, _)| other.as_str() != show)
+            .filter_map(|(_, d)| d.batch.as_ref())
+            .flat_map(|b| &b.items)
+            .filter(|i| !matches!(i.state, State::Answered))
+            .fold(0u64, |sum, i| sum.saturating_add(i.request.amount_minor))
     }
 
     /// Requests waiting at the desk or being decided, across shows.
@@ -405,6 +435,7 @@ impl Desk {
             batch,
             show: show.clone(),
             requests,
+            in_flight_elsewhere: self.in_flight_elsewhere(&show),
         };
         self.put_back(show, b);
         self.deferred(action);

@@ -1,14 +1,22 @@
 //! Which bytes a write must make durable, so that no answer rests on anything that is not on disk.
 //!
 //! A device writes every change it acknowledges through an fsync'd tier (the node's `put_ack`, the simulator's
-//! acknowledged storage). Normally that is the change alone. Two cases need more:
+//! acknowledged storage); what it receives by sync goes to a lazy tier flushed every few seconds and lost on a
+//! crash. An acknowledged change depends on everything the document held before it, synced changes included (the
+//! origin's reconciliation marks on a ledger page, other sellers' sales on a slot): saved alone, it would survive a
+//! SIGKILL that lost what it depends on, and Automerge would load it as a change it cannot apply: the receipt
+//! gone from the page, its idempotency key free for a second charge. So a write saves everything since the last
+//! heads known durable:
 //!
-//! - **After a failed write** the document is *undurable*: its change is in memory (and may have synced) but not
-//!   on disk. The next write to it saves the whole document, and nothing is answered from it until that is durable.
-//! - **A replay** answers from what the document already held (a retried payment). Whatever of it is not known to
-//!   be on disk is saved first: everything since the last heads known durable, or the whole document.
+//! - **Normally** those heads are the document's heads before the change (the last write was this device's own,
+//!   and nothing synced in since), and the change alone is saved.
+//! - **After synced changes** it saves them too: everything not in the history of the heads known durable.
+//! - **Never known durable** (the first write since a start) or **after a failed write** (the document is
+//!   *undurable*: its change is in memory, may have synced, but is not on disk) it saves the whole document, and
+//!   nothing is answered from it until that is durable.
 //!
-//! Heads known durable are kept per document, so a replay saves at most what changed since the last durable write.
+//! So every successful write leaves the document wholly durable up to its heads, and a replay (a retried payment
+//! answered from what the page already held) rests on nothing that is not on disk.
 //! (Making the change on a copy and merging it after the fsync does not work: a change that failed to be
 //! acknowledged yet reached the disk shares its sequence number with the next change, and Automerge drops the
 //! second on load. `node/tests/disk_faults.rs` caught that.)
@@ -16,6 +24,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::ChangeHash;
+
+use crate::mutation::{Mutation, Mutations};
 
 /// What to save of a document after a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,11 +36,10 @@ pub enum Save {
     After(Vec<ChangeHash>),
 }
 
-/// The plan for one write: what to save, and whether the document is wholly durable once it is saved.
+/// The plan for one write: what to save (after which the document is durable up to its heads).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub save: Save,
-    pub whole: bool,
     /// How many writes to the document had failed when the plan was made: a success clears nothing that a write
     /// failing meanwhile (a concurrent writer's) marked.
     pub failures_seen: u64,
@@ -43,6 +52,7 @@ pub struct Durability<K> {
     durable_heads: BTreeMap<K, Vec<ChangeHash>>,
     /// Failed writes per document, ever (only compared for equality).
     failures: BTreeMap<K, u64>,
+    mutations: Mutations,
 }
 
 impl<K> Default for Durability<K> {
@@ -51,6 +61,7 @@ impl<K> Default for Durability<K> {
             undurable: BTreeSet::new(),
             durable_heads: BTreeMap::new(),
             failures: BTreeMap::new(),
+            mutations: Mutations::none(),
         }
     }
 }
@@ -62,45 +73,51 @@ pub struct Snapshot {
     pub undurable: bool,
     pub durable: Option<Vec<ChangeHash>>,
     pub failures: u64,
+    pub mutations: Mutations,
 }
 
 impl Snapshot {
-    /// What a write must save, given the document's heads before the change and whether the answer is a replay
-    /// (rests on what the document held before).
-    pub fn plan(&self, before: &[ChangeHash], replay: bool) -> Plan {
-        let undurable = self.undurable;
-        let durable = self.durable.as_ref();
-        let base_durable = !undurable && durable.is_some_and(|d| d.as_slice() == before);
-        let save = if undurable {
-            Save::Whole
-        } else if replay && !base_durable {
-            match durable {
-                Some(d) => Save::After(d.clone()),
-                None => Save::Whole,
+    /// What a write must save, given the document's heads before the change.
+    pub fn plan(&self, before: &[ChangeHash]) -> Plan {
+        let save = match self.durable.as_ref() {
+            _ if self.undurable => Save::Whole,
+            // Only this device's own durable writes since: the change alone.
+            Some(d) if d.as_slice() == before => Save::After(before.to_vec()),
+            // Synced changes since the last durable write: they go to disk with the change that rests on them.
+            Some(_) if self.mutations.has(Mutation::SaveChangeAlone) => {
+                Save::After(before.to_vec())
             }
-        } else {
-            Save::After(before.to_vec())
+            Some(d) => Save::After(d.clone()),
+            None => Save::Whole,
         };
         Plan {
             save,
-            whole: undurable || replay || base_durable,
             failures_seen: self.failures,
         }
     }
 }
 
 impl<K: Ord + Clone> Durability<K> {
+    /// With `mutations` (none but in the simulator's mutation tests).
+    pub fn new(mutations: Mutations) -> Self {
+        Self {
+            mutations,
+            ..Self::default()
+        }
+    }
+
     pub fn snapshot(&self, doc: &K) -> Snapshot {
         Snapshot {
             undurable: self.undurable.contains(doc),
             durable: self.durable_heads.get(doc).cloned(),
             failures: self.failures.get(doc).copied().unwrap_or(0),
+            mutations: self.mutations,
         }
     }
 
     /// What a write to `doc` must save (see [`Snapshot::plan`]).
-    pub fn plan(&self, doc: &K, before: &[ChangeHash], replay: bool) -> Plan {
-        self.snapshot(doc).plan(before, replay)
+    pub fn plan(&self, doc: &K, before: &[ChangeHash]) -> Plan {
+        self.snapshot(doc).plan(before)
     }
 
     /// The outcome of saving `plan` for `doc`, whose heads after the change are `after`.
@@ -124,7 +141,7 @@ impl<K: Ord + Clone> Durability<K> {
         if plan.save == Save::Whole {
             self.undurable.remove(doc);
         }
-        if plan.whole && !self.undurable.contains(doc) {
+        if !self.undurable.contains(doc) {
             self.durable_heads.insert(doc.clone(), after);
         }
     }
@@ -157,43 +174,59 @@ mod tests {
     #[test]
     fn a_failed_write_makes_the_next_save_whole_and_a_good_one_clears_it() {
         let mut d = Durability::<u8>::default();
-        let plan = d.plan(&1, &[h(1)], false);
-        assert_eq!(plan.save, Save::After(vec![h(1)]));
-        d.handle_saved(&1, &plan, vec![h(2)], false);
+        let plan = d.plan(&1, &[h(1)]);
+        assert_eq!(
+            plan.save,
+            Save::Whole,
+            "never known durable since the start"
+        );
+        d.handle_saved(&1, &plan, vec![h(2)], true);
+        let plan = d.plan(&1, &[h(2)]);
+        assert_eq!(
+            plan.save,
+            Save::After(vec![h(2)]),
+            "durable up to h(2): the change alone"
+        );
+        d.handle_saved(&1, &plan, vec![h(3)], false);
         assert!(d.is_undurable(&1));
-        let plan = d.plan(&1, &[h(2)], false);
+        let plan = d.plan(&1, &[h(3)]);
         assert_eq!(plan.save, Save::Whole);
-        assert!(plan.whole);
-        d.handle_saved(&1, &plan, vec![h(3)], true);
+        d.handle_saved(&1, &plan, vec![h(4)], true);
         assert!(!d.is_undurable(&1));
-        // Heads durable: a replay on top of them saves only what is new.
-        assert_eq!(d.plan(&1, &[h(3)], true).save, Save::After(vec![h(3)]));
+        assert_eq!(d.plan(&1, &[h(4)]).save, Save::After(vec![h(4)]));
+    }
+
+    #[test]
+    fn a_payment_on_top_of_synced_marks_takes_the_marks_to_disk_with_it() {
+        // A POS page durable up to h(2); the origin's reconciliation marks (h(3)) sync in to the lazy tier; the
+        // next payment rests on them, so its save starts from h(2), not from h(3).
+        let mut d = Durability::<u8>::default();
+        let first = d.plan(&1, &[h(1)]);
+        d.handle_saved(&1, &first, vec![h(2)], true);
+        let pay = d.plan(&1, &[h(3)]);
+        assert_eq!(pay.save, Save::After(vec![h(2)]));
+        d.handle_saved(&1, &pay, vec![h(4)], true);
+        assert_eq!(d.plan(&1, &[h(4)]).save, Save::After(vec![h(4)]));
     }
 
     #[test]
     fn a_success_never_clears_the_mark_of_a_concurrent_write_that_failed() {
         let mut d = Durability::<u8>::default();
         // The origin's reconciliation (r) and the desk (t) plan writes to one ledger page at once.
-        let r = d.plan(&1, &[h(1)], false);
-        let t = d.plan(&1, &[h(2)], false);
+        let r = d.plan(&1, &[h(1)]);
+        let t = d.plan(&1, &[h(2)]);
         d.handle_saved(&1, &t, vec![h(3)], false);
         d.handle_saved(&1, &r, vec![h(2)], true);
         assert!(d.is_undurable(&1), "t's change is still not on disk");
-        assert_eq!(d.plan(&1, &[h(3)], false).save, Save::Whole);
+        assert_eq!(d.plan(&1, &[h(3)]).save, Save::Whole);
         // Even a whole save planned before t failed does not clear it.
         let mut d = Durability::<u8>::default();
-        let first = d.plan(&1, &[h(1)], false);
+        let first = d.plan(&1, &[h(1)]);
         d.handle_saved(&1, &first, vec![h(2)], false);
-        let whole = d.plan(&1, &[h(2)], false);
-        let t = d.plan(&1, &[h(2)], false);
+        let whole = d.plan(&1, &[h(2)]);
+        let t = d.plan(&1, &[h(2)]);
         d.handle_saved(&1, &t, vec![h(4)], false);
         d.handle_saved(&1, &whole, vec![h(3)], true);
         assert!(d.is_undurable(&1));
-    }
-
-    #[test]
-    fn a_replay_on_a_document_never_known_durable_saves_it_whole() {
-        let d = Durability::<u8>::default();
-        assert_eq!(d.plan(&7, &[h(1)], true).save, Save::Whole);
     }
 }

@@ -13,6 +13,10 @@ pub enum Mutation {
     GiveUnheldQuota,
     /// The gate admits a device the directory has revoked.
     AdmitRevoked,
+    /// The desk leaves other shows' batches in flight out of a batch's stored limit.
+    IgnoreOtherShows,
+    /// A write saves the change alone, not the synced changes since the last durable write it rests on.
+    SaveChangeAlone,
 }
 
 /// The set of mutations in force (empty in production).
@@ -38,6 +42,8 @@ impl Mutations {
             Mutation::AnswerBeforeDurable => 1,
             Mutation::GiveUnheldQuota => 2,
             Mutation::AdmitRevoked => 4,
+            Mutation::IgnoreOtherShows => 8,
+            Mutation::SaveChangeAlone => 16,
         }
     }
 }

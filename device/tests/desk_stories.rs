@@ -264,3 +264,79 @@ fn the_mutation_answers_before_the_write_is_durable() {
         Some(DeskAction::Answer { result: Ok(_), .. })
     ));
 }
+
+/// A POS with a page in each of two shows, whose shell takes batches in parallel as the node's does: it reads what
+/// the other show's page holds when a batch starts, and the other show's batch may change that page afterwards.
+fn two_shows_at_once(mutations: Mutations) -> Vec<bool> {
+    let limits = RiskLimits {
+        stored_total_max_minor: 10_000,
+        ..RiskLimits::default()
+    };
+    let key = SecretKey::from_seed([7; 32]);
+    let site = SiteId::for_authority(&SecretKey::from_seed([1; 32]).public());
+    let mut pages: Vec<Doc<Ledger>> = ["matinee", "evening"]
+        .iter()
+        .zip(1u32..)
+        .map(|(show, n)| {
+            Doc::create_ledger(actor_id(key.public(), n), site, show, key.public())
+                .expect("in memory")
+        })
+        .collect();
+    let mut desk = ready_desk(mutations);
+    desk.handle_request(Ticket(1), "matinee", pay("m-1", 6_000), None, &limits)
+        .expect("in memory");
+    desk.handle_request(Ticket(2), "evening", pay("e-1", 6_000), None, &limits)
+        .expect("in memory");
+    // Both batches start before either is taken: each reads the other show's page while it is still empty.
+    let mut takes = Vec::new();
+    while let Some(DeskAction::Take {
+        batch,
+        show,
+        requests,
+        in_flight_elsewhere,
+    }) = desk.poll_action()
+    {
+        let other = usize::from(show == "matinee");
+        let read_elsewhere = pages[other].view().expect("in memory").unreconciled_minor();
+        takes.push((batch, show, requests, read_elsewhere + in_flight_elsewhere));
+    }
+    assert_eq!(
+        takes.len(),
+        2,
+        "the two shows' batches are in flight together"
+    );
+    for (batch, show, requests, elsewhere) in takes {
+        let page = &mut pages[usize::from(show == "evening")];
+        let out = page
+            .take_payments_paged(
+                &key,
+                &limits,
+                &requests,
+                &EarlierPages::default(),
+                elsewhere,
+                UnixMillis(1_000),
+            )
+            .map_err(|e| e.to_string());
+        desk.handle_taken(batch, out);
+        desk.handle_durable(batch, Ok(()));
+    }
+    let mut answers = Vec::new();
+    while let Some(DeskAction::Answer { result, .. }) = desk.poll_action() {
+        answers.push(result.is_ok());
+    }
+    answers
+}
+
+#[test]
+fn a_pos_selling_for_two_shows_at_once_holds_both_to_its_one_stored_limit() {
+    // EUR 100 stored at most; EUR 60 asked in each show at the same moment: one is taken, one refused.
+    let answers = two_shows_at_once(Mutations::none());
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers.iter().filter(|ok| **ok).count(), 1, "{answers:?}");
+}
+
+#[test]
+fn the_mutation_lets_two_shows_pass_the_stored_limit_together() {
+    let answers = two_shows_at_once(Mutations::none().with(Mutation::IgnoreOtherShows));
+    assert_eq!(answers, vec![true, true]);
+}

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use automerge::Automerge;
 use popmesh_crdt::directory::{Directory, DirectoryView};
 use popmesh_crdt::docs::DocName;
-use popmesh_crdt::enrollment::{EnrollmentCert, Revocation, RevocationTarget};
+use popmesh_crdt::enrollment::{EnrollmentCert, Revocation};
 use popmesh_crdt::escrow::{EscrowError, SaleOutcome, Slot};
 use popmesh_crdt::ledger::{Ledger, LedgerView};
 use popmesh_crdt::privacy::{AttendeeProfile, check_pseudonym};
@@ -87,7 +87,7 @@ use crate::store::{EngineStorage, FLUSH_EVERY, Store};
 use popmesh_crdt::access::{Access, Pass, PassKind};
 use popmesh_crdt::manifest::{ByteRange, Manifest, ManifestError, ManifestRecord, MediaEntry};
 use popmesh_crdt::receipt::ReceiptToken;
-use popmesh_crdt::settlement::{self, Reconciliation, SettlementRow, SiteReceipt};
+use popmesh_crdt::settlement::{self, Reconciliation, SettlementRow};
 
 /// How often buffered telemetry increments become one Automerge change.
 const TELEMETRY_WINDOW_MS: u64 = 5_000;
@@ -239,7 +239,7 @@ pub struct Node {
     screens: samod::AcceptorHandle,
     /// The background tasks, stopped by [`Node::shutdown`].
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
-    /// Documents whose acknowledged write failed, and heads known to be on disk (see `change_then`).
+    /// Documents whose acknowledged write failed, and heads known to be on disk (see `change`).
     durability: Mutex<popmesh_device::Durability<DocumentId>>,
     /// The mesh addresses last written to this device's telemetry document (see `linker.rs`).
     addrs_written: Mutex<Option<Vec<String>>>,

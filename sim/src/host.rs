@@ -427,21 +427,20 @@ impl Host {
     }
 
     /// [`Host::change`], with what must be made durable for it planned by the device core
-    /// (`popmesh_device::durability`, as the node's `change_then` plans it): the write is not done yet; the shell
+    /// (`popmesh_device::durability`, as the node's `change` plans it): the write is not done yet; the shell
     /// completes it with [`Host::complete_ack`], at once or after a simulated fsync.
     pub fn change_planned<R>(
         &mut self,
         id: &DocumentId,
         now: UnixTimestamp,
         known: Snapshot,
-        replay: impl FnOnce(&R) -> bool,
         f: impl FnOnce(&mut Automerge) -> R,
     ) -> Result<(R, PendingAck), HostError> {
         let doc = id.clone();
         self.change(id, now, move |am| {
             let before = am.get_heads();
             let out = f(am);
-            let plan = known.plan(&before, replay(&out));
+            let plan = known.plan(&before);
             let bytes = match &plan.save {
                 Save::Whole => am.save(),
                 Save::After(heads) => am.save_after(heads),
@@ -484,7 +483,7 @@ impl Host {
         f: impl FnOnce(&mut Automerge) -> R,
     ) -> Result<(R, Result<(), DiskFault>), HostError> {
         let known = durability.snapshot(id);
-        let (out, write) = self.change_planned(id, now, known, |_| false, f)?;
+        let (out, write) = self.change_planned(id, now, known, f)?;
         Ok((out, self.complete_ack(durability, write)))
     }
 

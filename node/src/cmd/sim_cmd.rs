@@ -133,8 +133,9 @@ fn print_run(out: &mut impl Write, r: &RunReport, wall_ms: u64) -> Result<()> {
     )?;
     writeln!(
         out,
-        "  payments         {} receipts ({} retries replayed, {} over the risk limits)",
-        r.receipts, r.payment_retries, r.payments_refused
+        "  payments         {} receipts ({} retries replayed, {} over the risk limits, {} reconciled by the \
+         origin)",
+        r.receipts, r.payment_retries, r.payments_refused, r.receipts_reconciled
     )?;
     writeln!(
         out,
@@ -178,7 +179,8 @@ fn print_run(out: &mut impl Write, r: &RunReport, wall_ms: u64) -> Result<()> {
         writeln!(
             out,
             "  invariants       held: no receipt lost, no seat oversold, every receipt verified, counters in \
-             bounds, every acknowledged payment on disk, no link to a revoked device"
+             bounds, every acknowledged payment on disk, every POS within its stored limit across shows, no link \
+             to a revoked device"
         )?;
     } else {
         writeln!(

@@ -176,6 +176,7 @@ impl Node {
                     batch,
                     show,
                     requests,
+                    in_flight_elsewhere,
                 } => {
                     let node = self.clone();
                     // A spawned task, so a client hanging up cannot strand the batch.
@@ -183,11 +184,14 @@ impl Node {
                         let mut guard = Unfinished::new(&node, batch, Step::Take);
                         let pages = node.show_pages(&show);
                         let mut pages = pages.lock().await;
-                        match node.take_on_page(&show, &mut pages, requests).await {
+                        match node
+                            .take_on_page(&show, &mut pages, requests, in_flight_elsewhere)
+                            .await
+                        {
                             Ok(outcomes) => {
                                 let mut core = lock(&node.desk.core);
                                 core.handle_taken(batch, Ok(outcomes));
-                                // `change_then` returned: the change is durable.
+                                // `change` returned: the page is durable up to the change.
                                 core.handle_durable(batch, Ok(()));
                             }
                             Err(e) => lock(&node.desk.core).handle_taken(batch, Err(e.to_string())),
@@ -300,6 +304,7 @@ impl Node {
         show: &str,
         pages: &mut Option<Pages>,
         requests: Vec<PaymentRequest>,
+        in_flight_elsewhere: u64,
     ) -> Result<Vec<Result<PaymentOutcome, PaymentError>>, Unavailable> {
         if pages.is_none() {
             *pages = Some(self.open_pages(show).await?);
@@ -310,7 +315,7 @@ impl Node {
         // A replay may answer from an earlier page: one whose acknowledged write failed is made durable first.
         for h in &pages.earlier_handles {
             if lock(&self.durability).is_undurable(h.document_id()) {
-                self.change_then(h, |_| (), |_| true).await?;
+                self.change(h, |_| ()).await?;
             }
         }
         // Earlier pages' unreconciled totals change when the origin reconciles: read their counters afresh.
@@ -319,8 +324,10 @@ impl Node {
             earlier_held = earlier_held.saturating_add(unreconciled_of(h).await?);
         }
         Arc::make_mut(&mut pages.earlier).unreconciled_minor = earlier_held;
-        // What this device holds unreconciled in its other shows' ledgers counts against the stored limit.
-        let mut elsewhere = 0u64;
+        // What this device holds unreconciled in its other shows' ledgers counts against the stored limit, and so
+        // does what their batches in flight ask for: they run in parallel, and may not have changed their pages
+        // yet (the desk's core says how much).
+        let mut elsewhere = in_flight_elsewhere;
         for (other, handle) in self.own_ledgers() {
             if other != show {
                 elsewhere = elsewhere.saturating_add(unreconciled_of(&handle).await?);
@@ -331,20 +338,11 @@ impl Node {
         let actor = self.actor();
         let now = clock::now();
         let earlier = Arc::clone(&pages.earlier);
-        self.change_then(
-            &pages.current,
-            move |am| {
-                Doc::<Ledger, &mut Automerge>::attach_as(am, actor).and_then(|mut d| {
-                    d.take_payments_paged(&key, &limits, &requests, &earlier, elsewhere, now)
-                })
-            },
-            // A replay answers 201 from what the page held: the whole page is made durable first (a retry after
-            // a failed write must not be told its receipt exists when it never reached the disk).
-            |out| {
-                out.as_ref()
-                    .is_ok_and(|o| o.iter().any(|r| matches!(r, Ok(p) if p.replayed)))
-            },
-        )
+        self.change(&pages.current, move |am| {
+            Doc::<Ledger, &mut Automerge>::attach_as(am, actor).and_then(|mut d| {
+                d.take_payments_paged(&key, &limits, &requests, &earlier, elsewhere, now)
+            })
+        })
         .await?
         .map_err(internal)
     }

@@ -7,7 +7,7 @@
 //! - **Durable means durable.** A failed store refuses money and seat writes with a 503 that says why
 //!   ([`Node::writable`]). A document whose acknowledged write failed is marked *undurable*: the next write to it,
 //!   or a replay that reads from it, saves it whole and makes that durable before anything is answered
-//!   (`Node::change_then`, planned by `popmesh_device::durability`). The store reopens itself once space is back,
+//!   (`Node::change`, planned by `popmesh_device::durability`). The store reopens itself once space is back,
 //!   and the undurable documents are saved whole at once ([`Node::heal_store`]).
 //! - **Idempotency keys belong to the device**: the desk's core keeps them (`popmesh_device::desk`).
 
@@ -96,7 +96,7 @@ impl Node {
                     .map(|(_, (_, h))| h.clone())
                     .collect();
                 for h in &handles {
-                    if let Err(e) = self.change_then(h, |_| (), |_| true).await {
+                    if let Err(e) = self.change(h, |_| ()).await {
                         tracing::warn!("a document is not durable again yet: {e}");
                     }
                 }

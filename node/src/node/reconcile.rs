@@ -40,32 +40,9 @@ impl Node {
                 continue;
             };
             for r in &ledger.receipts {
-                receipts.push(SiteReceipt {
-                    token: r.token.to_string(),
-                    show: r.show.clone(),
-                    device: r.device.to_hex(),
-                    amount_minor: r.amount_minor,
-                    currency: r.currency.clone(),
-                    verified: r.verify(&view).map_err(|e| e.to_string()),
-                    reconciled: ledger.is_reconciled(&r.token),
-                    issuer_revoked: view
-                        .revocation_of(RevocationTarget::Device(r.device))
-                        .is_some(),
-                });
                 home.insert(r.token.to_string(), handle.clone());
             }
-            for (token, e) in &ledger.malformed {
-                receipts.push(SiteReceipt {
-                    token: token.clone(),
-                    show: ledger.show.clone(),
-                    device: ledger.device.to_hex(),
-                    amount_minor: 0,
-                    currency: String::new(),
-                    verified: Err(format!("malformed receipt: {e}")),
-                    reconciled: false,
-                    issuer_revoked: false,
-                });
-            }
+            receipts.extend(settlement::site_receipts(&ledger, &view));
         }
         let report = settlement::reconcile(&receipts, rows);
         if let Some(sink) = &self.warehouse {

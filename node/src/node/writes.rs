@@ -3,29 +3,18 @@
 use super::*;
 
 impl Node {
-    /// Runs `f` on a document and makes whatever it changed durable before returning.
-    pub(crate) async fn change<T: Send + 'static>(
-        &self,
-        handle: &DocHandle,
-        f: impl FnOnce(&mut Automerge) -> T + Send + 'static,
-    ) -> Result<T, Unavailable> {
-        self.change_then(handle, f, |_| false).await
-    }
-
-    /// [`Node::change`], saving more than the new changes when the answer needs it: the whole document when an
-    /// earlier acknowledged write to it failed, and, for a replay (`replay(&out)`: the answer rests on what the
-    /// document already held), whatever of it is not known to be on disk. So no answer ever rests on anything
-    /// that is not on disk. Heads known durable are kept per document, so a replay saves at most what changed
-    /// since the last durable write.
+    /// Runs `f` on a document and makes it durable up to its new heads before returning: the change, with
+    /// whatever it rests on that is not known to be on disk (synced changes since the last durable write, or the
+    /// whole document after a failed write or on the first write since the start), as `popmesh_device::durability`
+    /// plans it. So no answer ever rests on anything that is not on disk.
     ///
     /// The change is made on the live document (samod may sync it before the disk answers): a copy merged after
     /// the fsync would give a change that failed to be acknowledged, yet reached the disk, a sequence number the
     /// next change reuses, and Automerge refuses the second on load.
-    pub(crate) async fn change_then<T: Send + 'static>(
+    pub(crate) async fn change<T: Send + 'static>(
         &self,
         handle: &DocHandle,
         f: impl FnOnce(&mut Automerge) -> T + Send + 'static,
-        replay: impl FnOnce(&T) -> bool + Send + 'static,
     ) -> Result<T, Unavailable> {
         let id = handle.document_id().clone();
         let known = lock(&self.durability).snapshot(&id);
@@ -33,7 +22,7 @@ impl Node {
             .with_document_async(move |am| {
                 let before = am.get_heads();
                 let out = f(am);
-                let plan = known.plan(&before, replay(&out));
+                let plan = known.plan(&before);
                 let bytes = match &plan.save {
                     popmesh_device::Save::Whole => am.save(),
                     popmesh_device::Save::After(heads) => am.save_after(heads),
