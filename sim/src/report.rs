@@ -73,7 +73,10 @@ pub struct RunReport {
     pub sales_refused_disk: u64,
     pub quota_transfers: u64,
     pub receipts: u64,
+    /// Refused over the risk limits (per payment, or the stored limit across both shows).
     pub payments_refused: u64,
+    /// Receipts the origin marked reconciled against the processor's batch (which frees the stored limits).
+    pub receipts_reconciled: u64,
     pub payment_retries: u64,
     /// Payments the desk refused while this device's pages were loading after a start.
     pub payments_loading: u64,

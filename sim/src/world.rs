@@ -46,10 +46,22 @@ mod faults;
 mod librarian;
 mod links;
 mod ops;
+mod reconcile;
 mod setup;
 mod watchman;
 
+/// The show whose slots kiosks and POS terminals sell; POS terminals take payments for both shows, under the one
+/// stored limit of each device.
 const SHOW: &str = "show-1";
+const SHOWS: [&str; 2] = [SHOW, "show-2"];
+/// How often a payment at a POS comes with a second one for the other show at the same moment (two lanes).
+const TWO_LANES: f64 = 0.3;
+/// Between a batch's start (when the shell reads what the device's other shows hold) and its change, as the node's
+/// desk task reads other ledgers before it changes the page: another show's batch may change its page meanwhile.
+const TAKE_READ_MS: u64 = 2;
+/// When the origin first reconciles against the processor's batch, and how often after.
+const RECONCILE_FIRST_MS: u64 = 60_000;
+const RECONCILE_EVERY_MS: u64 = 240_000;
 const SLOTS: usize = 3;
 /// Seats per seller per slot granted at the start; the edge box holds half as many again in reserve.
 const GRANT_PER_SELLER: u64 = 8;
@@ -89,6 +101,10 @@ pub enum Broken {
     AnswersBeforeDurable,
     /// The device core's rebalancer gives quota it does not hold (every device).
     GivesUnheldQuota,
+    /// The device core's desk leaves other shows' batches in flight out of the stored limit (every device).
+    IgnoresOtherShows,
+    /// The device core's durability plan saves a change without the synced changes it rests on (every device).
+    SavesChangeAlone,
     /// The device core's gate admits revoked devices (every device).
     AdmitsRevoked,
 }
@@ -100,6 +116,8 @@ impl Broken {
             Broken::AnswersBeforeDurable => Mutation::AnswerBeforeDurable,
             Broken::GivesUnheldQuota => Mutation::GiveUnheldQuota,
             Broken::AdmitsRevoked => Mutation::AdmitRevoked,
+            Broken::IgnoresOtherShows => Mutation::IgnoreOtherShows,
+            Broken::SavesChangeAlone => Mutation::SaveChangeAlone,
             Broken::DropsIncoming | Broken::Oversells => return Mutations::none(),
         };
         Mutations::none().with(m)
@@ -194,6 +212,16 @@ enum Event {
     Leave {
         dev: usize,
     },
+    /// A desk batch started `TAKE_READ_MS` ago is taken on its page now (unless the device crashed meanwhile).
+    Take {
+        dev: usize,
+        epoch: u32,
+        take: u64,
+    },
+    /// The origin reconciles every receipt it holds against the processor's batch.
+    Reconcile {
+        dev: usize,
+    },
     /// The simulated fsync of acknowledged write `write` of a device's incarnation `epoch` is done.
     Durable {
         dev: usize,
@@ -236,7 +264,8 @@ struct Device {
     confirmed: i64,
     attempted: i64,
     next_op: u64,
-    last_payment: Option<PaymentRequest>,
+    /// The last payment asked for, and its show, for a client that retries it.
+    last_payment: Option<(&'static str, PaymentRequest)>,
     blobs: BTreeSet<usize>,
     fetching: BTreeSet<usize>,
     failed_at: Option<u64>,
@@ -267,10 +296,13 @@ struct Device {
     desk: Desk,
     durability: Durability<DocumentId>,
     /// Payment requests at the desk, by ticket; acknowledged writes waiting for their fsync.
-    tickets: BTreeMap<u64, PaymentRequest>,
+    tickets: BTreeMap<u64, (&'static str, PaymentRequest)>,
     writes: BTreeMap<u64, (BatchId, PendingAck)>,
     next_ticket: u64,
-    pages: Option<desk::Pages>,
+    /// Each show's open ledger page and the pages before it, once opened.
+    pages: BTreeMap<String, desk::Pages>,
+    /// Batches started and not taken yet (see `TAKE_READ_MS`).
+    takes: BTreeMap<u64, desk::PendingTake>,
     /// Seats written but not acknowledged (the write failed): they may still have synced from memory.
     unacked_seats: BTreeMap<String, u64>,
 }
@@ -389,11 +421,12 @@ impl World {
                     stolen: false,
                     forged: false,
                     desk: Desk::new(mutations),
-                    durability: Durability::default(),
+                    durability: Durability::new(mutations),
                     tickets: BTreeMap::new(),
                     writes: BTreeMap::new(),
                     next_ticket: 0,
-                    pages: None,
+                    pages: BTreeMap::new(),
+                    takes: BTreeMap::new(),
                     unacked_seats: BTreeMap::new(),
                 }
             })
@@ -455,7 +488,9 @@ impl World {
             manifest: DocumentId::new(&mut seeded(seed, "placeholder")),
             blob_sizes: Vec::new(),
             limits: RiskLimits {
-                stored_total_max_minor: 500_000,
+                // EUR 200, so that it binds: a POS fills it in a few payments, and the origin's reconciliation
+                // (every `RECONCILE_EVERY_MS`) frees it once its marks sync back.
+                stored_total_max_minor: 20_000,
                 ..RiskLimits::default()
             },
             trace: blake3::Hasher::new(),
@@ -649,6 +684,11 @@ impl World {
                 for link in links {
                     self.reset(link);
                 }
+            }
+            Event::Take { dev, epoch, take } => self.take(dev, epoch, take),
+            Event::Reconcile { dev } => {
+                self.reconcile(dev);
+                self.reschedule(dev, RECONCILE_EVERY_MS, Event::Reconcile { dev });
             }
             Event::Durable { dev, epoch, write } => self.durable(dev, epoch, write),
             Event::StoreFlush { dev } => {

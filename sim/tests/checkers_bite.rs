@@ -78,3 +78,19 @@ fn a_gate_that_admits_a_revoked_device_is_caught() {
         caught_within_the_ci_sweep(Broken::AdmitsRevoked, "which its directory revokes");
     eprintln!("caught at seed {seed}: {said}");
 }
+
+#[test]
+fn a_desk_that_leaves_other_shows_out_of_the_stored_limit_is_caught() {
+    let (seed, said) =
+        caught_within_the_ci_sweep(Broken::IgnoresOtherShows, "over its stored limit");
+    eprintln!("caught at seed {seed}: {said}");
+}
+
+#[test]
+fn a_write_that_saves_its_change_without_the_synced_changes_it_rests_on_is_caught() {
+    // The origin's reconciliation marks sync into a POS page's lazy tier; a payment on top of them, saved alone,
+    // would survive a SIGKILL that lost them, and Automerge could not apply it.
+    let (seed, said) =
+        caught_within_the_ci_sweep(Broken::SavesChangeAlone, "before it was on its disk");
+    eprintln!("caught at seed {seed}: {said}");
+}

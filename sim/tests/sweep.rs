@@ -47,6 +47,16 @@ fn two_hundred_seeds_of_chaos_break_no_invariant() {
         runs.iter().map(|r| r.forged_devices).sum::<u64>() > 5,
         "forged devices"
     );
+    // Money under the limits: POS terminals fill their stored limit across two shows, and the origin's
+    // reconciliation frees it.
+    assert!(
+        runs.iter().map(|r| r.payments_refused).sum::<u64>() > 20,
+        "payments refused over the stored limit"
+    );
+    assert!(
+        runs.iter().map(|r| r.receipts_reconciled).sum::<u64>() > 300,
+        "receipts reconciled by the origin"
+    );
     assert!(
         summary.failed_seeds.is_empty(),
         "failing seeds {:?} (replay: popmesh sim --seed N --devices 6 --duration 5m):\n{}",

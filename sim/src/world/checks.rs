@@ -142,18 +142,21 @@ impl World {
         if self.devices[dev].view.is_none() {
             return;
         }
-        // Every page of this device's ledger the directory registers, from page 0 up.
+        // Every page of this device's ledgers the directory registers, from page 0 up, in every show.
         let me = self.devices[dev].key.public();
         let mut pages = Vec::new();
-        while let Some(id) = self.doc_id(
-            dev,
-            &DocName::Ledger {
-                show: SHOW.into(),
-                device: me,
-                page: pages.len() as u32,
-            },
-        ) {
-            pages.push(id);
+        for show in SHOWS {
+            let first = pages.len();
+            while let Some(id) = self.doc_id(
+                dev,
+                &DocName::Ledger {
+                    show: show.into(),
+                    device: me,
+                    page: (pages.len() - first) as u32,
+                },
+            ) {
+                pages.push(id);
+            }
         }
         if pages.is_empty() {
             if !self.devices[dev].acked_receipts.is_empty() {

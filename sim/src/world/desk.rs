@@ -9,6 +9,15 @@ use popmesh_device::{DeskAction, StoreFault, Ticket};
 
 use super::*;
 
+/// A batch the desk started: taken on its page `TAKE_READ_MS` later, with what the device's other shows held
+/// (read when it started) and what their batches in flight asked for (the core says).
+pub(super) struct PendingTake {
+    batch: BatchId,
+    show: String,
+    requests: Vec<PaymentRequest>,
+    elsewhere: u64,
+}
+
 /// A show's open ledger page on a simulated device, and what the pages before it hold.
 pub(super) struct Pages {
     page: u32,
@@ -37,32 +46,48 @@ impl World {
             }
         }
         let retry = self.workload.random_bool(0.1) && self.devices[dev].last_payment.is_some();
-        let request = if retry {
+        let (show, request) = if retry {
             self.report.payment_retries += 1;
             self.devices[dev].last_payment.clone().expect("checked")
         } else {
-            let d = &mut self.devices[dev];
-            d.next_op += 1;
-            PaymentRequest {
-                idempotency_key: format!("{}-o{}-e{}", dev, d.next_op, d.epoch),
-                amount_minor: self.workload.random_range(500..9_000),
-                currency: "EUR".into(),
-                attendee: None,
-            }
+            let show = SHOWS[self.workload.random_range(0..SHOWS.len())];
+            (show, self.new_payment(dev))
         };
+        self.ask(dev, show, request);
+        // A second lane of the terminal: a payment for the other show at the same moment, decided in parallel.
+        if self.workload.random_bool(TWO_LANES) {
+            let other = SHOWS.iter().find(|s| **s != show).copied().unwrap_or(show);
+            let request = self.new_payment(dev);
+            self.ask(dev, other, request);
+        }
+    }
+
+    fn new_payment(&mut self, dev: usize) -> PaymentRequest {
+        let d = &mut self.devices[dev];
+        d.next_op += 1;
+        PaymentRequest {
+            idempotency_key: format!("{}-o{}-e{}", dev, d.next_op, d.epoch),
+            amount_minor: self.workload.random_range(500..9_000),
+            currency: "EUR".into(),
+            attendee: None,
+        }
+    }
+
+    /// A client hands `request` for `show` to the desk.
+    fn ask(&mut self, dev: usize, show: &'static str, request: PaymentRequest) {
         let fault = self.store_fault(dev);
         let d = &mut self.devices[dev];
         d.next_ticket += 1;
         let ticket = d.next_ticket;
         match d.desk.handle_request(
             Ticket(ticket),
-            SHOW,
+            show,
             request.clone(),
             fault.as_ref(),
             &self.limits,
         ) {
             Ok(()) => {
-                d.tickets.insert(ticket, request);
+                d.tickets.insert(ticket, (show, request));
             }
             Err(DeskError::StoreFailed(_)) => self.report.payments_refused_disk += 1,
             Err(DeskError::OverLimit(_)) => self.report.payments_refused += 1,
@@ -131,10 +156,13 @@ impl World {
             };
             match action {
                 DeskAction::Take {
-                    batch, requests, ..
-                } => self.take(dev, batch, requests),
-                DeskAction::NextPage { batch, .. } => {
-                    let opened = self.next_page(dev);
+                    batch,
+                    show,
+                    requests,
+                    in_flight_elsewhere,
+                } => self.start_take(dev, batch, show, requests, in_flight_elsewhere),
+                DeskAction::NextPage { batch, show } => {
+                    let opened = self.next_page(dev, &show);
                     self.devices[dev].desk.handle_next_page(batch, opened);
                 }
                 DeskAction::Answer { ticket, result } => self.answered(dev, ticket, result),
@@ -143,14 +171,84 @@ impl World {
         self.route(dev);
     }
 
-    /// Takes a batch on the open page: the change now, its fsync `FSYNC_MS` later.
-    fn take(&mut self, dev: usize, batch: BatchId, requests: Vec<PaymentRequest>) {
-        if self.devices[dev].pages.is_none() {
-            match self.open_pages(dev) {
-                Some(p) => self.devices[dev].pages = Some(p),
+    /// A batch starts: what this device holds unreconciled in its other shows' ledgers is read now (as the node's
+    /// desk task reads it before its change), and the batch is taken on its page `TAKE_READ_MS` later.
+    fn start_take(
+        &mut self,
+        dev: usize,
+        batch: BatchId,
+        show: String,
+        requests: Vec<PaymentRequest>,
+        in_flight_elsewhere: u64,
+    ) {
+        let elsewhere = self
+            .own_pages(dev, |other| other != show)
+            .iter()
+            .filter_map(|id| self.replica::<Ledger, _>(dev, id, |d| d.view().ok()))
+            .fold(in_flight_elsewhere, |sum, v| {
+                sum.saturating_add(v.unreconciled_minor())
+            });
+        let d = &mut self.devices[dev];
+        d.next_op += 1;
+        let take = d.next_op;
+        let pending = PendingTake {
+            batch,
+            show,
+            requests,
+            elsewhere,
+        };
+        d.takes.insert(take, pending);
+        let epoch = d.epoch;
+        self.at(TAKE_READ_MS, Event::Take { dev, epoch, take });
+    }
+
+    /// This device's ledger pages (registered, or open on it) of the shows `which` picks.
+    fn own_pages(&self, dev: usize, which: impl Fn(&str) -> bool) -> BTreeSet<DocumentId> {
+        let d = &self.devices[dev];
+        let me = d.key.public();
+        let registered = d
+            .known
+            .iter()
+            .filter_map(|(name, id)| match name.parse::<DocName>() {
+                Ok(DocName::Ledger { device, show, .. }) if device == me && which(&show) => {
+                    Some(id.clone())
+                }
+                _ => None,
+            });
+        let open = d
+            .pages
+            .iter()
+            .filter(|(show, _)| which(show))
+            .flat_map(|(_, p)| p.earlier_ids.iter().chain([&p.current]).cloned());
+        registered.chain(open).collect()
+    }
+
+    /// Takes a started batch on its show's open page: the change now, its fsync `FSYNC_MS` later.
+    pub(super) fn take(&mut self, dev: usize, epoch: u32, take: u64) {
+        if self.devices[dev].epoch != epoch {
+            return;
+        }
+        let Some(PendingTake {
+            batch,
+            show,
+            requests,
+            elsewhere,
+        }) = self.devices[dev].takes.remove(&take)
+        else {
+            return;
+        };
+        if self.devices[dev].host.is_none() {
+            return;
+        }
+        if !self.devices[dev].pages.contains_key(&show) {
+            match self.open_pages(dev, &show) {
+                Some(p) => {
+                    self.devices[dev].pages.insert(show.clone(), p);
+                }
                 None => {
                     let reason = "the ledger page is not open".to_owned();
                     self.devices[dev].desk.handle_taken(batch, Err(reason));
+                    self.drive_desk(dev);
                     return;
                 }
             }
@@ -161,7 +259,7 @@ impl World {
         let limits = self.limits.clone();
         let d = &mut self.devices[dev];
         // A replay may answer from an earlier page: one whose acknowledged write failed is made durable first.
-        if let (Some(pages), Some(host)) = (d.pages.as_ref(), d.host.as_mut()) {
+        if let (Some(pages), Some(host)) = (d.pages.get(&show), d.host.as_mut()) {
             for id in &pages.earlier_ids {
                 if d.durability.is_undurable(id) {
                     let failed = match host.change_acked(&mut d.durability, id, ts, |_| ()) {
@@ -171,39 +269,35 @@ impl World {
                     };
                     if let Some(reason) = failed {
                         d.desk.handle_taken(batch, Err(reason));
+                        self.drive_desk(dev);
                         return;
                     }
                 }
             }
         }
         let key = d.key.clone();
-        let pages = d.pages.as_ref().expect("opened above");
+        let pages = d.pages.get(&show).expect("opened above");
         let earlier = pages.earlier.clone();
         let current = pages.current.clone();
         let known = d.durability.snapshot(&current);
         let Some(host) = d.host.as_mut() else {
             return;
         };
-        let taken = host.change_planned(
-            &current,
-            ts,
-            known,
-            |out: &Result<Vec<Result<PaymentOutcome, PaymentError>>, _>| {
-                out.as_ref()
-                    .is_ok_and(|o| o.iter().any(|r| matches!(r, Ok(p) if p.replayed)))
-            },
-            |am| {
-                Doc::<Ledger, &mut Automerge>::attach_as(am, actor).and_then(|mut doc| {
-                    doc.take_payments_paged(&key, &limits, &requests, &earlier, 0, at)
-                })
-            },
-        );
+        let taken = host.change_planned(&current, ts, known, |am| {
+            Doc::<Ledger, &mut Automerge>::attach_as(am, actor).and_then(|mut doc| {
+                doc.take_payments_paged(&key, &limits, &requests, &earlier, elsewhere, at)
+            })
+        });
         match taken {
             Ok((Ok(outcomes), write)) => {
-                self.report.receipts += outcomes
+                let new = outcomes
                     .iter()
                     .filter(|o| matches!(o, Ok(p) if !p.replayed))
                     .count() as u64;
+                self.report.receipts += new;
+                if new > 0 {
+                    self.check_stored_limit(dev);
+                }
                 let d = &mut self.devices[dev];
                 d.desk.handle_taken(batch, Ok(outcomes));
                 d.next_op += 1;
@@ -225,6 +319,25 @@ impl World {
             Err(e) => self.devices[dev]
                 .desk
                 .handle_taken(batch, Err(e.to_string())),
+        }
+        self.drive_desk(dev);
+    }
+
+    /// One stored limit across shows: right after a batch takes new payments, what this device holds
+    /// unreconciled in all its ledgers (its own replica, every show, batches of other shows taken meanwhile
+    /// included) is within the limit.
+    fn check_stored_limit(&mut self, dev: usize) {
+        let held = self
+            .own_pages(dev, |_| true)
+            .iter()
+            .filter_map(|id| self.replica::<Ledger, _>(dev, id, |d| d.view().ok()))
+            .fold(0u64, |sum, v| sum.saturating_add(v.unreconciled_minor()));
+        let max = self.limits.stored_total_max_minor;
+        if held > max {
+            let name = self.devices[dev].name.clone();
+            self.violation(format!(
+                "{name} holds {held} unreconciled across its shows, over its stored limit of {max}"
+            ));
         }
     }
 
@@ -249,20 +362,20 @@ impl World {
 
     fn answered(&mut self, dev: usize, ticket: Ticket, result: Result<PaymentOutcome, DeskError>) {
         let d = &mut self.devices[dev];
-        let Some(request) = d.tickets.remove(&ticket.0) else {
+        let Some((show, request)) = d.tickets.remove(&ticket.0) else {
             return;
         };
         match result {
             Ok(outcome) => {
                 let token = outcome.receipt.token.to_string();
                 d.acked_receipts.insert(token.clone());
-                d.last_payment = Some(request);
+                d.last_payment = Some((show, request));
                 self.check_acked_on_disk(dev, &token);
             }
             Err(DeskError::NotDurable(_)) => {
                 // The client was told the payment did not go through; it retries with the same key later.
                 self.report.payments_not_durable += 1;
-                d.last_payment = Some(request);
+                d.last_payment = Some((show, request));
             }
             Err(DeskError::Payment(PaymentError::OverLimit(_))) => {
                 self.report.payments_refused += 1
@@ -277,17 +390,8 @@ impl World {
     /// A 2xx for a payment means it survives a SIGKILL of this device at any moment after: the receipt is in one
     /// of this device's ledger pages as a restart would load them from its disk alone, now.
     fn check_acked_on_disk(&mut self, dev: usize, token: &str) {
-        let me = self.devices[dev].key.public();
+        let pages = self.own_pages(dev, |_| true);
         let d = &mut self.devices[dev];
-        let pages: Vec<DocumentId> = d
-            .known
-            .iter()
-            .filter(|(name, _)| {
-                matches!(name.parse::<DocName>(), Ok(DocName::Ledger { device, .. }) if device == me)
-            })
-            .map(|(_, id)| id.clone())
-            .chain(d.pages.iter().map(|p| p.current.clone()))
-            .collect();
         let Some(host) = d.host.as_mut() else {
             return;
         };
@@ -306,13 +410,13 @@ impl World {
         }
     }
 
-    /// This device's ledger pages for the show: every registered one, or a new page 0.
-    fn open_pages(&mut self, dev: usize) -> Option<Pages> {
+    /// This device's ledger pages for `show`: every registered one, or a new page 0.
+    fn open_pages(&mut self, dev: usize, show: &str) -> Option<Pages> {
         let me = self.devices[dev].key.public();
         let mut ids = Vec::new();
         loop {
             let name = DocName::Ledger {
-                show: SHOW.into(),
+                show: show.into(),
                 device: me,
                 page: ids.len() as u32,
             };
@@ -323,7 +427,7 @@ impl World {
         }
         let current = match ids.pop() {
             Some(id) => id,
-            None => self.ledger_page(dev, 0)?,
+            None => self.ledger_page(dev, show, 0)?,
         };
         let mut earlier = EarlierPages {
             page_capacity: RECEIPTS_PER_PAGE,
@@ -344,24 +448,24 @@ impl World {
         })
     }
 
-    fn ledger_page(&mut self, dev: usize, page: u32) -> Option<DocumentId> {
+    fn ledger_page(&mut self, dev: usize, show: &str, page: u32) -> Option<DocumentId> {
         let site = self.authority.site();
         let me = self.devices[dev].key.public();
         let name = DocName::Ledger {
-            show: SHOW.into(),
+            show: show.into(),
             device: me,
             page,
         };
         self.own_document(dev, name, |actor| {
-            Doc::<Ledger>::create_ledger(actor, site, SHOW, me)
+            Doc::<Ledger>::create_ledger(actor, site, show, me)
                 .expect("ledger")
                 .into_automerge()
         })
     }
 
     /// Closes the full page and opens the next.
-    fn next_page(&mut self, dev: usize) -> Result<(), String> {
-        let Some(pages) = self.devices[dev].pages.as_ref() else {
+    fn next_page(&mut self, dev: usize, show: &str) -> Result<(), String> {
+        let Some(pages) = self.devices[dev].pages.get(show) else {
             return Err("no ledger page is open".into());
         };
         let (current, page) = (pages.current.clone(), pages.page);
@@ -369,9 +473,9 @@ impl World {
             .replica::<Ledger, _>(dev, &current, |d| d.view().ok())
             .ok_or("the full page does not read")?;
         let next = self
-            .ledger_page(dev, page + 1)
+            .ledger_page(dev, show, page + 1)
             .ok_or("the next page could not be created")?;
-        let pages = self.devices[dev].pages.as_mut().expect("checked");
+        let pages = self.devices[dev].pages.get_mut(show).expect("checked");
         pages.earlier.absorb(&full);
         pages.earlier.unreconciled_minor = pages
             .earlier

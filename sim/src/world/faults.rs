@@ -90,7 +90,8 @@ impl World {
         d.durability.clear();
         d.tickets.clear();
         d.writes.clear();
-        d.pages = None;
+        d.pages.clear();
+        d.takes.clear();
         d.failed_at = Some(self.now);
         self.heal_pending = None;
         let links: Vec<usize> = self.net.of_device(dev).collect();

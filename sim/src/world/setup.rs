@@ -91,6 +91,16 @@ impl World {
                 },
             )
             .expect("show");
+        directory
+            .add_show(
+                SHOWS[1],
+                &ShowRecord {
+                    name: "Simulated Late Show".into(),
+                    currency: "EUR".into(),
+                    slots: BTreeMap::new(),
+                },
+            )
+            .expect("show");
         let sellers: Vec<usize> = (0..n)
             .filter(|i| self.devices[*i].sells && *i != late)
             .collect();
@@ -346,6 +356,9 @@ impl World {
             self.at(next, Event::Pay { dev });
         }
         self.at(STORE_FLUSH_MS, Event::StoreFlush { dev });
+        if self.devices[dev].role == Role::Origin {
+            self.at(RECONCILE_FIRST_MS, Event::Reconcile { dev });
+        }
         if counts {
             let next = self.workload.random_range(100..2_000);
             self.at(next, Event::Count { dev });
