@@ -234,6 +234,7 @@ pub(crate) mod tag {
     pub const RECEIPT: u8 = 0x04;
     pub const JOIN_TOKEN: u8 = 0x05;
     pub const ACCESS: u8 = 0x06;
+    pub const CLIENT_TOKEN: u8 = 0x07;
 }
 
 #[cfg(test)]

@@ -212,6 +212,7 @@ fn revocation_key(target: RevocationTarget) -> String {
     match target {
         RevocationTarget::Device(key) => format!("device:{}", key.to_hex()),
         RevocationTarget::Invite(key) => format!("invite:{}", key.to_hex()),
+        RevocationTarget::Token(id) => format!("token:{}", crate::identity::hex_encode(&id)),
     }
 }
 

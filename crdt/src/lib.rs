@@ -8,6 +8,7 @@
 //! daemon and the chaos simulator therefore run exactly the same domain code.
 
 pub mod access;
+pub mod client_token;
 pub mod codec;
 pub mod directory;
 pub mod doc;

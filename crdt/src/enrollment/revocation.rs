@@ -16,6 +16,8 @@ pub const HONOURED_SHOWS_MAX: usize = 4096;
 pub enum RevocationTarget {
     Device(PublicKey),
     Invite(PublicKey),
+    /// A client token (`client_token::ClientToken`), by its id.
+    Token([u8; 32]),
 }
 
 /// The authority's signed withdrawal of a device or an invite. It travels in the site directory.
@@ -46,6 +48,7 @@ impl Revocation {
         match self.target {
             RevocationTarget::Device(key) => enc.u8(1).array(&key.0),
             RevocationTarget::Invite(key) => enc.u8(2).array(&key.0),
+            RevocationTarget::Token(id) => enc.u8(3).array(&id),
         };
         enc.u64(self.at.0).str(&self.reason);
         if !self.honoured.is_empty() {
@@ -82,6 +85,7 @@ impl Revocation {
         let target = match kind {
             1 => RevocationTarget::Device(key),
             2 => RevocationTarget::Invite(key),
+            3 => RevocationTarget::Token(key.0),
             other => {
                 return Err(malformed(DecodeError::InvalidValue {
                     field: "target",
