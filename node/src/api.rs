@@ -19,6 +19,7 @@ use serde_json::json;
 
 mod body;
 mod browser;
+pub mod clients;
 pub mod console;
 mod errors;
 pub mod media;
@@ -28,6 +29,7 @@ pub mod wire;
 
 pub use body::{JsonObject, URI_BYTES_MAX};
 pub use browser::BrowserPolicy;
+pub use clients::ClientPolicy;
 
 use crate::node::Node;
 use wire::*;
@@ -124,8 +126,20 @@ pub fn router(node: Arc<Node>) -> Router {
     router_with(node, BrowserPolicy::default())
 }
 
-/// The API, guarded against web pages of other sites by `browser` (see `api/browser.rs`).
+/// The API, guarded against web pages of other sites by `browser` (see `api/browser.rs`), with loopback open to
+/// clients without a token.
 pub fn router_with(node: Arc<Node>, browser: BrowserPolicy) -> Router {
+    router_guarded(node, browser, ClientPolicy::default())
+}
+
+/// The API, guarded against web pages of other sites by `browser` and against clients without the role a route
+/// needs by `clients` (see `api/clients.rs`). Serve it with `into_make_service_with_connect_info::<SocketAddr>`,
+/// or no request counts as loopback.
+pub fn router_guarded(node: Arc<Node>, browser: BrowserPolicy, clients: ClientPolicy) -> Router {
+    let gate = clients::ClientGate {
+        node: node.clone(),
+        policy: Arc::new(clients),
+    };
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/payments", post(pay))
@@ -163,6 +177,8 @@ pub fn router_with(node: Arc<Node>, browser: BrowserPolicy) -> Router {
         .route("/v1/manifests/{name}", post(media::publish))
         .route("/media/{hash}", get(media::by_hash))
         .route("/media/by-name/{name}", get(media::by_name))
+        // After routing, so the gate knows the route's name (`MatchedPath`); before every handler.
+        .route_layer(axum::middleware::from_fn_with_state(gate, clients::guard))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/status")
         })

@@ -42,10 +42,12 @@ pub enum UploadError {
     Client(#[from] ClientError),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Client {
     pub addr: SocketAddr,
     pub timeout: Duration,
+    /// Sent as `Authorization: Bearer ...`: a client token, or the running node's local secret (`run.json`).
+    pub token: Option<String>,
 }
 
 impl Client {
@@ -53,6 +55,15 @@ impl Client {
         Self {
             addr,
             timeout: Duration::from_secs(30),
+            token: None,
+        }
+    }
+
+    /// The `Authorization` header line for this client's token, if it has one.
+    fn auth(&self) -> String {
+        match &self.token {
+            Some(t) => format!("Authorization: Bearer {t}\r\n"),
+            None => String::new(),
         }
     }
 
@@ -93,8 +104,9 @@ impl Client {
             .len();
         let mut stream = self.connect()?;
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n",
-            self.addr
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\n{}Content-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n",
+            self.addr,
+            self.auth()
         );
         let unreachable = |source| ClientError::Unreachable {
             addr: self.addr,
@@ -134,8 +146,9 @@ impl Client {
         };
         let mut stream = self.connect()?;
         let head = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{}\r\n",
+            self.addr,
+            self.auth()
         );
         stream.write_all(head.as_bytes()).map_err(unreachable)?;
         let mut reader = std::io::BufReader::with_capacity(256 * 1024, stream);
@@ -215,8 +228,9 @@ impl Client {
         };
         let mut stream = self.connect()?;
         let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\n",
-            self.addr
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\n{}",
+            self.addr,
+            self.auth()
         );
         if let Some(body) = body {
             head.push_str(&format!(

@@ -21,6 +21,7 @@ pub mod media_cli;
 pub mod report;
 pub mod showday;
 pub mod sim_cmd;
+pub mod token_cli;
 pub mod warehouse_cli;
 
 /// A client for the node running on data directory `data`: at `api` if given, else where the running node recorded
@@ -37,5 +38,6 @@ pub fn node_client(
         config.api.listen,
     ));
     client.timeout = timeout;
+    client.token = popmesh_node::runfile::local_token(data);
     Ok(client)
 }

@@ -9,9 +9,14 @@ use serde::{Deserialize, Serialize};
 pub const TEMPLATE: &str = r#"# popmesh node settings. Flags given to `popmesh run` override them.
 
 [api]
-# The local HTTP API for the kiosk and POS apps: it reads every receipt and takes payments, with no login, so keep
-# it on loopback unless you mean it. The address it bound is recorded in run.json for the CLI.
+# The local HTTP API for the kiosk and POS apps: it reads every receipt and takes payments. Clients on another
+# device need a client token (`popmesh token issue --role pos|screen|read_only|operator`, on the edge box or the
+# origin), sent as Authorization: Bearer; but the API has no TLS yet, so keep it on loopback. The address it bound
+# is recorded in run.json for the CLI.
 listen = "127.0.0.1:7700"
+# Whether a request from this device's own loopback without a token is an operator's (this device's browser, the
+# CLI). Off: every client shows a token, and the CLI uses this run's local secret from run.json.
+loopback_without_token = true
 # Host names the API answers to besides loopback names and IP addresses (against DNS rebinding: a web page whose
 # domain is made to point at this device is refused), such as "pos-1.harbour.example".
 allowed_hosts = []
@@ -254,6 +259,7 @@ impl Default for Escrow {
 #[serde(deny_unknown_fields, default)]
 pub struct Api {
     pub listen: SocketAddr,
+    pub loopback_without_token: bool,
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
 }
@@ -294,6 +300,7 @@ impl Default for Api {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            loopback_without_token: true,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
         }

@@ -33,6 +33,9 @@ enum Command {
     /// Create, invite to, and administer a site.
     #[command(subcommand)]
     Site(SiteCommand),
+    /// Client tokens for the API: a POS app on a tablet, a kiosk screen, an operator's laptop.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Enroll this device in a site from a join token (printed by `popmesh site invite`).
     Join {
         /// The one-line join token.
@@ -308,6 +311,38 @@ enum SiteCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Sign a client token with this device's key (the edge box or the origin); prints it.
+    Issue {
+        #[arg(long)]
+        data: PathBuf,
+        /// operator, pos, screen or read_only.
+        #[arg(long)]
+        role: popmesh_crdt::client_token::ClientRole,
+        /// How long it is valid, such as 12h (at most 7d).
+        #[arg(long, default_value = "12h", value_parser = cli::parse_span)]
+        valid: u64,
+        /// Which tablet or screen it is for.
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Print the token, its id and expiry as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a client token by its id (needs the site authority key and this device's node running).
+    Revoke {
+        #[arg(long)]
+        data: PathBuf,
+        /// The token id (hex), as `token issue` printed it.
+        id: String,
+        #[arg(long, default_value = "revoked by the operator")]
+        reason: String,
+        #[arg(long)]
+        api: Option<SocketAddr>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -337,6 +372,19 @@ fn main() -> ExitCode {
             reason,
             api,
         }) => cli::revoke(&data, &device, &reason, api),
+        Command::Token(TokenCommand::Issue {
+            data,
+            role,
+            valid,
+            label,
+            json,
+        }) => cmd::token_cli::issue(&data, role, valid, &label, json),
+        Command::Token(TokenCommand::Revoke {
+            data,
+            id,
+            reason,
+            api,
+        }) => cmd::token_cli::revoke(&data, &id, &reason, api),
         Command::Join { token, data, name } => cli::join(&token, &data, name),
         Command::Run {
             data,

@@ -2,8 +2,9 @@
 //!
 //! `popmesh run --api ADDR` may put the API anywhere; `popmesh status --data DIR` (and `manifest`, `blob`,
 //! `rehearse`, `report`, `reconcile`, `site revoke`) then read the address the node really bound from here, not
-//! the config's. The file is readable by the node's user only (0600): it says where the API is, and the API on
-//! loopback needs no login.
+//! the config's. The file is readable by the node's user only (0600): it says where the API is, and holds the
+//! running node's local secret, which the CLI sends as its token (so the CLI works also where the config requires a
+//! token on loopback, `[api] loopback_without_token = false`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,9 @@ pub struct RunFile {
     pub mesh: Vec<String>,
     /// The blob endpoint's UDP address.
     pub media: Option<SocketAddr>,
+    /// A random secret of this run: `Authorization: Bearer local.<secret>` is an operator's request.
+    #[serde(default)]
+    pub local_secret: Option<String>,
 }
 
 /// Why the run file could not be written.
@@ -76,6 +80,16 @@ impl RunFile {
     }
 }
 
+/// The token the CLI sends to the node running on `root`: its local secret, if it is running.
+pub fn local_token(root: &Path) -> Option<String> {
+    RunFile::read_live(root)?
+        .local_secret
+        .map(|s| format!("{LOCAL_TOKEN_PREFIX}{s}"))
+}
+
+/// How a local secret is sent as a bearer token.
+pub const LOCAL_TOKEN_PREFIX: &str = "local.";
+
 /// The API address the CLI talks to: `--api`, else the one the running node bound, else the config's.
 pub fn api_addr(root: &Path, flag: Option<SocketAddr>, configured: SocketAddr) -> SocketAddr {
     flag.or_else(|| RunFile::read_live(root).map(|f| f.api))
@@ -97,8 +111,10 @@ mod tests {
             api: "127.0.0.1:7799".parse().expect("addr"),
             mesh: vec!["/ip4/127.0.0.1/tcp/4799".into()],
             media: None,
+            local_secret: Some("ab".into()),
         };
         run.write(&dir).expect("write");
+        assert_eq!(local_token(&dir).as_deref(), Some("local.ab"));
         assert_eq!(api_addr(&dir, None, configured), run.api);
         let flag: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         assert_eq!(api_addr(&dir, Some(flag), configured), flag);

@@ -63,12 +63,16 @@ fn config() -> impl Strategy<Value = Config> {
         socket(),
         prop::collection::vec(host, 0..3),
         prop::collection::vec(origin, 0..2),
+        any::<bool>(),
     )
-        .prop_map(|(listen, allowed_hosts, allowed_origins)| Api {
-            listen,
-            allowed_hosts,
-            allowed_origins,
-        });
+        .prop_map(
+            |(listen, allowed_hosts, allowed_origins, loopback_without_token)| Api {
+                listen,
+                loopback_without_token,
+                allowed_hosts,
+                allowed_origins,
+            },
+        );
     let p2p = (
         prop::collection::vec(multiaddr(), 0..3),
         prop::collection::vec(multiaddr(), 0..3),

@@ -23,7 +23,7 @@ fn burst(
 ) -> Vec<std::thread::JoinHandle<()>> {
     (0..4)
         .map(|till| {
-            let (client, stop, answers) = (*client, stop.clone(), answers.clone());
+            let (client, stop, answers) = (client.clone(), stop.clone(), answers.clone());
             std::thread::spawn(move || {
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {

@@ -39,7 +39,10 @@ pub async fn upgrade(
             ),
         )
     })?;
+    // A browser carries its client token as a second subprotocol (`popmesh.token.<token>`, read by the client
+    // gate) beside `popmesh.v1`, which is the one chosen: the token is never echoed back.
     Ok(ws
+        .protocols(["popmesh.v1"])
         .max_message_size(FRAME_BYTES_MAX)
         .on_upgrade(move |socket| session(node, socket)))
 }

@@ -11,7 +11,6 @@ use popmesh_crdt::enrollment::{InviteTerms, JoinToken, RevocationTarget, SiteAut
 use popmesh_crdt::{DeviceId, Doc, Role, SecretKey, actor_id};
 use popmesh_transport::MeshConfig;
 
-use popmesh_node::client::Client;
 use popmesh_node::clock;
 use popmesh_node::config::{Config, LogFormat};
 use popmesh_node::node::{Node, RunOptions};
@@ -204,14 +203,9 @@ pub fn join_site(
 pub fn revoke(data: &Path, device: &str, reason: &str, api: Option<SocketAddr>) -> Result<()> {
     let dir = DataDir::load(data)?;
     let authority = dir.authority_key()?;
-    let config = Config::load(&DataDir::config_path(data))?;
     let device =
         DeviceId::from_hex(device).map_err(|e| anyhow::anyhow!("DEVICE {device:?}: {e}"))?;
-    let client = Client::new(popmesh_node::runfile::api_addr(
-        data,
-        api,
-        config.api.listen,
-    ));
+    let client = crate::cmd::node_client(data, api, std::time::Duration::from_secs(30))?;
     // Not retroactive: the receipts the device issued that this node holds stay valid; later ones do not.
     let issued = client.get(&format!("/v1/devices/{}/issued", device.to_hex()))?;
     if issued.status != 200 {
@@ -310,6 +304,7 @@ pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
             allowed_hosts: config.api.allowed_hosts.clone(),
             allowed_origins: config.api.allowed_origins.clone(),
         },
+        config.api.loopback_without_token,
     ))
 }
 
@@ -318,6 +313,7 @@ async fn serve(
     options: RunOptions,
     api: SocketAddr,
     browser: popmesh_node::api::BrowserPolicy,
+    loopback_without_token: bool,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(api)
         .await
@@ -326,7 +322,15 @@ async fn serve(
     let node = Node::start(dir, options).await?;
     let api_addr = listener.local_addr()?;
     tracing::info!(device = %node.dir.device(), %name, api = %api_addr, "popmesh node running");
-    let app = popmesh_node::api::router_with(node.clone(), browser);
+    // This run's local secret: the CLI reads it from run.json (0600) and is an operator with it.
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).context("drawing the local secret")?;
+    let local_secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let clients = popmesh_node::api::ClientPolicy {
+        loopback_without_token,
+        local_secret: Some(local_secret.clone()),
+    };
+    let app = popmesh_node::api::router_guarded(node.clone(), browser, clients);
     let run = popmesh_node::runfile::RunFile {
         pid: std::process::id(),
         api: api_addr,
@@ -340,6 +344,7 @@ async fn serve(
             .media()
             .port()
             .map(|port| SocketAddr::new(node.media().bind_ip(), port)),
+        local_secret: Some(local_secret),
     };
     if let Err(e) = run.write(&node.dir.root) {
         tracing::warn!("the CLI will not find this node's API by its data directory: {e}");
@@ -359,10 +364,13 @@ async fn serve(
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving the API")?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("serving the API")?;
     tracing::info!("shutting down");
     popmesh_node::runfile::RunFile::remove(&node.dir.root);
     node.shutdown().await;
@@ -478,12 +486,7 @@ pub struct RehearseFlags {
 pub fn rehearse(data: &Path, api: Option<SocketAddr>, flags: &RehearseFlags) -> Result<()> {
     use popmesh_crdt::rehearsal::{Enrolled, Seen, evaluate};
     use popmesh_crdt::telemetry::{RehearsalAnswer, RehearsalCall};
-    let config = Config::load(&DataDir::config_path(data))?;
-    let client = Client::new(popmesh_node::runfile::api_addr(
-        data,
-        api,
-        config.api.listen,
-    ));
+    let client = crate::cmd::node_client(data, api, std::time::Duration::from_secs(30))?;
     let running = |e: popmesh_node::client::ClientError| {
         anyhow::anyhow!("{e}\n(is `popmesh run --data {}` running?)", data.display())
     };

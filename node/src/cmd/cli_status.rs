@@ -5,15 +5,12 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use popmesh_node::client::Client;
-use popmesh_node::config::Config;
 use popmesh_node::site::DataDir;
 /// `popmesh status`: asks the running node.
 pub fn status(data: &Path, api: Option<SocketAddr>, json: bool) -> Result<()> {
-    let config = Config::load(&DataDir::config_path(data))?;
     let dir = DataDir::load(data)?;
-    let addr = popmesh_node::runfile::api_addr(data, api, config.api.listen);
-    let answer = Client::new(addr).get("/v1/status").map_err(|e| {
+    let client = crate::cmd::node_client(data, api, std::time::Duration::from_secs(30))?;
+    let answer = client.get("/v1/status").map_err(|e| {
         anyhow::anyhow!("{e}\n(is `popmesh run --data {}` running? its API address is set by --api or [api] listen)", data.display())
     })?;
     let s = answer.json();

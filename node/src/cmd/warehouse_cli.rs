@@ -8,7 +8,6 @@ use std::path::Path;
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use popmesh_node::client::Client;
 use popmesh_node::config::Config;
 use popmesh_node::node::warehouse::{self, schema};
 use popmesh_node::site::DataDir;
@@ -120,14 +119,14 @@ async fn database_state(client: &tokio_postgres::Client) -> Result<Value> {
 /// `popmesh warehouse status`: the schema, what the database holds per site and origin, and what the running
 /// origin still owes.
 pub fn status(data: &Path, url: Option<String>, api: Option<SocketAddr>, json: bool) -> Result<()> {
-    let (config, url) = url_of(data, url)?;
+    let (_, url) = url_of(data, url)?;
     let database = runtime()?.block_on(async {
         match connect(&url).await {
             Ok(client) => database_state(&client).await,
             Err(e) => Ok(json!({ "unreachable": format!("{e:#}") })),
         }
     })?;
-    let node = Client::new(api.unwrap_or(config.api.listen))
+    let node = crate::cmd::node_client(data, api, std::time::Duration::from_secs(30))?
         .get("/v1/warehouse")
         .ok()
         .filter(|a| a.status == 200)
@@ -206,8 +205,7 @@ pub fn status(data: &Path, url: Option<String>, api: Option<SocketAddr>, json: b
 
 /// `popmesh warehouse replay`: the running origin sends every document again.
 pub fn replay(data: &Path, api: Option<SocketAddr>) -> Result<()> {
-    let config = Config::load(&DataDir::config_path(data))?;
-    let answer = Client::new(api.unwrap_or(config.api.listen))
+    let answer = crate::cmd::node_client(data, api, std::time::Duration::from_secs(30))?
         .post("/v1/warehouse/replay", &json!({}))
         .map_err(|e| {
             anyhow::anyhow!("{e}\n(is `popmesh run --data {}` running?)", data.display())

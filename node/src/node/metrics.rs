@@ -16,6 +16,8 @@ pub(super) struct NodeMetrics {
     pub(super) store_failed: Gauge,
     pub(super) store_free_bytes: Gauge,
     pub(super) money_loading: Gauge,
+    pub(super) clients_unauthorized: Counter,
+    pub(super) clients_role_refused: Counter,
 }
 
 impl NodeMetrics {
@@ -76,6 +78,27 @@ impl NodeMetrics {
             "This device's ledger pages not open yet: money requests answer 503 until it is 0",
             m.money_loading.clone(),
         );
+        registry.register(
+            "popmesh_api_unauthorized",
+            "API requests refused for a missing, malformed, expired or revoked client token",
+            m.clients_unauthorized.clone(),
+        );
+        registry.register(
+            "popmesh_api_role_refused",
+            "API requests refused because the client token's role may not call the route",
+            m.clients_role_refused.clone(),
+        );
         m
+    }
+}
+
+impl Node {
+    /// Counts a request the API's client gate refused (`role`: a valid token whose role may not call the route).
+    pub(crate) fn note_client_refused(&self, role: bool) {
+        if role {
+            self.metrics.clients_role_refused.inc();
+        } else {
+            self.metrics.clients_unauthorized.inc();
+        }
     }
 }

@@ -295,9 +295,12 @@ impl Node {
         node
     }
 
+    /// A client of this node as its own CLI is: with the running node's local secret (from `run.json`), so it
+    /// works also where the config requires a token on loopback.
     pub fn client(&self) -> Client {
         let mut c = Client::new(self.device.api);
         c.timeout = Duration::from_secs(20);
+        c.token = popmesh_node::runfile::local_token(&self.device.data);
         c
     }
 

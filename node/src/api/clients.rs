@@ -1,0 +1,249 @@
+//! Who may call which route (issue 15, part 2): every request carries a role, and every route admits some roles.
+//!
+//! - A request with `Authorization: Bearer popmesh-client1....` carries the role of that client token
+//!   (`popmesh_crdt::client_token`), checked offline against this device's directory replica: an enrolled,
+//!   unrevoked edge box or origin signed it, it has not expired, and the directory does not revoke it.
+//! - `Authorization: Bearer local.<secret>` is the CLI on this device: the secret is this run's, in `run.json`
+//!   (mode 0600), so only this device's own user has it. It is an operator.
+//! - A request with neither is an operator only from loopback and only while `[api] loopback_without_token` is on
+//!   (the default, so a kiosk's own browser and the CLI keep working); anything else is refused with a 401 that says
+//!   how to get a token.
+//!
+//! Then the route's roles ([`allowed`]) decide: a kiosk-screen token reads manifests, media and slots, checks
+//! passes in and books, and a payment answers 403. A route not in the table is the operator's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use popmesh_crdt::client_token::{ClientRole, ClientToken};
+
+use super::ApiError;
+use crate::node::Node;
+
+/// How the API treats clients without a token, from `[api]` in the config.
+#[derive(Debug, Clone)]
+pub struct ClientPolicy {
+    /// Whether a request from loopback without a token is an operator's.
+    pub loopback_without_token: bool,
+    /// This run's local secret (`runfile::RunFile::local_secret`), if the CLI is to reach the node with it.
+    pub local_secret: Option<String>,
+}
+
+impl Default for ClientPolicy {
+    fn default() -> Self {
+        Self {
+            loopback_without_token: true,
+            local_secret: None,
+        }
+    }
+}
+
+/// The guard's state: the node (for its directory replica) and the policy.
+#[derive(Clone)]
+pub struct ClientGate {
+    pub node: Arc<Node>,
+    pub policy: Arc<ClientPolicy>,
+}
+
+impl std::fmt::Debug for ClientGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientGate")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The role a request was let in with (an extension, for handlers that care).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller(pub ClientRole);
+
+/// The subprotocol prefix a browser's WebSocket carries its token in (browsers cannot set headers on a WebSocket).
+pub const WS_TOKEN_PREFIX: &str = "popmesh.token.";
+
+/// The bearer token of a request: the `Authorization` header, or a WebSocket subprotocol `popmesh.token.<token>`.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?.trim();
+        let token = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))?;
+        return Some(token.trim().to_owned());
+    }
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(WS_TOKEN_PREFIX).map(str::to_owned))
+}
+
+fn unauthorized(message: String) -> Box<Response> {
+    let mut answer = ApiError::new(StatusCode::UNAUTHORIZED, message)
+        .with_code("unauthorized")
+        .into_response();
+    answer.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer realm=\"popmesh\""),
+    );
+    Box::new(answer)
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Which role the request carries, or the answer that refuses it.
+fn role_of(gate: &ClientGate, req: &Request) -> Result<ClientRole, Box<Response>> {
+    let loopback = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|c| c.0.ip().is_loopback());
+    let Some(token) = bearer(req.headers()) else {
+        if loopback && gate.policy.loopback_without_token {
+            return Ok(ClientRole::Operator);
+        }
+        return Err(unauthorized(
+            "this API needs a client token: send Authorization: Bearer popmesh-client1...., which an operator \
+             issues with `popmesh token issue --role ROLE` on the edge box or the origin"
+                .into(),
+        ));
+    };
+    if let Some(secret) = token.strip_prefix(crate::runfile::LOCAL_TOKEN_PREFIX) {
+        let ours = gate.policy.local_secret.as_deref();
+        if loopback && ours.is_some_and(|s| same_secret(s, secret)) {
+            return Ok(ClientRole::Operator);
+        }
+        return Err(unauthorized(
+            "that local token is not this run's (it comes from run.json of the running node, on this device only)"
+                .into(),
+        ));
+    }
+    let token = ClientToken::from_text(&token).map_err(|e| unauthorized(e.to_string()))?;
+    let view = gate
+        .node
+        .view()
+        .map_err(|e| Box::new(ApiError::from(e).into_response()))?;
+    token
+        .check(&view, crate::clock::now())
+        .map_err(|e| unauthorized(format!("the client token is refused: {e}")))
+}
+
+pub async fn guard(State(gate): State<ClientGate>, mut req: Request, next: Next) -> Response {
+    let role = match role_of(&gate, &req) {
+        Ok(role) => role,
+        Err(answer) => {
+            gate.node.note_client_refused(false);
+            return *answer;
+        }
+    };
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let roles = allowed(req.method(), &path);
+    if !roles.contains(&role) {
+        gate.node.note_client_refused(true);
+        let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "a {role} client may not {} {path}; it takes {}",
+                req.method(),
+                names.join(" or ")
+            ),
+        )
+        .with_code("role_forbidden")
+        .into_response();
+    }
+    req.extensions_mut().insert(Caller(role));
+    next.run(req).await
+}
+
+/// The roles a route admits, by method and the router's name for the path.
+pub fn allowed(method: &Method, path: &str) -> &'static [ClientRole] {
+    use ClientRole::{Operator, Pos, ReadOnly, Screen};
+    const EVERYONE: &[ClientRole] = &[Operator, Pos, Screen, ReadOnly];
+    // Selling seats and admitting attendees: the kiosk flow.
+    const SELLERS: &[ClientRole] = &[Operator, Pos, Screen];
+    const MONEY: &[ClientRole] = &[Operator, Pos];
+    const READ_MONEY: &[ClientRole] = &[Operator, Pos, ReadOnly];
+    const READ_SITE: &[ClientRole] = &[Operator, ReadOnly];
+    const OPERATOR: &[ClientRole] = &[Operator];
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    match (read, path) {
+        (true, "/v1/status" | "/v1/shows" | "/v1/shows/{show}/slots/{slot}") => EVERYONE,
+        (
+            true,
+            "/v1/manifests" | "/v1/blobs/{hash}" | "/media/{hash}" | "/media/by-name/{name}",
+        ) => EVERYONE,
+        // Screens sync manifests and slots live; the share policy keeps everything else from them.
+        (true, "/v1/sync" | "/v1/events") => EVERYONE,
+        (false, "/v1/payments") => MONEY,
+        (false, "/v1/passes") => MONEY,
+        (true, "/v1/receipts" | "/v1/report") => READ_MONEY,
+        (false, "/v1/shows/{show}/slots/{slot}/bookings" | "/v1/check-ins" | "/v1/telemetry") => {
+            SELLERS
+        }
+        (_, "/v1/attendees/{id}") => SELLERS,
+        (
+            true,
+            "/v1/telemetry"
+            | "/v1/documents"
+            | "/v1/documents/{*which}"
+            | "/v1/devices/{device}/issued"
+            | "/v1/rehearsals/{id}"
+            | "/v1/warehouse"
+            | "/metrics",
+        ) => READ_SITE,
+        _ => OPERATOR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_screen_books_and_reads_but_takes_no_payment_and_changes_no_show() {
+        let screen = ClientRole::Screen;
+        assert!(allowed(&Method::GET, "/v1/shows/{show}/slots/{slot}").contains(&screen));
+        assert!(allowed(&Method::POST, "/v1/shows/{show}/slots/{slot}/bookings").contains(&screen));
+        assert!(!allowed(&Method::POST, "/v1/payments").contains(&screen));
+        assert!(!allowed(&Method::GET, "/v1/receipts").contains(&screen));
+        assert!(!allowed(&Method::POST, "/v1/shows").contains(&screen));
+        assert!(!allowed(&Method::POST, "/v1/revocations").contains(&ClientRole::Pos));
+        assert!(!allowed(&Method::POST, "/v1/telemetry").contains(&ClientRole::ReadOnly));
+        assert_eq!(
+            allowed(&Method::DELETE, "/v1/anything"),
+            &[ClientRole::Operator]
+        );
+        assert!(allowed(&Method::HEAD, "/media/{hash}").contains(&ClientRole::ReadOnly));
+    }
+
+    #[test]
+    fn a_bearer_comes_from_the_header_or_a_websocket_subprotocol() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().expect("value"));
+        assert_eq!(bearer(&h).as_deref(), Some("abc"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            "popmesh.v1, popmesh.token.xyz".parse().expect("value"),
+        );
+        assert_eq!(bearer(&h).as_deref(), Some("xyz"));
+        assert_eq!(bearer(&HeaderMap::new()), None);
+        assert!(
+            same_secret("abcd", "abcd") && !same_secret("abcd", "abce") && !same_secret("a", "ab")
+        );
+    }
+}
