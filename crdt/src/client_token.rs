@@ -225,6 +225,12 @@ impl ClientToken {
                 signature: dec.array("signature")?,
             };
             dec.finish()?;
+            if token.label.len() > LABEL_BYTES_MAX || token.label.chars().any(char::is_control) {
+                return Err(DecodeError::InvalidValue {
+                    field: "label",
+                    value: token.label.len() as u64,
+                });
+            }
             Ok(token)
         };
         parse().map_err(|e| bad(e.to_string()))

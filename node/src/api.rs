@@ -561,21 +561,34 @@ async fn update_profile(
 
 /// Server-sent events: one `change` event per document change, local or synced. Kiosk screens follow
 /// availability with it; a subscriber that falls behind gets a `lagged` event and should re-read what it shows.
-async fn events(State(node): State<Arc<Node>>) -> impl IntoResponse {
+/// Server-sent events, one per document change. The stream ends when the node stops, or when the client token it
+/// was opened with is revoked or expires (re-checked every `clients::RECHECK`).
+async fn events(
+    State(node): State<Arc<Node>>,
+    caller: Option<axum::Extension<clients::Caller>>,
+) -> impl IntoResponse {
     use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
     let rx = node.subscribe();
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        let event = match rx.recv().await {
-            Ok(change) => Event::default()
-                .event("change")
-                .json_data(&change)
-                .unwrap_or_else(|_| Event::default().event("change")),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                Event::default().event("lagged").data(n.to_string())
+    let caller = caller.map(|c| c.0);
+    let stream = futures::stream::unfold((rx, node, caller), |(mut rx, node, caller)| async move {
+        loop {
+            if caller.as_ref().is_some_and(|c| !c.still_valid(&node)) {
+                return None;
             }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-        };
-        Some((Ok::<_, std::convert::Infallible>(event), rx))
+            let event = match tokio::time::timeout(clients::RECHECK, rx.recv()).await {
+                Err(_) => continue,
+                Ok(Ok(change)) => Event::default()
+                    .event("change")
+                    .json_data(&change)
+                    .unwrap_or_else(|_| Event::default().event("change")),
+                Ok(Err(RecvError::Lagged(n))) => {
+                    Event::default().event("lagged").data(n.to_string())
+                }
+                Ok(Err(RecvError::Closed)) => return None,
+            };
+            return Some((Ok::<_, std::convert::Infallible>(event), (rx, node, caller)));
+        }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -19,6 +19,7 @@ pub mod cli_status;
 pub mod demo;
 pub mod media_cli;
 pub mod report;
+pub mod run;
 pub mod showday;
 pub mod sim_cmd;
 pub mod token_cli;

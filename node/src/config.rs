@@ -17,6 +17,10 @@ listen = "127.0.0.1:7700"
 # Whether a request from this device's own loopback without a token is an operator's (this device's browser, the
 # CLI). Off: every client shows a token, and the CLI uses this run's local secret from run.json.
 loopback_without_token = true
+# The API over TLS for tablets, screens and laptops on the site LAN; every request there needs a client token.
+# The certificate is this device's (keys/tls.crt, made on first use; `popmesh pair` prints its fingerprint and the
+# address), or a site CA's that managed kiosk browsers trust: tls_cert and tls_key (PEM files).
+# tls_listen = "0.0.0.0:7743"
 # Host names the API answers to besides loopback names and IP addresses (against DNS rebinding: a web page whose
 # domain is made to point at this device is refused), such as "pos-1.harbour.example".
 allowed_hosts = []
@@ -260,6 +264,12 @@ impl Default for Escrow {
 pub struct Api {
     pub listen: SocketAddr,
     pub loopback_without_token: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
 }
@@ -301,6 +311,9 @@ impl Default for Api {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
             loopback_without_token: true,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
         }

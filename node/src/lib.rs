@@ -13,6 +13,7 @@
 //! - [`store`]: the data file (redb): samod's storage and acknowledged writes, fsync'd before the answer.
 //! - [`site`], [`config`]: the data directory's files.
 //! - [`client`]: a small HTTP client for the CLI and the tests.
+//! - [`tls`]: the API's TLS listener for clients on the site LAN, and the certificate they pin.
 //! - [`warehouse`]: at the origin, the show data into PostgreSQL.
 
 pub mod api;
@@ -25,6 +26,7 @@ pub mod node;
 pub mod runfile;
 pub mod site;
 pub mod store;
+pub mod tls;
 
 /// The origin's warehouse sink lives with the node that runs it ([`node::warehouse`]).
 pub use node::warehouse;

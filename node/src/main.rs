@@ -33,6 +33,24 @@ enum Command {
     /// Create, invite to, and administer a site.
     #[command(subcommand)]
     Site(SiteCommand),
+    /// Print the pairing code a tablet or screen scans: the API's TLS address and certificate fingerprint, and
+    /// with --role a client token (edge box or origin). Needs the node running with [api] tls_listen.
+    Pair {
+        #[arg(long)]
+        data: PathBuf,
+        /// The address tablets reach this device at (needed when the listener is on 0.0.0.0).
+        #[arg(long)]
+        host: Option<String>,
+        /// Also issue a client token with this role.
+        #[arg(long)]
+        role: Option<popmesh_crdt::client_token::ClientRole>,
+        #[arg(long, default_value = "12h", value_parser = cli::parse_span)]
+        valid: u64,
+        #[arg(long, default_value = "")]
+        label: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Client tokens for the API: a POS app on a tablet, a kiosk screen, an operator's laptop.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -379,6 +397,19 @@ fn main() -> ExitCode {
             label,
             json,
         }) => cmd::token_cli::issue(&data, role, valid, &label, json),
+        Command::Pair {
+            data,
+            host,
+            role,
+            valid,
+            label,
+            json,
+        } => cmd::token_cli::pair(
+            &data,
+            host.as_deref(),
+            role.map(|r| (r, valid, label.as_str())),
+            json,
+        ),
         Command::Token(TokenCommand::Revoke {
             data,
             id,
@@ -394,9 +425,9 @@ fn main() -> ExitCode {
             no_mdns,
             log_format,
             media_port,
-        } => cli::run(
+        } => cmd::run::run(
             data,
-            cli::RunFlags {
+            cmd::run::RunFlags {
                 api,
                 listen,
                 bootstrap,

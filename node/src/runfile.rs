@@ -23,6 +23,11 @@ pub struct RunFile {
     /// A random secret of this run: `Authorization: Bearer local.<secret>` is an operator's request.
     #[serde(default)]
     pub local_secret: Option<String>,
+    /// The API's TLS listener, as bound, and the SHA-256 fingerprint of its certificate.
+    #[serde(default)]
+    pub tls: Option<SocketAddr>,
+    #[serde(default)]
+    pub tls_fingerprint: Option<String>,
 }
 
 /// Why the run file could not be written.
@@ -112,6 +117,8 @@ mod tests {
             mesh: vec!["/ip4/127.0.0.1/tcp/4799".into()],
             media: None,
             local_secret: Some("ab".into()),
+            tls: None,
+            tls_fingerprint: None,
         };
         run.write(&dir).expect("write");
         assert_eq!(local_token(&dir).as_deref(), Some("local.ab"));

@@ -69,6 +69,9 @@ fn config() -> impl Strategy<Value = Config> {
             |(listen, allowed_hosts, allowed_origins, loopback_without_token)| Api {
                 listen,
                 loopback_without_token,
+                tls_listen: None,
+                tls_cert: None,
+                tls_key: None,
                 allowed_hosts,
                 allowed_origins,
             },

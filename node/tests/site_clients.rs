@@ -135,6 +135,11 @@ fn a_tablet_pos_and_a_kiosk_screen_get_what_their_tokens_allow_and_strangers_get
         paid.body
     );
     assert_eq!(screen.get("/v1/receipts").expect("answers").status, 403);
+    // Attendee profiles are personal data kept on the device: not for a screen.
+    assert_eq!(
+        screen.get("/v1/attendees/att-1").expect("answers").status,
+        403
+    );
     assert_eq!(
         edge.receipt_tokens().len(),
         1,
@@ -200,13 +205,35 @@ fn a_tablet_pos_and_a_kiosk_screen_get_what_their_tokens_allow_and_strangers_get
         "not a client token",
     );
 
-    // The operator revokes the tablet's token; the CLI reaches the node with the run's local secret.
+    // The operator revokes the tablet's token; the CLI reaches the node with the run's local secret. The event
+    // stream the tablet holds open ends too.
+    let mut stream = std::net::TcpStream::connect(edge.device.api).expect("API reachable");
+    {
+        use std::io::Write as _;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("timeout");
+        let head = format!(
+            "GET /v1/events HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {pos_token}\r\n\r\n",
+            edge.device.api
+        );
+        stream.write_all(head.as_bytes()).expect("sent");
+    }
     let (ok, out, err) = popmesh(&["token", "revoke", "--data", data, &pos_id]);
     assert!(ok, "token revoke failed: {out}{err}");
     edge.wait_for("the revocation to apply", Duration::from_secs(10), |_| {
         tablet.get("/v1/status").is_ok_and(|a| a.status == 401)
     });
     refused_401(&tablet.get("/v1/status").expect("answers"), "revoked");
+    let ended = {
+        use std::io::Read as _;
+        let mut sink = Vec::new();
+        stream.read_to_end(&mut sink)
+    };
+    assert!(
+        ended.is_ok(),
+        "the revoked token's event stream ended instead of staying open: {ended:?}"
+    );
     let (ok, out, err) = popmesh(&["status", "--data", data]);
     assert!(ok, "popmesh status with the local secret: {out}{err}");
 
@@ -229,4 +256,220 @@ fn a_tablet_pos_and_a_kiosk_screen_get_what_their_tokens_allow_and_strangers_get
 
     assert!(edge.metric("popmesh_api_unauthorized") >= 8.0);
     assert!(edge.metric("popmesh_api_role_refused") >= 3.0);
+}
+
+/// A tablet's TLS client that trusts exactly the certificate whose SHA-256 the pairing code carries.
+#[derive(Debug)]
+struct Pinned {
+    sha256: String,
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::Digest as _;
+        let got: String = sha2::Sha256::digest(end_entity)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if got == self.sha256 {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "certificate {got} is not the paired one"
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+/// Opens a TLS session to `addr` pinned to `sha256`, and sends one request on it.
+fn tls_request(
+    addr: std::net::SocketAddr,
+    sha256: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&serde_json::Value>,
+) -> std::io::Result<Tls> {
+    use std::io::Write as _;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(Pinned {
+            sha256: sha256.to_owned(),
+            provider,
+        }))
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(std::io::Error::other)?;
+    let tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(head.as_bytes())?;
+    Ok(tls)
+}
+
+/// The status of a whole answer read from a TLS session.
+fn tls_status(mut tls: Tls) -> (u16, String) {
+    use std::io::Read as _;
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[test]
+fn a_tablet_pairs_over_tls_pins_the_certificate_follows_a_slot_live_and_pays_only_with_a_pos_token()
+{
+    let site = Site::create("clients-tls");
+    let tls_port = common::site::free_port();
+    set_config(
+        &site.edge.data,
+        "# tls_listen = \"0.0.0.0:7743\"",
+        &format!("tls_listen = \"127.0.0.1:{tls_port}\""),
+    );
+    let edge = Node::start(&site.edge, &[]);
+    let created = edge.post("/v1/shows", show("fri", 20, &[("edge-1", 20)]));
+    assert_eq!(created.status, 201, "{}", created.body);
+    let data = site.edge.data_str();
+
+    // The operator shows the tablet one pairing code: the TLS address, the certificate to pin, and a token.
+    let (ok, out, err) = popmesh(&["pair", "--data", data, "--role", "screen", "--json"]);
+    assert!(ok, "pair failed: {err}");
+    let paired: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let code = paired["code"].as_str().expect("code");
+    use base64::Engine as _;
+    let inside = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(code.strip_prefix("popmesh-pair1.").expect("prefix"))
+        .expect("base64");
+    let inside: serde_json::Value = serde_json::from_slice(&inside).expect("json inside");
+    assert_eq!(inside["api"], format!("https://127.0.0.1:{tls_port}"));
+    let sha256 = inside["sha256"].as_str().expect("sha256").to_owned();
+    let screen = inside["token"].as_str().expect("token").to_owned();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{tls_port}").parse().expect("addr");
+
+    // A client that pins another certificate never gets a session.
+    let wrong =
+        tls_request(addr, &"0".repeat(64), "GET", "/v1/status", &screen, None).and_then(|mut t| {
+            use std::io::Read as _;
+            let mut buf = [0u8; 1];
+            t.read(&mut buf)
+        });
+    assert!(
+        wrong.is_err(),
+        "a wrongly pinned client must not get through"
+    );
+
+    // Over TLS nothing is loopback's: no token, no answer.
+    let (status, text) =
+        tls_status(tls_request(addr, &sha256, "GET", "/v1/status", "", None).expect("session"));
+    assert_eq!(status, 401, "{text}");
+
+    // The screen follows the slot live: an event for it arrives once a seat is booked.
+    let events =
+        tls_request(addr, &sha256, "GET", "/v1/events", &screen, None).expect("events session");
+    let (status, text) = tls_status(
+        tls_request(
+            addr,
+            &sha256,
+            "POST",
+            "/v1/shows/fri/slots/s1900/bookings",
+            &screen,
+            Some(&json!({ "seats": 1 })),
+        )
+        .expect("session"),
+    );
+    assert_eq!(status, 201, "{text}");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(events));
+    let saw_slot = lines
+        .by_ref()
+        .take(200)
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("data:") && l.contains("\"kind\":\"slot\""));
+    assert!(saw_slot, "the screen saw the slot change over TLS");
+
+    // The screen's token takes no payment; a POS token does, over the same listener.
+    let (status, text) = tls_status(
+        tls_request(
+            addr,
+            &sha256,
+            "POST",
+            "/v1/payments",
+            &screen,
+            Some(&payment("tls-1", 700)),
+        )
+        .expect("session"),
+    );
+    assert_eq!(status, 403, "{text}");
+    let (pos, _) = issue(data, "pos", "1h", "tablet-1");
+    let (status, text) = tls_status(
+        tls_request(
+            addr,
+            &sha256,
+            "POST",
+            "/v1/payments",
+            &pos,
+            Some(&payment("tls-2", 700)),
+        )
+        .expect("session"),
+    );
+    assert_eq!(status, 201, "{text}");
+    assert_eq!(edge.receipt_tokens().len(), 1);
 }

@@ -57,21 +57,63 @@ impl std::fmt::Debug for ClientGate {
     }
 }
 
-/// The role a request was let in with (an extension, for handlers that care).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller(pub ClientRole);
+/// The role a request was let in with, and the token that gave it (an extension, for handlers that care: a
+/// long-lived session re-checks the token, so one revoked or expired meanwhile ends it).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub role: ClientRole,
+    pub token: Option<Arc<ClientToken>>,
+}
+
+/// How often a long-lived session (`/v1/events`, `/v1/sync`) re-checks the token it was opened with.
+pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Caller {
+    /// Whether the token this session was opened with is still good (no token: loopback or the local secret,
+    /// which last as long as the run).
+    pub fn still_valid(&self, node: &Node) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        node.view()
+            .is_ok_and(|view| token.check(&view, crate::clock::now()).is_ok())
+    }
+}
 
 /// The subprotocol prefix a browser's WebSocket carries its token in (browsers cannot set headers on a WebSocket).
 pub const WS_TOKEN_PREFIX: &str = "popmesh.token.";
 
-/// The bearer token of a request: the `Authorization` header, or a WebSocket subprotocol `popmesh.token.<token>`.
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers.get(header::AUTHORIZATION) {
-        let v = v.to_str().ok()?.trim();
-        let token = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))?;
-        return Some(token.trim().to_owned());
+/// What a request says about who it is.
+#[derive(Debug, PartialEq, Eq)]
+enum Credential {
+    None,
+    Bearer(String),
+    /// An `Authorization` header this API does not take (another scheme, twice, not text): refused, never read
+    /// as "no token".
+    Unusable(&'static str),
+}
+
+/// The bearer token of a request: the `Authorization` header, or on a WebSocket upgrade (a browser cannot set
+/// headers there) a subprotocol `popmesh.token.<token>`.
+fn credential(headers: &HeaderMap) -> Credential {
+    let mut auth = headers.get_all(header::AUTHORIZATION).iter();
+    if let Some(v) = auth.next() {
+        if auth.next().is_some() {
+            return Credential::Unusable("send one Authorization header, not several");
+        }
+        let Ok(v) = v.to_str() else {
+            return Credential::Unusable("the Authorization header is not text");
+        };
+        let v = v.trim();
+        return match v.get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case("bearer ") => {
+                Credential::Bearer(v[7..].trim().to_owned())
+            }
+            _ => Credential::Unusable("the Authorization scheme this API takes is Bearer"),
+        };
+    }
+    if !headers.contains_key(header::UPGRADE) {
+        return Credential::None;
     }
     headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -79,6 +121,7 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .find_map(|p| p.trim().strip_prefix(WS_TOKEN_PREFIX).map(str::to_owned))
+        .map_or(Credential::None, Credential::Bearer)
 }
 
 fn unauthorized(message: String) -> Box<Response> {
@@ -102,25 +145,36 @@ fn same_secret(a: &str, b: &str) -> bool {
 }
 
 /// Which role the request carries, or the answer that refuses it.
-fn role_of(gate: &ClientGate, req: &Request) -> Result<ClientRole, Box<Response>> {
+fn role_of(gate: &ClientGate, req: &Request) -> Result<Caller, Box<Response>> {
+    // `to_canonical`: on a dual-stack listener an IPv4 client arrives as ::ffff:127.0.0.1.
     let loopback = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .is_some_and(|c| c.0.ip().is_loopback());
-    let Some(token) = bearer(req.headers()) else {
-        if loopback && gate.policy.loopback_without_token {
-            return Ok(ClientRole::Operator);
+        .is_some_and(|c| c.0.ip().to_canonical().is_loopback());
+    let token = match credential(req.headers()) {
+        Credential::Bearer(token) => token,
+        Credential::Unusable(why) => return Err(unauthorized(why.into())),
+        Credential::None => {
+            if loopback && gate.policy.loopback_without_token {
+                return Ok(Caller {
+                    role: ClientRole::Operator,
+                    token: None,
+                });
+            }
+            return Err(unauthorized(
+                "this API needs a client token: send Authorization: Bearer popmesh-client1...., which an \
+                 operator issues with `popmesh token issue --role ROLE` on the edge box or the origin"
+                    .into(),
+            ));
         }
-        return Err(unauthorized(
-            "this API needs a client token: send Authorization: Bearer popmesh-client1...., which an operator \
-             issues with `popmesh token issue --role ROLE` on the edge box or the origin"
-                .into(),
-        ));
     };
     if let Some(secret) = token.strip_prefix(crate::runfile::LOCAL_TOKEN_PREFIX) {
         let ours = gate.policy.local_secret.as_deref();
         if loopback && ours.is_some_and(|s| same_secret(s, secret)) {
-            return Ok(ClientRole::Operator);
+            return Ok(Caller {
+                role: ClientRole::Operator,
+                token: None,
+            });
         }
         return Err(unauthorized(
             "that local token is not this run's (it comes from run.json of the running node, on this device only)"
@@ -132,14 +186,18 @@ fn role_of(gate: &ClientGate, req: &Request) -> Result<ClientRole, Box<Response>
         .node
         .view()
         .map_err(|e| Box::new(ApiError::from(e).into_response()))?;
-    token
+    let role = token
         .check(&view, crate::clock::now())
-        .map_err(|e| unauthorized(format!("the client token is refused: {e}")))
+        .map_err(|e| unauthorized(format!("the client token is refused: {e}")))?;
+    Ok(Caller {
+        role,
+        token: Some(Arc::new(token)),
+    })
 }
 
 pub async fn guard(State(gate): State<ClientGate>, mut req: Request, next: Next) -> Response {
-    let role = match role_of(&gate, &req) {
-        Ok(role) => role,
+    let caller = match role_of(&gate, &req) {
+        Ok(caller) => caller,
         Err(answer) => {
             gate.node.note_client_refused(false);
             return *answer;
@@ -150,6 +208,7 @@ pub async fn guard(State(gate): State<ClientGate>, mut req: Request, next: Next)
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
+    let role = caller.role;
     let roles = allowed(req.method(), &path);
     if !roles.contains(&role) {
         gate.node.note_client_refused(true);
@@ -165,7 +224,7 @@ pub async fn guard(State(gate): State<ClientGate>, mut req: Request, next: Next)
         .with_code("role_forbidden")
         .into_response();
     }
-    req.extensions_mut().insert(Caller(role));
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 
@@ -194,7 +253,8 @@ pub fn allowed(method: &Method, path: &str) -> &'static [ClientRole] {
         (false, "/v1/shows/{show}/slots/{slot}/bookings" | "/v1/check-ins" | "/v1/telemetry") => {
             SELLERS
         }
-        (_, "/v1/attendees/{id}") => SELLERS,
+        // Profiles are personal data kept on this device: not for a screen.
+        (_, "/v1/attendees/{id}") => MONEY,
         (
             true,
             "/v1/telemetry"
@@ -232,16 +292,34 @@ mod tests {
 
     #[test]
     fn a_bearer_comes_from_the_header_or_a_websocket_subprotocol() {
+        let bearer = |t: &str| Credential::Bearer(t.into());
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Bearer abc".parse().expect("value"));
-        assert_eq!(bearer(&h).as_deref(), Some("abc"));
+        assert_eq!(credential(&h), bearer("abc"));
+        h.append(header::AUTHORIZATION, "Bearer def".parse().expect("value"));
+        assert!(
+            matches!(credential(&h), Credential::Unusable(_)),
+            "two headers"
+        );
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Basic YTpi".parse().expect("value"));
+        assert!(
+            matches!(credential(&h), Credential::Unusable(_)),
+            "another scheme"
+        );
         let mut h = HeaderMap::new();
         h.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
             "popmesh.v1, popmesh.token.xyz".parse().expect("value"),
         );
-        assert_eq!(bearer(&h).as_deref(), Some("xyz"));
-        assert_eq!(bearer(&HeaderMap::new()), None);
+        assert_eq!(
+            credential(&h),
+            Credential::None,
+            "a subprotocol outside an upgrade"
+        );
+        h.insert(header::UPGRADE, "websocket".parse().expect("value"));
+        assert_eq!(credential(&h), bearer("xyz"));
+        assert_eq!(credential(&HeaderMap::new()), Credential::None);
         assert!(
             same_secret("abcd", "abcd") && !same_secret("abcd", "abce") && !same_secret("a", "ab")
         );

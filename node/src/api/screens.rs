@@ -28,8 +28,10 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
+    caller: Option<axum::Extension<super::clients::Caller>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let caller = caller.map(|c| c.0);
     let ws = ws.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -44,7 +46,7 @@ pub async fn upgrade(
     Ok(ws
         .protocols(["popmesh.v1"])
         .max_message_size(FRAME_BYTES_MAX)
-        .on_upgrade(move |socket| session(node, socket)))
+        .on_upgrade(move |socket| session(node, socket, caller)))
 }
 
 async fn close(mut sink: impl futures::Sink<Message> + Unpin, reason: &str) {
@@ -57,7 +59,7 @@ async fn close(mut sink: impl futures::Sink<Message> + Unpin, reason: &str) {
         .await;
 }
 
-async fn session(node: Arc<Node>, socket: WebSocket) {
+async fn session(node: Arc<Node>, socket: WebSocket, caller: Option<super::clients::Caller>) {
     let (sink, mut stream) = socket.split();
     // The client's first message is its join; its senderId is the peer id samod will know it by.
     let first = loop {
@@ -95,7 +97,22 @@ async fn session(node: Arc<Node>, socket: WebSocket) {
             Err(e) => Some(Err(io::Error::other(e))),
         }
     });
-    let messages = futures::stream::once(async move { Ok::<_, io::Error>(first) }).chain(rest);
+    // A screen whose token is revoked or expires is cut off: its incoming stream ends, and samod closes it.
+    let watched = node.clone();
+    let revoked = async move {
+        loop {
+            tokio::time::sleep(super::clients::RECHECK).await;
+            if caller.as_ref().is_some_and(|c| !c.still_valid(&watched)) {
+                tracing::info!(
+                    "a kiosk screen's client token is no longer valid: closing its sync"
+                );
+                return;
+            }
+        }
+    };
+    let messages = futures::stream::once(async move { Ok::<_, io::Error>(first) })
+        .chain(rest)
+        .take_until(Box::pin(revoked));
     let sink = sink
         .with(|bytes: Vec<u8>| async move { Ok::<_, axum::Error>(Message::Binary(bytes.into())) });
     tracing::info!(screen = %sender, "kiosk screen connected");

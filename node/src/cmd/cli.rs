@@ -2,18 +2,16 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
 use popmesh_crdt::directory::Directory;
 use popmesh_crdt::enrollment::{InviteTerms, JoinToken, RevocationTarget, SiteAuthority};
 use popmesh_crdt::{DeviceId, Doc, Role, SecretKey, actor_id};
-use popmesh_transport::MeshConfig;
 
 use popmesh_node::clock;
-use popmesh_node::config::{Config, LogFormat};
-use popmesh_node::node::{Node, RunOptions};
+use popmesh_node::config::Config;
 use popmesh_node::site::{DataDir, SiteFile, random_seed};
 use popmesh_node::store::Store;
 
@@ -243,153 +241,6 @@ pub fn revoke(data: &Path, device: &str, reason: &str, api: Option<SocketAddr>) 
 }
 
 pub use crate::cmd::cli_status::status;
-
-/// Flags to `popmesh run` that override the config file.
-#[derive(Debug, Clone, Default)]
-pub struct RunFlags {
-    pub api: Option<SocketAddr>,
-    pub listen: Vec<String>,
-    pub bootstrap: Vec<String>,
-    pub no_mdns: bool,
-    pub log_format: Option<LogFormat>,
-    pub media_port: Option<u16>,
-}
-
-/// `popmesh run`: the daemon, until SIGINT or SIGTERM.
-pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
-    let dir = DataDir::load(&data)?;
-    let mut config = Config::load(&DataDir::config_path(&data))?;
-    if let Some(api) = flags.api {
-        config.api.listen = api;
-    }
-    if !flags.listen.is_empty() {
-        config.p2p.listen = flags.listen;
-    }
-    config.p2p.bootstrap.extend(flags.bootstrap);
-    if flags.no_mdns {
-        config.p2p.mdns = false;
-    }
-    if let Some(f) = flags.log_format {
-        config.log.format = f;
-    }
-    if let Some(port) = flags.media_port {
-        config.media.port = port;
-    }
-    init_logging(&config)?;
-    let parse = |flag: &str, addrs: &[String]| -> Result<Vec<libp2p::Multiaddr>> {
-        addrs
-            .iter()
-            .map(|a| {
-                a.parse()
-                    .map_err(|e| anyhow::anyhow!("{flag} {a:?} is not a multiaddr: {e}"))
-            })
-            .collect()
-    };
-    let mesh = MeshConfig {
-        listen: parse("--listen", &config.p2p.listen)?,
-        bootstrap: parse("--bootstrap", &config.p2p.bootstrap)?,
-        mdns: config.p2p.mdns,
-        network_key: dir.network_key,
-    };
-    let options = popmesh_node::node::RunOptions::from_config(&config, mesh);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(serve(
-        dir,
-        options,
-        config.api.listen,
-        popmesh_node::api::BrowserPolicy {
-            allowed_hosts: config.api.allowed_hosts.clone(),
-            allowed_origins: config.api.allowed_origins.clone(),
-        },
-        config.api.loopback_without_token,
-    ))
-}
-
-async fn serve(
-    dir: DataDir,
-    options: RunOptions,
-    api: SocketAddr,
-    browser: popmesh_node::api::BrowserPolicy,
-    loopback_without_token: bool,
-) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(api)
-        .await
-        .with_context(|| format!("the API cannot listen on {api} (--api or [api] listen)"))?;
-    let name = dir.site.device_name.clone();
-    let node = Node::start(dir, options).await?;
-    let api_addr = listener.local_addr()?;
-    tracing::info!(device = %node.dir.device(), %name, api = %api_addr, "popmesh node running");
-    // This run's local secret: the CLI reads it from run.json (0600) and is an operator with it.
-    let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).context("drawing the local secret")?;
-    let local_secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let clients = popmesh_node::api::ClientPolicy {
-        loopback_without_token,
-        local_secret: Some(local_secret.clone()),
-    };
-    let app = popmesh_node::api::router_guarded(node.clone(), browser, clients);
-    let run = popmesh_node::runfile::RunFile {
-        pid: std::process::id(),
-        api: api_addr,
-        mesh: node
-            .mesh()
-            .listening()
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
-        media: node
-            .media()
-            .port()
-            .map(|port| SocketAddr::new(node.media().bind_ip(), port)),
-        local_secret: Some(local_secret),
-    };
-    if let Err(e) = run.write(&node.dir.root) {
-        tracing::warn!("the CLI will not find this node's API by its data directory: {e}");
-    }
-    let shutdown = async {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("a SIGTERM handler installs");
-            tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-    };
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .context("serving the API")?;
-    tracing::info!("shutting down");
-    popmesh_node::runfile::RunFile::remove(&node.dir.root);
-    node.shutdown().await;
-    Ok(())
-}
-
-fn init_logging(config: &Config) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
-        .map_err(|e| anyhow::anyhow!("[log] filter {:?}: {e}", config.log.filter))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let result = match config.log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    result.map_err(|e| anyhow::anyhow!("logging: {e}"))
-}
 
 /// `popmesh report --out DIR`: asks the node for the show report and writes its files.
 pub fn report(data: &Path, api: Option<SocketAddr>, out: &Path, show: Option<&str>) -> Result<()> {
