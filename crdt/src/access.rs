@@ -13,10 +13,9 @@ use std::collections::BTreeMap;
 
 use automerge::{ActorId, Automerge};
 use autosurgeon::{Hydrate, Reconcile};
-use base64::Engine as _;
 use thiserror::Error;
 
-use crate::codec::{DecodeError, Decoder, Encoder, tag};
+use crate::codec::{DecodeError, Decoder, Encoder, Window, check_window, from_line, tag, to_line};
 use crate::directory::DirectoryView;
 use crate::doc::{Doc, DocError, Schema};
 use crate::identity::{DeviceId, DeviceKey, Role, SiteId, UnixMillis, hex_encode};
@@ -32,6 +31,8 @@ pub const SUBJECT_BYTES_MAX: usize = crate::privacy::PSEUDONYM_BYTES_MAX;
 
 const PASS_VERSION: u8 = 1;
 const TEXT_PREFIX: &str = "popmesh-pass1.";
+/// A pass's text is a few hundred characters; a longer one is not decoded.
+const TEXT_CHARS_MAX: usize = 16 * 1024;
 
 /// Who a pass is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -164,21 +165,12 @@ impl Pass {
     pub fn to_text(&self) -> String {
         let mut bytes = self.signed_bytes();
         bytes.extend_from_slice(&self.signature);
-        format!(
-            "{TEXT_PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-        )
+        to_line(TEXT_PREFIX, &bytes)
     }
 
     pub fn from_text(text: &str) -> Result<Self, AccessError> {
         let bad = |e: String| AccessError::Malformed(e);
-        let body = text
-            .trim()
-            .strip_prefix(TEXT_PREFIX)
-            .ok_or_else(|| bad(format!("it does not start with {TEXT_PREFIX}")))?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|e| bad(format!("not base64: {e}")))?;
+        let bytes = from_line(text, TEXT_PREFIX, TEXT_CHARS_MAX).map_err(bad)?;
         let parse = || -> Result<Self, DecodeError> {
             let mut dec = Decoder::new(&bytes, "pass", tag::ACCESS, PASS_VERSION)?;
             let site = SiteId(dec.array("site")?);
@@ -238,21 +230,18 @@ impl Pass {
                 cert.name, cert.role
             )));
         }
-        if self.expires_at.0 <= self.issued_at.0
-            || self.expires_at.0 - self.issued_at.0 > PASS_VALID_MS_MAX
-        {
-            return Err(AccessError::BadValidity);
-        }
-        if self.issued_at.0 > now.0.saturating_add(CLOCK_SKEW_MS) {
-            return Err(AccessError::NotYetValid {
-                ahead_s: (self.issued_at.0 - now.0) / 1000,
-            });
-        }
-        if now.0 >= self.expires_at.0 {
-            return Err(AccessError::Expired {
-                ago_s: (now.0 - self.expires_at.0) / 1000,
-            });
-        }
+        check_window(
+            self.issued_at.0,
+            self.expires_at.0,
+            PASS_VALID_MS_MAX,
+            CLOCK_SKEW_MS,
+            now.0,
+        )
+        .map_err(|w| match w {
+            Window::Invalid => AccessError::BadValidity,
+            Window::NotYet { ahead_s } => AccessError::NotYetValid { ahead_s },
+            Window::Expired { ago_s } => AccessError::Expired { ago_s },
+        })?;
         let id = self.id_hex();
         if let Some((by, r)) = access
             .revoked

@@ -7,10 +7,9 @@
 //! directory (`RevocationTarget::Token`, signed by the site authority like a device's). The API decides which
 //! roles each route admits (`node/src/api/roles.rs`).
 
-use base64::Engine as _;
 use thiserror::Error;
 
-use crate::codec::{DecodeError, Decoder, Encoder, tag};
+use crate::codec::{DecodeError, Decoder, Encoder, Window, check_window, from_line, tag, to_line};
 use crate::directory::DirectoryView;
 use crate::enrollment::RevocationTarget;
 use crate::identity::{DeviceId, DeviceKey, Role, SiteId, UnixMillis, hex_decode, hex_encode};
@@ -186,25 +185,13 @@ impl ClientToken {
     pub fn to_text(&self) -> String {
         let mut bytes = self.signed_bytes();
         bytes.extend_from_slice(&self.signature);
-        format!(
-            "{TEXT_PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-        )
+        to_line(TEXT_PREFIX, &bytes)
     }
 
     pub fn from_text(text: &str) -> Result<Self, TokenError> {
         let bad = |e: String| TokenError::Malformed(e);
-        let body = text
-            .trim()
-            .strip_prefix(TEXT_PREFIX)
-            .ok_or_else(|| bad(format!("it does not start with {TEXT_PREFIX}")))?;
         // A token is a few hundred bytes; never decode an arbitrarily long header.
-        if body.len() > 1024 {
-            return Err(bad("too long".into()));
-        }
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|e| bad(format!("not base64: {e}")))?;
+        let bytes = from_line(text, TEXT_PREFIX, 1024).map_err(bad)?;
         let parse = || -> Result<Self, DecodeError> {
             let mut dec = Decoder::new(&bytes, "client token", tag::CLIENT_TOKEN, TOKEN_VERSION)?;
             let site = SiteId(dec.array("site")?);
@@ -259,21 +246,18 @@ impl ClientToken {
                 cert.name, cert.role
             )));
         }
-        if self.expires_at.0 <= self.issued_at.0
-            || self.expires_at.0 - self.issued_at.0 > TOKEN_VALID_MS_MAX
-        {
-            return Err(TokenError::BadValidity);
-        }
-        if self.issued_at.0 > now.0.saturating_add(CLOCK_SKEW_MS) {
-            return Err(TokenError::NotYetValid {
-                ahead_s: (self.issued_at.0 - now.0) / 1000,
-            });
-        }
-        if now.0 >= self.expires_at.0 {
-            return Err(TokenError::Expired {
-                ago_s: (now.0 - self.expires_at.0) / 1000,
-            });
-        }
+        check_window(
+            self.issued_at.0,
+            self.expires_at.0,
+            TOKEN_VALID_MS_MAX,
+            CLOCK_SKEW_MS,
+            now.0,
+        )
+        .map_err(|w| match w {
+            Window::Invalid => TokenError::BadValidity,
+            Window::NotYet { ahead_s } => TokenError::NotYetValid { ahead_s },
+            Window::Expired { ago_s } => TokenError::Expired { ago_s },
+        })?;
         if let Some(r) = directory.revocation_of(RevocationTarget::Token(self.id)) {
             return Err(TokenError::Revoked(r.reason.clone()));
         }

@@ -226,6 +226,69 @@ impl<'a> Decoder<'a> {
     }
 }
 
+/// The one-line text form of a signed structure (a pass, a client token): `prefix`, then its bytes in base64url
+/// without padding.
+pub(crate) fn to_line(prefix: &str, bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// The bytes of a one-line text form, or why it is not one. A body past `max_chars` is refused before decoding.
+pub(crate) fn from_line(text: &str, prefix: &str, max_chars: usize) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let body = text
+        .trim()
+        .strip_prefix(prefix)
+        .ok_or_else(|| format!("it does not start with {prefix}"))?;
+    if body.len() > max_chars {
+        return Err("too long".into());
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .map_err(|e| format!("not base64: {e}"))
+}
+
+/// Why a signed grant's validity window (a pass, a client token) does not admit a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Window {
+    /// It ends before it starts, or lasts longer than its kind may.
+    Invalid,
+    NotYet {
+        ahead_s: u64,
+    },
+    Expired {
+        ago_s: u64,
+    },
+}
+
+/// Whether `[issued_at, expires_at)`, at most `valid_max_ms` long, admits `now`, with the issuer's clock up to
+/// `skew_ms` ahead of this device's.
+pub(crate) fn check_window(
+    issued_at: u64,
+    expires_at: u64,
+    valid_max_ms: u64,
+    skew_ms: u64,
+    now: u64,
+) -> Result<(), Window> {
+    if expires_at <= issued_at || expires_at - issued_at > valid_max_ms {
+        return Err(Window::Invalid);
+    }
+    if issued_at > now.saturating_add(skew_ms) {
+        return Err(Window::NotYet {
+            ahead_s: (issued_at - now) / 1000,
+        });
+    }
+    if now >= expires_at {
+        return Err(Window::Expired {
+            ago_s: (now - expires_at) / 1000,
+        });
+    }
+    Ok(())
+}
+
 /// Tags of every canonical structure, in one place so none is reused.
 pub(crate) mod tag {
     pub const CERT: u8 = 0x01;

@@ -24,6 +24,7 @@ pub mod console;
 mod errors;
 pub mod media;
 pub mod screens;
+pub mod tls;
 pub mod warehouse;
 pub mod wire;
 

@@ -7,13 +7,13 @@
 //!
 //! - [`node`]: the running daemon: samod on the data file, the site mesh, and the operations the API offers.
 //! - [`api`]: the HTTP layer: the local API (axum), `/metrics`, the console, kiosk screens' `/v1/sync`, and media
-//!   for kiosk browsers (`api::media`: types, ETags, ranges, fetch on miss, fallback); it owns the mapping of
+//!   for kiosk browsers (`api::media`: types, ETags, ranges, fetch on miss, fallback), the TLS listener for the
+//!   site LAN (`api::tls`); it owns the mapping of
 //!   failures to status codes.
 //! - [`media`]: content-addressed blobs (iroh-blobs): the blob endpoint, preseeding, checked reads for kiosks.
 //! - [`store`]: the data file (redb): samod's storage and acknowledged writes, fsync'd before the answer.
 //! - [`site`], [`config`]: the data directory's files.
 //! - [`client`]: a small HTTP client for the CLI and the tests.
-//! - [`tls`]: the API's TLS listener for clients on the site LAN, and the certificate they pin.
 //! - [`warehouse`]: at the origin, the show data into PostgreSQL.
 
 pub mod api;
@@ -26,7 +26,6 @@ pub mod node;
 pub mod runfile;
 pub mod site;
 pub mod store;
-pub mod tls;
 
 /// The origin's warehouse sink lives with the node that runs it ([`node::warehouse`]).
 pub use node::warehouse;

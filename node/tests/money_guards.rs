@@ -57,6 +57,8 @@ fn a_pos_restarted_with_many_ledger_pages_says_it_is_loading_and_never_answers_h
     assert_eq!(over.status, 422, "{}", over.body);
     edge.kill();
     let edge = Node::start(&site.edge, &[]);
+    // A new run has a new local secret: the CLI (and this client) read it from run.json again.
+    let client = edge.client();
     // From the first answer on: either 503 saying what loads, or every receipt; a payment is never taken past the
     // limit it had reached.
     let start = Instant::now();

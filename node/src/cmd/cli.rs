@@ -197,6 +197,25 @@ pub fn join_site(
     Ok((token, cert))
 }
 
+/// Hands an authority-signed revocation to the running node, which records it in the directory.
+pub fn post_revocation(
+    client: &popmesh_node::client::Client,
+    revocation: &popmesh_crdt::enrollment::Revocation,
+) -> Result<()> {
+    let body = serde_json::json!({
+        "revocation": base64::engine::general_purpose::STANDARD_NO_PAD.encode(revocation.to_bytes())
+    });
+    let answer = client.post("/v1/revocations", &body)?;
+    if answer.status != 201 {
+        bail!(
+            "the node refused the revocation ({}): {}",
+            answer.status,
+            answer.body
+        );
+    }
+    Ok(())
+}
+
 /// `popmesh site revoke`: signs a revocation with the authority key and hands it to the running node.
 pub fn revoke(data: &Path, device: &str, reason: &str, api: Option<SocketAddr>) -> Result<()> {
     let dir = DataDir::load(data)?;
@@ -222,17 +241,7 @@ pub fn revoke(data: &Path, device: &str, reason: &str, api: Option<SocketAddr>) 
         reason,
         honoured.clone(),
     );
-    let body = serde_json::json!({
-        "revocation": base64::engine::general_purpose::STANDARD_NO_PAD.encode(revocation.to_bytes())
-    });
-    let answer = client.post("/v1/revocations", &body)?;
-    if answer.status != 201 {
-        bail!(
-            "the node refused the revocation ({}): {}",
-            answer.status,
-            answer.body
-        );
-    }
+    post_revocation(&client, &revocation)?;
     println!("device {device} revoked; the site drops it as the directory syncs");
     for (show, seq) in &honoured {
         println!("  its receipts 1 to {seq} of show {show} stay valid; any later one is refused");

@@ -131,9 +131,9 @@ async fn serve(
             .site_ca
             .as_ref()
             .map(|(c, k)| (c.as_path(), k.as_path()));
-        let identity = popmesh_node::tls::identity(&keys, &name, site_ca)?;
+        let identity = popmesh_node::api::tls::identity(&keys, &name, site_ca)?;
         let fingerprint = identity.fingerprint.clone();
-        let listener = popmesh_node::tls::TlsListener::bind(addr, identity).await?;
+        let listener = popmesh_node::api::tls::TlsListener::bind(addr, identity).await?;
         let bound = axum::serve::Listener::local_addr(&listener)?;
         tracing::info!(tls = %bound, %fingerprint, "API over TLS for the site LAN");
         tls_bound = Some((bound, fingerprint));

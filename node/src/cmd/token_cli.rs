@@ -73,18 +73,8 @@ pub fn revoke(data: &Path, id: &str, reason: &str, api: Option<SocketAddr>) -> R
     let authority = dir.authority_key()?;
     let id = ClientToken::parse_id(id)?;
     let revocation = authority.revoke(RevocationTarget::Token(id), clock::now(), reason);
-    let body = serde_json::json!({
-        "revocation": base64::engine::general_purpose::STANDARD_NO_PAD.encode(revocation.to_bytes())
-    });
     let client = crate::cmd::node_client(data, api, std::time::Duration::from_secs(30))?;
-    let answer = client.post("/v1/revocations", &body)?;
-    if answer.status != 201 {
-        bail!(
-            "the node refused the revocation ({}): {}",
-            answer.status,
-            answer.body
-        );
-    }
+    crate::cmd::cli::post_revocation(&client, &revocation)?;
     let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
     println!("client token {hex} revoked; every node refuses it as the directory syncs");
     Ok(())
