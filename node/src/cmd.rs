@@ -39,6 +39,10 @@ pub fn node_client(
         config.api.listen,
     ));
     client.timeout = timeout;
-    client.token = popmesh_node::runfile::local_token(data);
+    // A client token for a node reached off loopback (`--api`), else the running node's local secret.
+    client.token = std::env::var("POPMESH_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| popmesh_node::runfile::local_token(data));
     Ok(client)
 }

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use site::{Device, Node, Site, payment, popmesh, show};
+use site::{Device, Node, Site, payment, popmesh, popmesh_env, show};
 
 struct Lab {
     prefix: String,
@@ -135,6 +135,20 @@ fn a_kiosk_dropped_onto_the_site_lan_with_only_a_join_token_finds_the_site_by_md
     let site = Site::create("lab");
     let mut edge = site.edge.clone();
     edge.api = SocketAddr::from(([10, 77, subnet, 1], 7700));
+    // The test talks to both APIs across the lab network, off loopback: as any LAN client, with a client token.
+    let operator = {
+        let (ok, out, err) = popmesh(&[
+            "token",
+            "issue",
+            "--data",
+            site.edge.data_str(),
+            "--role",
+            "operator",
+        ]);
+        assert!(ok, "{err}");
+        out.trim().to_owned()
+    };
+    edge.token = Some(operator.clone());
     let token = {
         let (ok, out, err) = popmesh(&[
             "site",
@@ -149,6 +163,7 @@ fn a_kiosk_dropped_onto_the_site_lan_with_only_a_join_token_finds_the_site_by_md
     };
     let mut kiosk = Device::new(site.root(), "kiosk-lab");
     kiosk.api = SocketAddr::from(([10, 77, subnet, 2], 7700));
+    kiosk.token = Some(operator.clone());
     let (ok, out, err) = popmesh(&[
         "join",
         &token,
@@ -202,17 +217,20 @@ fn a_kiosk_dropped_onto_the_site_lan_with_only_a_join_token_finds_the_site_by_md
     let file = site.root().join("trailer.mp4");
     std::fs::write(&file, &trailer).expect("trailer file");
     let edge_api = edge.device.api.to_string();
-    let (ok, out, err) = popmesh(&[
-        "manifest",
-        "publish",
-        "--data",
-        site.edge.data_str(),
-        "--api",
-        &edge_api,
-        "--name",
-        "fri",
-        file.to_str().expect("utf-8"),
-    ]);
+    let (ok, out, err) = popmesh_env(
+        &[
+            "manifest",
+            "publish",
+            "--data",
+            site.edge.data_str(),
+            "--api",
+            &edge_api,
+            "--name",
+            "fri",
+            file.to_str().expect("utf-8"),
+        ],
+        &[("POPMESH_TOKEN", &operator)],
+    );
     assert!(ok, "manifest publish: {out}{err}");
     kiosk.wait_for("the trailer preseeded from the edge box", limit, |n| {
         let p = n.get("/v1/manifests")["preseed"].clone();

@@ -52,8 +52,14 @@ pub fn skipped(why: &str) {
 
 /// Runs `popmesh ARGS...` to completion.
 pub fn popmesh(args: &[&str]) -> (bool, String, String) {
+    popmesh_env(args, &[])
+}
+
+/// [`popmesh`] with environment variables (such as `POPMESH_TOKEN`).
+pub fn popmesh_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(binary())
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("popmesh runs");
     (
@@ -112,6 +118,8 @@ pub struct Device {
     pub data: PathBuf,
     pub api: SocketAddr,
     pub p2p: u16,
+    /// A client token the test's requests carry (an API off loopback needs one); else the run's local secret.
+    pub token: Option<String>,
 }
 
 impl Device {
@@ -121,6 +129,7 @@ impl Device {
             data: root.join(name),
             api: SocketAddr::from(([127, 0, 0, 1], free_port())),
             p2p: free_port(),
+            token: None,
         }
     }
 
@@ -300,7 +309,11 @@ impl Node {
     pub fn client(&self) -> Client {
         let mut c = Client::new(self.device.api);
         c.timeout = Duration::from_secs(20);
-        c.token = popmesh_node::runfile::local_token(&self.device.data);
+        c.token = self
+            .device
+            .token
+            .clone()
+            .or_else(|| popmesh_node::runfile::local_token(&self.device.data));
         c
     }
 
@@ -380,6 +393,9 @@ impl Node {
         );
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(token) = self.client().token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).expect("request sent");
