@@ -11,8 +11,8 @@ pub const TEMPLATE: &str = r#"# popmesh node settings. Flags given to `popmesh r
 [api]
 # The local HTTP API for the kiosk and POS apps: it reads every receipt and takes payments. Clients on another
 # device need a client token (`popmesh token issue --role pos|screen|read_only|operator`, on the edge box or the
-# origin), sent as Authorization: Bearer; but the API has no TLS yet, so keep it on loopback. The address it bound
-# is recorded in run.json for the CLI.
+# origin), sent as Authorization: Bearer. This listener is plain HTTP: keep it on loopback, and give other devices
+# the TLS listener below. The address it bound is recorded in run.json for the CLI.
 listen = "127.0.0.1:7700"
 # Whether a request from this device's own loopback without a token is an operator's (this device's browser, the
 # CLI). Off: every client shows a token, and the CLI uses this run's local secret from run.json.

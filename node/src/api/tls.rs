@@ -8,7 +8,10 @@
 //! Browsers need a certificate they trust for service workers: `[api] tls_cert` and `tls_key` name one from a
 //! site CA that managed kiosks trust, used instead.
 //!
-//! Handshakes run on their own tasks with a time limit, so a client that connects and says nothing holds up no one.
+//! Handshakes run on their own tasks with a time limit, so a client that connects and says nothing holds up no one;
+//! at most `CONNECTIONS_MAX` sessions are open at once (a flood of idle sessions cannot take the node's file
+//! descriptors, and the loopback API keeps answering), and a session with no traffic either way for `IDLE_MS` is
+//! closed (an event stream's keep-alives count as traffic).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,10 @@ use tokio_rustls::server::TlsStream;
 const HANDSHAKE_MS: u64 = 10_000;
 /// Finished handshakes waiting for the server to take them.
 const ACCEPTED_QUEUE: usize = 64;
+/// TLS sessions (and handshakes) open at once; more are closed as they connect.
+const CONNECTIONS_MAX: usize = 512;
+/// A session with no bytes either way for this long is closed.
+const IDLE_MS: u64 = 60_000;
 
 /// Why the TLS listener could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +114,10 @@ pub fn identity(
             .map_err(|e| TlsError::Generate(e.to_string()))?;
         write_private(&key, pair.serialize_pem().as_bytes())?;
         std::fs::write(&cert, made.pem()).map_err(|e| file_error(&cert, e))?;
+        tracing::warn!(
+            cert = %cert.display(),
+            "made a new TLS certificate for this device: tablets paired before must pair again (popmesh pair)"
+        );
     }
     read_pem(&cert, &key)
 }
@@ -131,8 +142,91 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
 /// A TCP listener whose connections come out as finished TLS sessions.
 #[derive(Debug)]
 pub struct TlsListener {
-    accepted: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    accepted: tokio::sync::mpsc::Receiver<(Session, SocketAddr)>,
     local: SocketAddr,
+}
+
+/// One TLS session: it holds a place among `CONNECTIONS_MAX` while open, and fails its next read or write once it
+/// has been idle for its limit.
+#[derive(Debug)]
+pub struct Session<S = TlsStream<TcpStream>> {
+    inner: S,
+    idle: Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<S> Session<S> {
+    fn new(inner: S, place: tokio::sync::OwnedSemaphorePermit, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            _place: place,
+        }
+    }
+}
+
+/// Traffic moves the idle deadline; an operation still pending when it passes fails (the server closes the
+/// session).
+fn watch<T>(
+    idle: Duration,
+    deadline: &mut std::pin::Pin<Box<tokio::time::Sleep>>,
+    cx: &mut std::task::Context<'_>,
+    polled: std::task::Poll<std::io::Result<T>>,
+) -> std::task::Poll<std::io::Result<T>> {
+    use std::task::Poll;
+    match polled {
+        Poll::Ready(r) => {
+            deadline.as_mut().reset(tokio::time::Instant::now() + idle);
+            Poll::Ready(r)
+        }
+        Poll::Pending => match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS session idle",
+            ))),
+            Poll::Pending => Poll::Pending,
+        },
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Session<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        watch(this.idle, &mut this.deadline, cx, polled)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Session<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        watch(this.idle, &mut this.deadline, cx, polled)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 impl TlsListener {
@@ -154,6 +248,7 @@ impl TlsListener {
             reason: e.to_string(),
         })?;
         let (tx, accepted) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE);
+        let places = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = match listener.accept().await {
@@ -168,13 +263,18 @@ impl TlsListener {
                 if tx.is_closed() {
                     return;
                 }
+                let Ok(place) = places.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "TLS listener full ({CONNECTIONS_MAX} sessions): closed");
+                    continue;
+                };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     let handshake = acceptor.accept(tcp);
                     match tokio::time::timeout(Duration::from_millis(HANDSHAKE_MS), handshake).await
                     {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
+                            let session = Session::new(tls, place, Duration::from_millis(IDLE_MS));
+                            let _ = tx.send((session, peer)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -187,7 +287,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Session;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -200,5 +300,42 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    #[tokio::test]
+    async fn a_silent_session_is_closed_once_idle_and_traffic_keeps_one_open() {
+        let places = Arc::new(tokio::sync::Semaphore::new(1));
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let place = places.clone().try_acquire_owned().expect("a place");
+        let mut session = Session::new(ours, place, Duration::from_millis(200));
+        assert!(
+            places.clone().try_acquire_owned().is_err(),
+            "the one place is taken"
+        );
+        // Traffic within the limit keeps it open.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            theirs.write_all(b"x").await.expect("written");
+            let mut b = [0u8; 1];
+            session.read_exact(&mut b).await.expect("read");
+        }
+        // Silence past the limit fails the read, and closing the session frees its place.
+        let mut b = [0u8; 1];
+        let silent = session.read(&mut b).await;
+        assert_eq!(
+            silent.expect_err("idle").kind(),
+            std::io::ErrorKind::TimedOut
+        );
+        drop(session);
+        assert!(
+            places.try_acquire_owned().is_ok(),
+            "the place is free again"
+        );
     }
 }

@@ -111,6 +111,19 @@ async fn serve(
         .await
         .with_context(|| format!("the API cannot listen on {api} (--api or [api] listen)"))?;
     let name = dir.site.device_name.clone();
+    // The TLS certificate before the node starts: a bad [api] tls_cert or tls_key stops the start with its reason
+    // alone.
+    let identity = match tls.listen {
+        Some(_) => {
+            let keys = dir.root.join("keys");
+            let site_ca = tls
+                .site_ca
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path()));
+            Some(popmesh_node::api::tls::identity(&keys, &name, site_ca)?)
+        }
+        None => None,
+    };
     let node = Node::start(dir, options).await?;
     let api_addr = listener.local_addr()?;
     tracing::info!(device = %node.dir.device(), %name, api = %api_addr, "popmesh node running");
@@ -125,13 +138,7 @@ async fn serve(
     let app = popmesh_node::api::router_guarded(node.clone(), browser.clone(), clients);
     // The same API over TLS for the site LAN, where nothing is loopback: every request shows a client token.
     let mut tls_bound = None;
-    if let Some(addr) = tls.listen {
-        let keys = node.dir.root.join("keys");
-        let site_ca = tls
-            .site_ca
-            .as_ref()
-            .map(|(c, k)| (c.as_path(), k.as_path()));
-        let identity = popmesh_node::api::tls::identity(&keys, &name, site_ca)?;
+    if let (Some(addr), Some(identity)) = (tls.listen, identity) {
         let fingerprint = identity.fingerprint.clone();
         let listener = popmesh_node::api::tls::TlsListener::bind(addr, identity).await?;
         let bound = axum::serve::Listener::local_addr(&listener)?;

@@ -44,6 +44,31 @@ pub fn issue(data: &Path, role: ClientRole, valid_ms: u64, label: &str, json: bo
     Ok(())
 }
 
+/// A host for the pairing code: an IP address, or a DNS name (letters, digits, `-` and `.`, at most 253 bytes).
+fn checked_host(host: &str) -> Result<String> {
+    let h = host.trim().trim_start_matches('[').trim_end_matches(']');
+    if h.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(h.to_owned());
+    }
+    let name_ok = !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if !name_ok {
+        bail!(
+            "--host {host:?} is neither an IP address nor a host name (such as 192.168.1.10 or edge-1.local)"
+        );
+    }
+    Ok(h.to_ascii_lowercase())
+}
+
 /// A new client token signed with this device's key, which must be the edge box's or the origin's.
 fn signed(data: &Path, role: ClientRole, valid_ms: u64, label: &str) -> Result<ClientToken> {
     let dir = DataDir::load(data)?;
@@ -101,7 +126,7 @@ pub fn pair(
         );
     };
     let host = match host {
-        Some(h) => h.to_owned(),
+        Some(h) => checked_host(h)?,
         None if bound.ip().is_unspecified() => {
             bail!(
                 "the TLS listener is on {bound}: say which address tablets reach it at, with --host"
