@@ -12,7 +12,7 @@ use thiserror::Error;
 use crate::codec::{DecodeError, Decoder, Encoder, Window, check_window, from_line, tag, to_line};
 use crate::directory::DirectoryView;
 use crate::enrollment::RevocationTarget;
-use crate::identity::{DeviceId, DeviceKey, Role, SiteId, UnixMillis, hex_decode, hex_encode};
+use crate::identity::{DeviceId, DeviceKey, SiteId, UnixMillis, hex_decode, hex_encode};
 
 /// The longest a client token may be valid for: a show week. Short-lived by design; a new one is one command.
 pub const TOKEN_VALID_MS_MAX: u64 = 7 * 24 * 3_600_000;
@@ -237,15 +237,9 @@ impl ClientToken {
             .verify(&self.signed_bytes(), &self.signature)
             .map_err(|_| TokenError::BadSignature)?;
         // Trusted now, not when issued: a token from an issuer revoked since is refused.
-        let cert = directory
-            .verify_device(&self.issuer, now)
-            .map_err(|e| TokenError::Issuer(e.to_string()))?;
-        if !matches!(cert.role, Role::Edge | Role::Origin) {
-            return Err(TokenError::Issuer(format!(
-                "{} is a {}",
-                cert.name, cert.role
-            )));
-        }
+        directory
+            .verify_grant_issuer(&self.issuer, now)
+            .map_err(TokenError::Issuer)?;
         check_window(
             self.issued_at.0,
             self.expires_at.0,

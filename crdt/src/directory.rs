@@ -285,6 +285,20 @@ impl DirectoryView {
         self.certs.values()
     }
 
+    /// Whether `device` may issue grants (passes, client tokens) at `at`: enrolled, trusted then, and an edge box or
+    /// the origin. `Err` says why not.
+    pub fn verify_grant_issuer(
+        &self,
+        device: &DeviceId,
+        at: UnixMillis,
+    ) -> Result<&EnrollmentCert, String> {
+        let cert = self.verify_device(device, at).map_err(|e| e.to_string())?;
+        if !matches!(cert.role, Role::Edge | Role::Origin) {
+            return Err(format!("{} is a {}", cert.name, cert.role));
+        }
+        Ok(cert)
+    }
+
     pub fn revocation_of(&self, target: RevocationTarget) -> Option<&Revocation> {
         self.revocations.get(&revocation_key(target))
     }

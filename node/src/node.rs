@@ -445,6 +445,21 @@ impl Node {
             .ok_or(Unavailable::DirectoryUnreadable)
     }
 
+    /// Checks a client token against this device's directory replica, read in place (the gate does it on every
+    /// tokened request, and each long-lived session every 2 s: no copy of the directory each time).
+    pub fn check_client_token(
+        &self,
+        token: &popmesh_crdt::client_token::ClientToken,
+    ) -> Result<
+        Result<popmesh_crdt::client_token::ClientRole, popmesh_crdt::client_token::TokenError>,
+        Unavailable,
+    > {
+        self.directory_handle()?;
+        let view = read(&self.gate.view);
+        let view = view.as_ref().ok_or(Unavailable::DirectoryUnreadable)?;
+        Ok(token.check(view, clock::now()))
+    }
+
     /// Subscribes to document changes.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<DocEvent> {
         self.events.subscribe()

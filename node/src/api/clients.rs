@@ -75,8 +75,7 @@ impl Caller {
         let Some(token) = &self.token else {
             return true;
         };
-        node.view()
-            .is_ok_and(|view| token.check(&view, crate::clock::now()).is_ok())
+        node.check_client_token(token).is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -182,12 +181,10 @@ fn role_of(gate: &ClientGate, req: &Request) -> Result<Caller, Box<Response>> {
         ));
     }
     let token = ClientToken::from_text(&token).map_err(|e| unauthorized(e.to_string()))?;
-    let view = gate
+    let role = gate
         .node
-        .view()
-        .map_err(|e| Box::new(ApiError::from(e).into_response()))?;
-    let role = token
-        .check(&view, crate::clock::now())
+        .check_client_token(&token)
+        .map_err(|e| Box::new(ApiError::from(e).into_response()))?
         .map_err(|e| unauthorized(format!("the client token is refused: {e}")))?;
     Ok(Caller {
         role,

@@ -61,6 +61,7 @@ pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
         network_key: dir.network_key,
     };
     let options = popmesh_node::node::RunOptions::from_config(&config, mesh);
+    let tls = tls_settings(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -74,7 +75,7 @@ pub fn run(data: PathBuf, flags: RunFlags) -> Result<()> {
             allowed_origins: config.api.allowed_origins.clone(),
         },
         config.api.loopback_without_token,
-        tls_settings(&config),
+        tls,
     ))
 }
 
@@ -104,9 +105,8 @@ async fn serve(
     api: SocketAddr,
     browser: popmesh_node::api::BrowserPolicy,
     loopback_without_token: bool,
-    tls: Result<TlsSettings>,
+    tls: TlsSettings,
 ) -> Result<()> {
-    let tls = tls?;
     let listener = tokio::net::TcpListener::bind(api)
         .await
         .with_context(|| format!("the API cannot listen on {api} (--api or [api] listen)"))?;
