@@ -279,10 +279,13 @@ impl Schema for Access {
 pub struct AccessRecord {
     pub show: String,
     /// Revoking device (hex) -> pass id (hex) -> why.
+    #[autosurgeon(hydrate = "crate::doc::lenient_map")]
     pub revoked: BTreeMap<String, BTreeMap<String, Revoked>>,
     /// Checking device (hex) -> pass id (hex) -> the check-in.
+    #[autosurgeon(hydrate = "crate::doc::lenient_map")]
     pub checkins: BTreeMap<String, BTreeMap<String, CheckIn>>,
     /// Pass id (hex) -> when the origin confirmed its check-in (the pass is retired).
+    #[autosurgeon(hydrate = "crate::doc::lenient_map")]
     pub confirmed: BTreeMap<String, u64>,
 }
 

@@ -39,13 +39,17 @@ pub struct DirectoryRecord {
     pub site: String,
     pub name: String,
     pub authority: String,
+    #[autosurgeon(hydrate = "crate::doc::lenient_map")]
     pub shows: BTreeMap<String, ShowRecord>,
     /// Device hex id -> canonical enrollment certificate.
+    #[autosurgeon(hydrate = "crate::doc::lenient_map")]
     pub devices: BTreeMap<String, ByteVec>,
     /// `device:<hex>` or `invite:<hex>` -> canonical revocation.
+    #[autosurgeon(hydrate = "crate::doc::lenient_map")]
     pub revocations: BTreeMap<String, ByteVec>,
     /// Document name (see [`crate::docs::DocName`]) -> the sync engine's document id. Each device registers the
     /// documents it creates (its ledgers, its telemetry); the creator of a slot registers the slot.
+    #[autosurgeon(hydrate = "crate::doc::lenient_map")]
     pub documents: BTreeMap<String, String>,
 }
 
@@ -278,6 +282,12 @@ impl DirectoryView {
             revocations,
             rejected,
         })
+    }
+
+    /// The role `device` is enrolled in (its certificate verifies; revoked or not, so the changes it made while
+    /// trusted keep their author's role), if the directory holds its certificate.
+    pub fn role_of(&self, device: &DeviceId) -> Option<Role> {
+        self.certs.get(device).map(|c| c.role)
     }
 
     /// Every certificate whose chain verifies, trusted or not.

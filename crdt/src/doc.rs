@@ -342,6 +342,37 @@ pub(crate) fn object_at(doc: &impl ReadDoc, path: &[&str]) -> Result<ObjId, DocE
     Ok(obj)
 }
 
+/// Reads a map keyed by text, skipping entries that do not read as `V` (what a reader does with a field whose
+/// entries other devices write: an entry of the wrong shape, such as a map where a number belongs, is that
+/// writer's mistake and costs only that entry, never the whole document). For `#[autosurgeon(hydrate = ...)]`.
+pub fn lenient_map<'a, D: autosurgeon::ReadDoc, V: Hydrate>(
+    doc: &D,
+    obj: &ObjId,
+    prop: autosurgeon::Prop<'a>,
+) -> Result<std::collections::BTreeMap<String, V>, autosurgeon::HydrateError> {
+    let map = match doc.get(obj, &prop)? {
+        Some((automerge::Value::Object(automerge::ObjType::Map), id)) => id,
+        None => return Ok(std::collections::BTreeMap::new()),
+        Some(_) => {
+            return Err(autosurgeon::HydrateError::unexpected(
+                "a map",
+                format!("something else at {prop}"),
+            ));
+        }
+    };
+    let keys: Vec<String> = doc
+        .map_range(&map, ..)
+        .map(|item| item.key.to_string())
+        .collect();
+    let mut out = std::collections::BTreeMap::new();
+    for key in keys {
+        if let Ok(value) = autosurgeon::hydrate_prop::<_, V, _, _>(doc, &map, key.as_str()) {
+            out.insert(key, value);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

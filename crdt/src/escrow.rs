@@ -53,8 +53,10 @@ pub struct SlotRecord {
     pub slot: String,
     pub capacity: u64,
     /// Device hex id -> seats granted at creation. Written once, by the creator.
+    #[autosurgeon(hydrate = "crate::doc::lenient_map")]
     pub grants: BTreeMap<String, u64>,
     /// Device hex id -> what that device (and only it) wrote.
+    #[autosurgeon(hydrate = "crate::doc::lenient_map")]
     pub devices: BTreeMap<String, DeviceEscrow>,
 }
 
@@ -397,7 +399,8 @@ impl<D: Borrow<Automerge>> Doc<Slot, D> {
     pub fn totals_for(&self, device: &str) -> Result<DeviceTotals, EscrowError> {
         let am = self.automerge();
         let grants: BTreeMap<String, u64> =
-            autosurgeon::hydrate_prop(am, automerge::ROOT, "grants").map_err(DocError::from)?;
+            crate::doc::lenient_map(am, &automerge::ROOT, "grants".into())
+                .map_err(DocError::from)?;
         let capacity: u64 =
             autosurgeon::hydrate_prop(am, automerge::ROOT, "capacity").map_err(DocError::from)?;
         // A slot whose grants exceed its capacity (no honest creator writes one) sells nothing.
@@ -408,9 +411,17 @@ impl<D: Borrow<Automerge>> Doc<Slot, D> {
             ..DeviceTotals::default()
         };
         for key in am.keys(&devices) {
-            let entry = object_at(am, &["devices", &key])?;
-            let transfers: BTreeMap<String, Transfer> =
-                autosurgeon::hydrate_prop(am, &entry, "transfers").map_err(DocError::from)?;
+            // Another device's section that does not read (only that device writes it) costs only its transfers.
+            let read = object_at(am, &["devices", &key]).and_then(|entry| {
+                let transfers: BTreeMap<String, Transfer> =
+                    autosurgeon::hydrate_prop(am, &entry, "transfers").map_err(DocError::from)?;
+                Ok((entry, transfers))
+            });
+            let (entry, transfers) = match read {
+                Ok(read) => read,
+                Err(_) if key != device => continue,
+                Err(e) => return Err(e.into()),
+            };
             totals.transferred_in = totals.transferred_in.saturating_add(seats(
                 transfers
                     .values()

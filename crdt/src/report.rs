@@ -433,6 +433,7 @@ pub fn operations(telemetry: &[TelemetryRecord]) -> Operations {
     let all: Vec<&Incident> = telemetry
         .iter()
         .flat_map(|t| t.incidents.values())
+        .filter(|i| i.kind != crate::telemetry::ROGUE_CHANGE)
         .collect();
     let outages = merge(all.iter().copied());
     let uplink = merge(all.iter().copied().filter(|i| i.kind == "origin_lost"));

@@ -77,6 +77,9 @@ pub struct RehearsalAnswer {
 
 /// Incidents one device keeps in its telemetry document; the oldest resolved ones go first.
 pub const INCIDENTS_MAX: usize = 512;
+/// The incident kind a device writes when it refused a peer's change (`subject`: the change's author). Instant
+/// (resolved when started): it names a device that went bad, and is not an outage.
+pub const ROGUE_CHANGE: &str = "rogue_change";
 
 /// Something that stopped working at a device, and when it came back.
 #[derive(Debug, Clone, PartialEq, Eq, Reconcile, Hydrate, serde::Serialize)]

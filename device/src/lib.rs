@@ -5,6 +5,8 @@
 //! data. Time is passed in; nothing here reads a clock, touches a disk or opens a socket. So what the simulator
 //! proves under partitions, crashes and storage faults is a property of the code the node runs.
 //!
+//! - [`authorship`]: who may author which changes in which document, judged on every sync message a peer sends
+//!   before the sync engine applies it (an enrolled device that goes bad writes only its own parts).
 //! - [`desk`]: the payment desk: readiness after a start, idempotency keys across shows, batching, ledger pages,
 //!   and the rule that no payment is answered before its write is durable.
 //! - [`durability`]: which bytes of a document a write must make durable so that no answer rests on anything that
@@ -18,6 +20,7 @@
 //! - [`watchman`]: who this device reaches, the incidents it records when a peer drops out, rehearsal answers.
 //! - [`mutation`]: deliberately broken decisions, for the tests that prove the simulator catches them.
 
+pub mod authorship;
 pub mod desk;
 pub mod durability;
 pub mod gate;

@@ -36,6 +36,7 @@ use samod::{DocHandle, DocumentId};
 use serde::Serialize;
 
 mod access;
+mod authorship;
 mod desk;
 mod error;
 mod guard;
@@ -59,6 +60,7 @@ mod watchman;
 mod writes;
 
 pub use access::{CheckInError, IssuePassError, RevokePassError};
+pub use authorship::Refused;
 pub use desk::PayError;
 pub use error::{NotPermitted, ShowError, Unavailable, UnknownDevice};
 use librarian::librarian;
@@ -299,12 +301,19 @@ impl Node {
             &mut registry,
         )
         .await?;
+        let (view, directory_shared) = (
+            Arc::new(RwLock::new(None)),
+            Arc::new(RwLock::new(directory_id.clone())),
+        );
+        let (judge, refusals) =
+            authorship::Judge::new(view.clone(), directory_shared.clone(), &mut registry);
         let gate = Arc::new(SiteGate {
             site_hex: dir.site_id().to_hex(),
             authority: dir.authority,
             cert: dir.cert.to_bytes(),
-            directory: RwLock::new(directory_id.clone()),
-            view: RwLock::new(None),
+            directory: directory_shared,
+            view,
+            judge,
             learned: tokio::sync::Notify::new(),
             blob_port: media.port(),
             role: dir.cert.role,
@@ -376,6 +385,7 @@ impl Node {
             warehouse,
         });
         node.spawn_task(librarian(node.clone()));
+        node.spawn_task(authorship::recorder(node.clone(), refusals));
         node.spawn_task(flusher(node.clone()));
         let weak = Arc::downgrade(&node);
         node.media.set_gate(Box::new(move |device: &DeviceId| {

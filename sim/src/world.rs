@@ -40,6 +40,7 @@ use std::time::Duration;
 /// How many devices missing in a row from a device's trusted view the simulated network's spare links cover.
 const RING_SLACK: usize = 2;
 
+mod authorship;
 mod checks;
 mod desk;
 mod faults;
@@ -276,6 +277,8 @@ struct Device {
     /// What this device knows from its directory replica, refreshed when that replica changes.
     known: BTreeMap<String, DocumentId>,
     view: Option<DirectoryView>,
+    /// What the authorship rule knows of each document (by id), as the node's judge keeps it.
+    kinds: BTreeMap<String, popmesh_device::authorship::DocKind>,
     /// Receipts this device has already verified.
     verified: BTreeSet<String>,
     /// Its enrollment certificate (a dropped-in kiosk makes its own from the join token when it arrives).
@@ -412,6 +415,7 @@ impl World {
                     vanished_at: None,
                     known: BTreeMap::new(),
                     view: None,
+                    kinds: BTreeMap::new(),
                     verified: BTreeSet::new(),
                     cert: None,
                     librarian: Librarian::new(),

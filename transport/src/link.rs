@@ -259,6 +259,10 @@ pub async fn accept<S: LinkIo>(
 /// Puts a samod message in its class (0 first).
 pub type Classifier = Arc<dyn Fn(&[u8]) -> u8 + Send + Sync>;
 
+/// Judges each samod message a peer sends before samod sees it: an error closes the link (with that message
+/// undelivered), so what it refuses is never applied.
+pub type Inspector = Arc<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
+
 /// How a link schedules what it sends (see [`crate::outbox`]): the node decides per peer.
 #[derive(Clone, Default)]
 pub struct LinkPolicy {
@@ -268,6 +272,8 @@ pub struct LinkPolicy {
     pub limit: Option<u64>,
     /// Kept equal to the bytes queued on this link, for whoever needs to know the link is busy.
     pub backlog: Option<Arc<AtomicU64>>,
+    /// What may reach samod from this peer (everything when none).
+    pub inspect: Option<Inspector>,
 }
 
 impl std::fmt::Debug for LinkPolicy {
@@ -275,6 +281,7 @@ impl std::fmt::Debug for LinkPolicy {
         f.debug_struct("LinkPolicy")
             .field("classified", &self.classify.is_some())
             .field("limit", &self.limit)
+            .field("inspected", &self.inspect.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -296,13 +303,17 @@ pub fn into_samod<S: LinkIo>(
     let (mut sink, stream) = framed.split();
     let c_in = counters.clone();
     let mut reassembly = Reassembly::new(FRAME_BYTES_MAX);
+    let inspect = policy.inspect.clone();
     let stream = stream.try_filter_map(move |frame| {
         c_in.bytes_in.inc_by(frame.len() as u64);
-        let message = reassembly
+        let mut message = reassembly
             .push(&frame)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
-        if let Ok(Some(_)) = &message {
+        if let Ok(Some(m)) = &message {
             c_in.messages_in.inc();
+            if let Some(Err(why)) = inspect.as_ref().map(|i| i(m)) {
+                message = Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+            }
         }
         futures::future::ready(message)
     });

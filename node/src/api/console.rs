@@ -3,7 +3,7 @@
 //! their roles, who sees whom, sync lag per document, preseed completeness, unreconciled payments, alerts when a
 //! threshold of `[alerts]` is crossed, and the MTTR of recent outages.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::Json;
@@ -59,6 +59,8 @@ pub struct Facts {
     pub below_reserve: bool,
     /// At an origin with a warehouse: what it owes and why it cannot write.
     pub warehouse: Option<crate::node::warehouse::SinkStatus>,
+    /// Devices whose changes this device refused (name, what they tried), one entry per device.
+    pub rogues: Vec<(String, String)>,
 }
 
 /// The alerts `facts` raise under `limits` (a limit of 0 is off).
@@ -76,6 +78,15 @@ pub fn alerts(limits: &Alerts, facts: &Facts) -> Vec<Alert> {
             level: "warning",
             message: "free disk space is below the reserve kept for money: media preseed and uploads have stopped"
                 .into(),
+        });
+    }
+    for (name, what) in &facts.rogues {
+        out.push(Alert {
+            level: "critical",
+            message: format!(
+                "{name} sent changes it may not make ({what}); they were refused and its link closed. If it is not \
+                 yours any more, revoke it (popmesh site revoke)"
+            ),
         });
     }
     if let Some(w) = facts.warehouse.as_ref().filter(|w| !w.connected) {
@@ -250,6 +261,17 @@ pub async fn snapshot(node: &Node) -> serde_json::Value {
             .iter()
             .map(|i| (name_of(&i.subject), now.saturating_sub(i.started)))
             .collect(),
+        rogues: {
+            let mut seen = BTreeSet::new();
+            let mut rogues = Vec::new();
+            for r in status.refused_changes.iter().rev() {
+                let who = r.author.clone().unwrap_or_else(|| r.peer.clone());
+                if seen.insert(who.clone()) {
+                    rogues.push((name_of(&who), format!("{}: {}", r.document, r.reason)));
+                }
+            }
+            rogues
+        },
     };
     let alerts = alerts(&node.alerts, &facts);
     let facts_warehouse = facts.warehouse.clone();
@@ -314,6 +336,10 @@ mod tests {
                 oldest_owed_ms_ago: Some(4_000),
                 last_commit_ms_ago: None,
             }),
+            rogues: vec![(
+                "kiosk-9".into(),
+                "show/fri/ledger/ab: it writes into the ledger of ab".into(),
+            )],
         };
         let limits = Alerts {
             peers_min: 2,
@@ -326,6 +352,7 @@ mod tests {
         assert_eq!(
             got,
             vec![
+                "kiosk-9 sent changes it may not make (show/fri/ledger/ab: it writes into the ledger of ab); they were refused and its link closed. If it is not yours any more, revoke it (popmesh site revoke)",
                 "the warehouse is not written (connection refused): 3 document(s) owed; the site keeps selling and the origin catches up when it is back",
                 "1500.00 EUR taken offline and not reconciled, over the limit of 1000.00 EUR",
                 "media preseeded 50%, below 100%",
@@ -336,6 +363,7 @@ mod tests {
         );
         let off = all_off();
         let mut quiet = facts.clone();
+        quiet.rogues.clear();
         if let Some(w) = quiet.warehouse.as_mut() {
             w.connected = true;
         }

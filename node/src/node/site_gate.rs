@@ -7,8 +7,10 @@ pub(super) struct SiteGate {
     pub(super) site_hex: String,
     pub(super) authority: DeviceId,
     pub(super) cert: Vec<u8>,
-    pub(super) directory: RwLock<Option<DocumentId>>,
-    pub(super) view: RwLock<Option<DirectoryView>>,
+    pub(super) directory: Arc<RwLock<Option<DocumentId>>>,
+    pub(super) view: Arc<RwLock<Option<DirectoryView>>>,
+    /// Judges every sync message a site peer sends before samod applies it (`popmesh_device::authorship`).
+    pub(super) judge: Arc<super::authorship::Judge>,
     pub(super) learned: tokio::sync::Notify,
     /// The UDP port of this device's blob endpoint, said in every hello.
     pub(super) blob_port: Option<u16>,
@@ -107,7 +109,7 @@ impl Gate for SiteGate {
         Ok(())
     }
 
-    fn link_policy(&self, _device: DeviceId, hello: &Hello) -> LinkPolicy {
+    fn link_policy(&self, device: DeviceId, hello: &Hello) -> LinkPolicy {
         let peer_role = hello
             .cert_bytes()
             .ok()
@@ -127,10 +129,12 @@ impl Gate for SiteGate {
             lock(&self.uplinks).push(Arc::downgrade(&b));
             b
         });
+        let judge = self.judge.clone();
         LinkPolicy {
             classify: Some(Arc::new(classify)),
             limit: if uplink { self.uplink_limit } else { None },
             backlog,
+            inspect: Some(Arc::new(move |message: &[u8]| judge.judge(device, message))),
         }
     }
 }

@@ -205,6 +205,7 @@ impl Node {
             media: self.media.report(),
             media_port: self.media.port(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
+            refused_changes: self.gate.judge.recent(),
         }
     }
 

@@ -116,4 +116,7 @@ pub struct Status {
     /// The UDP port of this device's blob endpoint.
     pub media_port: Option<u16>,
     pub uptime_ms: u64,
+    /// Sync messages from site peers refused before they were applied, newest last (the latest 32): a device
+    /// writing into another device's receipts, seats or registrations (`popmesh_device::authorship`).
+    pub refused_changes: Vec<super::authorship::Refused>,
 }

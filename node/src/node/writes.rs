@@ -108,6 +108,12 @@ impl Node {
         Ok(handle)
     }
 
+    /// The sync engine's handle on a document this device holds, by name. Raw access, outside every domain rule:
+    /// what a tool inspecting documents needs, and what a compromised device has (the tests play one with it).
+    pub fn raw_handle(&self, name: &DocName) -> Option<DocHandle> {
+        self.handle_by_name(name)
+    }
+
     pub(crate) fn handle_by_name(&self, name: &DocName) -> Option<DocHandle> {
         read(&self.docs)
             .values()
@@ -124,6 +130,7 @@ impl Node {
             }
             docs.insert(id.clone(), (name.clone(), handle.clone()));
             write(&self.gate.priorities).insert(id.to_string(), gate::class_of(&name));
+            self.gate.judge.name(&id, &name);
             if gate::screen_may_read(&name) {
                 write(&self.screen_docs).insert(id.to_string());
             }

@@ -78,6 +78,7 @@ impl World {
         d.counter = CounterBuffer::new(FLUSH_MS, UnixMillis(0));
         d.fetching.clear();
         d.known.clear();
+        d.kinds.clear();
         d.view = None;
         d.librarian = Librarian::new();
         d.watchman = Default::default();

@@ -175,6 +175,19 @@ impl World {
             .host
             .as_ref()
             .is_some_and(|h| h.is_open(&directory));
+        if self.devices[to].host.is_none() {
+            return;
+        }
+        // The node's links judge every message before samod sees it (`popmesh_device::authorship`); no device in
+        // this world writes what it may not, so a refusal is a false one: the rule would cut honest peers apart.
+        if let Err(why) = self.judge(to, &msg) {
+            self.violation(format!(
+                "{} refused an honest peer's message: {why}",
+                self.devices[to].name
+            ));
+            self.reset(link);
+            return;
+        }
         let Some(host) = self.devices[to].host.as_mut() else {
             return;
         };
