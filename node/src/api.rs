@@ -24,6 +24,7 @@ pub mod console;
 mod errors;
 pub mod media;
 pub mod screens;
+pub mod sessions;
 pub mod tls;
 pub mod warehouse;
 pub mod wire;
@@ -140,6 +141,7 @@ pub fn router_guarded(node: Arc<Node>, browser: BrowserPolicy, clients: ClientPo
     let gate = clients::ClientGate {
         node: node.clone(),
         policy: Arc::new(clients),
+        sessions: Arc::default(),
     };
     Router::new()
         .route("/v1/status", get(status))
@@ -166,7 +168,6 @@ pub fn router_guarded(node: Arc<Node>, browser: BrowserPolicy, clients: ClientPo
         .route("/v1/rehearsals/{id}", get(rehearsal))
         .route("/v1/warehouse", get(warehouse::status_route))
         .route("/v1/warehouse/replay", post(warehouse::replay_route))
-        .route("/console", get(console::page))
         .route("/v1/console", get(console::state))
         .route("/v1/sync", get(screens::upgrade))
         .route("/v1/attendees/{id}", get(profile).put(update_profile))
@@ -179,7 +180,18 @@ pub fn router_guarded(node: Arc<Node>, browser: BrowserPolicy, clients: ClientPo
         .route("/media/{hash}", get(media::by_hash))
         .route("/media/by-name/{name}", get(media::by_name))
         // After routing, so the gate knows the route's name (`MatchedPath`); before every handler.
-        .route_layer(axum::middleware::from_fn_with_state(gate, clients::guard))
+        .route_layer(axum::middleware::from_fn_with_state(
+            gate.clone(),
+            clients::guard,
+        ))
+        // Open to every client: the console's page (it holds no data) and its sign-in.
+        .route("/console", get(console::page))
+        .route("/v1/login", post(sessions::login).with_state(gate.clone()))
+        .route(
+            "/v1/logout",
+            post(sessions::logout).with_state(gate.clone()),
+        )
+        .route("/v1/session", get(sessions::session).with_state(gate))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/status")
         })

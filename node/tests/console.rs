@@ -183,3 +183,175 @@ fn the_console_shows_the_site_at_a_glance_and_follows_a_kiosk_dropping_out() {
     );
     eprintln!("console screenshot: {}", shot.display());
 }
+
+/// A raw HTTP/1.1 request to `node`, with extra header lines.
+fn raw(
+    node: &Node,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    body: &str,
+) -> common::hostile::Answer {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        node.device.api,
+        body.len()
+    );
+    if !body.is_empty() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    head.push_str(body);
+    common::hostile::exchange(node.device.api, head.as_bytes(), Duration::from_secs(10))
+        .expect("answers")
+}
+
+fn issue_token(data: &str, role: &str) -> (String, String) {
+    let (ok, out, err) = common::site::popmesh(&[
+        "token", "issue", "--data", data, "--role", role, "--valid", "1h", "--label", "laptop",
+        "--json",
+    ]);
+    assert!(ok, "token issue failed: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    (
+        v["token"].as_str().expect("token").into(),
+        v["id"].as_str().expect("id").into(),
+    )
+}
+
+#[test]
+fn the_console_behind_its_login_signs_an_operator_in_keeps_others_out_and_ends_with_the_token() {
+    let Some(browser) = chromium() else {
+        common::site::skipped("needs Debian's chromium package (.ci/run installs it)");
+        return;
+    };
+    let site = Site::create("console-login");
+    let path = site.edge.data.join("popmesh.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    assert!(text.contains("loopback_without_token = true"));
+    std::fs::write(
+        &path,
+        text.replace(
+            "loopback_without_token = true",
+            "loopback_without_token = false",
+        ),
+    )
+    .expect("config written");
+    let edge = Node::start(&site.edge, &[]);
+    let data = site.edge.data_str();
+    let (operator, operator_id) = issue_token(data, "operator");
+    let (read_only, _) = issue_token(data, "read_only");
+    let url = format!("http://{}/console", site.edge.api);
+
+    // A browser without a token gets the sign-in form and nothing of the site.
+    let dom = headless(
+        browser,
+        &site.root().join("chromium-1"),
+        &["--virtual-time-budget=5000", "--dump-dom", &url],
+    );
+    assert!(dom.contains(r#"class="signed-out""#), "{dom}");
+    assert!(!dom.contains("this device: edge-1"), "{dom}");
+    // The operator's pairing link signs in (the token in the fragment, which no server sees) and the console shows.
+    let signed_in = format!("{url}#token={operator}");
+    let dom = headless(
+        browser,
+        &site.root().join("chromium-2"),
+        &["--virtual-time-budget=5000", "--dump-dom", &signed_in],
+    );
+    assert!(!dom.contains(r#"class="signed-out""#), "{dom}");
+    let text = page_text(browser, &site.root().join("chromium-3"), &signed_in);
+    assert!(
+        text.contains("this device: edge-1 (edge)") && text.contains("live ·"),
+        "{text}"
+    );
+    // A read-only token signs in but may not see the console: the page says so.
+    let text = page_text(
+        browser,
+        &site.root().join("chromium-4"),
+        &format!("{url}#token={read_only}"),
+    );
+    assert!(text.contains("may not GET /v1/console"), "{text}");
+
+    // The session itself: an HttpOnly, SameSite=Strict cookie; what changes something needs the CSRF token too.
+    let login = raw(
+        &edge,
+        "POST",
+        "/v1/login",
+        &[],
+        &format!(r#"{{"token":"{operator}"}}"#),
+    );
+    assert_eq!(login.status, 200, "{}", login.describe());
+    let set = login.header("set-cookie").expect("a cookie").to_owned();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict") && !set.contains("Secure"),
+        "{set}"
+    );
+    let cookie = format!("Cookie: {}", set.split(';').next().expect("pair"));
+    let csrf = login.json()["csrf"].as_str().expect("csrf").to_owned();
+    assert_eq!(
+        raw(&edge, "GET", "/v1/console", &[cookie.clone()], "").status,
+        200
+    );
+    let forged = raw(&edge, "POST", "/v1/rehearsals", &[cookie.clone()], "{}");
+    assert_eq!(forged.status, 403, "{}", forged.describe());
+    assert!(forged.message().contains("CSRF"), "{}", forged.describe());
+    let called = raw(
+        &edge,
+        "POST",
+        "/v1/rehearsals",
+        &[cookie.clone(), format!("X-CSRF-Token: {csrf}")],
+        "{}",
+    );
+    assert!(called.status < 300, "{}", called.describe());
+    // A bad token does not sign in; a cookie nobody issued is nobody.
+    let bad = raw(
+        &edge,
+        "POST",
+        "/v1/login",
+        &[],
+        r#"{"token":"popmesh-client1.AAAA"}"#,
+    );
+    assert_eq!(bad.status, 401, "{}", bad.describe());
+    let guessed = format!("Cookie: popmesh_session={}", "0".repeat(64));
+    assert_eq!(raw(&edge, "GET", "/v1/console", &[guessed], "").status, 401);
+
+    // Revoking the token ends the session.
+    let (ok, out, err) = common::site::popmesh(&["token", "revoke", "--data", data, &operator_id]);
+    assert!(ok, "token revoke failed: {out}{err}");
+    edge.wait_for(
+        "the revocation to end the session",
+        Duration::from_secs(10),
+        |n| raw(n, "GET", "/v1/console", &[cookie.clone()], "").status == 401,
+    );
+    // Signing out ends one that was still good.
+    let (second, _) = issue_token(data, "operator");
+    let login = raw(
+        &edge,
+        "POST",
+        "/v1/login",
+        &[],
+        &format!(r#"{{"token":"{second}"}}"#),
+    );
+    let cookie = format!(
+        "Cookie: {}",
+        login
+            .header("set-cookie")
+            .expect("cookie")
+            .split(';')
+            .next()
+            .expect("pair")
+    );
+    assert_eq!(
+        raw(&edge, "GET", "/v1/status", &[cookie.clone()], "").status,
+        200
+    );
+    assert_eq!(
+        raw(&edge, "POST", "/v1/logout", &[cookie.clone()], "{}").status,
+        200
+    );
+    assert_eq!(raw(&edge, "GET", "/v1/status", &[cookie], "").status, 401);
+}

@@ -31,6 +31,8 @@ pub struct ClientPolicy {
     pub loopback_without_token: bool,
     /// This run's local secret (`runfile::RunFile::local_secret`), if the CLI is to reach the node with it.
     pub local_secret: Option<String>,
+    /// Whether session cookies are marked `Secure` (the TLS listener's are).
+    pub secure_cookies: bool,
 }
 
 impl Default for ClientPolicy {
@@ -38,6 +40,7 @@ impl Default for ClientPolicy {
         Self {
             loopback_without_token: true,
             local_secret: None,
+            secure_cookies: false,
         }
     }
 }
@@ -47,6 +50,8 @@ impl Default for ClientPolicy {
 pub struct ClientGate {
     pub node: Arc<Node>,
     pub policy: Arc<ClientPolicy>,
+    /// The console's sign-in sessions on this listener (`api/sessions.rs`).
+    pub sessions: Arc<super::sessions::Sessions>,
 }
 
 impl std::fmt::Debug for ClientGate {
@@ -135,7 +140,7 @@ fn unauthorized(message: String) -> Box<Response> {
 }
 
 /// Compares two secrets in time that does not depend on where they differ.
-fn same_secret(a: &str, b: &str) -> bool {
+pub(crate) fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
@@ -154,6 +159,32 @@ fn role_of(gate: &ClientGate, req: &Request) -> Result<Caller, Box<Response>> {
         Credential::Bearer(token) => token,
         Credential::Unusable(why) => return Err(unauthorized(why.into())),
         Credential::None => {
+            // A browser signed in at `/v1/login`: its cookie, and for a request that changes state its CSRF token.
+            if let super::sessions::FromCookie::Valid { caller, csrf } =
+                gate.sessions.from_headers(req.headers())
+            {
+                if !caller.still_valid(&gate.node) {
+                    return Err(unauthorized(
+                        "the token this session was signed in with is revoked or expired: sign in again".into(),
+                    ));
+                }
+                let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+                if !reads && !super::sessions::csrf_ok(req.headers(), &csrf) {
+                    return Err(Box::new(
+                        ApiError::new(
+                            StatusCode::FORBIDDEN,
+                            format!(
+                                "a signed-in request that changes something carries the session's CSRF token in \
+                                 {} (from POST /v1/login or GET /v1/session)",
+                                super::sessions::CSRF_HEADER
+                            ),
+                        )
+                        .with_code("csrf")
+                        .into_response(),
+                    ));
+                }
+                return Ok(caller);
+            }
             if loopback && gate.policy.loopback_without_token {
                 return Ok(Caller {
                     role: ClientRole::Operator,

@@ -134,6 +134,7 @@ async fn serve(
     let clients = popmesh_node::api::ClientPolicy {
         loopback_without_token,
         local_secret: Some(local_secret.clone()),
+        secure_cookies: false,
     };
     let app = popmesh_node::api::router_guarded(node.clone(), browser.clone(), clients);
     // The same API over TLS for the site LAN, where nothing is loopback: every request shows a client token.
@@ -148,6 +149,7 @@ async fn serve(
         let strict = popmesh_node::api::ClientPolicy {
             loopback_without_token: false,
             local_secret: None,
+            secure_cookies: true,
         };
         let app = popmesh_node::api::router_guarded(node.clone(), browser, strict);
         tokio::spawn(async move {
