@@ -13,6 +13,10 @@
 #   --listen ADDR        the mesh's listen multiaddr (default /ip4/0.0.0.0/tcp/4701)
 #   --media-port PORT    the blob endpoint's UDP port (default 4702)
 #   --no-mdns            do not look for the site by mDNS (networks that block multicast)
+#   --tls-listen ADDR    open the API's TLS listener for tablets and screens on the site LAN, such as
+#                        0.0.0.0:7743; provisioning then prints the pairing code (and a QR code with qrencode)
+#   --pair-host HOST     the address tablets reach this box at, for the pairing code (default: the TLS
+#                        listener's own address, or this box's first address when it listens on all of them)
 #   --wait SECS          how long to wait for enrollment and preseed (default 600)
 #   --no-systemd         start `popmesh run` in the background instead of a systemd service (staging, tests)
 #
@@ -22,7 +26,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="${PROVISION_ROOT:-}"
-role="" site="" token="" name="" binary="" api="" listen="" media_port="" wait_secs=600
+role="" site="" token="" name="" binary="" api="" listen="" media_port="" wait_secs=600 tls_listen="" pair_host=""
 mdns=true systemd=true
 bootstrap=()
 
@@ -41,9 +45,11 @@ while [ $# -gt 0 ]; do
     --listen) listen="${2:?--listen needs a multiaddr}"; shift 2 ;;
     --media-port) media_port="${2:?--media-port needs a port}"; shift 2 ;;
     --no-mdns) mdns=false; shift ;;
+    --tls-listen) tls_listen="${2:?--tls-listen needs an address}"; shift 2 ;;
+    --pair-host) pair_host="${2:?--pair-host needs a host}"; shift 2 ;;
     --wait) wait_secs="${2:?--wait needs seconds}"; shift 2 ;;
     --no-systemd) systemd=false; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -106,6 +112,10 @@ if [ -n "$api" ]; then config="$(printf '%s\n' "$config" | sed "/^\[api\]/,/^\[/
 if [ -n "$listen" ]; then config="$(printf '%s\n' "$config" | sed "/^\[p2p\]/,/^\[/ s|^listen = .*|listen = [\"$listen\"]|")"; fi
 if [ -n "$media_port" ]; then config="$(printf '%s\n' "$config" | sed "/^\[media\]/,/^\[/ s|^port = .*|port = $media_port|")"; fi
 if ! $mdns; then config="$(printf '%s\n' "$config" | sed 's|^mdns = true|mdns = false|')"; fi
+if [ -n "$tls_listen" ]; then
+  case "$tls_listen" in *[!0-9A-Za-z.:\[\]]*) die "--tls-listen $tls_listen: an address such as 0.0.0.0:7743" ;; esac
+  config="$(printf '%s\n' "$config" | sed "/^\[api\]/a tls_listen = \"$tls_listen\"")"
+fi
 printf '%s\n' "$config" > "$data/popmesh.toml"
 chmod 0600 "$data/popmesh.toml"
 say "wrote $data/popmesh.toml from deploy/config/$role.toml"
@@ -152,3 +162,16 @@ say "ready: $name ($role) ${device:+device $device}"
 echo "   data:     $data"
 echo "   console:  http://$api_addr/console"
 echo "   rehearse: $bin rehearse --data $data"
+if [ -n "$tls_listen" ]; then
+  host="$pair_host"
+  case "$tls_listen" in
+    0.0.0.0:*|\[::\]:*) [ -n "$host" ] || host="$(hostname -I 2>/dev/null | awk '{print $1}')" ;;
+  esac
+  if code="$("$bin" pair --data "$data" ${host:+--host "$host"} 2>/dev/null)"; then
+    echo "   pairing:  $code"
+    echo "             (scan it on a tablet or screen; add a client token with: $bin pair --data $data --role pos)"
+    if command -v qrencode >/dev/null; then qrencode -t ANSIUTF8 "$code"; else echo "             (install qrencode to show it as a QR code here)"; fi
+  else
+    echo "provision.sh: no pairing code: $("$bin" pair --data "$data" ${host:+--host "$host"} 2>&1 >/dev/null)" >&2
+  fi
+fi

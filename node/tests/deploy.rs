@@ -56,6 +56,7 @@ fn an_edge_box_and_a_kiosk_are_provisioned_from_nothing_and_the_kiosk_preseeds_t
     let (edge_root, kiosk_root) = (scratch.0.join("edge-kit"), scratch.0.join("kiosk-kit"));
     let edge_api = format!("127.0.0.1:{}", free_port());
     let edge_mesh = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let edge_tls = format!("127.0.0.1:{}", free_port());
     let (ok, out, err) = provision(
         &edge_root,
         &[
@@ -69,6 +70,8 @@ fn an_edge_box_and_a_kiosk_are_provisioned_from_nothing_and_the_kiosk_preseeds_t
             &edge_api,
             "--listen",
             &edge_mesh,
+            "--tls-listen",
+            &edge_tls,
         ],
     );
     let _edge = Running(edge_root.clone());
@@ -77,6 +80,23 @@ fn an_edge_box_and_a_kiosk_are_provisioned_from_nothing_and_the_kiosk_preseeds_t
     assert!(
         out.contains(&format!("console:  http://{edge_api}/console")),
         "{out}"
+    );
+    // With a TLS listener, provisioning ends with the pairing code tablets scan: the TLS address and the
+    // certificate's fingerprint.
+    let code = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("pairing:"))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no pairing code printed:\n{out}"));
+    let json = code.strip_prefix("popmesh-pair1.").expect("a pairing code");
+    let json = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, json)
+        .expect("base64");
+    let pairing: serde_json::Value = serde_json::from_slice(&json).expect("json");
+    assert_eq!(pairing["api"], format!("https://{edge_tls}"), "{pairing}");
+    assert_eq!(
+        pairing["sha256"].as_str().map(str::len),
+        Some(64),
+        "{pairing}"
     );
     let edge_data = edge_root.join("var/lib/popmesh");
     let edge_data = edge_data.to_str().expect("utf-8");
