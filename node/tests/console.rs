@@ -189,7 +189,7 @@ fn raw(
     node: &Node,
     method: &str,
     path: &str,
-    headers: &[String],
+    headers: &[&str],
     body: &str,
 ) -> common::hostile::Answer {
     let mut head = format!(
@@ -292,18 +292,15 @@ fn the_console_behind_its_login_signs_an_operator_in_keeps_others_out_and_ends_w
     );
     let cookie = format!("Cookie: {}", set.split(';').next().expect("pair"));
     let csrf = login.json()["csrf"].as_str().expect("csrf").to_owned();
-    assert_eq!(
-        raw(&edge, "GET", "/v1/console", &[cookie.clone()], "").status,
-        200
-    );
-    let forged = raw(&edge, "POST", "/v1/rehearsals", &[cookie.clone()], "{}");
+    assert_eq!(raw(&edge, "GET", "/v1/console", &[&cookie], "").status, 200);
+    let forged = raw(&edge, "POST", "/v1/rehearsals", &[&cookie], "{}");
     assert_eq!(forged.status, 403, "{}", forged.describe());
     assert!(forged.message().contains("CSRF"), "{}", forged.describe());
     let called = raw(
         &edge,
         "POST",
         "/v1/rehearsals",
-        &[cookie.clone(), format!("X-CSRF-Token: {csrf}")],
+        &[&cookie, &format!("X-CSRF-Token: {csrf}")],
         "{}",
     );
     assert!(called.status < 300, "{}", called.describe());
@@ -317,7 +314,10 @@ fn the_console_behind_its_login_signs_an_operator_in_keeps_others_out_and_ends_w
     );
     assert_eq!(bad.status, 401, "{}", bad.describe());
     let guessed = format!("Cookie: popmesh_session={}", "0".repeat(64));
-    assert_eq!(raw(&edge, "GET", "/v1/console", &[guessed], "").status, 401);
+    assert_eq!(
+        raw(&edge, "GET", "/v1/console", &[&guessed], "").status,
+        401
+    );
 
     // Revoking the token ends the session.
     let (ok, out, err) = common::site::popmesh(&["token", "revoke", "--data", data, &operator_id]);
@@ -325,7 +325,7 @@ fn the_console_behind_its_login_signs_an_operator_in_keeps_others_out_and_ends_w
     edge.wait_for(
         "the revocation to end the session",
         Duration::from_secs(10),
-        |n| raw(n, "GET", "/v1/console", &[cookie.clone()], "").status == 401,
+        |n| raw(n, "GET", "/v1/console", &[&cookie], "").status == 401,
     );
     // Signing out ends one that was still good.
     let (second, _) = issue_token(data, "operator");
@@ -345,13 +345,10 @@ fn the_console_behind_its_login_signs_an_operator_in_keeps_others_out_and_ends_w
             .next()
             .expect("pair")
     );
+    assert_eq!(raw(&edge, "GET", "/v1/status", &[&cookie], "").status, 200);
     assert_eq!(
-        raw(&edge, "GET", "/v1/status", &[cookie.clone()], "").status,
+        raw(&edge, "POST", "/v1/logout", &[&cookie], "{}").status,
         200
     );
-    assert_eq!(
-        raw(&edge, "POST", "/v1/logout", &[cookie.clone()], "{}").status,
-        200
-    );
-    assert_eq!(raw(&edge, "GET", "/v1/status", &[cookie], "").status, 401);
+    assert_eq!(raw(&edge, "GET", "/v1/status", &[&cookie], "").status, 401);
 }

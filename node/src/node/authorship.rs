@@ -13,6 +13,10 @@ use super::*;
 
 /// Refusals kept for the status and the console.
 const RECENT_MAX: usize = 32;
+/// Kinds learned from creating changes of documents the directory does not name (yet). Past this, a peer's new
+/// documents are judged as unknown ones (the strictest rule) until the directory names them: a peer creating
+/// documents without end cannot grow this device's memory.
+const LEARNED_MAX: usize = 20_000;
 /// At most one incident per author in this long (a rogue that keeps reconnecting is counted, not written 1000 times).
 const INCIDENT_EVERY_MS: u64 = 10 * 60 * 1000;
 
@@ -112,7 +116,10 @@ impl Judge {
         };
         match verdict {
             Ok(Some(learned)) => {
-                write(&self.kinds).insert(payload.document.to_owned(), learned);
+                let mut kinds = write(&self.kinds);
+                if kinds.len() < LEARNED_MAX {
+                    kinds.insert(payload.document.to_owned(), learned);
+                }
                 Ok(())
             }
             Ok(None) => Ok(()),
