@@ -193,6 +193,21 @@ fn a_junk_section_costs_only_its_writer_its_sales() {
     assert_eq!(totals.sales.len(), 1);
 }
 
+/// The ledger as `key` leaves it after deleting its receipt (what a rogue, or an origin gone wrong, would send).
+fn with_receipt_deleted(ledger: &Doc<Ledger>, key: &SecretKey) -> Automerge {
+    let mut am = ledger.automerge().clone();
+    am.set_actor(actor_id(key.public(), 1));
+    let mut tx = am.transaction();
+    let (_, receipts) = tx
+        .get(automerge::ROOT, "receipts")
+        .expect("read")
+        .expect("receipts");
+    let token = tx.keys(&receipts).next().expect("a receipt");
+    tx.delete(&receipts, token.as_str()).expect("delete");
+    tx.commit();
+    am
+}
+
 fn ledger_with_a_receipt(site: &Site) -> Doc<Ledger> {
     let me = site.kiosk.public();
     let mut ledger = Doc::create_ledger(
@@ -239,18 +254,7 @@ fn a_rogue_kiosk_cannot_delete_a_receipt_and_the_origin_may_only_mark_it() {
         .cloned()
         .expect("token");
 
-    let delete_as = |key: &SecretKey| {
-        let mut am = ledger.automerge().clone();
-        am.set_actor(actor_id(key.public(), 1));
-        let mut tx = am.transaction();
-        let (_, receipts) = tx
-            .get(automerge::ROOT, "receipts")
-            .expect("read")
-            .expect("receipts");
-        tx.delete(&receipts, token.as_str()).expect("delete");
-        tx.commit();
-        new_changes(&am, &before)
-    };
+    let delete_as = |key: &SecretKey| new_changes(&with_receipt_deleted(&ledger, key), &before);
     let refused = check(&site, &owner, &delete_as(&site.rogue)).expect_err("refused");
     assert!(refused.reason.contains("ledger of"), "{refused}");
     // Not even the origin deletes a receipt.
@@ -346,16 +350,7 @@ fn a_sync_message_is_judged_whole_whether_it_carries_changes_or_a_whole_document
     let ledger = ledger_with_a_receipt(&site);
     // The rogue's copy, with a receipt deleted, synced to a fresh peer (which gets the whole document) and to a
     // peer that has the honest ledger (which gets the change alone).
-    let mut rogue = ledger.automerge().clone();
-    rogue.set_actor(actor_id(site.rogue.public(), 1));
-    let mut tx = rogue.transaction();
-    let (_, receipts) = tx
-        .get(automerge::ROOT, "receipts")
-        .expect("read")
-        .expect("receipts");
-    let token = tx.keys(&receipts).next().expect("a receipt");
-    tx.delete(&receipts, token.as_str()).expect("delete");
-    tx.commit();
+    let rogue = with_receipt_deleted(&ledger, &site.rogue);
     let owner = DocKind::Ledger(site.kiosk.public());
     for peer in [Automerge::new(), ledger.automerge().clone()] {
         let messages = sync_messages(&mut rogue.clone(), &mut peer.clone());
@@ -386,16 +381,7 @@ fn a_device_that_has_not_read_the_directory_takes_the_edge_boxes_slot_but_no_del
     );
     let ledger = ledger_with_a_receipt(&site);
     let before = ledger.automerge().get_heads();
-    let mut am = ledger.automerge().clone();
-    am.set_actor(actor_id(site.rogue.public(), 1));
-    let mut tx = am.transaction();
-    let (_, receipts) = tx
-        .get(automerge::ROOT, "receipts")
-        .expect("read")
-        .expect("receipts");
-    let token = tx.keys(&receipts).next().expect("a receipt");
-    tx.delete(&receipts, token.as_str()).expect("delete");
-    tx.commit();
+    let am = with_receipt_deleted(&ledger, &site.rogue);
     let owner = DocKind::Ledger(site.kiosk.public());
     assert!(check_changes(&owner, &new_changes(&am, &before), &nobody).is_err());
 }
