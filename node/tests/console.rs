@@ -327,6 +327,60 @@ fn the_console_behind_its_login_signs_an_operator_in_keeps_others_out_and_ends_w
         Duration::from_secs(10),
         |n| raw(n, "GET", "/v1/console", &[&cookie], "").status == 401,
     );
+    let ended = raw(&edge, "GET", "/v1/session", &[&cookie], "");
+    assert_eq!(ended.status, 401, "{}", ended.describe());
+
+    // A stolen screen token signing in over and over cannot push an operator out: it holds at most 8 sessions,
+    // and its own oldest go.
+    let (operator, _) = issue_token(data, "operator");
+    let (screen, _) = issue_token(data, "screen");
+    let login = raw(
+        &edge,
+        "POST",
+        "/v1/login",
+        &[],
+        &format!(r#"{{"token":"{operator}"}}"#),
+    );
+    let kept = format!(
+        "Cookie: {}",
+        login
+            .header("set-cookie")
+            .expect("cookie")
+            .split(';')
+            .next()
+            .expect("pair")
+    );
+    let screen_cookie = |answer: &common::hostile::Answer| {
+        format!(
+            "Cookie: {}",
+            answer
+                .header("set-cookie")
+                .expect("cookie")
+                .split(';')
+                .next()
+                .expect("pair")
+        )
+    };
+    let first = screen_cookie(&raw(
+        &edge,
+        "POST",
+        "/v1/login",
+        &[],
+        &format!(r#"{{"token":"{screen}"}}"#),
+    ));
+    for _ in 0..300 {
+        let again = raw(
+            &edge,
+            "POST",
+            "/v1/login",
+            &[],
+            &format!(r#"{{"token":"{screen}"}}"#),
+        );
+        assert_eq!(again.status, 200, "{}", again.describe());
+    }
+    assert_eq!(raw(&edge, "GET", "/v1/console", &[&kept], "").status, 200);
+    assert_eq!(raw(&edge, "GET", "/v1/status", &[&first], "").status, 401);
+
     // Signing out ends one that was still good.
     let (second, _) = issue_token(data, "operator");
     let login = raw(

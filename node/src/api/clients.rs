@@ -164,6 +164,7 @@ fn role_of(gate: &ClientGate, req: &Request) -> Result<Caller, Box<Response>> {
                 gate.sessions.from_headers(req.headers())
             {
                 if !caller.still_valid(&gate.node) {
+                    gate.sessions.drop_session(req.headers());
                     return Err(unauthorized(
                         "the token this session was signed in with is revoked or expired: sign in again".into(),
                     ));
@@ -190,6 +191,13 @@ fn role_of(gate: &ClientGate, req: &Request) -> Result<Caller, Box<Response>> {
                     role: ClientRole::Operator,
                     token: None,
                 });
+            }
+            if super::sessions::Sessions::has_cookie(req.headers()) {
+                return Err(unauthorized(
+                    "this console session has ended (signed out, idle, or from before a restart): sign in again at \
+                     /console, or send Authorization: Bearer"
+                        .into(),
+                ));
             }
             return Err(unauthorized(
                 "this API needs a client token: send Authorization: Bearer popmesh-client1...., which an \
@@ -252,8 +260,19 @@ pub async fn guard(State(gate): State<ClientGate>, mut req: Request, next: Next)
         .with_code("role_forbidden")
         .into_response();
     }
+    let by_cookie = caller.token.is_some()
+        && !req.headers().contains_key(header::AUTHORIZATION)
+        && path.starts_with("/v1/");
     req.extensions_mut().insert(caller);
-    next.run(req).await
+    let mut answer = next.run(req).await;
+    // What a signed-in browser reads is not for its cache (a shared kiosk's next user).
+    if by_cookie && !answer.headers().contains_key(header::CACHE_CONTROL) {
+        answer.headers_mut().insert(
+            header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        );
+    }
+    answer
 }
 
 /// The roles a route admits, by method and the router's name for the path.

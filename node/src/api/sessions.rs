@@ -9,8 +9,11 @@
 //!   cannot read it, so it cannot send it).
 //! - `GET /v1/session` gives a reloaded page its CSRF token back; `POST /v1/logout` ends the session.
 //!
-//! Sessions live in memory: a restart signs everyone out. At most [`SESSIONS_MAX`]; past it the least recently
-//! used goes. A session idle for [`IDLE_MS`] ends.
+//! Sessions live in memory: a restart signs everyone out. One token holds at most [`PER_TOKEN_MAX`] (signing in
+//! again past that ends its own oldest), so a stolen screen token cannot push operators out; a listener holds at
+//! most [`SESSIONS_MAX`], and past that a sign-in is refused (503) rather than ending someone else's session. A
+//! session idle for [`IDLE_MS`] ends. Signing out needs no CSRF token: the worst a forged one does is sign out, and
+//! the cookie is `SameSite=Strict` anyway.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +36,8 @@ pub const COOKIE: &str = "popmesh_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Sessions held at once.
 pub const SESSIONS_MAX: usize = 256;
+/// Sessions one token holds at once (a laptop, a tablet, a spare browser).
+pub const PER_TOKEN_MAX: usize = 8;
 /// A session unused this long ends (12 hours: a show day).
 pub const IDLE_MS: u64 = 12 * 60 * 60 * 1000;
 
@@ -90,13 +95,24 @@ impl Sessions {
         };
         let mut open = lock(&self.open);
         open.retain(|_, s| s.expires > now && now.saturating_sub(s.used) < IDLE_MS);
-        if open.len() >= SESSIONS_MAX
-            && let Some(oldest) = open
-                .iter()
-                .min_by_key(|(_, s)| s.used)
-                .map(|(k, _)| k.clone())
+        let same_token: Vec<(String, u64)> = open
+            .iter()
+            .filter(|(_, s)| s.token.id == session.token.id)
+            .map(|(k, s)| (k.clone(), s.used))
+            .collect();
+        if same_token.len() >= PER_TOKEN_MAX
+            && let Some((oldest, _)) = same_token.iter().min_by_key(|(_, used)| *used)
         {
-            open.remove(&oldest);
+            open.remove(oldest);
+        } else if open.len() >= SESSIONS_MAX {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{SESSIONS_MAX} console sessions are open on this listener: sign out elsewhere, or wait for \
+                     idle ones to end; scripts can send Authorization: Bearer instead"
+                ),
+            )
+            .with_code("sessions_full"));
         }
         open.insert(id.clone(), session.clone());
         Ok((id, session))
@@ -126,15 +142,29 @@ impl Sessions {
         }
     }
 
+    /// Ends the session a request's cookie names (its token was revoked or expired meanwhile).
+    pub fn drop_session(&self, headers: &HeaderMap) {
+        if let Some(id) = cookie(headers) {
+            lock(&self.open).remove(&id);
+        }
+    }
+
+    /// Whether the request carries a session cookie at all (for saying "sign in again" rather than "send a token").
+    pub fn has_cookie(headers: &HeaderMap) -> bool {
+        cookie(headers).is_some()
+    }
+
     fn close(&self, headers: &HeaderMap) -> bool {
         cookie(headers).is_some_and(|id| lock(&self.open).remove(&id).is_some())
     }
 
-    fn csrf_of(&self, headers: &HeaderMap) -> Option<(ClientRole, String, u64)> {
+    fn csrf_of(&self, headers: &HeaderMap) -> Option<(ClientRole, Arc<ClientToken>, String, u64)> {
         let id = cookie(headers)?;
-        lock(&self.open)
-            .get(&id)
-            .map(|s| (s.role, s.csrf.clone(), s.expires))
+        let now = clock::now().0;
+        let mut open = lock(&self.open);
+        let s = open.get_mut(&id)?;
+        s.used = now;
+        Some((s.role, s.token.clone(), s.csrf.clone(), s.expires))
     }
 }
 
@@ -192,17 +222,23 @@ pub async fn login(
         ApiError::new(StatusCode::UNAUTHORIZED, format!("sign-in refused: {why}"))
             .with_code("unauthorized")
     };
-    let token = ClientToken::from_text(body.token.trim()).map_err(|e| refused(e.to_string()))?;
+    let token = ClientToken::from_text(body.token.trim()).map_err(|e| {
+        tracing::warn!("console sign-in refused: {e}");
+        refused(e.to_string())
+    })?;
     let role = gate
         .node
         .check_client_token(&token)
         .map_err(ApiError::from)?
         .map_err(|e| {
             gate.node.note_client_refused(false);
+            tracing::warn!(label = %token.label, "console sign-in refused: {e}");
             refused(e.to_string())
         })?;
     let now = clock::now().0;
+    let (label, token_id) = (token.label.clone(), token.id_hex());
     let (id, session) = gate.sessions.open_session(role, Arc::new(token), now)?;
+    tracing::info!(role = role.as_str(), %label, token = %token_id, "console sign-in");
     let max_age = session.expires.saturating_sub(now) / 1000;
     let mut answer = Json(json!({
         "role": role.as_str(),
@@ -224,7 +260,18 @@ pub async fn session(
     State(gate): State<ClientGate>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some((role, csrf, expires)) = gate.sessions.csrf_of(&headers) else {
+    let valid = gate
+        .sessions
+        .csrf_of(&headers)
+        .filter(|(role, token, _, _)| {
+            Caller {
+                role: *role,
+                token: Some(token.clone()),
+            }
+            .still_valid(&gate.node)
+        });
+    let Some((role, _, csrf, expires)) = valid else {
+        gate.sessions.drop_session(&headers);
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "not signed in: POST /v1/login with a client token",
