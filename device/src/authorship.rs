@@ -364,6 +364,96 @@ fn key_shown(key: &Key) -> String {
     }
 }
 
+/// Kinds learned from creating changes of documents the directory does not name (yet). Past this, a peer's new
+/// documents are judged as unknown ones (the strictest rule) until the directory names them: a peer creating
+/// documents without end cannot grow a device's memory.
+pub const LEARNED_MAX: usize = 20_000;
+
+/// What a device knows of each document's kind (by sync engine id): named by its directory replica, or seen
+/// created. Each shell keeps one and asks [`judge`] with it; memory, so a restart starts it empty.
+#[derive(Debug, Default)]
+pub struct Kinds {
+    known: std::collections::HashMap<String, DocKind>,
+}
+
+impl Kinds {
+    /// Records the name of a document this device holds.
+    pub fn name(&mut self, id: &str, name: &DocName) {
+        self.known.insert(id.to_owned(), DocKind::of(name));
+    }
+
+    /// The kind of document `id`: known already, the directory itself (`directory`: its id, when this device
+    /// has learned it), or registered under a name (`registered`, asked only for an id not known yet).
+    pub fn kind_of(
+        &mut self,
+        id: &str,
+        directory: Option<&str>,
+        registered: impl FnOnce(&str) -> Option<DocName>,
+    ) -> DocKind {
+        if let Some(kind) = self.known.get(id) {
+            return kind.clone();
+        }
+        if directory == Some(id) {
+            return DocKind::Directory;
+        }
+        match registered(id) {
+            Some(name) => {
+                let kind = DocKind::of(&name);
+                self.known.insert(id.to_owned(), kind.clone());
+                kind
+            }
+            None => DocKind::Unknown,
+        }
+    }
+
+    /// Remembers what a document's creating change said it is (at most [`LEARNED_MAX`] documents).
+    pub fn learn(&mut self, id: String, kind: DocKind) {
+        if self.known.len() < LEARNED_MAX {
+            self.known.insert(id, kind);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.known.clear();
+    }
+}
+
+/// A samod message refused, and the document it was for (none when its envelope does not read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub document: Option<String>,
+    pub refusal: Refusal,
+}
+
+/// Judges one samod message a peer sent, as both shells do before their sync engine sees it: the envelope
+/// ([`sync_payload`]), then the changes ([`check_sync`]) under the kind `kind_of` gives for its document. Messages
+/// that carry no sync data pass. `Ok(Some((id, kind)))`: the message created a document `kind_of` did not know;
+/// the shell remembers it ([`Kinds::learn`]).
+pub fn judge(
+    message: &[u8],
+    kind_of: impl FnOnce(&str) -> DocKind,
+    role_of: &dyn Fn(&DeviceId) -> Option<Role>,
+) -> Result<Option<(String, DocKind)>, Rejected> {
+    let payload = match sync_payload(message) {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            return Err(Rejected {
+                document: None,
+                refusal: refuse(None, e),
+            });
+        }
+    };
+    let kind = kind_of(payload.document);
+    match check_sync(&kind, payload.data, role_of) {
+        Ok(learned) => Ok(learned.map(|k| (payload.document.to_owned(), k))),
+        Err(refusal) => Err(Rejected {
+            document: Some(payload.document.to_owned()),
+            refusal,
+        }),
+    }
+}
+
 /// An Automerge sync message carried by a samod (automerge-repo) message, and the document it is for.
 #[derive(Debug, PartialEq, Eq)]
 pub struct SyncPayload<'a> {

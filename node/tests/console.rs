@@ -210,6 +210,23 @@ fn raw(
         .expect("answers")
 }
 
+/// `POST /v1/login` with `token`.
+fn login(node: &Node, token: &str) -> common::hostile::Answer {
+    raw(
+        node,
+        "POST",
+        "/v1/login",
+        &[],
+        &format!(r#"{{"token":"{token}"}}"#),
+    )
+}
+
+/// The `Cookie:` header a sign-in's `Set-Cookie` asks the browser to send.
+fn cookie_of(answer: &common::hostile::Answer) -> String {
+    let set = answer.header("set-cookie").expect("a cookie");
+    format!("Cookie: {}", set.split(';').next().expect("pair"))
+}
+
 fn issue_token(data: &str, role: &str) -> (String, String) {
     let (ok, out, err) = common::site::popmesh(&[
         "token", "issue", "--data", data, "--role", role, "--valid", "1h", "--label", "laptop",
@@ -277,21 +294,15 @@ fn the_console_behind_its_login_signs_an_operator_in_keeps_others_out_and_ends_w
     assert!(text.contains("may not GET /v1/console"), "{text}");
 
     // The session itself: an HttpOnly, SameSite=Strict cookie; what changes something needs the CSRF token too.
-    let login = raw(
-        &edge,
-        "POST",
-        "/v1/login",
-        &[],
-        &format!(r#"{{"token":"{operator}"}}"#),
-    );
-    assert_eq!(login.status, 200, "{}", login.describe());
-    let set = login.header("set-cookie").expect("a cookie").to_owned();
+    let signed_in = login(&edge, &operator);
+    assert_eq!(signed_in.status, 200, "{}", signed_in.describe());
+    let set = signed_in.header("set-cookie").expect("a cookie").to_owned();
     assert!(
         set.contains("HttpOnly") && set.contains("SameSite=Strict") && !set.contains("Secure"),
         "{set}"
     );
-    let cookie = format!("Cookie: {}", set.split(';').next().expect("pair"));
-    let csrf = login.json()["csrf"].as_str().expect("csrf").to_owned();
+    let cookie = cookie_of(&signed_in);
+    let csrf = signed_in.json()["csrf"].as_str().expect("csrf").to_owned();
     assert_eq!(raw(&edge, "GET", "/v1/console", &[&cookie], "").status, 200);
     let forged = raw(&edge, "POST", "/v1/rehearsals", &[&cookie], "{}");
     assert_eq!(forged.status, 403, "{}", forged.describe());
@@ -305,13 +316,7 @@ fn the_console_behind_its_login_signs_an_operator_in_keeps_others_out_and_ends_w
     );
     assert!(called.status < 300, "{}", called.describe());
     // A bad token does not sign in; a cookie nobody issued is nobody.
-    let bad = raw(
-        &edge,
-        "POST",
-        "/v1/login",
-        &[],
-        r#"{"token":"popmesh-client1.AAAA"}"#,
-    );
+    let bad = login(&edge, "popmesh-client1.AAAA");
     assert_eq!(bad.status, 401, "{}", bad.describe());
     let guessed = format!("Cookie: popmesh_session={}", "0".repeat(64));
     assert_eq!(
@@ -334,48 +339,10 @@ fn the_console_behind_its_login_signs_an_operator_in_keeps_others_out_and_ends_w
     // and its own oldest go.
     let (operator, _) = issue_token(data, "operator");
     let (screen, _) = issue_token(data, "screen");
-    let login = raw(
-        &edge,
-        "POST",
-        "/v1/login",
-        &[],
-        &format!(r#"{{"token":"{operator}"}}"#),
-    );
-    let kept = format!(
-        "Cookie: {}",
-        login
-            .header("set-cookie")
-            .expect("cookie")
-            .split(';')
-            .next()
-            .expect("pair")
-    );
-    let screen_cookie = |answer: &common::hostile::Answer| {
-        format!(
-            "Cookie: {}",
-            answer
-                .header("set-cookie")
-                .expect("cookie")
-                .split(';')
-                .next()
-                .expect("pair")
-        )
-    };
-    let first = screen_cookie(&raw(
-        &edge,
-        "POST",
-        "/v1/login",
-        &[],
-        &format!(r#"{{"token":"{screen}"}}"#),
-    ));
+    let kept = cookie_of(&login(&edge, &operator));
+    let first = cookie_of(&login(&edge, &screen));
     for _ in 0..300 {
-        let again = raw(
-            &edge,
-            "POST",
-            "/v1/login",
-            &[],
-            &format!(r#"{{"token":"{screen}"}}"#),
-        );
+        let again = login(&edge, &screen);
         assert_eq!(again.status, 200, "{}", again.describe());
     }
     assert_eq!(raw(&edge, "GET", "/v1/console", &[&kept], "").status, 200);
@@ -383,22 +350,7 @@ fn the_console_behind_its_login_signs_an_operator_in_keeps_others_out_and_ends_w
 
     // Signing out ends one that was still good.
     let (second, _) = issue_token(data, "operator");
-    let login = raw(
-        &edge,
-        "POST",
-        "/v1/login",
-        &[],
-        &format!(r#"{{"token":"{second}"}}"#),
-    );
-    let cookie = format!(
-        "Cookie: {}",
-        login
-            .header("set-cookie")
-            .expect("cookie")
-            .split(';')
-            .next()
-            .expect("pair")
-    );
+    let cookie = cookie_of(&login(&edge, &second));
     assert_eq!(raw(&edge, "GET", "/v1/status", &[&cookie], "").status, 200);
     assert_eq!(
         raw(&edge, "POST", "/v1/logout", &[&cookie], "{}").status,

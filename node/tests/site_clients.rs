@@ -425,6 +425,13 @@ fn a_tablet_pairs_over_tls_pins_the_certificate_follows_a_slot_live_and_pays_onl
     // The screen follows the slot live: an event for it arrives once a seat is booked.
     let events =
         tls_request(addr, &sha256, "GET", "/v1/events", &screen, None).expect("events session");
+    // Its answer's head first: only then is the stream subscribed, and the booking cannot come before it.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(events));
+    for line in lines.by_ref() {
+        if line.expect("the events answer").is_empty() {
+            break;
+        }
+    }
     let (status, text) = tls_status(
         tls_request(
             addr,
@@ -437,7 +444,6 @@ fn a_tablet_pairs_over_tls_pins_the_certificate_follows_a_slot_live_and_pays_onl
         .expect("session"),
     );
     assert_eq!(status, 201, "{text}");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(events));
     let saw_slot = lines
         .by_ref()
         .take(200)

@@ -278,7 +278,7 @@ struct Device {
     known: BTreeMap<String, DocumentId>,
     view: Option<DirectoryView>,
     /// What the authorship rule knows of each document (by id), as the node's judge keeps it.
-    kinds: BTreeMap<String, popmesh_device::authorship::DocKind>,
+    kinds: popmesh_device::authorship::Kinds,
     /// Receipts this device has already verified.
     verified: BTreeSet<String>,
     /// Its enrollment certificate (a dropped-in kiosk makes its own from the join token when it arrives).
@@ -415,7 +415,7 @@ impl World {
                     vanished_at: None,
                     known: BTreeMap::new(),
                     view: None,
-                    kinds: BTreeMap::new(),
+                    kinds: Default::default(),
                     verified: BTreeSet::new(),
                     cert: None,
                     librarian: Librarian::new(),

@@ -160,7 +160,7 @@ fn role_of(gate: &ClientGate, req: &Request) -> Result<Caller, Box<Response>> {
         Credential::Unusable(why) => return Err(unauthorized(why.into())),
         Credential::None => {
             // A browser signed in at `/v1/login`: its cookie, and for a request that changes state its CSRF token.
-            if let super::sessions::FromCookie::Valid { caller, csrf } =
+            if let super::sessions::FromCookie::Valid { caller, csrf, .. } =
                 gate.sessions.from_headers(req.headers())
             {
                 if !caller.still_valid(&gate.node) {

@@ -64,6 +64,8 @@ pub enum FromCookie {
     Valid {
         caller: Caller,
         csrf: String,
+        /// When the session ends at the latest (its token's expiry), in Unix milliseconds.
+        expires: u64,
     },
 }
 
@@ -139,6 +141,7 @@ impl Sessions {
                 token: Some(s.token.clone()),
             },
             csrf: s.csrf.clone(),
+            expires: s.expires,
         }
     }
 
@@ -156,15 +159,6 @@ impl Sessions {
 
     fn close(&self, headers: &HeaderMap) -> bool {
         cookie(headers).is_some_and(|id| lock(&self.open).remove(&id).is_some())
-    }
-
-    fn csrf_of(&self, headers: &HeaderMap) -> Option<(ClientRole, Arc<ClientToken>, String, u64)> {
-        let id = cookie(headers)?;
-        let now = clock::now().0;
-        let mut open = lock(&self.open);
-        let s = open.get_mut(&id)?;
-        s.used = now;
-        Some((s.role, s.token.clone(), s.csrf.clone(), s.expires))
     }
 }
 
@@ -260,17 +254,15 @@ pub async fn session(
     State(gate): State<ClientGate>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let valid = gate
-        .sessions
-        .csrf_of(&headers)
-        .filter(|(role, token, _, _)| {
-            Caller {
-                role: *role,
-                token: Some(token.clone()),
-            }
-            .still_valid(&gate.node)
-        });
-    let Some((role, _, csrf, expires)) = valid else {
+    let valid = match gate.sessions.from_headers(&headers) {
+        FromCookie::Valid {
+            caller,
+            csrf,
+            expires,
+        } if caller.still_valid(&gate.node) => Some((caller.role, csrf, expires)),
+        _ => None,
+    };
+    let Some((role, csrf, expires)) = valid else {
         gate.sessions.drop_session(&headers);
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -6,17 +6,13 @@
 use std::collections::{HashMap, VecDeque};
 
 use popmesh_crdt::telemetry::{Incident, ROGUE_CHANGE};
-use popmesh_device::authorship::{self, DocKind};
+use popmesh_device::authorship::{self, Kinds};
 use tokio::sync::mpsc;
 
 use super::*;
 
 /// Refusals kept for the status and the console.
 const RECENT_MAX: usize = 32;
-/// Kinds learned from creating changes of documents the directory does not name (yet). Past this, a peer's new
-/// documents are judged as unknown ones (the strictest rule) until the directory names them: a peer creating
-/// documents without end cannot grow this device's memory.
-const LEARNED_MAX: usize = 20_000;
 /// At most one incident per author in this long (a rogue that keeps reconnecting is counted, not written 1000 times).
 const INCIDENT_EVERY_MS: u64 = 10 * 60 * 1000;
 
@@ -38,7 +34,7 @@ pub(crate) struct Judge {
     view: Arc<RwLock<Option<DirectoryView>>>,
     directory: Arc<RwLock<Option<DocumentId>>>,
     /// Document id -> kind: from the names this device tracks and registers, or learned from a creating change.
-    kinds: RwLock<HashMap<String, DocKind>>,
+    kinds: Mutex<Kinds>,
     recent: Mutex<VecDeque<Refused>>,
     refused_total: Counter,
     tell: mpsc::UnboundedSender<Refused>,
@@ -61,7 +57,7 @@ impl Judge {
         let judge = Arc::new(Self {
             view,
             directory,
-            kinds: RwLock::new(HashMap::new()),
+            kinds: Mutex::default(),
             recent: Mutex::new(VecDeque::new()),
             refused_total,
             tell,
@@ -71,61 +67,46 @@ impl Judge {
 
     /// Records the name of a document this device holds.
     pub(super) fn name(&self, id: &DocumentId, name: &DocName) {
-        write(&self.kinds).insert(id.to_string(), DocKind::of(name));
+        lock(&self.kinds).name(&id.to_string(), name);
     }
 
-    fn kind_of(&self, id: &str) -> DocKind {
-        if let Some(kind) = read(&self.kinds).get(id) {
-            return kind.clone();
-        }
-        if read(&self.directory)
-            .as_ref()
-            .is_some_and(|d| d.to_string() == id)
-        {
-            return DocKind::Directory;
-        }
-        // Registered in the directory but not opened here yet.
-        let named = read(&self.view).as_ref().and_then(|v| {
-            v.documents
-                .iter()
-                .find(|(_, d)| d.as_str() == id)
-                .and_then(|(name, _)| name.parse::<DocName>().ok())
-        });
-        match named {
-            Some(name) => {
-                let kind = DocKind::of(&name);
-                write(&self.kinds).insert(id.to_owned(), kind.clone());
-                kind
-            }
-            None => DocKind::Unknown,
-        }
-    }
-
-    /// Whether one samod message from `peer` may reach samod.
+    /// Whether one samod message from `peer` may reach samod (the device core's `authorship::judge`). The kinds
+    /// are locked only to look up and to learn, not while the changes are checked.
     pub(super) fn judge(&self, peer: DeviceId, message: &[u8]) -> Result<(), String> {
-        let payload = match authorship::sync_payload(message) {
-            Ok(Some(p)) => p,
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(self.refuse(peer, None, "a message".into(), e)),
+        let directory = read(&self.directory).as_ref().map(|d| d.to_string());
+        let kind_of = |id: &str| {
+            lock(&self.kinds).kind_of(id, directory.as_deref(), |id| {
+                // Registered in the directory but not opened here yet.
+                read(&self.view).as_ref().and_then(|v| {
+                    v.documents
+                        .iter()
+                        .find(|(_, d)| d.as_str() == id)
+                        .and_then(|(name, _)| name.parse::<DocName>().ok())
+                })
+            })
         };
-        let kind = self.kind_of(payload.document);
         let verdict = {
             let view = read(&self.view);
             let role_of = |d: &DeviceId| view.as_ref().and_then(|v| v.role_of(d));
-            authorship::check_sync(&kind, payload.data, &role_of)
+            authorship::judge(message, kind_of, &role_of)
         };
         match verdict {
-            Ok(Some(learned)) => {
-                let mut kinds = write(&self.kinds);
-                if kinds.len() < LEARNED_MAX {
-                    kinds.insert(payload.document.to_owned(), learned);
-                }
+            Ok(Some((id, kind))) => {
+                lock(&self.kinds).learn(id, kind);
                 Ok(())
             }
             Ok(None) => Ok(()),
-            Err(refusal) => {
-                let document = self.shown(payload.document);
-                Err(self.refuse(peer, refusal.author, document, refusal.reason))
+            Err(rejected) => {
+                let document = rejected
+                    .document
+                    .as_deref()
+                    .map_or_else(|| "a message".to_owned(), |id| self.shown(id));
+                Err(self.refuse(
+                    peer,
+                    rejected.refusal.author,
+                    document,
+                    rejected.refusal.reason,
+                ))
             }
         }
     }
