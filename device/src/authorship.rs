@@ -39,7 +39,7 @@ use popmesh_crdt::docs::DocName;
 use popmesh_crdt::{DeviceId, Role};
 
 /// What a device knows of the document a sync message is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DocKind {
     /// A ledger page of `device`.
     Ledger(DeviceId),
@@ -227,11 +227,11 @@ pub fn check_changes(
     role_of: &dyn Fn(&DeviceId) -> Option<Role>,
 ) -> Result<Option<DocKind>, Refusal> {
     let mut learned = None;
-    let mut kind = kind.clone();
+    let mut kind = *kind;
     if kind == DocKind::Unknown
         && let Some(found) = changes.iter().find_map(header_of)
     {
-        kind = found.clone();
+        kind = found;
         learned = Some(found);
     }
     for change in changes {
@@ -391,7 +391,7 @@ impl Kinds {
         registered: impl FnOnce(&str) -> Option<DocName>,
     ) -> DocKind {
         if let Some(kind) = self.known.get(id) {
-            return kind.clone();
+            return *kind;
         }
         if directory == Some(id) {
             return DocKind::Directory;
@@ -399,11 +399,16 @@ impl Kinds {
         match registered(id) {
             Some(name) => {
                 let kind = DocKind::of(&name);
-                self.known.insert(id.to_owned(), kind.clone());
+                self.known.insert(id.to_owned(), kind);
                 kind
             }
             None => DocKind::Unknown,
         }
+    }
+
+    /// The kind of `id` if this device has named or learned it (no lookup, nothing learned).
+    pub fn get(&self, id: &str) -> Option<DocKind> {
+        self.known.get(id).copied()
     }
 
     /// Remembers what a document's creating change said it is (at most [`LEARNED_MAX`] documents).

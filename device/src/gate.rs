@@ -4,14 +4,17 @@
 //!   the certificate is the authenticated device's, chains to the site authority, is valid now, and (when this
 //!   device holds the directory) neither the device nor its invite is revoked (`popmesh_crdt::directory::admit_peer`).
 //! - [`class_of`]: the class a document's sync messages travel in (money first).
-//! - [`share`]: who may read and write a document through the sync engine.
+//! - [`share`]: who may read and write a document through the sync engine; [`announce`]: whether to tell a site
+//!   peer of a document at all (only if the site's [`Topology`] has it hold documents of that kind).
 
 use popmesh_crdt::directory::{DirectoryView, admit_peer};
 use popmesh_crdt::docs::DocName;
 use popmesh_crdt::enrollment::{EnrollmentCert, TrustError};
 use popmesh_crdt::{DeviceId, SiteId, UnixMillis};
 
+use crate::authorship::DocKind;
 use crate::mutation::{Mutation, Mutations};
+use crate::topology::Topology;
 
 /// The hello versions this device speaks.
 pub const HELLO_VERSION: u32 = 1;
@@ -113,5 +116,18 @@ pub fn share(peer: &str, screen_readable: bool) -> Share {
         Share::ReadOnly
     } else {
         Share::None
+    }
+}
+
+/// Whether to announce a document of `kind` to site peer `peer` (a device id in hex): only if the site's shape
+/// has it hold such documents ([`Topology::holds_kind`]). A peer that asks for a document anyway is still answered
+/// (announcing is not access), and without a shape yet (no directory) everything is announced, as discovery needs.
+pub fn announce(shape: Option<&Topology>, peer: &str, kind: DocKind) -> bool {
+    let Some(shape) = shape else {
+        return true;
+    };
+    match DeviceId::from_hex(peer) {
+        Ok(device) => shape.holds_kind(&device, kind),
+        Err(_) => true,
     }
 }

@@ -16,6 +16,8 @@
 //! - [`librarian`]: finding the site directory, enrolling in it, and opening every document it registers.
 //! - [`links`]: the mesh's rules between two devices: who dials, which duplicate connection closes, backoff,
 //!   blocking.
+//! - [`topology`]: the site's shape: relays (edge boxes, or elected kiosks), the links each device holds within
+//!   named bounds, and which documents each device holds and is told of.
 //! - [`rebalancer`]: when a device gives quota to a connected peer running low.
 //! - [`watchman`]: who this device reaches, the incidents it records when a peer drops out, rehearsal answers.
 //! - [`mutation`]: deliberately broken decisions, for the tests that prove the simulator catches them.
@@ -28,6 +30,7 @@ pub mod librarian;
 pub mod links;
 pub mod mutation;
 pub mod rebalancer;
+pub mod topology;
 pub mod watchman;
 
 pub use desk::{Desk, DeskAction, DeskError, StoreFault, Ticket};
