@@ -265,7 +265,7 @@ impl Topology {
             .map(|(d, _)| d)
     }
 
-    /// The most links any device holds, and whether every device is within its bound.
+    /// Whether every device holds no more links than its part's bound (a small site's full mesh has none).
     pub fn within_bounds(&self) -> bool {
         self.small
             || self.links.iter().all(|(d, peers)| {

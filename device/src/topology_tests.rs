@@ -1,3 +1,6 @@
+//! Stories of the site's shape: bounds at every size, a festival that loses a device, a kiosk joining, what a
+//! kiosk holds.
+
 use std::collections::{BTreeSet, VecDeque};
 
 use super::*;
