@@ -85,11 +85,11 @@ impl Judge {
                 })
             })
         };
-        let verdict = {
-            let view = read(&self.view);
-            let role_of = |d: &DeviceId| view.as_ref().and_then(|v| v.role_of(d));
-            authorship::judge(message, kind_of, &role_of)
-        };
+        // The view is read per lookup, never held across the judging: `kind_of` reads it too, and a second read
+        // of a std `RwLock` this thread already holds blocks behind a waiting writer (the librarian taking a new
+        // view), which froze the node (every sync message and `/v1/status` waited on it).
+        let role_of = |d: &DeviceId| read(&self.view).as_ref().and_then(|v| v.role_of(d));
+        let verdict = authorship::judge(message, kind_of, &role_of);
         match verdict {
             Ok(Some((id, kind))) => {
                 lock(&self.kinds).learn(id, kind);
