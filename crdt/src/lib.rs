@@ -26,7 +26,6 @@ pub mod report;
 pub mod risk;
 pub mod settlement;
 pub mod telemetry;
-pub mod topology;
 
 pub use doc::{Doc, DocError, SyncStats, actor_id};
 pub use identity::{DeviceId, DeviceKey, PublicKey, Role, SecretKey, SiteId, UnixMillis};

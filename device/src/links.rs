@@ -3,31 +3,27 @@
 //!
 //! Time is passed in (`T` is the shell's clock: `std::time::Instant` in the node's swarm task, simulated time in
 //! the simulator), so both run these rules, not two copies of them. Which peers to link to at all is [`planned`]:
-//! `popmesh_crdt::topology::neighbours` (the hubs and ring neighbours) over the devices this device's directory
-//! trusts now.
+//! [`crate::topology::Topology`] (relays, and each member's relays and ring neighbours) over the devices this
+//! device's directory trusts now.
 
 use std::collections::BTreeSet;
 use std::ops::Add;
 use std::time::Duration;
 
 use popmesh_crdt::directory::DirectoryView;
-use popmesh_crdt::topology::{RING_K_DEFAULT, neighbours};
 use popmesh_crdt::{DeviceId, UnixMillis};
 
-/// The peers `me` holds links to: the hubs and its [`RING_K_DEFAULT`] ring neighbours on each side, among the
-/// devices `view` trusts at `now` (a revoked or expired device is planned by no one, and the ring closes over
-/// it). `None` without a directory: then the device links with every peer it discovers, as it must to find one.
+use crate::topology::Topology;
+
+/// The peers `me` holds links to in the site's [`Topology`] over the devices `view` trusts at `now` (a revoked or
+/// expired device is planned by no one, and the graph closes over it). `None` without a directory: then the
+/// device links with every peer it discovers, as it must to find one.
 pub fn planned(
     me: DeviceId,
     view: Option<&DirectoryView>,
     now: UnixMillis,
 ) -> Option<BTreeSet<DeviceId>> {
-    let devices: Vec<_> = view?
-        .trusted_devices(now)
-        .into_iter()
-        .map(|(device, role, _)| (device, role))
-        .collect();
-    Some(neighbours(me, &devices, RING_K_DEFAULT))
+    Some(Topology::of_view(view?, now).links(&me))
 }
 
 /// The first wait before dialing again after a failure; it doubles per failure up to [`BACKOFF_MAX`].

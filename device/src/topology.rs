@@ -265,17 +265,26 @@ impl Topology {
             .map(|(d, _)| d)
     }
 
-    /// Whether every device holds no more links than its part's bound (a small site's full mesh has none).
+    /// Whether every device holds no more links than its part's bound ([`Topology::degree_max`]).
     pub fn within_bounds(&self) -> bool {
-        self.small
-            || self.links.iter().all(|(d, peers)| {
-                let max = match self.part(d) {
-                    Some(Part::Relay) => RELAY_DEGREE_MAX,
-                    Some(Part::Origin) => RELAYS_FOR_ORIGIN,
-                    _ => MEMBER_DEGREE_MAX,
-                };
-                peers.len() <= max
-            })
+        self.links
+            .iter()
+            .all(|(d, peers)| self.degree_max(d).is_none_or(|max| peers.len() <= max))
+    }
+
+    /// The most links `device` may hold for its part (`None` if the site does not trust it): every other device
+    /// in a small site, else [`RELAY_DEGREE_MAX`], [`RELAYS_FOR_ORIGIN`] or [`MEMBER_DEGREE_MAX`].
+    pub fn degree_max(&self, device: &DeviceId) -> Option<usize> {
+        let part = self.part(device)?;
+        Some(if self.small {
+            SMALL_SITE - 1
+        } else {
+            match part {
+                Part::Relay => RELAY_DEGREE_MAX,
+                Part::Origin => RELAYS_FOR_ORIGIN,
+                Part::Member => MEMBER_DEGREE_MAX,
+            }
+        })
     }
 
     /// Whether `holder` keeps documents of `kind` (and so opens them, and is told of them). A device the site

@@ -69,7 +69,7 @@ use metrics::NodeMetrics;
 pub use reconcile::ReconcileError;
 pub use show_report::ReportError;
 pub use shows::{CreateShowError, NewShow, NewSlot};
-use site_gate::{SiteGate, share_policy};
+use site_gate::{Announce, SiteGate, share_policy};
 pub use slots::{AvailabilityError, BookError, TransferError, UnknownSlot};
 pub use status::DocumentError;
 use tasks::*;
@@ -279,10 +279,15 @@ impl Node {
             .transpose()?;
         let engine = EngineStorage::new(store.clone());
         let screen_docs: Arc<RwLock<std::collections::HashSet<String>>> = Arc::default();
+        let announce = Announce {
+            shape: Arc::default(),
+            kinds: Arc::default(),
+            directory: Arc::new(RwLock::new(directory_id.clone())),
+        };
         let repo = samod::Repo::build_tokio()
             .with_storage(engine.clone())
             .with_peer_id(samod::PeerId::from_string(dir.device().to_hex()))
-            .with_share_policy(share_policy(screen_docs.clone()))
+            .with_share_policy(share_policy(screen_docs.clone(), announce.clone()))
             .load()
             .await;
         let mut registry = Registry::with_labels(
@@ -301,18 +306,20 @@ impl Node {
             &mut registry,
         )
         .await?;
-        let (view, directory_shared) = (
-            Arc::new(RwLock::new(None)),
-            Arc::new(RwLock::new(directory_id.clone())),
+        let (view, directory_shared) = (Arc::new(RwLock::new(None)), announce.directory.clone());
+        let (judge, refusals) = authorship::Judge::new(
+            view.clone(),
+            directory_shared.clone(),
+            announce.kinds.clone(),
+            &mut registry,
         );
-        let (judge, refusals) =
-            authorship::Judge::new(view.clone(), directory_shared.clone(), &mut registry);
         let gate = Arc::new(SiteGate {
             site_hex: dir.site_id().to_hex(),
             authority: dir.authority,
             cert: dir.cert.to_bytes(),
             directory: directory_shared,
             view,
+            shape: announce.shape.clone(),
             judge,
             learned: tokio::sync::Notify::new(),
             blob_port: media.port(),
@@ -555,7 +562,7 @@ impl Node {
             return;
         };
         match read_view(&handle).await {
-            Ok(Ok(v)) => *write(&self.gate.view) = Some(v),
+            Ok(Ok(v)) => self.gate.set_view(v, clock::now()),
             Ok(Err(e)) => tracing::warn!("the site directory does not read: {e}"),
             Err(_) => {}
         }

@@ -10,8 +10,13 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use automerge::Automerge;
-use popmesh_device::Durability;
+use std::rc::Rc;
+
+use popmesh_crdt::docs::DocName;
+use popmesh_device::authorship::{DocKind, Kinds};
 use popmesh_device::durability::{Plan, Save, Snapshot};
+use popmesh_device::topology::Topology;
+use popmesh_device::{Durability, gate};
 use rand::rngs::StdRng;
 use samod_core::actors::DocumentActor;
 use samod_core::actors::document::io::{DocumentIoResult, DocumentIoTask};
@@ -219,6 +224,15 @@ pub struct Host {
     dialer: DialerId,
     /// Heads changes reported by document actors since the last [`Host::take_changed`].
     changed: Vec<DocumentId>,
+    /// Changes this device made to documents (created ones count once): the denominator of the traffic figures.
+    pub changes: u64,
+    /// What this device knows of each document's kind (the node's judge and share policy share one too): named
+    /// as documents open or are created, learned from creating changes; memory, lost on a crash.
+    pub kinds: Kinds,
+    /// The directory's id, once the device knows it.
+    directory: Option<String>,
+    /// The site's shape this device computed last: which peers are told of which documents.
+    shape: Option<Rc<Topology>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -262,6 +276,10 @@ impl Host {
             listener: ListenerId::from(0),
             dialer: DialerId::from(0),
             changed: Vec::new(),
+            changes: 0,
+            kinds: Kinds::default(),
+            directory: None,
+            shape: None,
         };
         let url = |s: &str| url::Url::parse(s).expect("a constant URL parses");
         host.listener = match host.command(
@@ -290,6 +308,37 @@ impl Host {
             other => panic!("samod-core did not add a dialer: {other:?}"),
         };
         host
+    }
+
+    /// Takes the site's shape this device computed (the share policy asks it whom to tell of what).
+    pub fn set_shape(&mut self, shape: Option<Rc<Topology>>) {
+        self.shape = shape;
+    }
+
+    /// Names document `id` (it opened, was created here, or the directory registers it).
+    pub fn name(&mut self, id: &DocumentId, name: &DocName) {
+        self.kinds.name(&id.to_string(), name);
+    }
+
+    /// Knows the directory's id.
+    pub fn know_directory(&mut self, id: &DocumentId) {
+        self.directory = Some(id.to_string());
+    }
+
+    /// The node's share policy for a site peer: read and write, announced only if the shape has the peer hold
+    /// the document's kind (`popmesh_device::gate::announce`).
+    fn share_config(&self, doc: &DocumentId, peer: &PeerId) -> ShareConfig {
+        let id = doc.to_string();
+        let kind = if self.directory.as_deref() == Some(id.as_str()) {
+            DocKind::Directory
+        } else {
+            self.kinds.get(&id).unwrap_or(DocKind::Unknown)
+        };
+        ShareConfig::read_write().with_announce(gate::announce(
+            self.shape.as_deref(),
+            peer.as_str(),
+            kind,
+        ))
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -369,7 +418,10 @@ impl Host {
         now: UnixTimestamp,
     ) -> Result<DocumentId, HostError> {
         match self.command(HubEvent::create_document(content), now) {
-            Some(CommandResult::CreateDocument { document_id, .. }) => Ok(document_id),
+            Some(CommandResult::CreateDocument { document_id, .. }) => {
+                self.changes += 1;
+                Ok(document_id)
+            }
             other => Err(HostError::Samod(format!("create_document: {other:?}"))),
         }
     }
@@ -417,9 +469,13 @@ impl Host {
             Some((actor_id, actor)) if actor.is_document_ready() => (*actor_id, actor),
             _ => return Err(HostError::NotOpen(id.to_string())),
         };
+        let before = actor.document().get_heads();
         let result = actor
             .with_document(now, f)
             .map_err(|e| HostError::Samod(format!("with_document: {e:?}")))?;
+        if actor.document().get_heads() != before {
+            self.changes += 1;
+        }
         let value = result.value;
         self.handle_actor_result(actor_id, result.actor_result, now);
         self.pump(now);
@@ -627,10 +683,10 @@ impl Host {
                     DocumentIoTask::Storage(storage_task) => {
                         DocumentIoResult::Storage(self.storage.run(storage_task))
                     }
-                    // Every enrolled peer may read and write every site document; enrollment is checked before a
-                    // connection reaches the sync engine.
-                    DocumentIoTask::CheckSharePolicy { .. } => {
-                        DocumentIoResult::CheckSharePolicy(ShareConfig::read_write())
+                    // Every enrolled peer may read and write every site document (enrollment is checked before a
+                    // connection reaches the sync engine); it is told only of those it holds.
+                    DocumentIoTask::CheckSharePolicy { peer_id } => {
+                        DocumentIoResult::CheckSharePolicy(self.share_config(&doc_id, &peer_id))
                     }
                 };
                 let Some((_, actor)) = self.actors.get_mut(&doc_id) else {

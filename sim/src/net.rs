@@ -135,6 +135,16 @@ impl Network {
         net
     }
 
+    /// Adds the link between `a` and `b` (`a < b`), which the topology now names; returns its index.
+    pub fn add(&mut self, a: usize, b: usize, latency: Latency) -> usize {
+        let i = self.links.len();
+        self.links.push(Link::new(a, b, latency));
+        self.by_pair.insert((a, b), i);
+        self.by_device[a].push(i);
+        self.by_device[b].push(i);
+        i
+    }
+
     /// The link between two devices, if the topology connects them.
     pub fn between(&self, x: usize, y: usize) -> Option<usize> {
         self.by_pair.get(&(x.min(y), x.max(y))).copied()

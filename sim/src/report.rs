@@ -66,6 +66,8 @@ pub struct RunReport {
     pub outage_mttr_ms: Option<u64>,
     pub messages: u64,
     pub bytes: u64,
+    /// Changes devices made to documents (each crossing links to every device holding it).
+    pub changes: u64,
     pub documents: usize,
     pub seats_sold: u64,
     pub sales_refused: u64,
@@ -119,6 +121,17 @@ impl RunReport {
     pub fn bytes_per_document(&self) -> f64 {
         self.bytes as f64 / self.documents.max(1) as f64
     }
+
+    /// Each device's share of the wire messages one change costs: flat, not growing with the site's size, when
+    /// no device's work grows with it.
+    pub fn messages_per_change_per_device(&self) -> f64 {
+        self.messages as f64 / self.changes.max(1) as f64 / self.devices.max(1) as f64
+    }
+
+    /// [`RunReport::messages_per_change_per_device`] in bytes.
+    pub fn bytes_per_change_per_device(&self) -> f64 {
+        self.bytes as f64 / self.changes.max(1) as f64 / self.devices.max(1) as f64
+    }
 }
 
 /// A sweep over many seeds.
@@ -132,6 +145,9 @@ pub struct SweepReport {
     pub mttr: Quantiles,
     pub messages_per_document: f64,
     pub bytes_per_document: f64,
+    /// The runs' [`RunReport::messages_per_change_per_device`], over all their messages and changes.
+    pub messages_per_change_per_device: f64,
+    pub bytes_per_change_per_device: f64,
     pub simulated_ms: u64,
     /// Filled in by the caller, which owns the wall clock.
     pub wall_ms: Option<u64>,
@@ -171,10 +187,22 @@ impl SweepReport {
                 / docs.max(1) as f64,
             bytes_per_document: runs.iter().map(|r| r.bytes).sum::<u64>() as f64
                 / docs.max(1) as f64,
+            messages_per_change_per_device: per_change_per_device(runs, |r| r.messages),
+            bytes_per_change_per_device: per_change_per_device(runs, |r| r.bytes),
             simulated_ms: runs.iter().map(|r| r.simulated_ms).sum(),
             wall_ms: None,
         }
     }
+}
+
+/// `what` summed over `runs`, per change made and per device (each run weighted by its changes and devices).
+fn per_change_per_device(runs: &[RunReport], what: impl Fn(&RunReport) -> u64) -> f64 {
+    let total: u64 = runs.iter().map(&what).sum();
+    let weight: f64 = runs
+        .iter()
+        .map(|r| r.changes as f64 * r.devices as f64)
+        .sum();
+    total as f64 / weight.max(1.0)
 }
 
 #[cfg(test)]

@@ -22,10 +22,12 @@ use popmesh_crdt::manifest::{Manifest, MediaEntry};
 use popmesh_crdt::receipt::{PaymentRequest, ReceiptError};
 use popmesh_crdt::risk::RiskLimits;
 use popmesh_crdt::telemetry::{CounterBuffer, Telemetry};
-use popmesh_crdt::{Doc, Role, SecretKey, UnixMillis, actor_id, topology};
+use popmesh_crdt::{Doc, Role, SecretKey, UnixMillis, actor_id};
+use popmesh_device::topology::Topology;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use samod_core::{DocumentId, UnixTimestamp};
+use std::rc::Rc;
 
 use crate::host::{DiskFault, Host, PendingAck, Side, Storage};
 use crate::net::{Dir, Latency, Network};
@@ -36,9 +38,6 @@ use popmesh_device::librarian::{Enrolled, Librarian, Step};
 use popmesh_device::links as mesh_rules;
 use popmesh_device::{Desk, Durability, Mutation, Mutations, gate};
 use std::time::Duration;
-
-/// How many devices missing in a row from a device's trusted view the simulated network's spare links cover.
-const RING_SLACK: usize = 2;
 
 mod authorship;
 mod checks;
@@ -277,8 +276,6 @@ struct Device {
     /// What this device knows from its directory replica, refreshed when that replica changes.
     known: BTreeMap<String, DocumentId>,
     view: Option<DirectoryView>,
-    /// What the authorship rule knows of each document (by id), as the node's judge keeps it.
-    kinds: popmesh_device::authorship::Kinds,
     /// Receipts this device has already verified.
     verified: BTreeSet<String>,
     /// Its enrollment certificate (a dropped-in kiosk makes its own from the join token when it arrives).
@@ -287,6 +284,8 @@ struct Device {
     librarian: Librarian<DocumentId>,
     /// The links this device's plan names (`None` before it holds a directory: it links with every peer).
     plan: Option<BTreeSet<popmesh_crdt::DeviceId>>,
+    /// The site's shape over the devices its directory replica trusts (`None` before it holds one).
+    shape: Option<Rc<Topology>>,
     /// The device core's watchman: peers reached, incidents open.
     watchman: popmesh_device::watchman::Watchman,
     /// Whether this device's own telemetry document changed since its watchman last read it.
@@ -343,6 +342,9 @@ pub struct World {
     /// The device-core mutations in force (none but in the mutation tests).
     mutations: Mutations,
     converged_at: Option<u64>,
+    /// Shapes already computed, by the trusted devices they were computed over (devices whose replicas agree
+    /// share one: the rule is a function of the set).
+    shapes: BTreeMap<Vec<(popmesh_crdt::DeviceId, Role)>, Rc<Topology>>,
 }
 
 impl std::fmt::Debug for World {
@@ -360,6 +362,31 @@ fn seeded(seed: u64, label: &str) -> StdRng {
     let mut input = seed.to_be_bytes().to_vec();
     input.extend_from_slice(label.as_bytes());
     StdRng::from_seed(blake3::derive_key("popmesh sim stream v1", &input))
+}
+
+/// The latency of the link between devices `a` and `b`: a WAN hop to the origin, a LAN hop otherwise. Drawn from
+/// the pair's own stream, so a link added late (a plan naming it) does not reshuffle any other.
+fn link_latency(seed: u64, a: usize, b: usize, origin: usize) -> Latency {
+    let mut shape = seeded(seed, &format!("latency-{a}-{b}"));
+    if b == origin || a == origin {
+        Latency {
+            base_ms: shape.random_range(40..200),
+            jitter_ms: shape.random_range(5..60),
+        }
+    } else {
+        Latency {
+            base_ms: shape.random_range(1..8),
+            jitter_ms: shape.random_range(0..6),
+        }
+    }
+}
+
+/// The jitter streams of the link between `a` and `b`, one per direction.
+fn link_rngs(seed: u64, a: usize, b: usize) -> [StdRng; 2] {
+    [
+        seeded(seed, &format!("latency-{a}-{b}-up")),
+        seeded(seed, &format!("latency-{a}-{b}-down")),
+    ]
 }
 
 impl World {
@@ -415,11 +442,11 @@ impl World {
                     vanished_at: None,
                     known: BTreeMap::new(),
                     view: None,
-                    kinds: Default::default(),
                     verified: BTreeSet::new(),
                     cert: None,
                     librarian: Librarian::new(),
                     plan: None,
+                    shape: None,
                     watchman: Default::default(),
                     own_telemetry_changed: true,
                     stolen: false,
@@ -435,45 +462,24 @@ impl World {
                 }
             })
             .collect();
-        // The links the site could hold. Each device plans its links as the node does
-        // (`popmesh_device::links::planned`: hubs plus ring neighbours over the devices its directory trusts now), so
-        // the ring closes over a revoked device and opens for a dropped-in kiosk. The simulated network holds every
-        // link such a plan can name: ring neighbours within `RING_K_DEFAULT + RING_SLACK` over all devices cover
-        // plans over every subset missing up to `RING_SLACK` devices in a row (a plan naming a link outside it is
-        // a violation, see `plan_links`).
+        // The links the site starts with: the site's shape over every device (`popmesh_device::topology`). Each
+        // device then plans its links as the node does, over the devices its own directory replica trusts now, so
+        // the shape closes over a revoked device and opens for a dropped-in kiosk; a link a plan names that the
+        // network does not hold yet is added then (`plan_links`), with its own seeded latency.
         let ids: Vec<(popmesh_crdt::DeviceId, Role)> =
             devices.iter().map(|d| (d.key.public(), d.role)).collect();
+        let everyone = Topology::of(&ids);
         let mut pairs = Vec::new();
         for (a, (me, _)) in ids.iter().enumerate() {
-            let mine = topology::neighbours(*me, &ids, topology::RING_K_DEFAULT + RING_SLACK);
+            let mine = everyone.links(me);
             for (b, (peer, _)) in ids.iter().enumerate().skip(a + 1) {
                 if mine.contains(peer) {
                     pairs.push((a, b));
                 }
             }
         }
-        let mut shape = seeded(seed, "latency");
-        let net = Network::new(n, &pairs, |a, b| {
-            if b == origin || a == origin {
-                Latency {
-                    base_ms: shape.random_range(40..200),
-                    jitter_ms: shape.random_range(5..60),
-                }
-            } else {
-                Latency {
-                    base_ms: shape.random_range(1..8),
-                    jitter_ms: shape.random_range(0..6),
-                }
-            }
-        });
-        let latency = (0..net.links.len())
-            .map(|l| {
-                [
-                    seeded(seed, &format!("latency-{l}-up")),
-                    seeded(seed, &format!("latency-{l}-down")),
-                ]
-            })
-            .collect();
+        let net = Network::new(n, &pairs, |a, b| link_latency(seed, a, b, origin));
+        let latency = pairs.iter().map(|&(a, b)| link_rngs(seed, a, b)).collect();
         let mut world = Self {
             now: 0,
             seq: 0,
@@ -508,6 +514,7 @@ impl World {
             mutations,
             faults_ended_at: None,
             converged_at: None,
+            shapes: BTreeMap::new(),
             opts,
         };
         world.set_up_site();

@@ -9,7 +9,7 @@
 //! edge box moves to it. The origin comes back, merges and verifies everything, reconciles the show against a
 //! settlement batch the demo generates (with one declined card and one charge the site never saw), and writes
 //! the show report. The demo checks the site's invariants before it says done: no seat oversold, every receipt
-//! verified, every device holding the same documents.
+//! verified, every device holding the documents it keeps at the same heads.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -108,7 +108,7 @@ async fn play(root: &Path, out: &Path, w: &mut impl Write) -> Result<ShowOutcome
     let later = cut_the_origin(&mut site, &crowd, &attendees, payments, w).await?;
     seats += later.seats;
     payments += later.payments;
-    seats += kiosk_joins(&mut site, &edge, &kiosk_token, &attendees, trailer_hash, w).await?;
+    seats += kiosk_joins(&mut site, &kiosk_token, &attendees, trailer_hash, w).await?;
     let (origin, receipts, verified) = origin_returns(&mut site, payments, w).await?;
     let recon = settle(&origin, &receipts, out, w).await?;
     let (took, sold) = every_device_converges(&site, &origin, seats).await?;

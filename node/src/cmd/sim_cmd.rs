@@ -165,10 +165,14 @@ fn print_run(out: &mut impl Write, r: &RunReport, wall_ms: u64) -> Result<()> {
     writeln!(out, "  MTTR             {}", r.mttr)?;
     writeln!(
         out,
-        "  traffic          {:.0} messages and {:.0} bytes per document ({} documents)",
+        "  traffic          {:.0} messages and {:.0} bytes per document ({} documents); per change per \
+         device {:.2} messages, {:.0} bytes ({} changes)",
         r.messages_per_document(),
         r.bytes_per_document(),
-        r.documents
+        r.documents,
+        r.messages_per_change_per_device(),
+        r.bytes_per_change_per_device(),
+        r.changes
     )?;
     writeln!(
         out,
@@ -213,8 +217,12 @@ fn print_sweep(out: &mut impl Write, s: &SweepReport, devices: usize) -> Result<
     writeln!(out, "  MTTR             {}", s.mttr)?;
     writeln!(
         out,
-        "  traffic          {:.0} messages and {:.0} bytes per document",
-        s.messages_per_document, s.bytes_per_document
+        "  traffic          {:.0} messages and {:.0} bytes per document; per change per device {:.2} \
+         messages, {:.0} bytes",
+        s.messages_per_document,
+        s.bytes_per_document,
+        s.messages_per_change_per_device,
+        s.bytes_per_change_per_device
     )?;
     let device_hours = s.simulated_ms as f64 * devices as f64 / 3_600_000.0;
     writeln!(

@@ -34,7 +34,8 @@ pub(crate) struct Judge {
     view: Arc<RwLock<Option<DirectoryView>>>,
     directory: Arc<RwLock<Option<DocumentId>>>,
     /// Document id -> kind: from the names this device tracks and registers, or learned from a creating change.
-    kinds: Mutex<Kinds>,
+    /// Shared with the share policy, which announces each document only to the peers that hold its kind.
+    kinds: Arc<Mutex<Kinds>>,
     recent: Mutex<VecDeque<Refused>>,
     refused_total: Counter,
     tell: mpsc::UnboundedSender<Refused>,
@@ -44,6 +45,7 @@ impl Judge {
     pub(super) fn new(
         view: Arc<RwLock<Option<DirectoryView>>>,
         directory: Arc<RwLock<Option<DocumentId>>>,
+        kinds: Arc<Mutex<Kinds>>,
         registry: &mut Registry,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Refused>) {
         let refused_total = Counter::default();
@@ -57,7 +59,7 @@ impl Judge {
         let judge = Arc::new(Self {
             view,
             directory,
-            kinds: Mutex::default(),
+            kinds,
             recent: Mutex::new(VecDeque::new()),
             refused_total,
             tell,

@@ -118,11 +118,16 @@ pub(super) async fn librarian(node: Arc<Node>) {
 async fn read_directory(node: &Node, core: &mut Librarian<DocumentId>, now: u64) {
     node.refresh_view().await;
     let me = node.me();
+    let shape = read(&node.gate.shape).clone();
+    // Only what the site's shape has this device hold: a kiosk opens the shared documents and its own, not every
+    // other kiosk's receipts and counters (`Topology::holds`).
+    let holds = |name: &DocName| shape.as_ref().is_none_or(|t| t.holds(&me, name));
     let (registered, listed) = match read(&node.gate.view).as_ref() {
         Some(view) => (
             view.documents
                 .iter()
                 .filter_map(|(name, id)| Some((name.parse::<DocName>().ok()?, id.parse().ok()?)))
+                .filter(|(name, _)| holds(name))
                 .collect::<Vec<(DocName, DocumentId)>>(),
             view.certificates().any(|c| c.device == me),
         ),

@@ -3,9 +3,9 @@
 //! Every device publishes the addresses its mesh listens on in its own telemetry document, which syncs to every
 //! device; so a device that was given one bootstrap address (venue Wi-Fi that blocks multicast) still learns where
 //! every other device is. From the directory and those addresses the linker plans this device's links with the
-//! same rule the simulator runs, `popmesh_device::links::planned` (the hubs, and `RING_K_DEFAULT` ring
-//! neighbours on each side), and hands the plan to the mesh, which dials what is planned and lets go of what is
-//! not. With the edge box gone, the ring still joins every other device.
+//! same rule the simulator runs, `popmesh_device::topology::Topology` (relays among themselves, each member to two
+//! relays and its ring neighbours), and hands the plan to the mesh, which dials what is planned and lets go of
+//! what is not. With the edge box gone, the elected relays and the ring still join every other device.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -69,8 +69,10 @@ impl Node {
     /// addresses it published.
     async fn plan(&self) -> Result<HashMap<libp2p::PeerId, Vec<libp2p::Multiaddr>>, Unavailable> {
         let view = self.view()?;
-        let wanted = popmesh_device::links::planned(self.me(), Some(&view), clock::now())
-            .unwrap_or_default();
+        // Recomputed each round: certificates expire with time, not only with changes.
+        let shape = popmesh_device::topology::Topology::of_view(&view, clock::now());
+        let wanted = shape.links(&self.me());
+        self.gate.set_shape(shape);
         let telemetry: HashMap<DeviceId, samod::DocHandle> = read(&self.docs)
             .values()
             .filter_map(|(name, h)| match name {

@@ -1,5 +1,9 @@
 //! The site gate: the node's shell around the device core's `gate` (admission on every link, document classes, sharing with kiosk screens).
 
+use popmesh_crdt::UnixMillis;
+use popmesh_device::authorship::{DocKind, Kinds};
+use popmesh_device::topology::Topology;
+
 use super::*;
 
 /// Admission against this device's replica of the directory (`popmesh_device::gate::admit`).
@@ -9,6 +13,8 @@ pub(super) struct SiteGate {
     pub(super) cert: Vec<u8>,
     pub(super) directory: Arc<RwLock<Option<DocumentId>>>,
     pub(super) view: Arc<RwLock<Option<DirectoryView>>>,
+    /// The site's shape over that view (`popmesh_device::topology`): the links to hold, what to announce to whom.
+    pub(super) shape: Shape,
     /// Judges every sync message a site peer sends before samod applies it (`popmesh_device::authorship`).
     pub(super) judge: Arc<super::authorship::Judge>,
     pub(super) learned: tokio::sync::Notify,
@@ -29,8 +35,34 @@ pub(super) struct SiteGate {
 /// write everything. Anyone else is a kiosk screen on `/v1/sync`: it may read the documents a screen shows
 /// (manifests and slots), never write them (its changes are ignored), and gets nothing else. A screen cannot pose
 /// as a device: `/v1/sync` refuses peer ids that look like device ids.
+/// The site's shape this device computed last (none before it reads a directory).
+pub(crate) type Shape = Arc<RwLock<Option<Arc<Topology>>>>;
+
+/// What the share policy needs to tell a site peer only of the documents it holds: the shape, and the kind of
+/// each document (the judge's `Kinds`, named as documents open, learned from creating changes).
+#[derive(Clone)]
+pub(super) struct Announce {
+    pub(super) shape: Shape,
+    pub(super) kinds: Arc<Mutex<Kinds>>,
+    pub(super) directory: Arc<RwLock<Option<DocumentId>>>,
+}
+
+impl Announce {
+    fn to(&self, doc: &samod::DocumentId, peer: &str) -> bool {
+        let shape = read(&self.shape).clone();
+        let id = doc.to_string();
+        let kind = if read(&self.directory).as_ref() == Some(doc) {
+            DocKind::Directory
+        } else {
+            lock(&self.kinds).get(&id).unwrap_or(DocKind::Unknown)
+        };
+        gate::announce(shape.as_deref(), peer, kind)
+    }
+}
+
 pub(super) fn share_policy(
     screen_docs: Arc<RwLock<std::collections::HashSet<String>>>,
+    announce: Announce,
 ) -> impl Fn(
     samod::DocumentId,
     samod::PeerId,
@@ -41,7 +73,9 @@ pub(super) fn share_policy(
     move |doc: samod::DocumentId, peer: samod::PeerId| {
         let readable = read(&screen_docs).contains(&doc.to_string());
         let config = match gate::share(peer.as_str(), readable) {
-            gate::Share::ReadWrite => samod::ShareConfig::read_write(),
+            gate::Share::ReadWrite => {
+                samod::ShareConfig::read_write().with_announce(announce.to(&doc, peer.as_str()))
+            }
             gate::Share::ReadOnly => samod::ShareConfig::read_only().with_announce(false),
             gate::Share::None => samod::ShareConfig::none(),
         };
@@ -50,6 +84,21 @@ pub(super) fn share_policy(
 }
 
 impl SiteGate {
+    /// Takes a directory view read at `now`, and the site's shape over it.
+    pub(super) fn set_view(&self, view: DirectoryView, now: UnixMillis) {
+        let shape = Topology::of_view(&view, now);
+        *write(&self.view) = Some(view);
+        self.set_shape(shape);
+    }
+
+    /// Takes a recomputed shape (certificates expire with time), keeping the old one if it did not change.
+    pub(super) fn set_shape(&self, shape: Topology) {
+        let mut current = write(&self.shape);
+        if current.as_deref() != Some(&shape) {
+            *current = Some(Arc::new(shape));
+        }
+    }
+
     /// Reads the directory from this device's store, if it is there (no peer is linked yet: a directory that is
     /// not on disk is not found, and the gate starts without a view).
     pub(super) async fn preload(&self, repo: &samod::Repo, id: &DocumentId) {
@@ -58,7 +107,7 @@ impl SiteGate {
             return;
         };
         if let Ok(Ok(view)) = super::read_view(&handle).await {
-            *write(&self.view) = Some(view);
+            self.set_view(view, clock::now());
         }
     }
 

@@ -56,6 +56,32 @@ impl Node {
         )
     }
 
+    /// The documents the directory registers that the site's shape has this device hold (`Topology::holds`) and
+    /// it has not opened yet: empty once it has caught up (a kiosk that is no relay keeps the shared documents and
+    /// its own, not every other device's).
+    pub fn documents_missing(&self) -> Vec<String> {
+        let me = self.me();
+        let shape = read(&self.gate.shape).clone();
+        let open: std::collections::HashSet<String> =
+            read(&self.docs).keys().map(|id| id.to_string()).collect();
+        let view = read(&self.gate.view);
+        let Some(view) = view.as_ref() else {
+            return vec!["the site directory".to_owned()];
+        };
+        view.documents
+            .iter()
+            .filter(|(name, id)| {
+                let held = match (name.parse::<DocName>(), shape.as_ref()) {
+                    (Ok(name), Some(shape)) => shape.holds(&me, &name),
+                    (Ok(_), None) => true,
+                    (Err(_), _) => false,
+                };
+                held && !open.contains(id.as_str())
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Open documents: id, name.
     pub fn open_documents(&self) -> Vec<(DocumentId, DocName)> {
         read(&self.docs)
@@ -164,6 +190,8 @@ impl Node {
         }
         // The registry names every document but the directory itself.
         let registered = view.as_ref().map(|v| v.documents.len() + 1).unwrap_or(0);
+        let shape = read(&self.gate.shape).clone();
+        let me = self.me();
         Status {
             device: self.me().to_hex(),
             name: self.dir.cert.name.clone(),
@@ -182,6 +210,8 @@ impl Node {
                 .map(|a| a.to_string())
                 .collect(),
             peers,
+            part: shape.as_ref().and_then(|t| t.part(&me)).map(|p| p.as_str()),
+            links_max: shape.as_ref().and_then(|t| t.degree_max(&me)),
             documents: DocCounts {
                 open: docs.len(),
                 registered,

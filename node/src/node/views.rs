@@ -104,6 +104,10 @@ pub struct Status {
     pub enrolled: bool,
     pub listening: Vec<String>,
     pub peers: Vec<PeerStatus>,
+    /// This device's part in the site's shape (`relay`, `member`, `origin`; `None` before it reads a directory
+    /// that trusts it) and the most links that part may hold (`popmesh_device::topology`).
+    pub part: Option<&'static str>,
+    pub links_max: Option<usize>,
     pub documents: DocCounts,
     pub shows: Vec<String>,
     pub store: StoreStatus,

@@ -10,7 +10,10 @@ impl World {
     pub(super) fn judge(&mut self, dev: usize, message: &[u8]) -> Result<(), String> {
         let directory = self.directory.to_string();
         let d = &mut self.devices[dev];
-        let (kinds, known, view) = (&mut d.kinds, &d.known, d.view.as_ref());
+        let Some(host) = d.host.as_mut() else {
+            return Ok(());
+        };
+        let (kinds, known, view) = (&mut host.kinds, &d.known, d.view.as_ref());
         let kind_of = |id: &str| {
             kinds.kind_of(id, Some(&directory), |id| {
                 known
@@ -22,7 +25,7 @@ impl World {
         let role_of = |x: &popmesh_crdt::DeviceId| view.and_then(|v| v.role_of(x));
         match authorship::judge(message, kind_of, &role_of) {
             Ok(Some((id, kind))) => {
-                d.kinds.learn(id, kind);
+                kinds.learn(id, kind);
                 Ok(())
             }
             Ok(None) => Ok(()),

@@ -277,14 +277,24 @@ impl World {
         }
     }
 
-    /// The heads of every document this device's directory registers (and the directory's own), `None` if it
-    /// lacks one. Two devices agree only if they register the same documents and hold them at the same heads.
+    /// Whether `dev` keeps document `id`: the site's shape over its directory replica says so (every document
+    /// before it holds one).
+    pub(super) fn holds(&self, dev: usize, id: &DocumentId) -> bool {
+        let d = &self.devices[dev];
+        match (self.names.get(id), d.shape.as_ref()) {
+            (Some(name), Some(shape)) => shape.holds(&d.key.public(), name),
+            _ => true,
+        }
+    }
+
+    /// The heads of every document this device's directory registers and the site's shape has it hold (and the
+    /// directory's own), `None` if it lacks one.
     pub(super) fn heads_of(&self, dev: usize) -> Option<BTreeMap<DocumentId, Vec<ChangeHash>>> {
         let host = self.devices[dev].host.as_ref()?;
         let registered: BTreeSet<&DocumentId> = self.devices[dev].known.values().collect();
         self.names
             .keys()
-            .filter(|id| **id == self.directory || registered.contains(id))
+            .filter(|id| **id == self.directory || (registered.contains(id) && self.holds(dev, id)))
             .map(|id| {
                 host.read(id, |am| am.get_heads())
                     .ok()
@@ -293,9 +303,11 @@ impl World {
             .collect()
     }
 
-    /// Every present device holds every document, with the same heads, and every media blob of the manifest.
+    /// Every present device holds every document it should, each at the same heads on every device holding it,
+    /// and every media blob of the manifest.
     pub(super) fn converged(&self) -> bool {
-        let mut first: Option<BTreeMap<DocumentId, Vec<ChangeHash>>> = None;
+        let mut seen: BTreeMap<DocumentId, Vec<ChangeHash>> = BTreeMap::new();
+        let mut any = false;
         for dev in 0..self.devices.len() {
             // The stolen device is refused by everyone: it never converges, by design.
             if !self.devices[dev].present || self.devices[dev].stolen {
@@ -307,13 +319,18 @@ impl World {
             let Some(heads) = self.heads_of(dev) else {
                 return false;
             };
-            match &first {
-                None => first = Some(heads),
-                Some(f) if *f != heads => return false,
-                Some(_) => {}
+            for (id, h) in heads {
+                match seen.get(&id) {
+                    None => {
+                        seen.insert(id, h);
+                    }
+                    Some(f) if *f != h => return false,
+                    Some(_) => {}
+                }
             }
+            any = true;
         }
-        first.is_some()
+        any
     }
 
     pub(super) fn has_parity(&self, dev: usize) -> bool {
@@ -324,10 +341,14 @@ impl World {
         let Some(mine) = self.heads_of(dev) else {
             return false;
         };
-        // Caught up with every connected peer.
-        self.net
-            .connected(dev)
-            .all(|(_, peer)| self.heads_of(peer).is_none_or(|theirs| theirs == mine))
+        // Caught up with every connected peer, on every document both hold.
+        self.net.connected(dev).all(|(_, peer)| {
+            self.heads_of(peer).is_none_or(|theirs| {
+                theirs
+                    .iter()
+                    .all(|(id, h)| mine.get(id).is_none_or(|m| m == h))
+            })
+        })
     }
 
     /// The end of the run: liveness, then the checks that need a converged site.
@@ -336,6 +357,12 @@ impl World {
         self.report.documents = self.names.len();
         self.report.messages = self.net.links.iter().map(|l| l.messages).sum();
         self.report.bytes = self.net.links.iter().map(|l| l.bytes).sum();
+        self.report.changes += self
+            .devices
+            .iter()
+            .filter_map(|d| d.host.as_ref())
+            .map(|h| h.changes)
+            .sum::<u64>();
         self.report.convergence_after_heal = Quantiles::of(&self.report.heal_samples_ms);
         self.report.mttr = Quantiles::of(&self.report.mttr_samples_ms);
         if self.converged_at.is_none() {
@@ -462,22 +489,37 @@ impl World {
                 "visits read {read}, outside [confirmed {confirmed}, attempted {attempted}]"
             ));
         }
-        // Equal materialized state on every device, not only equal heads.
-        let digests: BTreeSet<String> = (0..self.devices.len())
-            .filter_map(|dev| self.state_digest(dev))
-            .collect();
-        if digests.len() > 1 {
+        // Equal materialized state on every device holding a document, not only equal heads.
+        let mut states: BTreeMap<DocumentId, BTreeSet<String>> = BTreeMap::new();
+        for dev in 0..self.devices.len() {
+            for (id, digest) in self.state_digests(dev) {
+                states.entry(id).or_default().insert(digest);
+            }
+        }
+        if let Some((id, digests)) = states.iter().find(|(_, d)| d.len() > 1) {
+            let name = self
+                .names
+                .get(id)
+                .map(|n| n.to_string())
+                .unwrap_or_default();
             self.violation(format!(
-                "devices with equal heads materialize {} different states",
+                "devices with equal heads materialize {} different states of {name}",
                 digests.len()
             ));
         }
     }
 
-    pub(super) fn state_digest(&self, dev: usize) -> Option<String> {
-        let host = self.devices[dev].host.as_ref()?;
-        let mut hasher = blake3::Hasher::new();
+    /// What each document `dev` holds materializes to (the records the domain reads), hashed.
+    pub(super) fn state_digests(&self, dev: usize) -> Vec<(DocumentId, String)> {
+        let d = &self.devices[dev];
+        let Some(host) = d.host.as_ref().filter(|_| d.present && !d.stolen) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
         for (id, name) in &self.names {
+            if !self.holds(dev, id) || !host.is_open(id) {
+                continue;
+            }
             let text = host
                 .read(id, |am| match name {
                     DocName::Slot { .. } => Doc::<Slot, &Automerge>::attach(am)
@@ -492,12 +534,17 @@ impl World {
                         .ok()
                         .and_then(|d| d.record().ok())
                         .map(|r| format!("{r:?}")),
-                    _ => Some(String::new()),
+                    _ => None,
                 })
                 .ok()
-                .flatten()?;
-            hasher.update(text.as_bytes());
+                .flatten();
+            if let Some(text) = text {
+                out.push((
+                    id.clone(),
+                    blake3::hash(text.as_bytes()).to_hex().to_string(),
+                ));
+            }
         }
-        Some(hasher.finalize().to_hex().to_string())
+        out
     }
 }

@@ -72,18 +72,19 @@ impl World {
             return;
         }
         self.report.crashes += 1;
+        self.report.changes += host.changes;
         let d = &mut self.devices[dev];
         d.storage = host.crash();
         // In-memory state is gone: unflushed counter increments and transfers in flight.
         d.counter = CounterBuffer::new(FLUSH_MS, UnixMillis(0));
         d.fetching.clear();
         d.known.clear();
-        d.kinds.clear();
         d.view = None;
         d.librarian = Librarian::new();
         d.watchman = Default::default();
         d.own_telemetry_changed = true;
         d.plan = None;
+        d.shape = None;
         d.verified.clear();
         // The device core's state is memory: the desk (its queue, batches and key index) and what it knew to be
         // durable. Clients waiting at the desk saw their connection die.

@@ -48,10 +48,13 @@ impl World {
         }
         if let Some(view) = d.view.as_ref() {
             let me = d.key.public();
+            // Only what the site's shape has this device hold, as the node's librarian asks.
+            let shape = d.shape.clone();
             let registered: Vec<(DocName, DocumentId)> = d
                 .known
                 .iter()
                 .filter_map(|(name, id)| Some((name.parse().ok()?, id.clone())))
+                .filter(|(name, _)| shape.as_ref().is_none_or(|t| t.holds(&me, name)))
                 .collect();
             let listed = view.certificates().any(|c| c.device == me);
             d.librarian.handle_directory_read(registered, listed, now);

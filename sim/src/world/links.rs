@@ -20,32 +20,54 @@ impl World {
             && (plans(l.a, l.b) || plans(l.b, l.a))
     }
 
-    /// Re-plans `dev`'s links from its directory replica, as the node's linker does: dials what the plan newly
-    /// names, and lets go of links neither side plans any more (the node closes those after `PRUNE_AFTER`; the
-    /// simulator at once).
-    pub(super) fn plan_links(&mut self, dev: usize) {
+    /// The site's shape over the devices `dev`'s directory replica trusts at its local time, as the node's linker
+    /// computes it (`popmesh_device::topology::Topology::of_view`); shared between devices whose replicas agree.
+    fn shape_of(&mut self, dev: usize) -> Option<Rc<Topology>> {
         let at = UnixMillis(self.local_ms(dev));
-        let d = &self.devices[dev];
-        let plan = mesh_rules::planned(d.key.public(), d.view.as_ref(), at);
-        if plan == d.plan {
+        let view = self.devices[dev].view.as_ref()?;
+        let mut trusted: Vec<(popmesh_crdt::DeviceId, Role)> = view
+            .trusted_devices(at)
+            .into_iter()
+            .map(|(d, r, _)| (d, r))
+            .collect();
+        trusted.sort();
+        if let Some(shape) = self.shapes.get(&trusted) {
+            return Some(shape.clone());
+        }
+        let shape = Rc::new(Topology::of(&trusted));
+        if self.shapes.len() >= 512 {
+            self.shapes.clear();
+        }
+        self.shapes.insert(trusted, shape.clone());
+        Some(shape)
+    }
+
+    /// Re-plans `dev`'s links from its directory replica, as the node's linker does: dials what the plan newly
+    /// names (adding the link to the simulated network if no plan named it before), and lets go of links neither
+    /// side plans any more (the node closes those after `PRUNE_AFTER`; the simulator at once).
+    pub(super) fn plan_links(&mut self, dev: usize) {
+        let shape = self.shape_of(dev);
+        let me = self.devices[dev].key.public();
+        let plan = shape.as_ref().map(|t| t.links(&me));
+        if let Some(host) = self.devices[dev].host.as_mut() {
+            host.set_shape(shape.clone());
+        }
+        self.devices[dev].shape = shape;
+        if plan == self.devices[dev].plan {
             return;
         }
         if let Some(planned) = &plan {
-            let missing: Vec<String> = planned
-                .iter()
-                .filter_map(|peer| {
-                    let other = self.devices.iter().position(|o| o.key.public() == *peer)?;
-                    self.net
-                        .between(dev, other)
-                        .is_none()
-                        .then(|| self.devices[other].name.clone())
-                })
-                .collect();
-            if !missing.is_empty() {
-                let name = self.devices[dev].name.clone();
-                self.violation(format!(
-                    "{name} plans links the simulated network does not hold (raise RING_SLACK): {missing:?}"
-                ));
+            let origin = self.devices.len() - 1;
+            for peer in planned {
+                let Some(other) = self.devices.iter().position(|o| o.key.public() == *peer) else {
+                    continue;
+                };
+                if self.net.between(dev, other).is_none() {
+                    let (a, b) = (dev.min(other), dev.max(other));
+                    let seed = self.report.seed;
+                    self.net.add(a, b, link_latency(seed, a, b, origin));
+                    self.latency.push(link_rngs(seed, a, b));
+                }
             }
         }
         self.devices[dev].plan = plan;

@@ -55,6 +55,16 @@ impl World {
             })
             .unwrap_or_default();
         d.view = view;
+        let directory = self.directory.clone();
+        let d = &mut self.devices[dev];
+        if let Some(host) = d.host.as_mut() {
+            host.know_directory(&directory);
+            for (name, id) in &d.known {
+                if let Ok(name) = name.parse::<DocName>() {
+                    host.name(id, &name);
+                }
+            }
+        }
         self.plan_links(dev);
         self.read_directory(dev);
     }

@@ -266,6 +266,7 @@ impl World {
         let (id, created) = host.create_acked(content, ts).expect("document stored");
         // Not acknowledged: never registered, so no one looks for it (it may linger in this engine's memory).
         created.ok()?;
+        host.name(&id, &name);
         self.names.insert(id.clone(), name.clone());
         let key = id.to_string();
         let registered = host.change_acked(&mut d.durability, &directory, ts, |am| {

@@ -30,14 +30,17 @@ pub(super) struct Known {
 }
 
 impl SwarmTask {
-    /// Dials bootstrap addresses whose peer is not connected, when their backoff allows.
+    /// Dials bootstrap addresses whose peer is not connected, when their backoff allows, until this device holds a
+    /// planned link.
     pub(super) fn dial_bootstrap(&mut self, now: Instant) {
         let connected: Vec<PeerId> = self.conns.keys().copied().collect();
+        // Linked into the site's plan: the bootstrap addresses are not needed (nor kept, see `prune`).
+        let in_the_plan = self.in_the_plan();
         for i in 0..self.bootstrap.len() {
             let b = &self.bootstrap[i];
-            let satisfied = b
-                .peer
-                .is_some_and(|p| connected.contains(&p) || self.blocked.contains_key(&p));
+            let satisfied = in_the_plan
+                || b.peer
+                    .is_some_and(|p| connected.contains(&p) || self.blocked.contains_key(&p));
             if b.state != DialState::Idle || satisfied || !b.backoff.due(now) {
                 continue;
             }

@@ -1,13 +1,15 @@
 //! The node's link plan, kept by the swarm task: which peers to hold links to, and the links to let go.
 //!
-//! The node decides the plan (`popmesh_crdt::topology::neighbours` over the directory: the hubs and the ring
-//! neighbours), from addresses every device publishes in its telemetry document, so discovery by mDNS and by one
+//! The node decides the plan (`popmesh_device::topology::Topology` over the directory: relays, and each member's
+//! relays and ring neighbours), from addresses every device publishes in its telemetry document, so discovery by mDNS and by one
 //! bootstrap address lead to the same mesh. The swarm task keeps it:
 //! - **Dial what is planned.** A planned peer that is not connected is dialed at the addresses the plan gives; of
 //!   two peers the smaller dials at once, the larger [`super::FALLBACK_DIAL`] later, with backoff.
 //! - **Let go of what is not.** A link this side dialed to a peer the plan does not name is closed once it has
 //!   lived [`PRUNE_AFTER`]; links the other side dialed are the other side's to keep (both sides compute the same
-//!   rule, so they agree without a message), and links to bootstrap peers are always kept.
+//!   rule, so they agree without a message). A link to a bootstrap peer the plan does not name is kept only until
+//!   this device holds a planned link: the bootstrap address is a way in, not a place in the site's shape (else
+//!   the edge box every device was given would hold a link to each of hundreds).
 //! - Until the node sends a plan (it has no directory yet), every discovered peer is dialed as before.
 
 use std::collections::HashMap;
@@ -66,14 +68,21 @@ impl SwarmTask {
         self.bootstrap.iter().any(|b| b.peer == Some(*peer))
     }
 
+    /// Whether this device holds a link its plan names (then it needs no bootstrap link to stay in the site).
+    pub(super) fn in_the_plan(&self) -> bool {
+        self.plan
+            .as_ref()
+            .is_some_and(|p| self.conns.keys().any(|peer| p.contains_key(peer)))
+    }
+
     /// Why the link to `peer` exists.
     pub(super) fn reason(&self, peer: &PeerId) -> LinkReason {
-        if self.is_bootstrap_peer(peer) {
+        if self.plan.is_some() && self.wanted(peer) {
+            LinkReason::Planned
+        } else if self.is_bootstrap_peer(peer) {
             LinkReason::Bootstrap
         } else if self.plan.is_none() {
             LinkReason::Discovered
-        } else if self.wanted(peer) {
-            LinkReason::Planned
         } else {
             LinkReason::TheirPlan
         }
@@ -84,12 +93,13 @@ impl SwarmTask {
         if self.plan.is_none() {
             return;
         }
+        let in_the_plan = self.in_the_plan();
         let unwanted: Vec<PeerId> = self
             .conns
             .iter()
             .filter(|(peer, list)| {
                 !self.wanted(peer)
-                    && !self.is_bootstrap_peer(peer)
+                    && (in_the_plan || !self.is_bootstrap_peer(peer))
                     && list.iter().all(|c| c.dialed_by_me)
                     && connected_at
                         .get(*peer)

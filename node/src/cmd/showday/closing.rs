@@ -52,17 +52,20 @@ pub(super) async fn settle(
     Ok(recon)
 }
 
-/// Every device converges on the same documents, none sees a seat oversold, and the origin counts every seat the
+/// Every device converges on the documents it keeps (`Topology::holds`), none sees a seat oversold, and the origin counts every seat the
 /// demo sold. Returns how long convergence took and the seats sold.
 pub(super) async fn every_device_converges(
     site: &Site,
     origin: &Node,
     seats: u64,
 ) -> Result<(Duration, u64)> {
-    let took = until("every device holding the same documents", || {
-        let nodes: Vec<Arc<Node>> = site.running().iter().map(|(_, n)| (*n).clone()).collect();
-        async move { converged(&nodes).await }
-    })
+    let took = until(
+        "every device holding the documents it keeps, at the same heads",
+        || {
+            let nodes: Vec<Arc<Node>> = site.running().iter().map(|(_, n)| (*n).clone()).collect();
+            async move { converged(&nodes).await }
+        },
+    )
     .await?;
     for (name, node) in site.running() {
         let a = node
@@ -102,7 +105,8 @@ pub(super) async fn write_the_report(
     let files = crate::cmd::report::write(&report, out)?;
     writeln!(
         w,
-        "6. every device holds the same documents ({} after the reconciliation); the show report:",
+        "6. every device holds the documents it keeps, at the same heads ({} after the reconciliation); the show \
+         report:",
         secs(took)
     )?;
     let r = &report;

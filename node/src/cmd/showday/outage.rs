@@ -46,11 +46,10 @@ pub(super) async fn cut_the_origin(
     Ok(later)
 }
 
-/// While the origin is away, a new kiosk is dropped in: it joins with the kiosk token, catches up on every document
-/// and the media, gets seats from the edge box's rebalancer and sells 2. Returns the seats it sold.
+/// While the origin is away, a new kiosk is dropped in: it joins with the kiosk token, catches up on every document it
+/// keeps and the media, gets seats from the edge box's rebalancer and sells 2. Returns the seats it sold.
 pub(super) async fn kiosk_joins(
     site: &mut Site,
-    edge: &Arc<Node>,
     kiosk_token: &str,
     attendees: &[String],
     trailer_hash: iroh_blobs::Hash,
@@ -60,16 +59,23 @@ pub(super) async fn kiosk_joins(
     site.join(kiosk_token, "kiosk-3").await?;
     let joined = Instant::now();
     let kiosk3 = site.start("kiosk-3").await?;
-    let doc_count = edge.documents().await.len();
     {
         let k = kiosk3.clone();
-        until("kiosk-3 holding every document and the media", || {
-            let k = k.clone();
-            async move { k.documents().await.len() >= doc_count && all_hold(&[k], trailer_hash).await }
-        })
+        until(
+            "kiosk-3 holding every document it keeps, and the media",
+            || {
+                let k = k.clone();
+                async move {
+                    k.status().await.enrolled
+                        && k.documents_missing().is_empty()
+                        && all_hold(&[k], trailer_hash).await
+                }
+            },
+        )
         .await?;
     }
     let caught_up = joined.elapsed();
+    let doc_count = kiosk3.documents().await.len();
     // It has no seats of its own: the edge box's rebalancer moves some to it.
     {
         let k = kiosk3.clone();

@@ -143,22 +143,21 @@ pub(super) async fn all_hold(nodes: &[Arc<Node>], hash: iroh_blobs::Hash) -> boo
 
 /// Every node holds every document at the same heads.
 pub(super) async fn converged(nodes: &[Arc<Node>]) -> bool {
-    let mut first: Option<BTreeMap<String, Vec<String>>> = None;
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for node in nodes {
-        let docs: BTreeMap<String, Vec<String>> = node
-            .documents()
-            .await
-            .into_iter()
-            .map(|d| {
-                let mut heads = d.heads;
-                heads.sort();
-                (d.id, heads)
-            })
-            .collect();
-        match &first {
-            None => first = Some(docs),
-            Some(f) if *f == docs => {}
-            Some(_) => return false,
+        if !node.documents_missing().is_empty() {
+            return false;
+        }
+        for d in node.documents().await {
+            let mut heads = d.heads;
+            heads.sort();
+            match seen.get(&d.id) {
+                None => {
+                    seen.insert(d.id, heads);
+                }
+                Some(h) if *h == heads => {}
+                Some(_) => return false,
+            }
         }
     }
     true
