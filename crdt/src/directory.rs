@@ -126,6 +126,15 @@ impl<D: Borrow<Automerge>> Doc<Directory, D> {
     pub fn view(&self) -> Result<DirectoryView, DirectoryError> {
         DirectoryView::from_record(self.record()?)
     }
+
+    /// [`Self::view`], reusing what `previous` (this device's last view) verified: a certificate whose bytes did not
+    /// change is not checked again (see [`DirectoryView::from_record_after`]).
+    pub fn view_after(
+        &self,
+        previous: Option<&DirectoryView>,
+    ) -> Result<DirectoryView, DirectoryError> {
+        DirectoryView::from_record_after(self.record()?, previous)
+    }
 }
 
 impl<D: BorrowMut<Automerge>> Doc<Directory, D> {
@@ -230,6 +239,8 @@ pub struct DirectoryView {
     /// Document name -> sync engine id, as registered.
     pub documents: BTreeMap<String, String>,
     certs: BTreeMap<DeviceId, EnrollmentCert>,
+    /// The bytes each certificate of `certs` verified from, so a later view can reuse the check.
+    cert_bytes: BTreeMap<DeviceId, Vec<u8>>,
     revocations: BTreeMap<String, Revocation>,
     /// Entries that did not verify, with the reason: shown to operators, trusted by nobody.
     pub rejected: Vec<(String, TrustError)>,
@@ -237,16 +248,40 @@ pub struct DirectoryView {
 
 impl DirectoryView {
     pub fn from_record(record: DirectoryRecord) -> Result<Self, DirectoryError> {
+        Self::from_record_after(record, None)
+    }
+
+    /// [`Self::from_record`], reusing `previous`'s checks: a certificate stored under the same key with the same
+    /// bytes, in a directory of the same authority, verified then and is not verified again (two signatures
+    /// each, for a device enrolled by invite). Every device re-reads its directory on each change, and a site
+    /// of N devices registers O(N) documents, so without this each device checked O(N^2) signatures.
+    pub fn from_record_after(
+        record: DirectoryRecord,
+        previous: Option<&DirectoryView>,
+    ) -> Result<Self, DirectoryError> {
         let authority = DeviceId::from_hex(&record.authority)
             .map_err(|_| DirectoryError::BadHeader(record.authority.clone()))?;
         let site = SiteId::for_authority(&authority);
+        let previous = previous.filter(|p| p.authority == authority);
         let mut rejected = Vec::new();
         let mut certs = BTreeMap::new();
+        let mut cert_bytes = BTreeMap::new();
         for (key, bytes) in &record.devices {
+            let known = previous.and_then(|p| {
+                let device = DeviceId::from_hex(key).ok()?;
+                (p.cert_bytes.get(&device)?.as_slice() == &bytes[..])
+                    .then(|| p.certs.get(&device).cloned())?
+            });
+            if let Some(cert) = known {
+                cert_bytes.insert(cert.device, bytes.to_vec());
+                certs.insert(cert.device, cert);
+                continue;
+            }
             match EnrollmentCert::from_bytes(bytes)
                 .and_then(|cert| cert.verify_chain(&authority, site).map(|()| cert))
             {
                 Ok(cert) if cert.device.to_hex() == *key => {
+                    cert_bytes.insert(cert.device, bytes.to_vec());
                     certs.insert(cert.device, cert);
                 }
                 Ok(_) => rejected.push((
@@ -279,6 +314,7 @@ impl DirectoryView {
             shows: record.shows,
             documents: record.documents,
             certs,
+            cert_bytes,
             revocations,
             rejected,
         })
@@ -506,6 +542,36 @@ mod tests {
             view.verify_device(&kiosks[2], now),
             Err(TrustError::InviteOverused { max_uses: 2, .. })
         ));
+    }
+
+    #[test]
+    fn a_view_after_the_last_reuses_what_verified_and_checks_what_changed() {
+        let mut site = site();
+        let token = token(&site, 9, 5);
+        let kiosk = SecretKey::from_seed([20; 32]).public();
+        let cert = token
+            .enroll(kiosk, "kiosk-1", UnixMillis(HOUR))
+            .expect("enroll");
+        site.dir.add_device(&cert).expect("add");
+        let first = site.dir.view().expect("view");
+        let now = UnixMillis(2 * HOUR);
+        let again = site.dir.view_after(Some(&first)).expect("view");
+        assert_eq!(again.trusted_devices(now), first.trusted_devices(now));
+        assert!(again.verify_device(&kiosk, now).is_ok());
+        // A rogue peer rewrites the kiosk's certificate with another name: the bytes changed, so it is checked
+        // again, and refused, though the last view trusted that key.
+        let mut forged = cert.clone();
+        forged.name = "kiosk-evil".into();
+        site.dir
+            .write_at(
+                &["devices"],
+                &kiosk.to_hex(),
+                &ByteVec::from(forged.to_bytes()),
+            )
+            .expect("write");
+        let after = site.dir.view_after(Some(&first)).expect("view");
+        assert!(after.verify_device(&kiosk, now).is_err());
+        assert_eq!(after.rejected.len(), 1, "{:?}", after.rejected);
     }
 
     #[test]

@@ -561,7 +561,8 @@ impl Node {
         let Ok(handle) = self.directory_handle() else {
             return;
         };
-        match read_view(&handle).await {
+        let previous = read(&self.gate.view).clone();
+        match read_view(&handle, previous).await {
             Ok(Ok(v)) => self.gate.set_view(v, clock::now()),
             Ok(Err(e)) => tracing::warn!("the site directory does not read: {e}"),
             Err(_) => {}
@@ -627,12 +628,16 @@ fn next_epoch(store: &Store) -> Result<u32, StartError> {
 
 /// The verified view of the directory `handle` holds (`Err` says why it does not read; the engine stopping is
 /// `Err` too, as nothing can be decided then).
-async fn read_view(handle: &DocHandle) -> Result<Result<DirectoryView, String>, samod::Stopped> {
+/// What `previous` (the view this device held) verified is not checked again.
+async fn read_view(
+    handle: &DocHandle,
+    previous: Option<DirectoryView>,
+) -> Result<Result<DirectoryView, String>, samod::Stopped> {
     handle
-        .with_document_async(|am| {
+        .with_document_async(move |am| {
             Doc::<Directory, &mut Automerge>::attach(am)
                 .map_err(|e| e.to_string())
-                .and_then(|d| d.view().map_err(|e| e.to_string()))
+                .and_then(|d| d.view_after(previous.as_ref()).map_err(|e| e.to_string()))
         })
         .await
 }

@@ -106,7 +106,7 @@ impl SiteGate {
         let Ok(Ok(Some(handle))) = found else {
             return;
         };
-        if let Ok(Ok(view)) = super::read_view(&handle).await {
+        if let Ok(Ok(view)) = super::read_view(&handle, None).await {
             self.set_view(view, clock::now());
         }
     }

@@ -43,7 +43,11 @@ impl World {
         if self.devices[dev].host.is_none() {
             return;
         }
-        let view = self.replica::<Directory, _>(dev, &self.directory, |d| d.view().ok());
+        // As the node's refresh: what this device's last view verified is not checked again.
+        let previous = self.devices[dev].view.take();
+        let view = self.replica::<Directory, _>(dev, &self.directory, |d| {
+            d.view_after(previous.as_ref()).ok()
+        });
         let d = &mut self.devices[dev];
         d.known = view
             .as_ref()
