@@ -373,9 +373,28 @@ impl World {
             ));
         } else {
             self.final_checks();
+            self.check_degrees();
         }
         self.report.trace_hash = self.trace.finalize().to_hex().to_string();
         self.report
+    }
+
+    /// Once the site has converged, no device holds more links than its part's bound in the shape its own
+    /// directory replica gives (`Topology::degree_max`).
+    pub(super) fn check_degrees(&mut self) {
+        for dev in 0..self.devices.len() {
+            let d = &self.devices[dev];
+            let Some(max) = d.shape.as_ref().and_then(|t| t.degree_max(&d.key.public())) else {
+                continue;
+            };
+            let held = self.net.connected(dev).count();
+            if held > max {
+                let name = d.name.clone();
+                self.violation(format!(
+                    "{name} holds {held} links, over its bound of {max}"
+                ));
+            }
+        }
     }
 
     pub(super) fn describe_divergence(&self) -> String {
