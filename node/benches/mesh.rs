@@ -1,25 +1,28 @@
 //! Site mesh benchmarks with real `popmesh run` processes (release build), recorded in BENCHMARKS.md.
 //!
 //! ```text
-//! cargo bench -p popmesh-node --bench mesh -- latency 3     write-to-visible across 3 nodes (and 10)
+//! cargo bench -p popmesh-node --bench mesh -- latency 3     write-to-visible across 3 nodes (10, 50: relays)
 //! cargo bench -p popmesh-node --bench mesh -- bulk 16       back-to-back payments from 16 clients, rate visible on a peer
 //! cargo bench -p popmesh-node --bench mesh -- join          fresh device joining 10,000 bookings + 20,000 receipts
 //! cargo bench -p popmesh-node --bench mesh -- idle          idle RSS and CPU of a 3-node site
 //! ```
 //!
-//! Write-to-visible: a POS takes a payment through the API; the clock stops when each other node's `/v1/events`
-//! stream reports the POS ledger changed. Writes are sequential: the next starts once every node has seen the last.
-//! The payment is fsync'd on the POS before its 201; the peers do not wait for that.
+//! Write-to-visible: a POS takes a payment through the API; the clock stops when each node holding its ledger
+//! reports the change on its `/v1/events` stream; then it books a seat, until every other node reports the slot.
+//! Writes are sequential. The payment is fsync'd on the POS before its 201; the peers do not wait for that.
 
 #[path = "../tests/common/site.rs"]
 mod site;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use popmesh_crdt::{DeviceId, Role};
+use popmesh_device::authorship::DocKind;
+use popmesh_device::topology::{Part, Topology};
 use serde_json::{Value, json};
 use site::{Device, Node, Site, payment, show};
 
@@ -70,8 +73,23 @@ fn relax_limits(device: &Device) {
     std::fs::write(&path, text).expect("config");
 }
 
-/// A site of `n` nodes, every node bootstrapped to every earlier one (a full mesh, as mDNS gives on a LAN).
-fn mesh(label: &str, n: usize) -> (Site, Vec<Node>) {
+/// The device ids of the admitted links `node` holds now.
+fn linked(node: &Node) -> BTreeSet<String> {
+    node.status()["peers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p["admitted"] == true)
+        .filter_map(|p| p["device"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A site of `n` nodes (the edge box and POS terminals), each given only the edge box's address, as on venue
+/// Wi-Fi that blocks multicast; returns once every node holds exactly the links the site's shape names
+/// (`popmesh_device::topology`: a full mesh up to five devices, relays past that), with a show of one slot whose
+/// seats are granted 1,000 to each POS.
+fn mesh(label: &str, n: usize) -> (Site, Vec<Node>, Topology) {
     let site = Site::create(label);
     let mut devices = vec![site.edge.clone()];
     for i in 1..n {
@@ -80,24 +98,47 @@ fn mesh(label: &str, n: usize) -> (Site, Vec<Node>) {
     for d in &devices {
         relax_limits(d);
     }
-    let mut nodes: Vec<Node> = Vec::new();
-    for (i, d) in devices.iter().enumerate() {
-        let earlier: Vec<&Device> = devices[..i].iter().collect();
-        nodes.push(Node::start(d, &earlier));
+    let mut nodes: Vec<Node> = vec![Node::start(&devices[0], &[])];
+    for d in &devices[1..] {
+        nodes.push(Node::start(d, &[&site.edge]));
     }
-    for node in &nodes[1..] {
-        node.wait_for("enrollment", Duration::from_secs(60), |n| {
-            n.status()["enrolled"] == true
-        });
+    let ids: Vec<(DeviceId, Role)> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let id = DeviceId::from_hex(&d.device_id()).expect("a device id");
+            (id, if i == 0 { Role::Edge } else { Role::Pos })
+        })
+        .collect();
+    let shape = Topology::of(&ids);
+    let started = Instant::now();
+    loop {
+        let off = nodes
+            .iter()
+            .zip(&ids)
+            .filter(|(node, (id, _))| {
+                let plan: BTreeSet<String> = shape.links(id).iter().map(|p| p.to_hex()).collect();
+                linked(node) != plan
+            })
+            .count();
+        if off == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "{off} of {n} nodes do not hold the links the shape names after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
-    nodes[0].wait_for("every peer admitted", Duration::from_secs(60), |e| {
-        e.admitted_peers() == n - 1
-    });
+    let grants: Vec<(String, u64)> = (1..n).map(|i| (format!("pos-{i}"), 1_000)).collect();
+    let grants: Vec<(&str, u64)> = grants.iter().map(|(d, s)| (d.as_str(), *s)).collect();
     assert_eq!(
-        nodes[0].post("/v1/shows", show("fri", 10_000, &[])).status,
+        nodes[0]
+            .post("/v1/shows", show("fri", 100_000, &grants))
+            .status,
         201
     );
-    (site, nodes)
+    (site, nodes, shape)
 }
 
 /// Follows a node's `/v1/events`, sending (arrival time, document name) for every change.
@@ -133,68 +174,173 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
+/// Waits until every node of `want` has reported a change of `doc` since `start`; the time each took, in ms.
+fn seen_by(
+    rx: &mpsc::Receiver<(Instant, usize, String)>,
+    want: &BTreeSet<usize>,
+    doc: &str,
+    start: Instant,
+    what: &str,
+) -> Vec<f64> {
+    let mut seen: BTreeMap<usize, f64> = BTreeMap::new();
+    let deadline = start + Duration::from_secs(10);
+    while seen.len() < want.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok((at, node, got)) = rx.recv_timeout(left) else {
+            panic!("{what} not visible everywhere after 10 s: seen by {seen:?} of {want:?}");
+        };
+        if got == doc && at >= start && want.contains(&node) {
+            seen.entry(node)
+                .or_insert_with(|| at.duration_since(start).as_secs_f64() * 1e3);
+        }
+    }
+    seen.into_values().collect()
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    kb as f64 / 1024.0
+}
+
+fn summary(label: &str, mut samples: Vec<f64>) -> String {
+    samples.sort_by(f64::total_cmp);
+    format!(
+        "{label} p50 {:.2} ms p99 {:.2} ms max {:.2} ms ({} samples)",
+        quantile(&samples, 0.5),
+        quantile(&samples, 0.99),
+        quantile(&samples, 1.0),
+        samples.len()
+    )
+}
+
+/// Write-to-visible on a site of `n` nodes. Each round a POS that is no relay (any POS on a small site) takes a
+/// payment, fsync'd before its 201, timed until every device holding its ledger (the relays; every device on a
+/// small site) reports it; then it books a seat, timed until every other device reports the slot changed. The
+/// farthest device's time per booking is reported apart.
 fn latency(n: usize, writes: usize) {
-    let (_site, nodes) = mesh(&format!("lat{n}"), n);
-    let writer = &nodes[1];
-    let ledger_prefix = format!("show/fri/ledger/{}", writer.device.device_id());
-    // Create the ledger (first payment) before measuring, and let every node open it.
+    let (_site, nodes, shape) = mesh(&format!("lat{n}"), n);
+    let ids: Vec<DeviceId> = nodes
+        .iter()
+        .map(|n| DeviceId::from_hex(&n.device.device_id()).expect("id"))
+        .collect();
+    let member = (1..n).find(|i| shape.part(&ids[*i]) == Some(Part::Member));
+    let w = member.unwrap_or(1);
+    let writer = &nodes[w];
+    let ledger = format!("show/fri/ledger/{}", writer.device.device_id());
+    let slot = "show/fri/slot/s1900";
+    let holders: BTreeSet<usize> = (0..n)
+        .filter(|i| *i != w && shape.holds_kind(&ids[*i], DocKind::Ledger(ids[w])))
+        .collect();
+    let everyone: BTreeSet<usize> = (0..n).filter(|i| *i != w).collect();
+    // Create the ledger (first payment) before measuring, and let every holder open it.
     assert_eq!(
         writer.post("/v1/payments", payment("warm-0", 1)).status,
         201
     );
+    for i in &holders {
+        nodes[*i].wait_for("the writer's ledger", Duration::from_secs(60), |n| {
+            heads_of(n, &ledger).is_some()
+        });
+    }
     for node in &nodes {
-        node.wait_for("the writer's ledger", Duration::from_secs(60), |n| {
-            n.get("/v1/documents")["documents"]
-                .as_array()
-                .is_some_and(|ds| ds.iter().any(|d| d["name"] == ledger_prefix.as_str()))
+        node.wait_for("the slot", Duration::from_secs(60), |n| {
+            heads_of(n, slot).is_some()
         });
     }
     let (tx, rx) = mpsc::channel();
     for (i, node) in nodes.iter().enumerate() {
-        if i != 1 {
+        if i != w {
             follow(node, tx.clone(), i);
         }
     }
     std::thread::sleep(Duration::from_millis(500));
     let client = writer.client();
-    let mut visible = Vec::new();
-    let mut acked = Vec::new();
-    for w in 0..writes {
+    let (mut paid, mut booked, mut farthest, mut acked) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let run = Instant::now();
+    let cpu_before: Vec<u64> = nodes.iter().map(|n| cpu_ticks(n.pid())).collect();
+    for k in 0..writes {
         while rx.try_recv().is_ok() {}
         let start = Instant::now();
         let answer = client
-            .post("/v1/payments", &payment(&format!("lat-{w}"), 1))
+            .post("/v1/payments", &payment(&format!("lat-{k}"), 1))
             .expect("payment");
         assert_eq!(answer.status, 201, "{}", answer.body);
         acked.push(start.elapsed().as_secs_f64() * 1e3);
-        let mut seen: BTreeMap<usize, f64> = BTreeMap::new();
-        let deadline = start + Duration::from_secs(10);
-        while seen.len() < n - 1 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok((at, node, doc)) = rx.recv_timeout(left) else {
-                panic!("write {w} not visible everywhere after 10 s: seen by {seen:?}");
-            };
-            if doc == ledger_prefix && at >= start {
-                seen.entry(node)
-                    .or_insert_with(|| at.duration_since(start).as_secs_f64() * 1e3);
-            }
-        }
-        if w >= 20 {
-            visible.extend(seen.values());
+        let to_holders = seen_by(&rx, &holders, &ledger, start, &format!("payment {k}"));
+        while rx.try_recv().is_ok() {}
+        let start = Instant::now();
+        let body = json!({ "seats": 1, "booking_id": format!("lat-{k}") });
+        let answer = client
+            .post("/v1/shows/fri/slots/s1900/bookings", &body)
+            .expect("booking");
+        assert_eq!(answer.status, 201, "{}", answer.body);
+        let to_all = seen_by(&rx, &everyone, slot, start, &format!("booking {k}"));
+        if k >= 20 {
+            farthest.push(to_all.iter().copied().fold(0.0, f64::max));
+            paid.extend(to_holders);
+            booked.extend(to_all);
         }
     }
-    visible.sort_by(f64::total_cmp);
-    acked.sort_by(f64::total_cmp);
+    let took = run.elapsed().as_secs_f64();
+    let relays: Vec<usize> = (0..n)
+        .filter(|i| shape.part(&ids[*i]) == Some(Part::Relay))
+        .collect();
+    let cpu = |i: usize| (cpu_ticks(nodes[i].pid()) - cpu_before[i]) as f64 / took;
+    let rss: Vec<f64> = nodes.iter().map(|n| rss_mb(n.pid())).collect();
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+    let relay_cpu: Vec<f64> = relays.iter().map(|i| cpu(*i)).collect();
+    let member_cpu: Vec<f64> = (0..n).filter(|i| !relays.contains(i)).map(cpu).collect();
+    let bytes = |i: usize| nodes[i].metric("libp2p_bandwidth_bytes");
     println!(
-        "latency nodes={n} writes={} samples={}: write-to-visible p50 {:.2} ms p99 {:.2} ms max {:.2} ms; payment acknowledged (fsync'd) p50 {:.2} ms p99 {:.2} ms",
+        "latency nodes={n} relays={} writer={} rounds={}: {}; {}; {}; payment acknowledged (fsync'd) {}",
+        relays.len(),
+        nodes[w].device.name,
         writes - 20,
-        visible.len(),
-        quantile(&visible, 0.5),
-        quantile(&visible, 0.99),
-        quantile(&visible, 1.0),
-        quantile(&acked, 0.5),
-        quantile(&acked, 0.99),
+        summary("payment to every holder of the ledger", paid),
+        summary("booking to every device", booked),
+        summary("booking to the farthest device", farthest),
+        summary("", acked),
     );
+    println!(
+        "  RSS per node mean {:.1} MB max {:.1} MB; CPU over the run: relays {:.1}% mean of one core, others {:.1}%; \
+         mesh bytes since start: relays {:.1} MB mean, others {:.1} MB mean",
+        mean(&rss),
+        rss.iter().copied().fold(0.0, f64::max),
+        mean(&relay_cpu),
+        mean(&member_cpu),
+        mean(&relays.iter().map(|i| bytes(*i)).collect::<Vec<_>>()) / 1e6,
+        mean(
+            &(0..n)
+                .filter(|i| !relays.contains(i))
+                .map(bytes)
+                .collect::<Vec<_>>()
+        ) / 1e6,
+    );
+}
+
+/// A process's CPU time in clock ticks (1/100 s): utime and stime of `/proc/PID/stat`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of /proc/PID/stat; after the ')' they are the 12th and 13th.
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|u| u.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
 }
 
 fn heads_of(node: &Node, name: &str) -> Option<Value> {
@@ -206,7 +352,7 @@ fn heads_of(node: &Node, name: &str) -> Option<Value> {
 }
 
 fn bulk(total: usize, clients: usize) {
-    let (_site, nodes) = mesh("bulk", 2);
+    let (_site, nodes, _) = mesh("bulk", 2);
     let (edge, pos) = (&nodes[0], &nodes[1]);
     let ledger = format!("show/fri/ledger/{}", pos.device.device_id());
     assert_eq!(pos.post("/v1/payments", payment("warm-0", 1)).status, 201);
@@ -246,7 +392,7 @@ fn bulk(total: usize, clients: usize) {
 }
 
 fn join(bookings: usize, receipts: usize) {
-    let (site, nodes) = mesh("join", 2);
+    let (site, nodes, _) = mesh("join", 2);
     let (edge, pos) = (&nodes[0], &nodes[1]);
     // Ten slots of 1,000 seats; the edge box sells every seat, one booking each.
     let slots: Vec<Value> = (0..10)
@@ -366,47 +512,24 @@ fn join(bookings: usize, receipts: usize) {
 }
 
 fn idle() {
-    let (_site, nodes) = mesh("idle", 3);
+    let (_site, nodes, _) = mesh("idle", 3);
     assert_eq!(
         nodes[1].post("/v1/payments", payment("p-1", 100)).status,
         201
     );
     std::thread::sleep(Duration::from_secs(10));
     let pids: Vec<u32> = nodes.iter().map(Node::pid).collect();
-    let ticks = |pid: u32| -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        // utime and stime are fields 14 and 15 of /proc/PID/stat; after the ')' they are the 12th and 13th.
-        fields
-            .get(11)
-            .and_then(|u| u.parse::<u64>().ok())
-            .unwrap_or(0)
-            + fields
-                .get(12)
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(0)
-    };
+    let ticks = cpu_ticks;
     let before: Vec<u64> = pids.iter().map(|p| ticks(*p)).collect();
     let window = Duration::from_secs(30);
     std::thread::sleep(window);
     for (i, pid) in pids.iter().enumerate() {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let rss_kb: u64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0);
+        let rss = rss_mb(*pid);
         let cpu_ticks = ticks(*pid) - before[i];
         // Linux reports CPU time in clock ticks of 1/100 s.
         let cpu_pct = cpu_ticks as f64 / window.as_secs_f64();
         println!(
-            "idle node {i}: RSS {:.1} MB, CPU {cpu_pct:.2}% of one core over {} s",
-            rss_kb as f64 / 1024.0,
+            "idle node {i}: RSS {rss:.1} MB, CPU {cpu_pct:.2}% of one core over {} s",
             window.as_secs()
         );
     }
