@@ -73,18 +73,6 @@ fn relax_limits(device: &Device) {
     std::fs::write(&path, text).expect("config");
 }
 
-/// The device ids of the admitted links `node` holds now.
-fn linked(node: &Node) -> BTreeSet<String> {
-    node.status()["peers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| p["admitted"] == true)
-        .filter_map(|p| p["device"].as_str().map(str::to_owned))
-        .collect()
-}
-
 /// A site of `n` nodes (the edge box and POS terminals), each given only the edge box's address, as on venue
 /// Wi-Fi that blocks multicast; returns once every node holds exactly the links the site's shape names
 /// (`popmesh_device::topology`: a full mesh up to five devices, relays past that), with a show of one slot whose
@@ -118,7 +106,7 @@ fn mesh(label: &str, n: usize) -> (Site, Vec<Node>, Topology) {
             .zip(&ids)
             .filter(|(node, (id, _))| {
                 let plan: BTreeSet<String> = shape.links(id).iter().map(|p| p.to_hex()).collect();
-                linked(node) != plan
+                node.linked_devices() != plan
             })
             .count();
         if off == 0 {

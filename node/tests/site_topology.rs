@@ -19,18 +19,6 @@ use serde_json::json;
 const DEVICES: usize = 20;
 const SYNC: Duration = Duration::from_secs(45);
 
-/// The device ids of the admitted links `node` holds now.
-fn linked(node: &Node) -> BTreeSet<String> {
-    node.status()["peers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| p["admitted"] == true)
-        .filter_map(|p| p["device"].as_str().map(str::to_owned))
-        .collect()
-}
-
 fn sold(node: &Node) -> u64 {
     node.get("/v1/shows/fri/slots/s1900")["sold"]
         .as_u64()
@@ -85,7 +73,7 @@ fn twenty_devices_given_only_the_edge_box_form_relays_within_bounds_and_survive_
     // shape names and lets go of the rest (the bootstrap link to the edge box too, unless the shape names it).
     let start = Instant::now();
     loop {
-        let held: Vec<BTreeSet<String>> = everyone.iter().map(|n| linked(n)).collect();
+        let held: Vec<BTreeSet<String>> = everyone.iter().map(|n| n.linked_devices()).collect();
         let off: Vec<String> = held
             .iter()
             .zip(&everyone)
@@ -146,7 +134,10 @@ fn twenty_devices_given_only_the_edge_box_form_relays_within_bounds_and_survive_
         3,
         "the edge box and two elected devices relay"
     );
-    assert!(linked(&edge).len() < DEVICES - 1, "the edge box is a star");
+    assert!(
+        edge.linked_devices().len() < DEVICES - 1,
+        "the edge box is a star"
+    );
 
     assert_eq!(
         edge.post(

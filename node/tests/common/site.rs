@@ -486,6 +486,17 @@ impl Node {
             .unwrap_or(0)
     }
 
+    /// The device ids (hex) of the admitted links this node holds now.
+    pub fn linked_devices(&self) -> std::collections::BTreeSet<String> {
+        self.status()["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["admitted"] == true)
+            .filter_map(|p| p["device"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
