@@ -4,7 +4,7 @@
 //! device holds more links than its part's bound; the edge box is not a star. Each link says why it exists. A
 //! booking reaches all twenty devices; a payment reaches every relay, and a kiosk that is no relay does not hold
 //! another device's receipts. Then the edge box dies: a booking still reaches the other nineteen and a payment the
-//! relays left.
+//! relays left. Then every relay dies: a booking still goes round the members' ring to all of them.
 
 mod common;
 
@@ -139,12 +139,21 @@ fn twenty_devices_given_only_the_edge_box_form_relays_within_bounds_and_survive_
         "the edge box is a star"
     );
 
+    // Ten seats each to kiosk-2 and kiosk-4, one to every other device (so each can sell with no relay left).
+    let grants: Vec<(String, u64)> = devices
+        .iter()
+        .map(|d| {
+            let seats = if ["kiosk-2", "kiosk-4"].contains(&d.name.as_str()) {
+                10
+            } else {
+                1
+            };
+            (d.name.clone(), seats)
+        })
+        .collect();
+    let grants: Vec<(&str, u64)> = grants.iter().map(|(n, s)| (n.as_str(), *s)).collect();
     assert_eq!(
-        edge.post(
-            "/v1/shows",
-            show("fri", 40, &[("kiosk-2", 10), ("kiosk-4", 10)])
-        )
-        .status,
+        edge.post("/v1/shows", show("fri", 40, &grants)).status,
         201,
         "the edge box opens the show"
     );
@@ -225,6 +234,30 @@ fn twenty_devices_given_only_the_edge_box_form_relays_within_bounds_and_survive_
     eprintln!(
         "without the edge box the booking reached all {} others and the payment both relays in {:?}",
         nodes.len(),
+        start.elapsed()
+    );
+
+    // Every relay dies. The members' ring still carries a booking to every one of them.
+    let mut nodes = nodes;
+    for n in nodes.iter_mut().filter(|n| relays.contains(&n.device.name)) {
+        n.kill();
+    }
+    let members: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| !relays.contains(&n.device.name))
+        .collect();
+    let booked = members[0].post(
+        "/v1/shows/fri/slots/s1900/bookings",
+        json!({ "seats": 1, "booking_id": "no-relay-left" }),
+    );
+    assert_eq!(booked.status, 201, "{}", booked.body);
+    let start = Instant::now();
+    for n in &members {
+        n.wait_for("the booking over the ring alone", SYNC, |n| sold(n) == 6);
+    }
+    eprintln!(
+        "with every relay gone the booking went round the ring to all {} members in {:?}",
+        members.len(),
         start.elapsed()
     );
 }

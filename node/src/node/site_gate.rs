@@ -87,6 +87,15 @@ impl SiteGate {
     /// Takes a directory view read at `now`, and the site's shape over it.
     pub(super) fn set_view(&self, view: DirectoryView, now: UnixMillis) {
         let shape = Topology::of_view(&view, now);
+        // Every registered document is named before the librarian opens it, as the simulator's devices name
+        // theirs: the share policy decides each peer's announce flag once, when a document's actor meets the
+        // peer, and a kind not known then (a slot opened here before its creating change arrived) was never
+        // announced to the ring neighbours, so with both relays down the ring carried no bookings.
+        for (name, id) in &view.documents {
+            if let (Ok(name), Ok(id)) = (name.parse::<DocName>(), id.parse::<DocumentId>()) {
+                self.judge.name(&id, &name);
+            }
+        }
         *write(&self.view) = Some(view);
         self.set_shape(shape);
     }
