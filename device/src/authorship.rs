@@ -406,6 +406,15 @@ impl Kinds {
         }
     }
 
+    /// What this device knows of `id` without a lookup: the directory itself (`directory`: its id), else named or
+    /// learned, else [`DocKind::Unknown`]. Both shells' share policies announce by it (`gate::announce`).
+    pub fn known_kind(&self, id: &str, directory: Option<&str>) -> DocKind {
+        if directory == Some(id) {
+            return DocKind::Directory;
+        }
+        self.get(id).unwrap_or(DocKind::Unknown)
+    }
+
     /// The kind of `id` if this device has named or learned it (no lookup, nothing learned).
     pub fn get(&self, id: &str) -> Option<DocKind> {
         self.known.get(id).copied()

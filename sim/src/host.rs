@@ -13,7 +13,7 @@ use automerge::Automerge;
 use std::rc::Rc;
 
 use popmesh_crdt::docs::DocName;
-use popmesh_device::authorship::{DocKind, Kinds};
+use popmesh_device::authorship::Kinds;
 use popmesh_device::durability::{Plan, Save, Snapshot};
 use popmesh_device::topology::Topology;
 use popmesh_device::{Durability, gate};
@@ -328,12 +328,9 @@ impl Host {
     /// The node's share policy for a site peer: read and write, announced only if the shape has the peer hold
     /// the document's kind (`popmesh_device::gate::announce`).
     fn share_config(&self, doc: &DocumentId, peer: &PeerId) -> ShareConfig {
-        let id = doc.to_string();
-        let kind = if self.directory.as_deref() == Some(id.as_str()) {
-            DocKind::Directory
-        } else {
-            self.kinds.get(&id).unwrap_or(DocKind::Unknown)
-        };
+        let kind = self
+            .kinds
+            .known_kind(&doc.to_string(), self.directory.as_deref());
         ShareConfig::read_write().with_announce(gate::announce(
             self.shape.as_deref(),
             peer.as_str(),

@@ -1,7 +1,7 @@
 //! The site gate: the node's shell around the device core's `gate` (admission on every link, document classes, sharing with kiosk screens).
 
 use popmesh_crdt::UnixMillis;
-use popmesh_device::authorship::{DocKind, Kinds};
+use popmesh_device::authorship::Kinds;
 use popmesh_device::topology::Topology;
 
 use super::*;
@@ -50,12 +50,8 @@ pub(super) struct Announce {
 impl Announce {
     fn to(&self, doc: &samod::DocumentId, peer: &str) -> bool {
         let shape = read(&self.shape).clone();
-        let id = doc.to_string();
-        let kind = if read(&self.directory).as_ref() == Some(doc) {
-            DocKind::Directory
-        } else {
-            lock(&self.kinds).get(&id).unwrap_or(DocKind::Unknown)
-        };
+        let directory = read(&self.directory).as_ref().map(|d| d.to_string());
+        let kind = lock(&self.kinds).known_kind(&doc.to_string(), directory.as_deref());
         gate::announce(shape.as_deref(), peer, kind)
     }
 }
