@@ -596,6 +596,7 @@ mod tests {
             addrs: Vec::new(),
             rehearsal: None,
             rehearsal_answer: None,
+            tallies: BTreeMap::new(),
         };
         telemetry
             .counters

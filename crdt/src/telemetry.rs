@@ -16,6 +16,10 @@ use thiserror::Error;
 use crate::doc::{Doc, DocError, Schema};
 use crate::identity::{DeviceId, UnixMillis};
 
+pub mod tallies;
+
+pub use tallies::{Tally, TallyBuffer, TallyError, TallyKey};
+
 /// A per-device telemetry document.
 #[derive(Debug)]
 pub struct Telemetry;
@@ -53,6 +57,9 @@ pub struct TelemetryRecord {
     /// This device's answer to the latest rehearsal it saw.
     #[autosurgeon(missing = "Option::default")]
     pub rehearsal_answer: Option<RehearsalAnswer>,
+    /// Suggestion tallies: `{show}/{slot}@{zone}#{hour}` -> shown and booked (see [`tallies`]).
+    #[autosurgeon(missing = "BTreeMap::new")]
+    pub tallies: BTreeMap<String, tallies::TallyRecord>,
 }
 
 /// A rehearsal call: every device that syncs it answers with its clock and readiness.
@@ -293,6 +300,7 @@ impl Doc<Telemetry> {
                 addrs: Vec::new(),
                 rehearsal: None,
                 rehearsal_answer: None,
+                tallies: BTreeMap::new(),
             },
         )
     }
@@ -312,6 +320,19 @@ impl<D: Borrow<Automerge>> Doc<Telemetry, D> {
         )
         .ok()
         .flatten()
+        .unwrap_or_default()
+    }
+
+    /// This device's suggestion tallies, read without the rest of the document.
+    pub fn tallies(&self) -> BTreeMap<TallyKey, Tally> {
+        autosurgeon::hydrate_prop::<_, Option<BTreeMap<String, tallies::TallyRecord>>, _, _>(
+            self.automerge(),
+            automerge::ROOT,
+            "tallies",
+        )
+        .ok()
+        .flatten()
+        .map(|stored| tallies::read_tallies(&stored))
         .unwrap_or_default()
     }
 
@@ -350,6 +371,23 @@ impl<D: BorrowMut<Automerge>> Doc<Telemetry, D> {
             }
         }
         self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))
+    }
+
+    /// Adds coalesced suggestion tallies, in one change: every key already held, and new keys while there is room
+    /// under [`tallies::TALLIES_MAX`]. Returns the keys the document holds after it and those it had no room for.
+    pub fn flush_tallies(
+        &mut self,
+        increments: &BTreeMap<TallyKey, Tally>,
+    ) -> Result<(Vec<TallyKey>, Vec<TallyKey>), DocError> {
+        let mut record: TelemetryRecord = self.read()?;
+        let refused = tallies::apply(&mut record.tallies, increments);
+        self.transact(|tx| Ok(autosurgeon::reconcile(tx, &record)?))?;
+        let held = record
+            .tallies
+            .keys()
+            .filter_map(|k| TallyKey::parse(k))
+            .collect();
+        Ok((held, refused))
     }
 
     /// Records which peers this device reaches now (sorted device hex ids).

@@ -18,6 +18,8 @@
 //!   blocking.
 //! - [`topology`]: the site's shape: relays (edge boxes, or elected kiosks), the links each device holds within
 //!   named bounds, and which documents each device holds and is told of.
+//! - [`suggest`]: what a kiosk suggests next (a Thompson-sampling bandit over the site's suggestion tallies) and
+//!   "others also booked" past a minimum count.
 //! - [`rebalancer`]: when a device gives quota to a connected peer running low.
 //! - [`watchman`]: who this device reaches, the incidents it records when a peer drops out, rehearsal answers.
 //! - [`mutation`]: deliberately broken decisions, for the tests that prove the simulator catches them.
@@ -30,6 +32,7 @@ pub mod librarian;
 pub mod links;
 pub mod mutation;
 pub mod rebalancer;
+pub mod suggest;
 pub mod topology;
 pub mod watchman;
 

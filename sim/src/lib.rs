@@ -6,10 +6,12 @@
 //! - [`net`] carries wire messages in order per connection; loss and partitions end connections.
 //! - [`world`] is the site: the show's workload, the faults drawn from the seed, and the checkers.
 //! - [`report`] is what a run or a sweep found.
+//! - [`audience`] is a seeded crowd with hidden preferences, proving the kiosk's suggestions learn.
 //!
 //! Architecture Invariant: nothing in this crate reads the wall clock, draws OS randomness, or starts a runtime.
 //! One seed drives every choice, so a run replays exactly.
 
+pub mod audience;
 pub mod broken;
 pub mod host;
 pub mod net;
