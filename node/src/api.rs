@@ -22,6 +22,7 @@ mod browser;
 pub mod clients;
 pub mod console;
 mod errors;
+pub mod kiosk;
 pub mod media;
 pub mod screens;
 pub mod sessions;
@@ -172,6 +173,8 @@ pub fn router_guarded(node: Arc<Node>, browser: BrowserPolicy, clients: ClientPo
         .route("/v1/sync", get(screens::upgrade))
         .route("/v1/attendees/{id}", get(profile).put(update_profile))
         .route("/v1/events", get(events))
+        .route("/v1/suggestions", get(kiosk::suggestions))
+        .route("/v1/suggestions/feedback", post(kiosk::feedback))
         .route("/metrics", get(metrics))
         .route("/v1/blobs", post(media::add))
         .route("/v1/blobs/{hash}", get(media::blob_state))
@@ -186,6 +189,12 @@ pub fn router_guarded(node: Arc<Node>, browser: BrowserPolicy, clients: ClientPo
         ))
         // Open to every client: the console's page (it holds no data) and its sign-in.
         .route("/console", get(console::page))
+        // The attendee's kiosk page and its service worker (they hold no data).
+        .route("/kiosk", get(kiosk::page))
+        .route("/kiosk/app.js", get(kiosk::script))
+        .route("/kiosk/view.js", get(kiosk::view))
+        .route("/kiosk/app.css", get(kiosk::style))
+        .route("/kiosk-sw.js", get(kiosk::worker))
         .route("/v1/login", post(sessions::login).with_state(gate.clone()))
         .route(
             "/v1/logout",

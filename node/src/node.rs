@@ -51,6 +51,7 @@ mod shows;
 mod site_gate;
 mod slots;
 mod status;
+mod suggest;
 mod tasks;
 mod telemetry;
 mod trust;
@@ -72,6 +73,7 @@ pub use shows::{CreateShowError, NewShow, NewSlot};
 use site_gate::{Announce, SiteGate, share_policy};
 pub use slots::{AvailabilityError, BookError, TransferError, UnknownSlot};
 pub use status::DocumentError;
+pub use suggest::{Feedback, FeedbackError, Suggestions};
 use tasks::*;
 pub use telemetry::{CountError, ProfileError};
 pub use trust::RevokeError;
@@ -219,6 +221,8 @@ pub struct Node {
     /// The payment desk: its core (`popmesh_device::desk`), waiting clients and ledger pages.
     desk: desk::DeskShell,
     telemetry: Mutex<CounterBuffer>,
+    /// Suggestion tallies screens reported, until the telemetry flush writes them.
+    tallies: Mutex<popmesh_crdt::telemetry::TallyBuffer>,
     sampler: Mutex<Sampler>,
     /// The watchman's core (`popmesh_device::watchman`): peers reached, incidents open, the rehearsal answered.
     watchman: Mutex<popmesh_device::watchman::Watchman>,
@@ -373,6 +377,10 @@ impl Node {
             creating: tokio::sync::Mutex::new(()),
             desk: desk::DeskShell::default(),
             telemetry: Mutex::new(CounterBuffer::new(TELEMETRY_WINDOW_MS, now)),
+            tallies: Mutex::new(popmesh_crdt::telemetry::TallyBuffer::new(
+                TELEMETRY_WINDOW_MS,
+                now,
+            )),
             sampler: Mutex::new(Sampler::new(options.telemetry)),
             watchman: Mutex::new(popmesh_device::watchman::Watchman::new()),
             telemetry_changed: Arc::new(AtomicBool::new(true)),

@@ -10,9 +10,10 @@ use axum::http::StatusCode;
 
 use super::ApiError;
 use crate::node::{
-    AvailabilityError, CheckInError, CountError, CreateShowError, DocumentError, IssuePassError,
-    NotPermitted, PayError, ProfileError, PublishError, ReceiptsError, ReconcileError, ReportError,
-    RevokeError, RevokePassError, ShowError, TransferError, Unavailable, UnknownDevice,
+    AvailabilityError, CheckInError, CountError, CreateShowError, DocumentError, FeedbackError,
+    IssuePassError, NotPermitted, PayError, ProfileError, PublishError, ReceiptsError,
+    ReconcileError, ReportError, RevokeError, RevokePassError, ShowError, TransferError,
+    Unavailable, UnknownDevice,
 };
 use crate::node::{BookError, UnknownSlot};
 
@@ -220,6 +221,17 @@ impl Answer for CountError {
         match self {
             CountError::Invalid(_) => (BAD, "invalid"),
             CountError::Unavailable(e) => e.answer(),
+        }
+    }
+}
+
+impl Answer for FeedbackError {
+    fn answer(&self) -> (StatusCode, &'static str) {
+        match self {
+            FeedbackError::Invalid(_) => (BAD, "invalid"),
+            FeedbackError::UnknownSlot(e) => e.answer(),
+            FeedbackError::Full(_) => (StatusCode::UNPROCESSABLE_ENTITY, "tallies_full"),
+            FeedbackError::Unavailable(e) => e.answer(),
         }
     }
 }

@@ -64,6 +64,39 @@ pub(super) struct CountBody {
     pub(super) attendee: Option<String>,
 }
 
+/// `GET /v1/suggestions?zone=&limit=&show=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SuggestionsQuery {
+    /// Where the screen stands (a name, as show ids are); `site` when absent.
+    pub(super) zone: Option<String>,
+    pub(super) limit: Option<usize>,
+    pub(super) show: Option<String>,
+}
+
+/// `POST /v1/suggestions/feedback`: what a screen showed, or which suggested slot was booked. No attendee.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FeedbackBody {
+    pub(super) zone: String,
+    pub(super) event: FeedbackEvent,
+    pub(super) items: Vec<SlotRef>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum FeedbackEvent {
+    Shown,
+    Booked,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SlotRef {
+    pub(super) show: String,
+    pub(super) slot: String,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PassBody {
@@ -254,6 +287,88 @@ impl From<&ReceiptPage> for ReceiptPageJson {
         Self {
             receipts: p.receipts.iter().map(ReceiptJson::from).collect(),
             next: p.next.clone(),
+        }
+    }
+}
+
+/// The answer of `GET /v1/suggestions`.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct SuggestionsJson {
+    pub(super) zone: String,
+    pub(super) hour: u8,
+    pub(super) min_count: u64,
+    pub(super) suggestions: Vec<SuggestionJson>,
+    pub(super) also_booked: Vec<AlsoBookedJson>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct SuggestionJson {
+    pub(super) show: String,
+    pub(super) slot: String,
+    pub(super) label: String,
+    pub(super) starts_at: u64,
+    /// Seats this device can sell now.
+    pub(super) available: u64,
+    pub(super) score: f64,
+    pub(super) why: &'static str,
+    pub(super) reason: String,
+    /// Showings and bookings after them, in this zone at this hour, site-wide.
+    pub(super) shown: u64,
+    pub(super) booked: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct AlsoBookedJson {
+    pub(super) show: String,
+    pub(super) slot: String,
+    pub(super) with: Vec<AlsoBookedWith>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct AlsoBookedWith {
+    pub(super) show: String,
+    pub(super) slot: String,
+    pub(super) attendees: u64,
+}
+
+impl From<&crate::node::Suggestions> for SuggestionsJson {
+    fn from(s: &crate::node::Suggestions) -> Self {
+        Self {
+            zone: s.zone.clone(),
+            hour: s.hour,
+            min_count: s.min_count,
+            suggestions: s
+                .ranked
+                .iter()
+                .map(|r| SuggestionJson {
+                    show: r.candidate.show.clone(),
+                    slot: r.candidate.slot.clone(),
+                    label: r.candidate.label.clone(),
+                    starts_at: r.candidate.starts_at,
+                    available: r.candidate.available,
+                    score: r.score,
+                    why: r.why.name(),
+                    reason: r.reason(),
+                    shown: r.evidence.here.shown,
+                    booked: r.evidence.here.booked,
+                })
+                .collect(),
+            also_booked: s
+                .also_booked
+                .iter()
+                .map(|((show, slot), with)| AlsoBookedJson {
+                    show: show.clone(),
+                    slot: slot.clone(),
+                    with: with
+                        .iter()
+                        .map(|w| AlsoBookedWith {
+                            show: w.to.0.clone(),
+                            slot: w.to.1.clone(),
+                            attendees: w.passes,
+                        })
+                        .collect(),
+                })
+                .collect(),
         }
     }
 }

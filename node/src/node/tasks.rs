@@ -130,5 +130,8 @@ pub(super) async fn flusher(node: Arc<Node>) {
         if let Err(e) = node.flush_telemetry().await {
             tracing::debug!("telemetry not written yet: {e}");
         }
+        if let Err(e) = node.flush_tallies().await {
+            tracing::debug!("suggestion tallies not written yet: {e}");
+        }
     }
 }

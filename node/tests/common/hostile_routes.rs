@@ -229,6 +229,19 @@ fn routes(ctx: &Ctx) -> Vec<BodyRoute> {
         ],
     );
     manifests.segments = vec![(3, Seg::Manifest)];
+    let feedback = BodyRoute::new(
+        "POST /v1/suggestions/feedback",
+        "/v1/suggestions/feedback",
+        r#"{"zone":"foyer","event":"shown","items":[{"show":"fri","slot":"s1900"}]}"#,
+        vec![
+            req("zone", Ty::Str(Id)),
+            req("event", Ty::Str(Kind)),
+            req("items", Ty::Arr),
+            dflt("items.0", Ty::Obj),
+            req("items.0.show", Ty::Str(Show)),
+            req("items.0.slot", Ty::Str(Id)),
+        ],
+    );
     vec![
         payments,
         bookings,
@@ -241,6 +254,7 @@ fn routes(ctx: &Ctx) -> Vec<BodyRoute> {
         shows,
         attendees,
         manifests,
+        feedback,
     ]
 }
 
@@ -403,6 +417,13 @@ fn every_route(ctx: &Ctx) -> Vec<(String, &'static [&'static str])> {
         ("/v1/sync".into(), get),
         ("/v1/attendees/att-1".into(), &["GET", "PUT"]),
         ("/v1/events".into(), get),
+        ("/v1/suggestions".into(), get),
+        ("/v1/suggestions/feedback".into(), post),
+        ("/kiosk".into(), get),
+        ("/kiosk/app.js".into(), get),
+        ("/kiosk/view.js".into(), get),
+        ("/kiosk/app.css".into(), get),
+        ("/kiosk-sw.js".into(), get),
         ("/metrics".into(), get),
         ("/v1/blobs".into(), post),
         (format!("/v1/blobs/{hash}"), get),
@@ -484,6 +505,12 @@ fn read_cases(ctx: &Ctx) -> Vec<Req> {
         ("GET /v1/sync", "/v1/sync", "? ?x=1"),
         ("GET /v1/console", "/v1/console", "? ?x=%FF"),
         ("GET /console", "/console", "? ?x=%FF"),
+        ("GET /kiosk", "/kiosk", "? ?zone=%FF"),
+        (
+            "GET /v1/suggestions",
+            "/v1/suggestions",
+            "? ?zone=%FF ?zone= ?zone=.. ?limit=0 ?limit=-1 ?limit=18446744073709551616 ?show=%00 ?show=nope ?x=1",
+        ),
         ("GET /metrics", "/metrics", "? ?name[]=1"),
         ("GET /v1/manifests", "/v1/manifests", "? ?name=%FF"),
         ("GET /v1/shows", "/v1/shows", "? ?id=%00"),

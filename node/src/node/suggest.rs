@@ -1,0 +1,309 @@
+//! Suggestions at a kiosk: the device core's bandit (`popmesh_device::suggest`) over the slots this device can
+//! still sell, with the evidence of every telemetry document it holds, and the tallies a kiosk screen reports.
+//! No attendee reaches here: a screen says only "these slots were shown (or one was booked) in this zone".
+
+use super::*;
+use popmesh_crdt::telemetry::{Tally, TallyBuffer, TallyKey};
+use popmesh_device::suggest::{self, AlsoBooked, Candidate, Posterior, Suggestion};
+
+/// Slots one feedback report may name.
+pub const FEEDBACK_ITEMS_MAX: usize = 20;
+
+/// What a kiosk screen reports about suggestions it showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feedback {
+    /// These slots were shown as suggestions.
+    Shown,
+    /// This slot was booked after it was suggested.
+    Booked,
+}
+
+/// Why feedback was not counted.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedbackError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    UnknownSlot(#[from] UnknownSlot),
+    /// This device keeps no more tallies.
+    #[error("{0}")]
+    Full(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+/// What a kiosk suggests now (the HTTP layer's `SuggestionsJson` is its wire form).
+#[derive(Debug, Clone)]
+pub struct Suggestions {
+    pub zone: String,
+    pub hour: u8,
+    /// Passes a pair needs before "others also booked" names it.
+    pub min_count: u64,
+    /// Best first.
+    pub ranked: Vec<Suggestion>,
+    /// Slot -> the slots the same passes booked, most passes first.
+    pub also_booked: BTreeMap<(String, String), Vec<AlsoBooked>>,
+}
+
+/// The hour of the day (UTC) of `now`.
+pub fn hour_of(now: popmesh_crdt::UnixMillis) -> u8 {
+    ((now.0 / 3_600_000) % 24) as u8
+}
+
+impl Node {
+    /// Counts what a screen reports: `items` shown (or one booked) as suggestions in `zone` at this hour.
+    /// Every slot must be one of the site's; the whole report counts or none of it.
+    pub async fn tally(
+        &self,
+        zone: &str,
+        event: Feedback,
+        items: &[(String, String)],
+    ) -> Result<usize, FeedbackError> {
+        let bad = FeedbackError::Invalid;
+        popmesh_crdt::naming::check_name("zone", zone).map_err(|e| bad(e.to_string()))?;
+        if items.is_empty() || items.len() > FEEDBACK_ITEMS_MAX {
+            return Err(bad(format!(
+                "items must name 1 to {FEEDBACK_ITEMS_MAX} slots"
+            )));
+        }
+        if event == Feedback::Booked && items.len() != 1 {
+            return Err(bad("a booking names the one slot booked".into()));
+        }
+        let view = self.view()?;
+        let hour = hour_of(clock::now());
+        let mut keys = BTreeSet::new();
+        for (show, slot) in items {
+            if !view
+                .shows
+                .get(show)
+                .is_some_and(|s| s.slots.contains_key(slot))
+            {
+                return Err(UnknownSlot {
+                    show: show.clone(),
+                    slot: slot.clone(),
+                }
+                .into());
+            }
+            let key = TallyKey::new(show, slot, zone, hour).map_err(|e| bad(e.to_string()))?;
+            keys.insert(key);
+        }
+        let (shown, booked) = match event {
+            Feedback::Shown => (1, 0),
+            Feedback::Booked => (0, 1),
+        };
+        if !lock(&self.tallies).knows_stored() {
+            // After a start: the cap counts what this device's document already holds.
+            let stored = match self.handle_by_name(&DocName::Telemetry { device: self.me() }) {
+                Some(h) => h
+                    .with_document_async(|am| {
+                        Doc::<Telemetry, &mut Automerge>::attach(am).map(|d| d.tallies())
+                    })
+                    .await
+                    .map_err(stopped)?
+                    .map_err(internal)?,
+                None => BTreeMap::new(),
+            };
+            lock(&self.tallies).handle_stored(stored.into_keys());
+        }
+        let mut buffer = lock(&self.tallies);
+        // Whole or nothing: try on a copy, then keep it.
+        let mut next: TallyBuffer = buffer.clone();
+        for key in &keys {
+            next.handle(key.clone(), shown, booked)
+                .map_err(|e| FeedbackError::Full(e.to_string()))?;
+        }
+        *buffer = next;
+        Ok(keys.len())
+    }
+
+    /// Suggestions for `zone` now: the slots this device can still sell (of `show`, or every show), ranked by
+    /// one Thompson draw each over the tallies of every telemetry document held here, at most `limit`; and
+    /// "others also booked" from the site's bookings, past the minimum count.
+    pub async fn suggestions(
+        &self,
+        zone: &str,
+        show: Option<&str>,
+        limit: usize,
+    ) -> Result<Suggestions, FeedbackError> {
+        let bad = FeedbackError::Invalid;
+        popmesh_crdt::naming::check_name("zone", zone).map_err(|e| bad(e.to_string()))?;
+        if !(1..=suggest::SUGGESTIONS_MAX).contains(&limit) {
+            return Err(bad(format!(
+                "limit must be 1 to {}",
+                suggest::SUGGESTIONS_MAX
+            )));
+        }
+        let view = self.view()?;
+        if let Some(show) = show
+            && !view.shows.contains_key(show)
+        {
+            return Err(bad(format!(
+                "no show {}",
+                popmesh_crdt::naming::shown(show)
+            )));
+        }
+        let me = self.me().to_hex();
+        let mut candidates = Vec::new();
+        let mut bookings: Vec<(String, String, String)> = Vec::new();
+        for (show_id, record) in &view.shows {
+            for (slot_id, slot) in &record.slots {
+                let Some(handle) = self.handle_by_name(&DocName::Slot {
+                    show: show_id.clone(),
+                    slot: slot_id.clone(),
+                }) else {
+                    continue;
+                };
+                let Ok(Ok(slot_view)) = handle
+                    .with_document_async(|am| {
+                        Doc::<Slot, &mut Automerge>::attach(am)
+                            .map_err(EscrowError::Doc)
+                            .and_then(|d| d.view())
+                    })
+                    .await
+                else {
+                    continue;
+                };
+                for sale in slot_view
+                    .record
+                    .devices
+                    .values()
+                    .flat_map(|d| d.sales.values())
+                {
+                    if let Some(who) = &sale.attendee {
+                        bookings.push((who.clone(), show_id.clone(), slot_id.clone()));
+                    }
+                }
+                if show.is_some_and(|s| s != show_id) {
+                    continue;
+                }
+                let available = slot_view.available(&me);
+                candidates.push(Candidate {
+                    show: show_id.clone(),
+                    slot: slot_id.clone(),
+                    label: slot.label.clone(),
+                    starts_at: slot.starts_at,
+                    available,
+                });
+            }
+        }
+        // Only attendees whose pass was checked in count towards "others also booked": a booking's attendee field
+        // alone is any string a seller wrote, and made-up ones could push a pair past the minimum.
+        let admitted = self.checked_in_subjects(&view).await;
+        bookings.retain(|(who, _, _)| admitted.contains(who));
+        let posterior = self.posterior().await;
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(internal)?;
+        let hour = hour_of(clock::now());
+        let ranked = suggest::rank(
+            &posterior,
+            &candidates,
+            zone,
+            hour,
+            u64::from_le_bytes(seed),
+            limit,
+        );
+        let pairs = suggest::also_booked(
+            bookings
+                .iter()
+                .map(|(a, s, l)| (a.as_str(), s.as_str(), l.as_str())),
+            suggest::ALSO_BOOKED_MIN,
+        );
+        Ok(Suggestions {
+            zone: zone.to_owned(),
+            hour,
+            min_count: suggest::ALSO_BOOKED_MIN,
+            ranked,
+            also_booked: pairs,
+        })
+    }
+
+    /// The pass subjects checked in at any door of any show, as the access lists held here say.
+    async fn checked_in_subjects(
+        &self,
+        view: &popmesh_crdt::directory::DirectoryView,
+    ) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for show in view.shows.keys() {
+            let Some(h) = self.handle_by_name(&DocName::Access { show: show.clone() }) else {
+                continue;
+            };
+            let record = h
+                .with_document_async(|am| {
+                    Doc::<popmesh_crdt::access::Access, &mut Automerge>::attach(am)
+                        .and_then(|d| d.record())
+                })
+                .await;
+            if let Ok(Ok(record)) = record {
+                out.extend(
+                    record
+                        .checkins
+                        .values()
+                        .flat_map(|c| c.values())
+                        .filter_map(|c| c.subject.clone()),
+                );
+            }
+        }
+        out
+    }
+
+    /// The suggestion evidence of every telemetry document held here, plus this device's unflushed tallies.
+    pub async fn posterior(&self) -> Posterior {
+        let handles: Vec<DocHandle> = read(&self.docs)
+            .values()
+            .filter(|(n, _)| matches!(n, DocName::Telemetry { .. }))
+            .map(|(_, h)| h.clone())
+            .collect();
+        let mut posterior = Posterior::default();
+        for h in handles {
+            let tallies = h
+                .with_document_async(|am| {
+                    Doc::<Telemetry, &mut Automerge>::attach(am).map(|d| d.tallies())
+                })
+                .await;
+            if let Ok(Ok(t)) = tallies {
+                posterior.add(&t);
+            }
+        }
+        let pending: BTreeMap<TallyKey, Tally> = lock(&self.tallies).pending().clone();
+        posterior.add(&pending);
+        posterior
+    }
+
+    /// Writes buffered tallies to this device's telemetry document (with the telemetry flush). On failure they
+    /// go back into the buffer, to be written with the next window.
+    pub(crate) async fn flush_tallies(&self) -> Result<(), Unavailable> {
+        let Some(increments) = lock(&self.tallies).poll_flush(clock::now()) else {
+            return Ok(());
+        };
+        let written = async {
+            let handle = self.telemetry_handle().await?;
+            let actor = self.actor();
+            let increments = increments.clone();
+            self.change(&handle, move |am| {
+                Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)
+                    .and_then(|mut d| d.flush_tallies(&increments))
+            })
+            .await?
+            .map_err(internal)
+        }
+        .await;
+        if let Ok((held, refused)) = &written {
+            lock(&self.tallies).handle_stored(held.iter().cloned());
+            if !refused.is_empty() {
+                // Only when the document held keys the buffer did not know of: the cap refuses them up front.
+                tracing::warn!(
+                    "{} suggestion tallies not written: this device keeps at most {}",
+                    refused.len(),
+                    popmesh_crdt::telemetry::tallies::TALLIES_MAX
+                );
+            }
+        }
+        if written.is_err() {
+            let mut buffer = lock(&self.tallies);
+            for (key, t) in increments {
+                let _ = buffer.handle(key, t.shown, t.booked);
+            }
+        }
+        written.map(|_| ())
+    }
+}
