@@ -230,6 +230,8 @@ impl Answer for FeedbackError {
         match self {
             FeedbackError::Invalid(_) => (BAD, "invalid"),
             FeedbackError::UnknownSlot(e) => e.answer(),
+            FeedbackError::Show(e) => e.answer(),
+            FeedbackError::NotABooking(_) => (CONFLICT, "not_a_booking"),
             FeedbackError::Full(_) => (StatusCode::UNPROCESSABLE_ENTITY, "tallies_full"),
             FeedbackError::Unavailable(e) => e.answer(),
         }

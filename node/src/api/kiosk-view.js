@@ -1,55 +1,8 @@
-/* popmesh attendee kiosk, part two (GET /kiosk/view.js): the service worker, check-in, questions, booking,
+/* popmesh attendee kiosk, part two (GET /kiosk/view.js): check-in, questions, booking,
  * suggestions worked out on this screen, and rendering. Runs after /kiosk/app.js (both classic deferred scripts,
  * sharing one global scope); see app.js for what an attendee's answers may and may not reach.
  */
 "use strict";
-
-// ----- the service worker -----
-
-let worker = null;
-
-function tellWorker(msg) {
-  const w = (navigator.serviceWorker && navigator.serviceWorker.controller) || worker;
-  if (w) w.postMessage(msg);
-}
-
-async function startWorker() {
-  if (!("serviceWorker" in navigator)) {
-    state.precache = { state: "unsupported" };
-    renderSaved();
-    return;
-  }
-  navigator.serviceWorker.addEventListener("message", (event) => {
-    const msg = event.data || {};
-    if (msg.type === "precache") {
-      state.precache = msg.status;
-      renderSaved();
-    }
-  });
-  navigator.serviceWorker.addEventListener("controllerchange", () => {
-    tellWorker({ type: "config", token: token() });
-    // Media that failed before the worker could add the token: again, through it.
-    if (state.gallery.missing.size) {
-      state.gallery.missing = new Set();
-      state.gallery.rendered = false;
-      renderGallery();
-    }
-  });
-  navigator.serviceWorker.startMessages();
-  try {
-    const reg = await navigator.serviceWorker.register("/kiosk-sw.js", { scope: "/kiosk", updateViaCache: "none" });
-    worker = reg.installing || reg.waiting || reg.active;
-    if (worker) worker.postMessage({ type: "config", token: token() });
-    const ready = await navigator.serviceWorker.ready;
-    worker = ready.active;
-    worker.postMessage({ type: "config", token: token() });
-    worker.postMessage({ type: "status" });
-    if (state.online !== false) worker.postMessage({ type: "refresh", reason: "load" });
-  } catch (e) {
-    state.precache = { state: "unsupported", error: e.message };
-    renderSaved();
-  }
-}
 
 // ----- check-in -----
 
@@ -238,7 +191,7 @@ async function book() {
     if (data && data.availability) state.avail.set(key, data.availability);
     state.confirmation = booked;
     state.selected = null;
-    if ((v.suggested || []).includes(key)) reportBooked(show, slot);
+    if ((v.suggested || []).includes(key)) reportBooked(show, slot, bookingId);
     loadSuggestions();
   } catch (e) {
     if (e instanceof Offline) {
@@ -316,10 +269,12 @@ function pickSuggestions() {
   return out.slice(0, SUGGESTIONS_SHOWN);
 }
 
-async function feedback(event, items) {
+async function feedback(event, items, bookingId) {
   if (!state.visit || profile().consent !== true || !items.length) return;
-  // A zone and slots: nothing about the attendee.
-  await attempt(() => api("/v1/suggestions/feedback", { method: "POST", body: { zone, event, items } }), null);
+  // A zone and slots (and for a booking, the booking's own id, which the node checks it made): nothing about the
+  // attendee.
+  const body = bookingId ? { zone, event, items, booking_id: bookingId } : { zone, event, items };
+  await attempt(() => api("/v1/suggestions/feedback", { method: "POST", body }), null);
 }
 
 let shownNow = [];
@@ -334,8 +289,8 @@ function reportShown() {
   feedback("shown", fresh.map((x) => ({ show: x.show, slot: x.slot })));
 }
 
-function reportBooked(show, slot) {
-  feedback("booked", [{ show, slot }]);
+function reportBooked(show, slot, bookingId) {
+  feedback("booked", [{ show, slot }], bookingId);
 }
 
 // ----- rendering -----

@@ -292,6 +292,24 @@ function noteStatus(s) {
 }
 
 function authProblem(e) {
+  if (e.status === 401 && token()) {
+    // A token the node refuses (expired, revoked, mistyped) is forgotten, so a bad link cannot lock this browser
+    // out of a node that needs none (its own loopback); the next pairing link brings a good one.
+    try {
+      localStorage.removeItem(TOKEN_KEY);
+    } catch {
+      // no storage
+    }
+    window.__kioskToken = null;
+    tellWorker({ type: "config", token: null });
+    state.auth = "The node refused this screen's token; it was forgotten. Ask staff for a new pairing link.";
+    renderBanner();
+    setTimeout(() => {
+      state.auth = null;
+      reloadEverything();
+    }, 3000);
+    return;
+  }
   state.auth =
     e.status === 401
       ? "This screen needs a kiosk-screen token: ask staff to open it with its pairing link."
@@ -525,5 +543,52 @@ async function follow(reread) {
         if (ok) follow(true);
       }, 1000);
     }
+  }
+}
+
+// ----- the service worker -----
+
+let worker = null;
+
+function tellWorker(msg) {
+  const w = (navigator.serviceWorker && navigator.serviceWorker.controller) || worker;
+  if (w) w.postMessage(msg);
+}
+
+async function startWorker() {
+  if (!("serviceWorker" in navigator)) {
+    state.precache = { state: "unsupported" };
+    renderSaved();
+    return;
+  }
+  navigator.serviceWorker.addEventListener("message", (event) => {
+    const msg = event.data || {};
+    if (msg.type === "precache") {
+      state.precache = msg.status;
+      renderSaved();
+    }
+  });
+  navigator.serviceWorker.addEventListener("controllerchange", () => {
+    tellWorker({ type: "config", token: token() });
+    // Media that failed before the worker could add the token: again, through it.
+    if (state.gallery.missing.size) {
+      state.gallery.missing = new Set();
+      state.gallery.rendered = false;
+      renderGallery();
+    }
+  });
+  navigator.serviceWorker.startMessages();
+  try {
+    const reg = await navigator.serviceWorker.register("/kiosk-sw.js", { scope: "/kiosk", updateViaCache: "none" });
+    worker = reg.installing || reg.waiting || reg.active;
+    if (worker) worker.postMessage({ type: "config", token: token() });
+    const ready = await navigator.serviceWorker.ready;
+    worker = ready.active;
+    worker.postMessage({ type: "config", token: token() });
+    worker.postMessage({ type: "status" });
+    if (state.online !== false) worker.postMessage({ type: "refresh", reason: "load" });
+  } catch (e) {
+    state.precache = { state: "unsupported", error: e.message };
+    renderSaved();
   }
 }

@@ -33,6 +33,10 @@ fn asset(mime: &'static str, body: &'static str) -> Response {
             (header::CONTENT_TYPE, mime),
             // The service worker keeps its own copy; the browser asks again each time it is online.
             (header::CACHE_CONTROL, "no-cache"),
+            // No page of another site frames the kiosk (a booking button under someone else's overlay).
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
         body,
     )
@@ -87,6 +91,8 @@ pub(super) async fn feedback(
         FeedbackEvent::Booked => Feedback::Booked,
     };
     let items: Vec<(String, String)> = body.items.into_iter().map(|i| (i.show, i.slot)).collect();
-    let counted = node.tally(&body.zone, event, &items).await?;
+    let counted = node
+        .tally(&body.zone, event, &items, body.booking_id.as_deref())
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "counted": counted }))).into_response())
 }

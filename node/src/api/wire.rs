@@ -81,6 +81,8 @@ pub(super) struct FeedbackBody {
     pub(super) zone: String,
     pub(super) event: FeedbackEvent,
     pub(super) items: Vec<SlotRef>,
+    /// For `booked`: the booking this device made, counted once.
+    pub(super) booking_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

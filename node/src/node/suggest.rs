@@ -25,6 +25,11 @@ pub enum FeedbackError {
     Invalid(String),
     #[error(transparent)]
     UnknownSlot(#[from] UnknownSlot),
+    #[error(transparent)]
+    Show(#[from] ShowError),
+    /// A booking report names a booking this device did not make, or one already counted.
+    #[error("{0}")]
+    NotABooking(String),
     /// This device keeps no more tallies.
     #[error("{0}")]
     Full(String),
@@ -52,12 +57,15 @@ pub fn hour_of(now: popmesh_crdt::UnixMillis) -> u8 {
 
 impl Node {
     /// Counts what a screen reports: `items` shown (or one booked) as suggestions in `zone` at this hour.
-    /// Every slot must be one of the site's; the whole report counts or none of it.
+    /// Every slot must be one of the site's; the whole report counts or none of it. A booking names its
+    /// `booking`: one this device sold in that slot, counted once (remembered on disk), so a screen cannot make a
+    /// slot look popular with reports alone.
     pub async fn tally(
         &self,
         zone: &str,
         event: Feedback,
         items: &[(String, String)],
+        booking: Option<&str>,
     ) -> Result<usize, FeedbackError> {
         let bad = FeedbackError::Invalid;
         popmesh_crdt::naming::check_name("zone", zone).map_err(|e| bad(e.to_string()))?;
@@ -87,6 +95,19 @@ impl Node {
             let key = TallyKey::new(show, slot, zone, hour).map_err(|e| bad(e.to_string()))?;
             keys.insert(key);
         }
+        let counted_key = match (event, booking) {
+            (Feedback::Shown, None) => None,
+            (Feedback::Shown, Some(_)) => {
+                return Err(bad("booking_id belongs to a booked report only".into()));
+            }
+            (Feedback::Booked, None) => {
+                return Err(bad("a booked report names its booking_id".into()));
+            }
+            (Feedback::Booked, Some(id)) => {
+                let (show, slot) = &items[0];
+                Some(self.check_booking(&view, show, slot, id).await?)
+            }
+        };
         let (shown, booked) = match event {
             Feedback::Shown => (1, 0),
             Feedback::Booked => (0, 1),
@@ -112,8 +133,60 @@ impl Node {
             next.handle(key.clone(), shown, booked)
                 .map_err(|e| FeedbackError::Full(e.to_string()))?;
         }
+        if let Some(key) = counted_key {
+            // Remembered before it counts: a retry of the report, or a restart, never counts it twice.
+            self.store.set_meta(&key, "1").map_err(internal)?;
+        }
         *buffer = next;
         Ok(keys.len())
+    }
+
+    /// Checks that `booking` is a sale of this device in `show/slot` not yet counted as booked after a
+    /// suggestion; returns the key that remembers it was.
+    async fn check_booking(
+        &self,
+        view: &popmesh_crdt::directory::DirectoryView,
+        show: &str,
+        slot: &str,
+        booking: &str,
+    ) -> Result<String, FeedbackError> {
+        popmesh_crdt::naming::check_name("booking_id", booking)
+            .map_err(|e| FeedbackError::Invalid(e.to_string()))?;
+        let handle = self.slot_handle(view, show, slot).map_err(|e| match e {
+            AvailabilityError::UnknownSlot(e) => FeedbackError::UnknownSlot(e),
+            AvailabilityError::Unavailable(e) => FeedbackError::Unavailable(e),
+        })?;
+        let me = self.me().to_hex();
+        let booking_owned = booking.to_owned();
+        let sold_here = handle
+            .with_document_async(move |am| {
+                Doc::<Slot, &mut Automerge>::attach(am)
+                    .map_err(EscrowError::Doc)
+                    .and_then(|d| d.view())
+                    .map(|v| {
+                        v.record
+                            .devices
+                            .get(&me)
+                            .is_some_and(|d| d.sales.contains_key(&booking_owned))
+                    })
+            })
+            .await
+            .map_err(stopped)?
+            .map_err(internal)?;
+        if !sold_here {
+            return Err(FeedbackError::NotABooking(format!(
+                "this device sold no booking {} in {show}/{slot}",
+                popmesh_crdt::naming::shown(booking)
+            )));
+        }
+        let key = format!("suggested-booking/{show}/{slot}/{booking}");
+        if self.store.meta(&key).map_err(internal)?.is_some() {
+            return Err(FeedbackError::NotABooking(format!(
+                "booking {} was already counted",
+                popmesh_crdt::naming::shown(booking)
+            )));
+        }
+        Ok(key)
     }
 
     /// Suggestions for `zone` now: the slots this device can still sell (of `show`, or every show), ranked by
@@ -137,10 +210,7 @@ impl Node {
         if let Some(show) = show
             && !view.shows.contains_key(show)
         {
-            return Err(bad(format!(
-                "no show {}",
-                popmesh_crdt::naming::shown(show)
-            )));
+            return Err(ShowError::Unknown(show.to_owned()).into());
         }
         let me = self.me().to_hex();
         let mut candidates = Vec::new();

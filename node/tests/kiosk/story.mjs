@@ -393,7 +393,7 @@ async function privacy() {
       problems.push(`${where}: a body that is not JSON`);
       continue;
     }
-    const allowed = isCheckIn ? ["pass", "show"] : isBooking ? ["seats", "attendee", "booking_id"] : isFeedback ? ["zone", "event", "items"] : null;
+    const allowed = isCheckIn ? ["pass", "show"] : isBooking ? ["seats", "attendee", "booking_id"] : isFeedback ? ["zone", "event", "items", "booking_id"] : null;
     if (!allowed) {
       problems.push(`${where}: a request that changes something, not expected of the kiosk: ${r.body}`);
       continue;
@@ -404,6 +404,7 @@ async function privacy() {
     if (isFeedback) {
       if (body.zone !== zone) problems.push(`${where}: zone ${body.zone}, not ${zone}`);
       if (!["shown", "booked"].includes(body.event)) problems.push(`${where}: event ${body.event}`);
+      if (body.booking_id !== undefined && body.event !== "booked") problems.push(`${where}: a booking id on a ${body.event} report`);
       for (const item of body.items || []) for (const k of keysOf(item)) if (!["show", "slot"].includes(k)) problems.push(`${where}: item field ${k}`);
       if (consentAt === null || r.at < consentAt) problems.push(`${where}: feedback before the attendee consented`);
     }
