@@ -24,6 +24,7 @@ pub mod console;
 mod errors;
 pub mod kiosk;
 pub mod media;
+pub mod openapi;
 pub mod screens;
 pub mod sessions;
 pub mod tls;
@@ -115,9 +116,13 @@ impl From<PathRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "error": { "status": self.status.as_u16(), "code": self.code, "message": self.message }
-        });
+        let body = ErrorJson {
+            error: ErrorDetail {
+                status: self.status.as_u16(),
+                code: self.code,
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -173,6 +178,7 @@ pub fn router_guarded(node: Arc<Node>, browser: BrowserPolicy, clients: ClientPo
         .route("/v1/sync", get(screens::upgrade))
         .route("/v1/attendees/{id}", get(profile).put(update_profile))
         .route("/v1/events", get(events))
+        .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/suggestions", get(kiosk::suggestions))
         .route("/v1/suggestions/feedback", post(kiosk::feedback))
         .route("/metrics", get(metrics))
@@ -218,10 +224,27 @@ pub fn router_guarded(node: Arc<Node>, browser: BrowserPolicy, clients: ClientPo
         .with_state(node)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "site",
+    operation_id = "status",
+    summary = "This device, its peers, documents, store health and readiness",
+    responses((status = 200, description = "The status", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {
     Json(node.status().await)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/payments",
+    tag = "money",
+    operation_id = "pay",
+    summary = "Take a payment: answered only once its signed receipt is on this device's disk",
+    request_body = PaymentBody,
+    responses((status = 201, description = "The receipt (`replayed` when the idempotency key was seen before)", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn pay(
     State(node): State<Arc<Node>>,
     body: Result<JsonObject<PaymentBody>, ApiError>,
@@ -245,6 +268,15 @@ async fn pay(
 
 /// `GET /v1/receipts[?after=&limit=&device=&show=]`: one page of receipts in (show, device, sequence) order, with
 /// `next` for the page after it.
+#[utoipa::path(
+    get,
+    path = "/v1/receipts",
+    tag = "money",
+    operation_id = "receipts",
+    summary = "One page of receipts in (show, device, sequence) order",
+    params(ReceiptsQuery),
+    responses((status = 200, description = "A page and the cursor of the next", body = ReceiptPageJson), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn receipts(
     State(node): State<Arc<Node>>,
     query: Result<axum::extract::Query<ReceiptsQuery>, axum::extract::rejection::QueryRejection>,
@@ -275,6 +307,15 @@ async fn receipts(
 
 /// `GET /v1/devices/{device}/issued`: the device's last receipt sequence number per show, as this device holds
 /// its ledgers (what `popmesh site revoke` honours).
+#[utoipa::path(
+    get,
+    path = "/v1/devices/{device}/issued",
+    tag = "money",
+    operation_id = "issued",
+    summary = "The receipt sequence numbers a device has issued, as this device holds them",
+    params(("device" = String, Path)),
+    responses((status = 200, description = "Sequence numbers", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn issued(
     State(node): State<Arc<Node>>,
     path: Result<Path<String>, PathRejection>,
@@ -293,6 +334,14 @@ async fn issued(
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/shows",
+    tag = "shows",
+    operation_id = "shows",
+    summary = "The site's shows and their slots",
+    responses((status = 200, description = "Shows by id", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn shows(State(node): State<Arc<Node>>) -> Api<Response> {
     let view = node.view()?;
     let shows: serde_json::Map<String, serde_json::Value> = view
@@ -315,6 +364,15 @@ async fn shows(State(node): State<Arc<Node>>) -> Api<Response> {
     Ok(Json(json!({ "shows": shows })).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/shows",
+    tag = "shows",
+    operation_id = "create_show",
+    summary = "Create a show and escrow its slots' seats (edge or origin)",
+    request_body = ShowBody,
+    responses((status = 201, description = "The show created (200: the same definition again)", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn create_show(
     State(node): State<Arc<Node>>,
     body: Result<JsonObject<ShowBody>, ApiError>,
@@ -331,6 +389,15 @@ async fn create_show(
     Ok((status, Json(json!({ "show": id, "created": new }))).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/shows/{show}/slots/{slot}",
+    tag = "shows",
+    operation_id = "availability",
+    summary = "A slot's seats: capacity, sold, remaining, what this device can sell",
+    params(("show" = String, Path), ("slot" = String, Path)),
+    responses((status = 200, description = "Availability", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn availability(
     State(node): State<Arc<Node>>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -339,6 +406,16 @@ async fn availability(
     Ok(Json(node.availability(&show, &slot).await?).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/shows/{show}/slots/{slot}/bookings",
+    tag = "shows",
+    operation_id = "book",
+    summary = "Book seats from this device's quota; answered once durable",
+    params(("show" = String, Path), ("slot" = String, Path)),
+    request_body = BookingBody,
+    responses((status = 201, description = "The booking and the slot's availability (200: a replay of the same booking id)", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn book(
     State(node): State<Arc<Node>>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -367,6 +444,16 @@ async fn book(
     Ok((status, Json(body)).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/shows/{show}/slots/{slot}/transfers",
+    tag = "shows",
+    operation_id = "transfer",
+    summary = "Give seats of this device's quota to another device",
+    params(("show" = String, Path), ("slot" = String, Path)),
+    request_body = TransferBody,
+    responses((status = 201, description = "The transfer", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn transfer(
     State(node): State<Arc<Node>>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -388,6 +475,15 @@ async fn transfer(
         .into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/telemetry",
+    tag = "telemetry",
+    operation_id = "count",
+    summary = "Count an event (consent and overload sampling apply)",
+    request_body = CountBody,
+    responses((status = 202, description = "Whether it was counted", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn count(
     State(node): State<Arc<Node>>,
     body: Result<JsonObject<CountBody>, ApiError>,
@@ -401,6 +497,14 @@ async fn count(
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/telemetry",
+    tag = "telemetry",
+    operation_id = "counters",
+    summary = "Every telemetry counter this device holds, summed over devices",
+    responses((status = 200, description = "Counters", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn counters(State(node): State<Arc<Node>>) -> Api<Response> {
     Ok(Json(json!({ "counters": node.counters().await? })).into_response())
 }
@@ -419,6 +523,15 @@ fn pass_json(pass: &popmesh_crdt::access::Pass) -> serde_json::Value {
 }
 
 /// `POST /v1/passes` (edge box or origin): a signed pass every device checks offline.
+#[utoipa::path(
+    post,
+    path = "/v1/passes",
+    tag = "access",
+    operation_id = "issue_pass",
+    summary = "Issue an offline pass (edge or origin)",
+    request_body = PassBody,
+    responses((status = 201, description = "The pass text and its id", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn issue_pass(
     State(node): State<Arc<Node>>,
     body: Result<JsonObject<PassBody>, ApiError>,
@@ -431,6 +544,15 @@ async fn issue_pass(
 }
 
 /// `POST /v1/check-ins`: checks a pass offline and records the check-in; 403 with the reason when refused.
+#[utoipa::path(
+    post,
+    path = "/v1/check-ins",
+    tag = "access",
+    operation_id = "check_in",
+    summary = "Check a pass in at this door, offline",
+    request_body = CheckInBody,
+    responses((status = 201, description = "The pass admitted: its subject, kind and show", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn check_in(
     State(node): State<Arc<Node>>,
     body: Result<JsonObject<CheckInBody>, ApiError>,
@@ -443,6 +565,15 @@ async fn check_in(
 }
 
 /// `POST /v1/passes/revocations` (edge box or origin).
+#[utoipa::path(
+    post,
+    path = "/v1/passes/revocations",
+    tag = "access",
+    operation_id = "revoke_pass",
+    summary = "Revoke a pass at every door",
+    request_body = PassRevocationBody,
+    responses((status = 201, description = "The revocation", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn revoke_pass(
     State(node): State<Arc<Node>>,
     body: Result<JsonObject<PassRevocationBody>, ApiError>,
@@ -452,6 +583,15 @@ async fn revoke_pass(
     Ok((StatusCode::CREATED, Json(json!({ "revoked": true }))).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/revocations",
+    tag = "trust",
+    operation_id = "revoke",
+    summary = "Record an authority-signed device revocation",
+    request_body = RevocationBody,
+    responses((status = 201, description = "The revocation recorded", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn revoke(
     State(node): State<Arc<Node>>,
     body: Result<JsonObject<RevocationBody>, ApiError>,
@@ -475,6 +615,16 @@ async fn revoke(
 const SETTLEMENT_BYTES_MAX: usize = 256 << 20;
 
 /// `POST /v1/reconciliations?batch=NAME` with the processor's settlement CSV as the body (origin only).
+#[utoipa::path(
+    post,
+    path = "/v1/reconciliations",
+    tag = "money",
+    operation_id = "reconcile",
+    summary = "Reconcile receipts against a processor's settlement CSV (origin)",
+    params(ReconcileQuery),
+    request_body(content = String, content_type = "text/csv"),
+    responses((status = 200, description = "The findings", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn reconcile(
     State(node): State<Arc<Node>>,
     query: Result<axum::extract::Query<ReconcileQuery>, axum::extract::rejection::QueryRejection>,
@@ -506,10 +656,27 @@ async fn reconcile(
     .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/documents",
+    tag = "site",
+    operation_id = "documents",
+    summary = "Every document this device holds, with heads and sync state",
+    responses((status = 200, description = "Documents", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn documents(State(node): State<Arc<Node>>) -> impl IntoResponse {
     Json(json!({ "documents": node.documents().await }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/documents/{which}",
+    tag = "site",
+    operation_id = "document",
+    summary = "One document as JSON (its name, such as `show/fri/slot/s1`)",
+    params(("which" = String, Path)),
+    responses((status = 200, description = "The document", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn document(
     State(node): State<Arc<Node>>,
     path: Result<Path<String>, PathRejection>,
@@ -518,6 +685,15 @@ async fn document(
     Ok(Json(node.document_content(&which).await?).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/report",
+    tag = "site",
+    operation_id = "report",
+    summary = "The show report",
+    params(ReportQuery),
+    responses((status = 200, description = "The report", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn report(
     State(node): State<Arc<Node>>,
     query: Result<axum::extract::Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
@@ -528,6 +704,14 @@ async fn report(
 }
 
 /// `POST /v1/rehearsals`: calls a dry rehearsal; every device answers through the mesh.
+#[utoipa::path(
+    post,
+    path = "/v1/rehearsals",
+    tag = "site",
+    operation_id = "call_rehearsal",
+    summary = "Call a dry rehearsal through the mesh",
+    responses((status = 201, description = "The call's id", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn call_rehearsal(State(node): State<Arc<Node>>) -> Api<Response> {
     let call = node.call_rehearsal().await?;
     Ok((StatusCode::CREATED, Json(json!({ "call": call }))).into_response())
@@ -535,6 +719,15 @@ async fn call_rehearsal(State(node): State<Arc<Node>>) -> Api<Response> {
 
 /// `GET /v1/rehearsals/{id}`: the answers that reached this device so far, the devices enrolled now, and this
 /// device's clock (what `popmesh rehearse` measures offsets against).
+#[utoipa::path(
+    get,
+    path = "/v1/rehearsals/{id}",
+    tag = "site",
+    operation_id = "rehearsal",
+    summary = "The answers to a rehearsal that reached this device",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "Answers", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn rehearsal(
     State(node): State<Arc<Node>>,
     path: Result<Path<String>, PathRejection>,
@@ -553,6 +746,15 @@ async fn rehearsal(
     Ok(Json(json!({ "now": now.0, "enrolled": enrolled, "answers": answers })).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/attendees/{id}",
+    tag = "attendees",
+    operation_id = "profile",
+    summary = "What an attendee told this device (kept here only)",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "The profile", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn profile(
     State(node): State<Arc<Node>>,
     path: Result<Path<String>, PathRejection>,
@@ -570,6 +772,16 @@ async fn profile(
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/attendees/{id}",
+    tag = "attendees",
+    operation_id = "update_profile",
+    summary = "Fold one visit's answers into an attendee's profile on this device",
+    params(("id" = String, Path)),
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, description = "The profile", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn update_profile(
     State(node): State<Arc<Node>>,
     path: Result<Path<String>, PathRejection>,
@@ -585,6 +797,14 @@ async fn update_profile(
 /// availability with it; a subscriber that falls behind gets a `lagged` event and should re-read what it shows.
 /// Server-sent events, one per document change. The stream ends when the node stops, or when the client token it
 /// was opened with is revoked or expires (re-checked every `clients::RECHECK`).
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "site",
+    operation_id = "events",
+    summary = "Server-sent events: one `change` per document change (`lagged` when behind)",
+    responses((status = 200, description = "An event stream (text/event-stream)"), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 async fn events(
     State(node): State<Arc<Node>>,
     caller: Option<axum::Extension<clients::Caller>>,

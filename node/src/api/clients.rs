@@ -295,7 +295,7 @@ pub fn allowed(method: &Method, path: &str) -> &'static [ClientRole] {
         // Screens sync manifests and slots live; the share policy keeps everything else from them.
         (true, "/v1/sync" | "/v1/events") => EVERYONE,
         // Suggestions name slots and aggregate counts only; a screen reports what it showed (no attendee).
-        (true, "/v1/suggestions") => EVERYONE,
+        (true, "/v1/suggestions" | "/v1/openapi.json") => EVERYONE,
         (false, "/v1/suggestions/feedback") => SELLERS,
         (false, "/v1/payments") => MONEY,
         (false, "/v1/passes") => MONEY,

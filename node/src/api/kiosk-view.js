@@ -14,13 +14,13 @@ async function checkIn(passText) {
   try {
     let answer;
     try {
-      answer = await api("/v1/check-ins", { method: "POST", body: onlyShow ? { pass, show: onlyShow } : { pass } });
+      answer = await api(op("check_in"), { method: "POST", body: onlyShow ? { pass, show: onlyShow } : { pass } });
     } catch (e) {
       // Without a show the node checks the pass against the show on now; a pass for another of the site's shows
       // says which (`the pass is for show "x", not "y"`), and this kiosk serves every show.
       const other = !onlyShow && e instanceof Refused && e.code === "pass_refused" && /is for show "([^"]+)"/.exec(e.message);
       if (!other || !validName(other[1])) throw e;
-      answer = await api("/v1/check-ins", { method: "POST", body: { pass, show: other[1] } });
+      answer = await api(op("check_in"), { method: "POST", body: { pass, show: other[1] } });
     }
     $("pass").value = "";
     startVisit(answer.data);
@@ -179,7 +179,7 @@ async function book() {
   state.bookError = null;
   renderBooking();
   try {
-    const { data } = await api(`/v1/shows/${encodeURIComponent(show)}/slots/${encodeURIComponent(slot)}/bookings`, {
+    const { data } = await api(op("book", { show, slot }), {
       method: "POST",
       body: { seats, attendee: v.subject, booking_id: bookingId },
     });
@@ -274,7 +274,7 @@ async function feedback(event, items, bookingId) {
   // A zone and slots (and for a booking, the booking's own id, which the node checks it made): nothing about the
   // attendee.
   const body = bookingId ? { zone, event, items, booking_id: bookingId } : { zone, event, items };
-  await attempt(() => api("/v1/suggestions/feedback", { method: "POST", body }), null);
+  await attempt(() => api(op("feedback"), { method: "POST", body }), null);
 }
 
 let shownNow = [];
@@ -370,7 +370,7 @@ function renderSaved() {
 }
 
 function mediaElement(item, featured) {
-  const src = `/media/${item.hash}`;
+  const src = op("by_hash", { hash: item.hash });
   const onerror = () => {
     if (!state.gallery.missing.has(item.hash)) {
       state.gallery.missing.add(item.hash);
@@ -731,7 +731,7 @@ async function main() {
   touched();
   startWorker();
   // Status first: the site's name, and whether the node answers at all.
-  const s = await attempt(() => api("/v1/status", { timeout: 4000 }), null);
+  const s = await attempt(() => api(op("status"), { timeout: 4000 }), null);
   if (s) cameBack(s.data);
   else {
     await Promise.all([loadGallery(), loadShows()]);

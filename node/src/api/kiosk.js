@@ -183,6 +183,52 @@ async function api(path, { method = "GET", body, timeout = REQUEST_TIMEOUT_MS } 
   return { status: r.status, data, fromCache: r.headers.get("x-kiosk-cache") === "hit" };
 }
 
+// ----- the contract: GET /v1/openapi.json -----
+
+// The page calls the node by operation id. Paths come from the node's own OpenAPI document once it answered
+// (these built-in ones until then, and offline); an operation the page needs and the node does not offer is
+// named on the screen, so a page and a node of different releases say so instead of failing oddly.
+const OPERATIONS = {
+  status: "/v1/status",
+  shows: "/v1/shows",
+  availability: "/v1/shows/{show}/slots/{slot}",
+  book: "/v1/shows/{show}/slots/{slot}/bookings",
+  check_in: "/v1/check-ins",
+  manifests: "/v1/manifests",
+  events: "/v1/events",
+  suggestions: "/v1/suggestions",
+  feedback: "/v1/suggestions/feedback",
+  by_hash: "/media/{hash}",
+};
+const contract = { paths: null, missing: [] };
+
+async function loadContract() {
+  let doc;
+  try {
+    ({ data: doc } = await api("/v1/openapi.json"));
+  } catch {
+    return; // offline, or a node without a contract: the built-in paths stand
+  }
+  const found = {};
+  for (const [path, item] of Object.entries((doc && doc.paths) || {})) {
+    for (const operation of Object.values(item || {})) {
+      if (operation && typeof operation.operationId === "string") found[operation.operationId] = path;
+    }
+  }
+  contract.paths = found;
+  contract.missing = Object.keys(OPERATIONS).filter((id) => !found[id]);
+  if (contract.missing.length) {
+    state.auth = `This kiosk page needs what this node does not offer (${contract.missing.join(", ")}): update the node.`;
+    renderBanner();
+  }
+}
+
+/** The path of operation `id`, its `{parameters}` filled from `params`. */
+function op(id, params = {}) {
+  const template = (contract.paths && contract.paths[id]) || OPERATIONS[id];
+  return template.replace(/\{(\w+)\}/g, (_, k) => encodeURIComponent(String(params[k])));
+}
+
 /** Runs `fn`; an Offline failure turns the screen offline. Returns `fallback` on any failure. */
 async function attempt(fn, fallback) {
   try {
@@ -261,7 +307,7 @@ function probeSoon() {
 
 async function probe() {
   try {
-    const { data } = await api("/v1/status", { timeout: 1800 });
+    const { data } = await api(op("status"), { timeout: 1800 });
     cameBack(data);
   } catch (e) {
     if (e instanceof Refused) cameBack(null); // it answers: reachable, whatever it thinks of us
@@ -276,6 +322,7 @@ function cameBack(status) {
   if (status) noteStatus(status);
   if (was !== true) {
     renderAll();
+    loadContract();
     reloadEverything();
     follow(false);
     if (was === false) tellWorker({ type: "refresh", reason: "online again" });
@@ -325,7 +372,7 @@ async function reloadEverything() {
 }
 
 async function loadShows() {
-  const r = await attempt(() => api("/v1/shows"), null);
+  const r = await attempt(() => api(op("shows")), null);
   if (!r) {
     if (!Object.keys(state.shows).length) state.shows = (load(localStorage, PROGRAMME_KEY) || {}).shows || {};
     renderSlots();
@@ -366,7 +413,7 @@ async function loadAvailability(keys) {
       const key = queue.shift();
       const [show, slot] = key.split("/");
       try {
-        const { data } = await api(`/v1/shows/${encodeURIComponent(show)}/slots/${encodeURIComponent(slot)}`);
+        const { data } = await api(op("availability", { show, slot }));
         state.avail.set(key, data);
       } catch (e) {
         if (e instanceof Offline) offline = true;
@@ -389,7 +436,7 @@ async function loadAvailability(keys) {
 async function loadGallery() {
   let r;
   try {
-    r = await api("/v1/manifests");
+    r = await api(op("manifests"));
   } catch (e) {
     if (e instanceof Offline) wentOffline();
     renderGallery();
@@ -431,7 +478,7 @@ async function loadSuggestions() {
   let failed = false;
   const r = await attempt(async () => {
     try {
-      return await api(`/v1/suggestions?zone=${encodeURIComponent(zone)}&limit=${SUGGESTIONS_ASKED}${show}`);
+      return await api(`${op("suggestions")}?zone=${encodeURIComponent(zone)}&limit=${SUGGESTIONS_ASKED}${show}`);
     } catch (e) {
       failed = e instanceof Refused;
       throw e;
@@ -490,7 +537,7 @@ async function follow(reread) {
   };
   try {
     alive();
-    const r = await fetch("/v1/events", { headers: headers({ accept: "text/event-stream" }), cache: "no-store", credentials: "omit", signal: ctrl.signal });
+    const r = await fetch(op("events"), { headers: headers({ accept: "text/event-stream" }), cache: "no-store", credentials: "omit", signal: ctrl.signal });
     if (!r.ok || !r.body) throw new Refused(r.status, "events", `events: HTTP ${r.status}`);
     state.streamUp = true;
     renderLive();
@@ -539,7 +586,7 @@ async function follow(reread) {
       renderLive();
       // The stream ended: the node went away, or restarted. Ask, then follow again.
       setTimeout(async () => {
-        const ok = await attempt(() => api("/v1/status", { timeout: 2000 }), null);
+        const ok = await attempt(() => api(op("status"), { timeout: 2000 }), null);
         if (ok) follow(true);
       }, 1000);
     }

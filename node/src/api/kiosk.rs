@@ -64,6 +64,15 @@ pub async fn worker() -> Response {
 }
 
 /// `GET /v1/suggestions[?zone=&limit=&show=]`.
+#[utoipa::path(
+    get,
+    path = "/v1/suggestions",
+    tag = "suggestions",
+    operation_id = "suggestions",
+    summary = "What a kiosk suggests now, and others-also-booked past the minimum count",
+    params(SuggestionsQuery),
+    responses((status = 200, description = "Suggestions, best first", body = SuggestionsJson), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 pub(super) async fn suggestions(
     State(node): State<Arc<Node>>,
     query: Result<Query<SuggestionsQuery>, QueryRejection>,
@@ -81,6 +90,15 @@ pub(super) async fn suggestions(
 }
 
 /// `POST /v1/suggestions/feedback`.
+#[utoipa::path(
+    post,
+    path = "/v1/suggestions/feedback",
+    tag = "suggestions",
+    operation_id = "feedback",
+    summary = "Report suggestions shown, or a booking made after one (no attendee)",
+    request_body = FeedbackBody,
+    responses((status = 202, description = "How many slots were counted", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 pub(super) async fn feedback(
     State(node): State<Arc<Node>>,
     body: Result<JsonObject<FeedbackBody>, ApiError>,

@@ -67,6 +67,15 @@ fn hash_param(text: &str) -> Api<Hash> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/media/{hash}",
+    tag = "media",
+    operation_id = "by_hash",
+    summary = "A blob by hash, with Range, ETag and the manifest's fallback",
+    params(("hash" = String, Path)),
+    responses((status = 200, description = "The bytes (206 for a range)"), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 pub async fn by_hash(
     State(node): State<Arc<Node>>,
     Path(text): Path<String>,
@@ -77,6 +86,15 @@ pub async fn by_hash(
     serve(&node, hash, found, &headers, true).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/media/by-name/{name}",
+    tag = "media",
+    operation_id = "by_name",
+    summary = "A manifest entry by name",
+    params(("name" = String, Path)),
+    responses((status = 200, description = "The bytes (206 for a range)"), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 pub async fn by_name(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
@@ -271,6 +289,15 @@ async fn fallback(
 }
 
 /// `POST /v1/blobs`: the body becomes a blob, kept for `[media] default_ttl_hours` unless a manifest names it.
+#[utoipa::path(
+    post,
+    path = "/v1/blobs",
+    tag = "media",
+    operation_id = "add_blob",
+    summary = "The body becomes a blob",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, description = "Its hash and size", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 pub async fn add(
     State(node): State<Arc<Node>>,
     headers: axum::http::HeaderMap,
@@ -336,6 +363,15 @@ fn media_refusal(e: crate::media::MediaError) -> ApiError {
 }
 
 /// `GET /v1/blobs/{hash}`: what this device holds of a blob.
+#[utoipa::path(
+    get,
+    path = "/v1/blobs/{hash}",
+    tag = "media",
+    operation_id = "blob_state",
+    summary = "What this device holds of a blob",
+    params(("hash" = String, Path)),
+    responses((status = 200, description = "complete, partial or missing", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 pub async fn blob_state(State(node): State<Arc<Node>>, Path(text): Path<String>) -> Api<Response> {
     let hash = hash_param(&text)?;
     let state = node
@@ -346,6 +382,14 @@ pub async fn blob_state(State(node): State<Arc<Node>>, Path(text): Path<String>)
     Ok(Json(state).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/manifests",
+    tag = "media",
+    operation_id = "manifests",
+    summary = "Every media manifest and this device's preseed state",
+    responses((status = 200, description = "Manifests", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 pub async fn manifests(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let list: Vec<_> = node
         .manifests()
@@ -366,6 +410,16 @@ pub async fn manifests(State(node): State<Arc<Node>>) -> impl IntoResponse {
     Json(json!({ "manifests": list, "preseed": node.media().report() }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/manifests/{name}",
+    tag = "media",
+    operation_id = "publish",
+    summary = "Publish manifest entries, a fallback and slices (edge or origin)",
+    params(("name" = String, Path)),
+    request_body = ManifestBody,
+    responses((status = 201, description = "The manifest", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 pub async fn publish(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,

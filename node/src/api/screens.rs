@@ -26,6 +26,14 @@ use crate::node::{Node, is_device_peer};
 /// How long a screen may take to say who it is.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+#[utoipa::path(
+    get,
+    path = "/v1/sync",
+    tag = "site",
+    operation_id = "sync",
+    summary = "automerge-repo WebSocket sync for kiosk screens (manifests and slots, read only)",
+    responses((status = 101, description = "Switching to the WebSocket protocol"), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
     caller: Option<axum::Extension<super::clients::Caller>>,

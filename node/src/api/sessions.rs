@@ -207,6 +207,15 @@ pub struct LoginBody {
 }
 
 /// `POST /v1/login`.
+#[utoipa::path(
+    post,
+    path = "/v1/login",
+    tag = "console",
+    operation_id = "login",
+    summary = "Sign a browser in with a client token",
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, description = "The session's role and CSRF token (a cookie is set)", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 pub async fn login(
     State(gate): State<ClientGate>,
     body: Result<super::JsonObject<LoginBody>, ApiError>,
@@ -250,6 +259,14 @@ pub async fn login(
 }
 
 /// `GET /v1/session`: the session's role and CSRF token, for a page that was reloaded.
+#[utoipa::path(
+    get,
+    path = "/v1/session",
+    tag = "console",
+    operation_id = "session",
+    summary = "The session this browser holds",
+    responses((status = 200, description = "Its role and CSRF token", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 pub async fn session(
     State(gate): State<ClientGate>,
     headers: HeaderMap,
@@ -279,6 +296,14 @@ pub async fn session(
 }
 
 /// `POST /v1/logout`: ends the session (and asks the browser to drop the cookie) whether or not it was open.
+#[utoipa::path(
+    post,
+    path = "/v1/logout",
+    tag = "console",
+    operation_id = "logout",
+    summary = "Sign out",
+    responses((status = 200, description = "Signed out", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 pub async fn logout(State(gate): State<ClientGate>, headers: HeaderMap) -> Response {
     let closed = gate.sessions.close(&headers);
     let mut answer = (StatusCode::OK, Json(json!({ "signed_out": closed }))).into_response();

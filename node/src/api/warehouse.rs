@@ -5,6 +5,14 @@ use std::sync::Arc;
 use super::ApiError;
 
 /// `GET /v1/warehouse`: what this origin owes the warehouse (404 on a device that writes none).
+#[utoipa::path(
+    get,
+    path = "/v1/warehouse",
+    tag = "warehouse",
+    operation_id = "warehouse",
+    summary = "The warehouse sink: connected or why not, what is owed",
+    responses((status = 200, description = "The sink's status", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 pub async fn status_route(
     axum::extract::State(node): axum::extract::State<Arc<crate::node::Node>>,
 ) -> Result<axum::Json<crate::node::warehouse::SinkStatus>, ApiError> {
@@ -14,6 +22,14 @@ pub async fn status_route(
 }
 
 /// `POST /v1/warehouse/replay`: every document is compared with the warehouse again and what it lacks written.
+#[utoipa::path(
+    post,
+    path = "/v1/warehouse/replay",
+    tag = "warehouse",
+    operation_id = "warehouse_replay",
+    summary = "Compare every document with the warehouse again",
+    responses((status = 202, description = "Replaying", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+)]
 pub async fn replay_route(
     axum::extract::State(node): axum::extract::State<Arc<crate::node::Node>>,
 ) -> Result<(axum::http::StatusCode, axum::Json<serde_json::Value>), ApiError> {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::node::{CheckedReceipt, ManifestUpdate, NewEntry, NewShow, NewSlot, ReceiptPage};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PaymentBody {
     pub(super) amount_minor: u64,
@@ -24,7 +24,8 @@ pub(super) struct PaymentBody {
     pub(super) attendee: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReceiptsQuery {
     /// The previous page's `next`.
@@ -35,7 +36,7 @@ pub(super) struct ReceiptsQuery {
     pub(super) show: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BookingBody {
     pub(super) seats: u64,
@@ -45,7 +46,7 @@ pub(super) struct BookingBody {
     pub(super) attendee: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TransferBody {
     /// The receiving device, by id or name.
@@ -54,7 +55,7 @@ pub(super) struct TransferBody {
     pub(super) transfer_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CountBody {
     pub(super) counter: String,
@@ -65,7 +66,8 @@ pub(super) struct CountBody {
 }
 
 /// `GET /v1/suggestions?zone=&limit=&show=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SuggestionsQuery {
     /// Where the screen stands (a name, as show ids are); `site` when absent.
@@ -75,7 +77,7 @@ pub(super) struct SuggestionsQuery {
 }
 
 /// `POST /v1/suggestions/feedback`: what a screen showed, or which suggested slot was booked. No attendee.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FeedbackBody {
     pub(super) zone: String,
@@ -85,23 +87,24 @@ pub(super) struct FeedbackBody {
     pub(super) booking_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub(super) enum FeedbackEvent {
     Shown,
     Booked,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SlotRef {
     pub(super) show: String,
     pub(super) slot: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PassBody {
+    #[schema(value_type = String, example = "attendee")]
     pub(super) kind: popmesh_crdt::access::PassKind,
     /// A pseudonymous id (never a name).
     pub(super) subject: String,
@@ -110,7 +113,7 @@ pub(super) struct PassBody {
     pub(super) valid_secs: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CheckInBody {
     /// The pass text (`popmesh-pass1.…`), as scanned.
@@ -119,7 +122,7 @@ pub(super) struct CheckInBody {
     pub(super) show: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PassRevocationBody {
     /// The pass text or its id.
@@ -127,21 +130,23 @@ pub(super) struct PassRevocationBody {
     pub(super) reason: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RevocationBody {
     /// The authority-signed revocation, canonical bytes in base64 (`popmesh site revoke` makes one).
     pub(super) revocation: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReconcileQuery {
     /// The batch's name, recorded on every mark (such as the settlement file's name).
     pub(super) batch: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReportQuery {
     pub(super) show: Option<String>,
@@ -152,7 +157,7 @@ pub(super) fn one() -> i64 {
 }
 
 /// `POST /v1/shows`: a show and its slots.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShowBody {
     pub id: String,
@@ -161,7 +166,7 @@ pub struct ShowBody {
     pub slots: Vec<SlotBody>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlotBody {
     pub id: String,
@@ -195,7 +200,7 @@ impl From<ShowBody> for NewShow {
 }
 
 /// `POST /v1/manifests/{name}`: entries to publish, and optionally the fallback and per-role slices.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestBody {
     #[serde(default)]
@@ -205,10 +210,11 @@ pub struct ManifestBody {
     pub fallback: Option<String>,
     /// Role -> byte ranges of every entry that role preseeds.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub slices: BTreeMap<String, Vec<ByteRange>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EntryBody {
     pub name: String,
@@ -239,7 +245,7 @@ impl From<ManifestBody> for ManifestUpdate {
 }
 
 /// A receipt in an answer: ids and the signature in hex, whether it verifies and is reconciled.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReceiptJson {
     pub token: String,
     pub show: String,
@@ -277,7 +283,7 @@ impl From<&CheckedReceipt> for ReceiptJson {
 }
 
 /// `GET /v1/receipts`: one page, and the cursor of the next.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReceiptPageJson {
     pub receipts: Vec<ReceiptJson>,
     /// The cursor for the next page (`?after=`), absent on the last.
@@ -294,7 +300,7 @@ impl From<&ReceiptPage> for ReceiptPageJson {
 }
 
 /// The answer of `GET /v1/suggestions`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(super) struct SuggestionsJson {
     pub(super) zone: String,
     pub(super) hour: u8,
@@ -303,7 +309,7 @@ pub(super) struct SuggestionsJson {
     pub(super) also_booked: Vec<AlsoBookedJson>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(super) struct SuggestionJson {
     pub(super) show: String,
     pub(super) slot: String,
@@ -319,14 +325,14 @@ pub(super) struct SuggestionJson {
     pub(super) booked: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(super) struct AlsoBookedJson {
     pub(super) show: String,
     pub(super) slot: String,
     pub(super) with: Vec<AlsoBookedWith>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(super) struct AlsoBookedWith {
     pub(super) show: String,
     pub(super) slot: String,
@@ -373,4 +379,20 @@ impl From<&crate::node::Suggestions> for SuggestionsJson {
                 .collect(),
         }
     }
+}
+
+/// Every error answer of the API (`ApiError`'s form).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorJson {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// The HTTP status, again.
+    pub status: u16,
+    /// A stable name for what went wrong, for clients to match on (`node/src/api/errors.rs` lists them).
+    pub code: &'static str,
+    /// What was wrong, for people; names the field.
+    pub message: String,
 }

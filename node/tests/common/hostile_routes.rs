@@ -418,6 +418,7 @@ fn every_route(ctx: &Ctx) -> Vec<(String, &'static [&'static str])> {
         ("/v1/attendees/att-1".into(), &["GET", "PUT"]),
         ("/v1/events".into(), get),
         ("/v1/suggestions".into(), get),
+        ("/v1/openapi.json".into(), get),
         ("/v1/suggestions/feedback".into(), post),
         ("/kiosk".into(), get),
         ("/kiosk/app.js".into(), get),

@@ -409,6 +409,9 @@ async function privacy() {
       if (consentAt === null || r.at < consentAt) problems.push(`${where}: feedback before the attendee consented`);
     }
   }
+  if (!requests.some((r) => r.method === "GET" && new URL(r.url).pathname === "/v1/openapi.json" && r.status === 200)) {
+    problems.push("the page never read the node's contract (GET /v1/openapi.json)");
+  }
   const feedbacks = requests.filter((r) => r.method === "POST" && path(r.url) === "/v1/suggestions/feedback").length;
   if (problems.length) throw new Error(`what the browser sent:\n  ${[...new Set(problems)].join("\n  ")}`);
   say("STEP privacy");
