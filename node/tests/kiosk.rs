@@ -44,6 +44,24 @@ fn upload(edge: &Node, name: &str, mime: &str) -> Value {
 
 #[test]
 fn an_attendee_checks_in_books_and_gets_a_suggestion_and_the_kiosk_keeps_its_gallery_offline() {
+    attendee_story(Screen::OnTheNode);
+}
+
+/// The same story on a screen that is not the node's own device: the node takes no request without a token
+/// (`loopback_without_token = false`), and the page, opened from its pairing link (`#token=`), carries its
+/// kiosk-screen token on every request, its service worker's included.
+#[test]
+fn a_screen_elsewhere_tells_the_same_story_with_its_kiosk_screen_token() {
+    attendee_story(Screen::Elsewhere);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Screen {
+    OnTheNode,
+    Elsewhere,
+}
+
+fn attendee_story(screen: Screen) {
     let Some(browser) = chromium() else {
         common::site::skipped("needs Debian's chromium package (.ci/run installs it)");
         return;
@@ -60,7 +78,43 @@ fn an_attendee_checks_in_books_and_gets_a_suggestion_and_the_kiosk_keeps_its_gal
         return;
     }
     let site = Site::create("kiosk");
+    let token = (screen == Screen::Elsewhere).then(|| {
+        let config = site.edge.data.join("popmesh.toml");
+        let text = std::fs::read_to_string(&config).expect("config");
+        assert!(text.contains("loopback_without_token = true"), "{text}");
+        std::fs::write(
+            &config,
+            text.replace(
+                "loopback_without_token = true",
+                "loopback_without_token = false",
+            ),
+        )
+        .expect("config written");
+        let data = site.edge.data_str();
+        let (ok, out, err) = common::site::popmesh(&[
+            "token",
+            "issue",
+            "--data",
+            data,
+            "--role",
+            "screen",
+            "--valid",
+            "8h",
+            "--label",
+            "kiosk screen",
+            "--json",
+        ]);
+        assert!(ok, "token issue failed: {err}");
+        let v: Value = serde_json::from_str(&out).expect("json");
+        v["token"].as_str().expect("token").to_owned()
+    });
     let mut edge = Node::start(&site.edge, &[]);
+    if token.is_some() {
+        let bare = popmesh_node::client::Client::new(site.edge.api)
+            .get("/v1/shows")
+            .expect("answer");
+        assert_eq!(bare.status, 401, "no token, no answer: {}", bare.body);
+    }
     let now = popmesh_node::clock::now().0;
     let slot = |id: &str, label: &str, in_min: u64| json!({ "id": id, "label": label, "starts_at": now + in_min * 60_000, "capacity": 40, "grants": {} });
     let created = edge.post(
@@ -106,13 +160,17 @@ fn an_attendee_checks_in_books_and_gets_a_suggestion_and_the_kiosk_keeps_its_gal
     assert_eq!(pass.status, 201, "{}", pass.body);
     let pass = pass.json()["pass"].as_str().expect("pass text").to_owned();
 
-    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(match screen {
+        Screen::OnTheNode => "kiosk",
+        Screen::Elsewhere => "kiosk-screen-token",
+    });
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
     let config = json!({
         "base": format!("http://{}", site.edge.api),
         "zone": "foyer",
         "pass": pass,
         "subject": "att-kiosk-7",
-        "token": null,
+        "token": token,
         "shots": shots,
         "chromium": browser,
         "profile": { "group": "3", "first_name_marker": "Quillon" },
