@@ -17,6 +17,7 @@ use popmesh_crdt::enrollment::Revocation;
 use popmesh_crdt::receipt::PaymentRequest;
 use serde_json::json;
 
+mod access;
 mod body;
 mod browser;
 pub mod clients;
@@ -159,10 +160,10 @@ pub fn router_guarded(node: Arc<Node>, browser: BrowserPolicy, clients: ClientPo
         .route("/v1/shows/{show}/slots/{slot}/bookings", post(book))
         .route("/v1/shows/{show}/slots/{slot}/transfers", post(transfer))
         .route("/v1/telemetry", get(counters).post(count))
-        .route("/v1/revocations", post(revoke))
-        .route("/v1/passes", post(issue_pass))
-        .route("/v1/passes/revocations", post(revoke_pass))
-        .route("/v1/check-ins", post(check_in))
+        .route("/v1/revocations", post(access::revoke))
+        .route("/v1/passes", post(access::issue_pass))
+        .route("/v1/passes/revocations", post(access::revoke_pass))
+        .route("/v1/check-ins", post(access::check_in))
         .route(
             "/v1/reconciliations",
             post(reconcile).layer(axum::extract::DefaultBodyLimit::max(SETTLEMENT_BYTES_MAX)),
@@ -176,7 +177,10 @@ pub fn router_guarded(node: Arc<Node>, browser: BrowserPolicy, clients: ClientPo
         .route("/v1/warehouse/replay", post(warehouse::replay_route))
         .route("/v1/console", get(console::state))
         .route("/v1/sync", get(screens::upgrade))
-        .route("/v1/attendees/{id}", get(profile).put(update_profile))
+        .route(
+            "/v1/attendees/{id}",
+            get(access::profile).put(access::update_profile),
+        )
         .route("/v1/events", get(events))
         .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/suggestions", get(kiosk::suggestions))
@@ -509,108 +513,6 @@ async fn counters(State(node): State<Arc<Node>>) -> Api<Response> {
     Ok(Json(json!({ "counters": node.counters().await? })).into_response())
 }
 
-fn pass_json(pass: &popmesh_crdt::access::Pass) -> serde_json::Value {
-    json!({
-        "pass": pass.to_text(),
-        "id": pass.id_hex(),
-        "show": pass.show,
-        "kind": pass.kind,
-        "subject": pass.subject,
-        "issuer": pass.issuer.to_hex(),
-        "issued_at": pass.issued_at.0,
-        "expires_at": pass.expires_at.0,
-    })
-}
-
-/// `POST /v1/passes` (edge box or origin): a signed pass every device checks offline.
-#[utoipa::path(
-    post,
-    path = "/v1/passes",
-    tag = "access",
-    operation_id = "issue_pass",
-    summary = "Issue an offline pass (edge or origin)",
-    request_body = PassBody,
-    responses((status = 201, description = "The pass text and its id", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
-)]
-async fn issue_pass(
-    State(node): State<Arc<Node>>,
-    body: Result<JsonObject<PassBody>, ApiError>,
-) -> Api<Response> {
-    let JsonObject(b) = body?;
-    let pass = node
-        .issue_pass(b.show, b.kind, &b.subject, b.valid_secs)
-        .await?;
-    Ok((StatusCode::CREATED, Json(pass_json(&pass))).into_response())
-}
-
-/// `POST /v1/check-ins`: checks a pass offline and records the check-in; 403 with the reason when refused.
-#[utoipa::path(
-    post,
-    path = "/v1/check-ins",
-    tag = "access",
-    operation_id = "check_in",
-    summary = "Check a pass in at this door, offline",
-    request_body = CheckInBody,
-    responses((status = 201, description = "The pass admitted: its subject, kind and show", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
-)]
-async fn check_in(
-    State(node): State<Arc<Node>>,
-    body: Result<JsonObject<CheckInBody>, ApiError>,
-) -> Api<Response> {
-    let JsonObject(b) = body?;
-    let pass = node.check_in(&b.pass, b.show).await?;
-    let mut out = pass_json(&pass);
-    out["checked_in"] = json!(true);
-    Ok((StatusCode::CREATED, Json(out)).into_response())
-}
-
-/// `POST /v1/passes/revocations` (edge box or origin).
-#[utoipa::path(
-    post,
-    path = "/v1/passes/revocations",
-    tag = "access",
-    operation_id = "revoke_pass",
-    summary = "Revoke a pass at every door",
-    request_body = PassRevocationBody,
-    responses((status = 201, description = "The revocation", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
-)]
-async fn revoke_pass(
-    State(node): State<Arc<Node>>,
-    body: Result<JsonObject<PassRevocationBody>, ApiError>,
-) -> Api<Response> {
-    let JsonObject(b) = body?;
-    node.revoke_pass(&b.pass, &b.reason).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "revoked": true }))).into_response())
-}
-
-#[utoipa::path(
-    post,
-    path = "/v1/revocations",
-    tag = "trust",
-    operation_id = "revoke",
-    summary = "Record an authority-signed device revocation",
-    request_body = RevocationBody,
-    responses((status = 201, description = "The revocation recorded", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
-)]
-async fn revoke(
-    State(node): State<Arc<Node>>,
-    body: Result<JsonObject<RevocationBody>, ApiError>,
-) -> Api<Response> {
-    let JsonObject(body) = body?;
-    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(body.revocation.trim_end_matches('='))
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("revocation: not base64: {e}"),
-            )
-        })?;
-    let revocation = Revocation::from_bytes(&bytes)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("revocation: {e}")))?;
-    node.revoke(revocation).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "revoked": true }))).into_response())
-}
-
 /// The largest settlement file the API takes.
 const SETTLEMENT_BYTES_MAX: usize = 256 << 20;
 
@@ -744,53 +646,6 @@ async fn rehearsal(
         .collect();
     let answers = node.rehearsal_answers(&id).await;
     Ok(Json(json!({ "now": now.0, "enrolled": enrolled, "answers": answers })).into_response())
-}
-
-#[utoipa::path(
-    get,
-    path = "/v1/attendees/{id}",
-    tag = "attendees",
-    operation_id = "profile",
-    summary = "What an attendee told this device (kept here only)",
-    params(("id" = String, Path)),
-    responses((status = 200, description = "The profile", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
-)]
-async fn profile(
-    State(node): State<Arc<Node>>,
-    path: Result<Path<String>, PathRejection>,
-) -> Api<Response> {
-    let Path(who) = path?;
-    match node.profile(&who)? {
-        Some(p) => Ok(Json(json!({ "attendee": who, "profile": p })).into_response()),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "attendee {} has told this device nothing (profiles stay on the device that took them)",
-                popmesh_crdt::naming::shown(&who)
-            ),
-        )),
-    }
-}
-
-#[utoipa::path(
-    put,
-    path = "/v1/attendees/{id}",
-    tag = "attendees",
-    operation_id = "update_profile",
-    summary = "Fold one visit's answers into an attendee's profile on this device",
-    params(("id" = String, Path)),
-    request_body(content = Object, content_type = "application/json"),
-    responses((status = 200, description = "The profile", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
-)]
-async fn update_profile(
-    State(node): State<Arc<Node>>,
-    path: Result<Path<String>, PathRejection>,
-    body: Result<JsonObject<popmesh_crdt::privacy::AttendeeProfile>, ApiError>,
-) -> Api<Response> {
-    let Path(who) = path?;
-    let JsonObject(update) = body?;
-    let profile = node.update_profile(&who, &update)?;
-    Ok(Json(json!({ "attendee": who, "profile": profile })).into_response())
 }
 
 /// Server-sent events: one `change` event per document change, local or synced. Kiosk screens follow
