@@ -18,7 +18,7 @@ use crate::identity::{DeviceId, UnixMillis};
 
 pub mod tallies;
 
-pub use tallies::{Tally, TallyBuffer, TallyError, TallyKey};
+pub use tallies::{Tally, TallyBuffer, TallyError, TallyFlush, TallyKey};
 
 /// A per-device telemetry document.
 #[derive(Debug)]

@@ -139,10 +139,20 @@ impl Posterior {
         }
     }
 
-    /// The Beta posterior (alpha, beta) of a slot's booking chance in a context: the site-wide record as a prior
-    /// worth [`PRIOR_STRENGTH`] showings, then this context's evidence.
+    /// The Beta posterior (alpha, beta) of a slot's booking chance in a context: the slot's record in every other
+    /// context as a prior worth [`PRIOR_STRENGTH`] showings, then this context's evidence.
     pub fn beta(&self, evidence: Evidence) -> (f64, f64) {
-        let all = evidence.everywhere;
+        // The prior is the record everywhere else, so this context's own evidence is not counted twice.
+        let all = Tally {
+            shown: evidence
+                .everywhere
+                .shown
+                .saturating_sub(evidence.here.shown),
+            booked: evidence
+                .everywhere
+                .booked
+                .saturating_sub(evidence.here.booked),
+        };
         let mean = (all.booked.min(all.shown) as f64 + 1.0) / (all.shown as f64 + 2.0);
         let booked = evidence.here.booked.min(evidence.here.shown) as f64;
         let missed = evidence.here.shown.saturating_sub(evidence.here.booked) as f64;

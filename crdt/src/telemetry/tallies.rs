@@ -6,7 +6,7 @@
 //! Nothing here names an attendee: a tally is `(slot, zone, hour) -> (shown, booked)`, counted by a kiosk only
 //! for attendees who said yes to counting on that kiosk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use autosurgeon::{Counter, Hydrate, Reconcile};
@@ -46,6 +46,8 @@ pub enum TallyError {
     TooMany,
     #[error("a tally would pass {TALLY_MAX} on this device")]
     Overflow,
+    #[error("this booking was already counted")]
+    Counted,
 }
 
 impl TallyKey {
@@ -99,9 +101,23 @@ pub struct TallyBuffer {
     window_ms: u64,
     last_flush: UnixMillis,
     pending: BTreeMap<TallyKey, Tally>,
+    /// Bookings counted in `pending`: the shell marks them counted once their window is written.
+    bookings: BTreeSet<String>,
+    /// Handed to the shell by [`TallyBuffer::poll_flush`] and not yet written or failed: held against the cap as
+    /// if stored, and their bookings as counted.
+    in_flight: BTreeSet<TallyKey>,
+    in_flight_bookings: BTreeSet<String>,
     /// The keys this device's document already holds (the cap counts them with the pending ones); `None` until
     /// the shell has read the document.
-    stored: Option<std::collections::BTreeSet<TallyKey>>,
+    stored: Option<BTreeSet<TallyKey>>,
+}
+
+/// One window's tallies, for the shell to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TallyFlush {
+    pub increments: BTreeMap<TallyKey, Tally>,
+    /// The bookings counted in it, to be marked counted once it is written.
+    pub bookings: Vec<String>,
 }
 
 impl TallyBuffer {
@@ -110,6 +126,9 @@ impl TallyBuffer {
             window_ms,
             last_flush: now,
             pending: BTreeMap::new(),
+            bookings: BTreeSet::new(),
+            in_flight: BTreeSet::new(),
+            in_flight_bookings: BTreeSet::new(),
             stored: None,
         }
     }
@@ -119,50 +138,92 @@ impl TallyBuffer {
         self.stored.is_some()
     }
 
-    /// The keys the device's document holds now (after reading it, and after each flush).
+    /// The keys the device's document holds now (after reading it at a start).
     pub fn handle_stored(&mut self, keys: impl IntoIterator<Item = TallyKey>) {
         self.stored.get_or_insert_default().extend(keys);
     }
 
-    /// When the window has passed, hands over the coalesced increments and starts a new window.
-    pub fn poll_flush(&mut self, now: UnixMillis) -> Option<BTreeMap<TallyKey, Tally>> {
+    /// When the window has passed, hands over the coalesced increments and starts a new window. Until the shell
+    /// answers with [`TallyBuffer::handle_written`] or [`TallyBuffer::handle_failed`], they count as held.
+    pub fn poll_flush(&mut self, now: UnixMillis) -> Option<TallyFlush> {
         if now.saturating_sub(self.last_flush) < self.window_ms || self.pending.is_empty() {
             return None;
         }
         self.last_flush = now;
-        Some(std::mem::take(&mut self.pending))
+        let increments = std::mem::take(&mut self.pending);
+        self.in_flight.extend(increments.keys().cloned());
+        let bookings = std::mem::take(&mut self.bookings);
+        self.in_flight_bookings.extend(bookings.iter().cloned());
+        Some(TallyFlush {
+            increments,
+            bookings: bookings.into_iter().collect(),
+        })
+    }
+
+    /// The shell wrote the window it was handed; `held` is every key the document holds now. (Mark the window's
+    /// bookings counted before telling the buffer, so a report never finds a booking unmarked and uncounted.)
+    pub fn handle_written(&mut self, held: impl IntoIterator<Item = TallyKey>) {
+        self.handle_stored(held);
+        self.in_flight.clear();
+        self.in_flight_bookings.clear();
+    }
+
+    /// The shell could not write the window: it goes back into the buffer whole (it was admitted under the cap
+    /// already), to be written with the next one.
+    pub fn handle_failed(&mut self, flush: TallyFlush) {
+        for (key, by) in flush.increments {
+            let slot = self.pending.entry(key).or_default();
+            *slot = slot.plus(by);
+        }
+        self.bookings.extend(flush.bookings);
+        self.in_flight.clear();
+        self.in_flight_bookings.clear();
+    }
+
+    /// Whether `booking` (the shell's mark for it) is counted in a window not yet written.
+    pub fn counts_booking(&self, booking: &str) -> bool {
+        self.bookings.contains(booking) || self.in_flight_bookings.contains(booking)
+    }
+
+    /// Counts one booking made after a suggestion of `key`, once: refused if `booking` is already counted here.
+    pub fn handle_booking(&mut self, key: TallyKey, booking: String) -> Result<(), TallyError> {
+        if self.counts_booking(&booking) {
+            return Err(TallyError::Counted);
+        }
+        self.handle(key, 0, 1)?;
+        self.bookings.insert(booking);
+        Ok(())
     }
 
     /// Records one more showing or booking of `key`, in memory.
-    /// A key new to both the document and the buffer is refused once the two together hold
+    /// A key new to the document, the window in flight and the buffer is refused once they together hold
     /// [`TALLIES_MAX`], so what is accepted can always be written.
     pub fn handle(&mut self, key: TallyKey, shown: u64, booked: u64) -> Result<(), TallyError> {
         let stored = self.stored.as_ref();
-        let known = self.pending.contains_key(&key) || stored.is_some_and(|s| s.contains(&key));
-        if !known {
+        let held_already =
+            |k: &TallyKey| stored.is_some_and(|s| s.contains(k)) || self.in_flight.contains(k);
+        if !self.pending.contains_key(&key) && !held_already(&key) {
             let held = stored.map_or(0, |s| s.len())
                 + self
-                    .pending
-                    .keys()
+                    .in_flight
+                    .iter()
                     .filter(|k| !stored.is_some_and(|s| s.contains(*k)))
-                    .count();
+                    .count()
+                + self.pending.keys().filter(|k| !held_already(k)).count();
             if held >= TALLIES_MAX {
                 return Err(TallyError::TooMany);
             }
         }
-        let slot = self.pending.entry(key).or_default();
+        let now = self.pending.get(&key).copied().unwrap_or_default();
         let next = Tally {
-            shown: slot.shown.checked_add(shown).ok_or(TallyError::Overflow)?,
-            booked: slot
-                .booked
-                .checked_add(booked)
-                .ok_or(TallyError::Overflow)?,
+            shown: now.shown.checked_add(shown).ok_or(TallyError::Overflow)?,
+            booked: now.booked.checked_add(booked).ok_or(TallyError::Overflow)?,
         };
         let max = TALLY_MAX as u64;
         if next.shown > max || next.booked > max {
             return Err(TallyError::Overflow);
         }
-        *slot = next;
+        self.pending.insert(key, next);
         Ok(())
     }
 
@@ -269,10 +330,61 @@ mod tests {
             buffer.poll_flush(UnixMillis(999)).is_none(),
             "window not over"
         );
-        assert_eq!(
-            buffer.poll_flush(UnixMillis(1000)).map(|t| t.len()),
-            Some(1)
-        );
+        let flush = buffer.poll_flush(UnixMillis(1000)).expect("window over");
+        assert_eq!(flush.increments.len(), 1);
         assert!(buffer.pending().is_empty());
+        // A failed write goes back whole; a booking counted once is refused a second time, also in flight.
+        buffer.handle_failed(flush);
+        assert_eq!(
+            buffer.pending()[&key],
+            Tally {
+                shown: 2,
+                booked: 1
+            }
+        );
+        buffer
+            .handle_booking(key.clone(), "bk-1".into())
+            .expect("first");
+        assert_eq!(
+            buffer.handle_booking(key.clone(), "bk-1".into()),
+            Err(TallyError::Counted)
+        );
+        let flush = buffer.poll_flush(UnixMillis(3000)).expect("window over");
+        assert_eq!(flush.bookings, vec!["bk-1".to_owned()]);
+        assert!(buffer.counts_booking("bk-1"), "in flight");
+        buffer.handle_written([key.clone()]);
+        assert!(!buffer.counts_booking("bk-1"), "marked by the shell now");
+    }
+
+    #[test]
+    fn keys_stored_and_in_flight_count_against_the_cap() {
+        let mut full = TallyBuffer::new(0, UnixMillis(0));
+        full.handle_stored(
+            (0..TALLIES_MAX).map(|i| TallyKey::new("fri", "s", &format!("z{i}"), 1).expect("key")),
+        );
+        let old = TallyKey::new("fri", "s", "z7", 1).expect("key");
+        assert_eq!(full.handle(old, 1, 1), Ok(()), "a stored key still counts");
+        let new = TallyKey::new("fri", "s", "new", 1).expect("key");
+        assert_eq!(full.handle(new, 1, 0), Err(TallyError::TooMany));
+
+        let mut flying = TallyBuffer::new(0, UnixMillis(0));
+        flying.handle_stored([]);
+        for i in 0..TALLIES_MAX {
+            let key = TallyKey::new("fri", "s", &format!("z{i}"), 1).expect("key");
+            flying.handle(key, 1, 0).expect("room");
+        }
+        let flush = flying.poll_flush(UnixMillis(1)).expect("flush");
+        let late = TallyKey::new("fri", "s", "late", 1).expect("key");
+        assert_eq!(
+            flying.handle(late.clone(), 1, 0),
+            Err(TallyError::TooMany),
+            "in flight"
+        );
+        flying.handle_written(flush.increments.into_keys());
+        assert_eq!(
+            flying.handle(late, 1, 0),
+            Err(TallyError::TooMany),
+            "written"
+        );
     }
 }

@@ -50,6 +50,13 @@ pub struct Suggestions {
     pub also_booked: BTreeMap<(String, String), Vec<AlsoBooked>>,
 }
 
+fn already_counted(booking: &str) -> FeedbackError {
+    FeedbackError::NotABooking(format!(
+        "booking {} was already counted",
+        popmesh_crdt::naming::shown(booking)
+    ))
+}
+
 /// The hour of the day (UTC) of `now`.
 pub fn hour_of(now: popmesh_crdt::UnixMillis) -> u8 {
     ((now.0 / 3_600_000) % 24) as u8
@@ -108,10 +115,6 @@ impl Node {
                 Some(self.check_booking(&view, show, slot, id).await?)
             }
         };
-        let (shown, booked) = match event {
-            Feedback::Shown => (1, 0),
-            Feedback::Booked => (0, 1),
-        };
         if !lock(&self.tallies).knows_stored() {
             // After a start: the cap counts what this device's document already holds.
             let stored = match self.handle_by_name(&DocName::Telemetry { device: self.me() }) {
@@ -127,15 +130,26 @@ impl Node {
             lock(&self.tallies).handle_stored(stored.into_keys());
         }
         let mut buffer = lock(&self.tallies);
+        if let Some(mark) = counted_key {
+            // Checked again under the lock (a window may have been written and marked meanwhile), then counted
+            // once: the mark is written when the window is, so a count and its mark are never apart for long.
+            if buffer.counts_booking(&mark) || self.store.meta(&mark).map_err(internal)?.is_some() {
+                return Err(already_counted(booking.unwrap_or_default()));
+            }
+            let key = keys.first().cloned().ok_or_else(|| bad("no slot".into()))?;
+            return match buffer.handle_booking(key, mark) {
+                Ok(()) => Ok(1),
+                Err(popmesh_crdt::telemetry::TallyError::Counted) => {
+                    Err(already_counted(booking.unwrap_or_default()))
+                }
+                Err(e) => Err(FeedbackError::Full(e.to_string())),
+            };
+        }
         // Whole or nothing: try on a copy, then keep it.
         let mut next: TallyBuffer = buffer.clone();
         for key in &keys {
-            next.handle(key.clone(), shown, booked)
+            next.handle(key.clone(), 1, 0)
                 .map_err(|e| FeedbackError::Full(e.to_string()))?;
-        }
-        if let Some(key) = counted_key {
-            // Remembered before it counts: a retry of the report, or a restart, never counts it twice.
-            self.store.set_meta(&key, "1").map_err(internal)?;
         }
         *buffer = next;
         Ok(keys.len())
@@ -181,10 +195,7 @@ impl Node {
         }
         let key = format!("suggested-booking/{show}/{slot}/{booking}");
         if self.store.meta(&key).map_err(internal)?.is_some() {
-            return Err(FeedbackError::NotABooking(format!(
-                "booking {} was already counted",
-                popmesh_crdt::naming::shown(booking)
-            )));
+            return Err(already_counted(booking));
         }
         Ok(key)
     }
@@ -339,16 +350,17 @@ impl Node {
         posterior
     }
 
-    /// Writes buffered tallies to this device's telemetry document (with the telemetry flush). On failure they
-    /// go back into the buffer, to be written with the next window.
+    /// Writes buffered tallies to this device's telemetry document (with the telemetry flush), then marks the
+    /// window's bookings counted. On failure the window goes back into the buffer whole, to be written with the
+    /// next one.
     pub(crate) async fn flush_tallies(&self) -> Result<(), Unavailable> {
-        let Some(increments) = lock(&self.tallies).poll_flush(clock::now()) else {
+        let Some(flush) = lock(&self.tallies).poll_flush(clock::now()) else {
             return Ok(());
         };
         let written = async {
             let handle = self.telemetry_handle().await?;
             let actor = self.actor();
-            let increments = increments.clone();
+            let increments = flush.increments.clone();
             self.change(&handle, move |am| {
                 Doc::<Telemetry, &mut Automerge>::attach_as(am, actor)
                     .and_then(|mut d| d.flush_tallies(&increments))
@@ -357,23 +369,31 @@ impl Node {
             .map_err(internal)
         }
         .await;
-        if let Ok((held, refused)) = &written {
-            lock(&self.tallies).handle_stored(held.iter().cloned());
-            if !refused.is_empty() {
-                // Only when the document held keys the buffer did not know of: the cap refuses them up front.
-                tracing::warn!(
-                    "{} suggestion tallies not written: this device keeps at most {}",
-                    refused.len(),
-                    popmesh_crdt::telemetry::tallies::TALLIES_MAX
-                );
+        match written {
+            Ok((held, refused)) => {
+                for mark in &flush.bookings {
+                    if let Err(e) = self.store.set_meta(mark, "1") {
+                        tracing::warn!(
+                            "a counted booking not marked ({e}): a report of it may count again"
+                        );
+                    }
+                }
+                lock(&self.tallies).handle_written(held);
+                if !refused.is_empty() {
+                    // Only if the document holds keys this node never saw (written by an earlier epoch of it
+                    // that the buffer did not read): the buffer's cap refuses new keys up front otherwise.
+                    tracing::warn!(
+                        "{} suggestion tallies not written: this device keeps at most {}",
+                        refused.len(),
+                        popmesh_crdt::telemetry::tallies::TALLIES_MAX
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                lock(&self.tallies).handle_failed(flush);
+                Err(e)
             }
         }
-        if written.is_err() {
-            let mut buffer = lock(&self.tallies);
-            for (key, t) in increments {
-                let _ = buffer.handle(key, t.shown, t.booked);
-            }
-        }
-        written.map(|_| ())
     }
 }
