@@ -234,7 +234,7 @@ pub fn router_guarded(node: Arc<Node>, browser: BrowserPolicy, clients: ClientPo
     tag = "site",
     operation_id = "status",
     summary = "This device, its peers, documents, store health and readiness",
-    responses((status = 200, description = "The status", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "The status", body = Object), crate::api::wire::ErrorAnswer)
 )]
 async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {
     Json(node.status().await)
@@ -247,7 +247,7 @@ async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {
     operation_id = "pay",
     summary = "Take a payment: answered only once its signed receipt is on this device's disk",
     request_body = PaymentBody,
-    responses((status = 201, description = "The receipt (`replayed` when the idempotency key was seen before)", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 201, description = "The receipt (`replayed` when the idempotency key was seen before)", body = Object), crate::api::wire::ErrorAnswer)
 )]
 async fn pay(
     State(node): State<Arc<Node>>,
@@ -279,7 +279,7 @@ async fn pay(
     operation_id = "receipts",
     summary = "One page of receipts in (show, device, sequence) order",
     params(ReceiptsQuery),
-    responses((status = 200, description = "A page and the cursor of the next", body = ReceiptPageJson), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "A page and the cursor of the next", body = ReceiptPageJson), crate::api::wire::ErrorAnswer)
 )]
 async fn receipts(
     State(node): State<Arc<Node>>,
@@ -318,7 +318,7 @@ async fn receipts(
     operation_id = "issued",
     summary = "The receipt sequence numbers a device has issued, as this device holds them",
     params(("device" = String, Path)),
-    responses((status = 200, description = "Sequence numbers", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "Sequence numbers", body = Object), crate::api::wire::ErrorAnswer)
 )]
 async fn issued(
     State(node): State<Arc<Node>>,
@@ -344,7 +344,7 @@ async fn issued(
     tag = "shows",
     operation_id = "shows",
     summary = "The site's shows and their slots",
-    responses((status = 200, description = "Shows by id", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "Shows by id", body = Object), crate::api::wire::ErrorAnswer)
 )]
 async fn shows(State(node): State<Arc<Node>>) -> Api<Response> {
     let view = node.view()?;
@@ -375,7 +375,7 @@ async fn shows(State(node): State<Arc<Node>>) -> Api<Response> {
     operation_id = "create_show",
     summary = "Create a show and escrow its slots' seats (edge or origin)",
     request_body = ShowBody,
-    responses((status = 201, description = "The show created (200: the same definition again)", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 201, description = "The show created (200: the same definition again)", body = Object), crate::api::wire::ErrorAnswer)
 )]
 async fn create_show(
     State(node): State<Arc<Node>>,
@@ -400,7 +400,7 @@ async fn create_show(
     operation_id = "availability",
     summary = "A slot's seats: capacity, sold, remaining, what this device can sell",
     params(("show" = String, Path), ("slot" = String, Path)),
-    responses((status = 200, description = "Availability", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "Availability", body = Object), crate::api::wire::ErrorAnswer)
 )]
 async fn availability(
     State(node): State<Arc<Node>>,
@@ -418,7 +418,7 @@ async fn availability(
     summary = "Book seats from this device's quota; answered once durable",
     params(("show" = String, Path), ("slot" = String, Path)),
     request_body = BookingBody,
-    responses((status = 201, description = "The booking and the slot's availability (200: a replay of the same booking id)", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 201, description = "The booking and the slot's availability (200: a replay of the same booking id)", body = Object), crate::api::wire::ErrorAnswer)
 )]
 async fn book(
     State(node): State<Arc<Node>>,
@@ -456,7 +456,7 @@ async fn book(
     summary = "Give seats of this device's quota to another device",
     params(("show" = String, Path), ("slot" = String, Path)),
     request_body = TransferBody,
-    responses((status = 201, description = "The transfer", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 201, description = "The transfer", body = Object), crate::api::wire::ErrorAnswer)
 )]
 async fn transfer(
     State(node): State<Arc<Node>>,
@@ -486,7 +486,7 @@ async fn transfer(
     operation_id = "count",
     summary = "Count an event (consent and overload sampling apply)",
     request_body = CountBody,
-    responses((status = 202, description = "Whether it was counted", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 202, description = "Whether it was counted", body = Object), crate::api::wire::ErrorAnswer)
 )]
 async fn count(
     State(node): State<Arc<Node>>,
@@ -507,7 +507,7 @@ async fn count(
     tag = "telemetry",
     operation_id = "counters",
     summary = "Every telemetry counter this device holds, summed over devices",
-    responses((status = 200, description = "Counters", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "Counters", body = Object), crate::api::wire::ErrorAnswer)
 )]
 async fn counters(State(node): State<Arc<Node>>) -> Api<Response> {
     Ok(Json(json!({ "counters": node.counters().await? })).into_response())
@@ -525,7 +525,7 @@ const SETTLEMENT_BYTES_MAX: usize = 256 << 20;
     summary = "Reconcile receipts against a processor's settlement CSV (origin)",
     params(ReconcileQuery),
     request_body(content = String, content_type = "text/csv"),
-    responses((status = 200, description = "The findings", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "The findings", body = Object), crate::api::wire::ErrorAnswer)
 )]
 async fn reconcile(
     State(node): State<Arc<Node>>,
@@ -564,7 +564,7 @@ async fn reconcile(
     tag = "site",
     operation_id = "documents",
     summary = "Every document this device holds, with heads and sync state",
-    responses((status = 200, description = "Documents", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "Documents", body = Object), crate::api::wire::ErrorAnswer)
 )]
 async fn documents(State(node): State<Arc<Node>>) -> impl IntoResponse {
     Json(json!({ "documents": node.documents().await }))
@@ -577,7 +577,7 @@ async fn documents(State(node): State<Arc<Node>>) -> impl IntoResponse {
     operation_id = "document",
     summary = "One document as JSON (its name, such as `show/fri/slot/s1`)",
     params(("which" = String, Path)),
-    responses((status = 200, description = "The document", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "The document", body = Object), crate::api::wire::ErrorAnswer)
 )]
 async fn document(
     State(node): State<Arc<Node>>,
@@ -594,7 +594,7 @@ async fn document(
     operation_id = "report",
     summary = "The show report",
     params(ReportQuery),
-    responses((status = 200, description = "The report", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "The report", body = Object), crate::api::wire::ErrorAnswer)
 )]
 async fn report(
     State(node): State<Arc<Node>>,
@@ -612,7 +612,7 @@ async fn report(
     tag = "site",
     operation_id = "call_rehearsal",
     summary = "Call a dry rehearsal through the mesh",
-    responses((status = 201, description = "The call's id", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 201, description = "The call's id", body = Object), crate::api::wire::ErrorAnswer)
 )]
 async fn call_rehearsal(State(node): State<Arc<Node>>) -> Api<Response> {
     let call = node.call_rehearsal().await?;
@@ -628,7 +628,7 @@ async fn call_rehearsal(State(node): State<Arc<Node>>) -> Api<Response> {
     operation_id = "rehearsal",
     summary = "The answers to a rehearsal that reached this device",
     params(("id" = String, Path)),
-    responses((status = 200, description = "Answers", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "Answers", body = Object), crate::api::wire::ErrorAnswer)
 )]
 async fn rehearsal(
     State(node): State<Arc<Node>>,
@@ -658,7 +658,7 @@ async fn rehearsal(
     tag = "site",
     operation_id = "events",
     summary = "Server-sent events: one `change` per document change (`lagged` when behind)",
-    responses((status = 200, description = "An event stream (text/event-stream)"), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "An event stream (text/event-stream)"), crate::api::wire::ErrorAnswer)
 )]
 async fn events(
     State(node): State<Arc<Node>>,

@@ -24,7 +24,7 @@ fn pass_json(pass: &popmesh_crdt::access::Pass) -> serde_json::Value {
     operation_id = "issue_pass",
     summary = "Issue an offline pass (edge or origin)",
     request_body = PassBody,
-    responses((status = 201, description = "The pass text and its id", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 201, description = "The pass text and its id", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub(super) async fn issue_pass(
     State(node): State<Arc<Node>>,
@@ -45,7 +45,7 @@ pub(super) async fn issue_pass(
     operation_id = "check_in",
     summary = "Check a pass in at this door, offline",
     request_body = CheckInBody,
-    responses((status = 201, description = "The pass admitted: its subject, kind and show", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 201, description = "The pass admitted: its subject, kind and show", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub(super) async fn check_in(
     State(node): State<Arc<Node>>,
@@ -66,7 +66,7 @@ pub(super) async fn check_in(
     operation_id = "revoke_pass",
     summary = "Revoke a pass at every door",
     request_body = PassRevocationBody,
-    responses((status = 201, description = "The revocation", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 201, description = "The revocation", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub(super) async fn revoke_pass(
     State(node): State<Arc<Node>>,
@@ -84,7 +84,7 @@ pub(super) async fn revoke_pass(
     operation_id = "revoke",
     summary = "Record an authority-signed device revocation",
     request_body = RevocationBody,
-    responses((status = 201, description = "The revocation recorded", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 201, description = "The revocation recorded", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub(super) async fn revoke(
     State(node): State<Arc<Node>>,
@@ -112,7 +112,7 @@ pub(super) async fn revoke(
     operation_id = "profile",
     summary = "What an attendee told this device (kept here only)",
     params(("id" = String, Path)),
-    responses((status = 200, description = "The profile", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "The profile", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub(super) async fn profile(
     State(node): State<Arc<Node>>,
@@ -139,7 +139,7 @@ pub(super) async fn profile(
     summary = "Fold one visit's answers into an attendee's profile on this device",
     params(("id" = String, Path)),
     request_body(content = Object, content_type = "application/json"),
-    responses((status = 200, description = "The profile", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "The profile", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub(super) async fn update_profile(
     State(node): State<Arc<Node>>,

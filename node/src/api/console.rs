@@ -35,7 +35,7 @@ pub async fn page() -> Response {
     tag = "site",
     operation_id = "console",
     summary = "What the operator console shows",
-    responses((status = 200, description = "The console's data", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "The console's data", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub async fn state(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     Ok(Json(snapshot(&node).await).into_response())

@@ -71,7 +71,7 @@ pub async fn worker() -> Response {
     operation_id = "suggestions",
     summary = "What a kiosk suggests now, and others-also-booked past the minimum count",
     params(SuggestionsQuery),
-    responses((status = 200, description = "Suggestions, best first", body = SuggestionsJson), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "Suggestions, best first", body = SuggestionsJson), crate::api::wire::ErrorAnswer)
 )]
 pub(super) async fn suggestions(
     State(node): State<Arc<Node>>,
@@ -97,7 +97,7 @@ pub(super) async fn suggestions(
     operation_id = "feedback",
     summary = "Report suggestions shown, or a booking made after one (no attendee)",
     request_body = FeedbackBody,
-    responses((status = 202, description = "How many slots were counted", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 202, description = "How many slots were counted", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub(super) async fn feedback(
     State(node): State<Arc<Node>>,

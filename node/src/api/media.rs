@@ -74,7 +74,7 @@ fn hash_param(text: &str) -> Api<Hash> {
     operation_id = "by_hash",
     summary = "A blob by hash, with Range, ETag and the manifest's fallback",
     params(("hash" = String, Path)),
-    responses((status = 200, description = "The bytes (206 for a range)"), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "The bytes (206 for a range)"), crate::api::wire::ErrorAnswer)
 )]
 pub async fn by_hash(
     State(node): State<Arc<Node>>,
@@ -93,7 +93,7 @@ pub async fn by_hash(
     operation_id = "by_name",
     summary = "A manifest entry by name",
     params(("name" = String, Path)),
-    responses((status = 200, description = "The bytes (206 for a range)"), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "The bytes (206 for a range)"), crate::api::wire::ErrorAnswer)
 )]
 pub async fn by_name(
     State(node): State<Arc<Node>>,
@@ -296,7 +296,7 @@ async fn fallback(
     operation_id = "add_blob",
     summary = "The body becomes a blob",
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 201, description = "Its hash and size", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 201, description = "Its hash and size", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub async fn add(
     State(node): State<Arc<Node>>,
@@ -370,7 +370,7 @@ fn media_refusal(e: crate::media::MediaError) -> ApiError {
     operation_id = "blob_state",
     summary = "What this device holds of a blob",
     params(("hash" = String, Path)),
-    responses((status = 200, description = "complete, partial or missing", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "complete, partial or missing", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub async fn blob_state(State(node): State<Arc<Node>>, Path(text): Path<String>) -> Api<Response> {
     let hash = hash_param(&text)?;
@@ -388,7 +388,7 @@ pub async fn blob_state(State(node): State<Arc<Node>>, Path(text): Path<String>)
     tag = "media",
     operation_id = "manifests",
     summary = "Every media manifest and this device's preseed state",
-    responses((status = 200, description = "Manifests", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "Manifests", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub async fn manifests(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let list: Vec<_> = node
@@ -418,7 +418,7 @@ pub async fn manifests(State(node): State<Arc<Node>>) -> impl IntoResponse {
     summary = "Publish manifest entries, a fallback and slices (edge or origin)",
     params(("name" = String, Path)),
     request_body = ManifestBody,
-    responses((status = 201, description = "The manifest", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 201, description = "The manifest", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub async fn publish(
     State(node): State<Arc<Node>>,

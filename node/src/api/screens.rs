@@ -32,7 +32,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
     tag = "site",
     operation_id = "sync",
     summary = "automerge-repo WebSocket sync for kiosk screens (manifests and slots, read only)",
-    responses((status = 101, description = "Switching to the WebSocket protocol"), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 101, description = "Switching to the WebSocket protocol"), crate::api::wire::ErrorAnswer)
 )]
 pub async fn upgrade(
     State(node): State<Arc<Node>>,

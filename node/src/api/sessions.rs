@@ -214,7 +214,7 @@ pub struct LoginBody {
     operation_id = "login",
     summary = "Sign a browser in with a client token",
     request_body(content = Object, content_type = "application/json"),
-    responses((status = 200, description = "The session's role and CSRF token (a cookie is set)", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "The session's role and CSRF token (a cookie is set)", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub async fn login(
     State(gate): State<ClientGate>,
@@ -265,7 +265,7 @@ pub async fn login(
     tag = "console",
     operation_id = "session",
     summary = "The session this browser holds",
-    responses((status = 200, description = "Its role and CSRF token", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "Its role and CSRF token", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub async fn session(
     State(gate): State<ClientGate>,
@@ -302,7 +302,7 @@ pub async fn session(
     tag = "console",
     operation_id = "logout",
     summary = "Sign out",
-    responses((status = 200, description = "Signed out", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "Signed out", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub async fn logout(State(gate): State<ClientGate>, headers: HeaderMap) -> Response {
     let closed = gate.sessions.close(&headers);

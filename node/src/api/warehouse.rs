@@ -11,7 +11,7 @@ use super::ApiError;
     tag = "warehouse",
     operation_id = "warehouse",
     summary = "The warehouse sink: connected or why not, what is owed",
-    responses((status = 200, description = "The sink's status", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 200, description = "The sink's status", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub async fn status_route(
     axum::extract::State(node): axum::extract::State<Arc<crate::node::Node>>,
@@ -28,7 +28,7 @@ pub async fn status_route(
     tag = "warehouse",
     operation_id = "warehouse_replay",
     summary = "Compare every document with the warehouse again",
-    responses((status = 202, description = "Replaying", body = Object), (status = "default", description = "An error: `{\"error\": {\"status\", \"code\", \"message\"}}` (codes: node/src/api/errors.rs)", body = crate::api::wire::ErrorJson))
+    responses((status = 202, description = "Replaying", body = Object), crate::api::wire::ErrorAnswer)
 )]
 pub async fn replay_route(
     axum::extract::State(node): axum::extract::State<Arc<crate::node::Node>>,

@@ -381,6 +381,14 @@ impl From<&crate::node::Suggestions> for SuggestionsJson {
     }
 }
 
+/// The error answer every operation documents, once for all of them.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum ErrorAnswer {
+    /// An error: `{"error": {"status", "code", "message"}}` (codes: node/src/api/errors.rs)
+    #[response(status = "default")]
+    Error(ErrorJson),
+}
+
 /// Every error answer of the API (`ApiError`'s form).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorJson {

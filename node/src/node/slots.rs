@@ -156,6 +156,22 @@ impl Node {
         .ok_or_else(|| Unavailable::loading(format!("slot {show}/{slot}")).into())
     }
 
+    /// A slot document's view (quotas, sales, transfers), as this replica holds it.
+    pub(crate) async fn slot_view(
+        &self,
+        handle: &DocHandle,
+    ) -> Result<popmesh_crdt::escrow::SlotView, Unavailable> {
+        handle
+            .with_document_async(|am| {
+                Doc::<Slot, &mut Automerge>::attach(am)
+                    .map_err(EscrowError::Doc)
+                    .and_then(|d| d.view())
+            })
+            .await
+            .map_err(stopped)?
+            .map_err(internal)
+    }
+
     /// Books `seats` in a slot against this device's escrow quota. Returns whether the booking is new.
     pub async fn book(
         &self,
@@ -264,15 +280,7 @@ impl Node {
         let view = self.view()?;
         let handle = self.slot_handle(&view, show, slot)?;
         let record = view.shows[show].slots[slot].clone();
-        let slot_view = handle
-            .with_document_async(|am| {
-                Doc::<Slot, &mut Automerge>::attach(am)
-                    .map_err(|e| e.to_string())
-                    .and_then(|d| d.view().map_err(|e| e.to_string()))
-            })
-            .await
-            .map_err(stopped)?
-            .map_err(internal)?;
+        let slot_view = self.slot_view(&handle).await?;
         let me = self.me().to_hex();
         let devices = slot_view
             .devices()

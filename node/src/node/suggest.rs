@@ -171,22 +171,13 @@ impl Node {
             AvailabilityError::Unavailable(e) => FeedbackError::Unavailable(e),
         })?;
         let me = self.me().to_hex();
-        let booking_owned = booking.to_owned();
-        let sold_here = handle
-            .with_document_async(move |am| {
-                Doc::<Slot, &mut Automerge>::attach(am)
-                    .map_err(EscrowError::Doc)
-                    .and_then(|d| d.view())
-                    .map(|v| {
-                        v.record
-                            .devices
-                            .get(&me)
-                            .is_some_and(|d| d.sales.contains_key(&booking_owned))
-                    })
-            })
-            .await
-            .map_err(stopped)?
-            .map_err(internal)?;
+        let sold_here = self
+            .slot_view(&handle)
+            .await?
+            .record
+            .devices
+            .get(&me)
+            .is_some_and(|d| d.sales.contains_key(booking));
         if !sold_here {
             return Err(FeedbackError::NotABooking(format!(
                 "this device sold no booking {} in {show}/{slot}",
@@ -234,14 +225,7 @@ impl Node {
                 }) else {
                     continue;
                 };
-                let Ok(Ok(slot_view)) = handle
-                    .with_document_async(|am| {
-                        Doc::<Slot, &mut Automerge>::attach(am)
-                            .map_err(EscrowError::Doc)
-                            .and_then(|d| d.view())
-                    })
-                    .await
-                else {
+                let Ok(slot_view) = self.slot_view(&handle).await else {
                     continue;
                 };
                 for sale in slot_view
@@ -329,13 +313,8 @@ impl Node {
 
     /// The suggestion evidence of every telemetry document held here, plus this device's unflushed tallies.
     pub async fn posterior(&self) -> Posterior {
-        let handles: Vec<DocHandle> = read(&self.docs)
-            .values()
-            .filter(|(n, _)| matches!(n, DocName::Telemetry { .. }))
-            .map(|(_, h)| h.clone())
-            .collect();
         let mut posterior = Posterior::default();
-        for h in handles {
+        for h in self.telemetry_handles() {
             let tallies = h
                 .with_document_async(|am| {
                     Doc::<Telemetry, &mut Automerge>::attach(am).map(|d| d.tallies())

@@ -98,11 +98,7 @@ impl Node {
 
     /// Every device's counters, summed.
     pub async fn counters(&self) -> Result<BTreeMap<String, i64>, Unavailable> {
-        let handles: Vec<DocHandle> = read(&self.docs)
-            .values()
-            .filter(|(n, _)| matches!(n, DocName::Telemetry { .. }))
-            .map(|(_, h)| h.clone())
-            .collect();
+        let handles = self.telemetry_handles();
         let mut total = BTreeMap::new();
         for h in handles {
             let counters = h
@@ -125,6 +121,15 @@ impl Node {
             }
         }
         Ok(total)
+    }
+
+    /// Every device's telemetry document this device holds.
+    pub(crate) fn telemetry_handles(&self) -> Vec<DocHandle> {
+        read(&self.docs)
+            .values()
+            .filter(|(n, _)| matches!(n, DocName::Telemetry { .. }))
+            .map(|(_, h)| h.clone())
+            .collect()
     }
 
     /// This device's telemetry document, created on first use.
@@ -157,11 +162,7 @@ impl Node {
 
     /// Every device's telemetry document this device holds (counters, incidents, who it sees).
     pub async fn telemetry_records(&self) -> Vec<TelemetryRecord> {
-        let handles: Vec<DocHandle> = read(&self.docs)
-            .values()
-            .filter(|(n, _)| matches!(n, DocName::Telemetry { .. }))
-            .map(|(_, h)| h.clone())
-            .collect();
+        let handles = self.telemetry_handles();
         let mut out = Vec::new();
         for h in handles {
             let record = h
