@@ -3,6 +3,9 @@
 //! ```text
 //! cargo bench -p popmesh-node --bench mesh -- latency 3     write-to-visible across 3 nodes (10, 50: relays)
 //! cargo bench -p popmesh-node --bench mesh -- bulk 16       back-to-back payments from 16 clients, rate visible on a peer
+//!                                                   (`bulk C N`: N payments; a new connection per payment)
+//! cargo bench -p popmesh-node --bench mesh -- keepalive 16  the same, each client on one kept-alive connection
+//! cargo bench -p popmesh-node --bench mesh -- batch 4 250   4 POS apps each sending queues of 250 (`/v1/payments/batch`)
 //! cargo bench -p popmesh-node --bench mesh -- join          fresh device joining 10,000 bookings + 20,000 receipts
 //! cargo bench -p popmesh-node --bench mesh -- idle          idle RSS and CPU of a 3-node site
 //! ```
@@ -35,9 +38,19 @@ fn main() {
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3);
     match what {
         "latency" => latency(n, 300),
-        "bulk" => bulk(
-            8_000,
+        "bulk" | "keepalive" => bulk(
+            args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8_000),
             args.get(1).and_then(|s| s.parse().ok()).unwrap_or(16),
+            if what == "bulk" {
+                Send::NewConnection
+            } else {
+                Send::KeepAlive
+            },
+        ),
+        "batch" => bulk(
+            args.get(3).and_then(|s| s.parse().ok()).unwrap_or(40_000),
+            args.get(1).and_then(|s| s.parse().ok()).unwrap_or(4),
+            Send::Batch(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(250)),
         ),
         "join" => join(
             args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10_000),
@@ -47,11 +60,13 @@ fn main() {
         "all" => {
             latency(3, 300);
             latency(10, 200);
-            bulk(8_000, 16);
+            bulk(8_000, 16, Send::NewConnection);
             join(10_000, 20_000);
             idle();
         }
-        other => panic!("unknown benchmark {other:?}: latency N | bulk | join | idle | all"),
+        other => panic!(
+            "unknown benchmark {other:?}: latency N | bulk C [N] | keepalive C [N] | batch C B [N] | join | idle | all"
+        ),
     }
 }
 
@@ -339,7 +354,18 @@ fn heads_of(node: &Node, name: &str) -> Option<Value> {
         .map(|d| d["heads"].clone())
 }
 
-fn bulk(total: usize, clients: usize) {
+/// How the bulk benchmark's clients send their payments.
+#[derive(Debug, Clone, Copy)]
+enum Send {
+    /// One request per connection, as the test client does.
+    NewConnection,
+    /// One kept-alive connection per client, one payment per request.
+    KeepAlive,
+    /// One kept-alive connection per client, queues of this many payments per request.
+    Batch(usize),
+}
+
+fn bulk(total: usize, clients: usize, send: Send) {
     let (_site, nodes, _) = mesh("bulk", 2);
     let (edge, pos) = (&nodes[0], &nodes[1]);
     let ledger = format!("show/fri/ledger/{}", pos.device.device_id());
@@ -350,11 +376,37 @@ fn bulk(total: usize, clients: usize) {
         .map(|c| {
             let client = pos.client();
             std::thread::spawn(move || {
-                for i in 0..per {
-                    let a = client
-                        .post("/v1/payments", &payment(&format!("bulk-{c}-{i}"), 1))
-                        .expect("payment");
-                    assert_eq!(a.status, 201, "{}", a.body);
+                let keys: Vec<String> = (0..per).map(|i| format!("bulk-{c}-{i}")).collect();
+                match send {
+                    Send::NewConnection => {
+                        for key in &keys {
+                            let a = client
+                                .post("/v1/payments", &payment(key, 1))
+                                .expect("payment");
+                            assert_eq!(a.status, 201, "{}", a.body);
+                        }
+                    }
+                    Send::KeepAlive => {
+                        let mut conn = KeepAlive::open(&client);
+                        for key in &keys {
+                            let (status, body) =
+                                conn.post("/v1/payments", &payment(key, 1).to_string());
+                            assert_eq!(status, 201, "{body}");
+                        }
+                    }
+                    Send::Batch(size) => {
+                        let mut conn = KeepAlive::open(&client);
+                        for queue in keys.chunks(size) {
+                            let payments: Vec<Value> =
+                                queue.iter().map(|k| payment(k, 1)).collect();
+                            let body = json!({ "payments": payments }).to_string();
+                            let (status, answer) = conn.post("/v1/payments/batch", &body);
+                            let short: String = answer.chars().take(300).collect();
+                            assert_eq!(status, 200, "{short}");
+                            let answer: Value = serde_json::from_str(&answer).expect("JSON");
+                            assert_eq!(answer["taken"], queue.len(), "{short}");
+                        }
+                    }
                 }
             })
         })
@@ -364,19 +416,77 @@ fn bulk(total: usize, clients: usize) {
     }
     let acked = start.elapsed();
     let final_heads = heads_of(pos, &ledger).expect("ledger heads");
-    edge.wait_for("every payment", Duration::from_secs(120), |e| {
+    edge.wait_for("every payment", Duration::from_secs(300), |e| {
         heads_of(e, &ledger) == Some(final_heads.clone())
     });
     let visible = start.elapsed();
     let count = edge.receipt_tokens().len();
     assert_eq!(count, per * clients + 1, "the edge box holds every receipt");
     println!(
-        "bulk payments={} clients={clients}: acknowledged (fsync'd) at {:.0}/s; all visible on the peer after {:.2} s = {:.0} changes/s",
+        "bulk payments={} clients={clients} send={send:?}: acknowledged (fsync'd) at {:.0}/s; all visible on the peer after {:.2} s = {:.0} changes/s",
         per * clients,
         (per * clients) as f64 / acked.as_secs_f64(),
         visible.as_secs_f64(),
         (per * clients) as f64 / visible.as_secs_f64()
     );
+}
+
+/// A client on one kept-alive HTTP/1.1 connection, as a POS app holds its connection to its device.
+struct KeepAlive {
+    reader: BufReader<TcpStream>,
+    head: String,
+}
+
+impl KeepAlive {
+    fn open(client: &popmesh_node::client::Client) -> Self {
+        let stream = TcpStream::connect(client.addr).expect("API reachable");
+        stream.set_nodelay(true).expect("nodelay");
+        let auth = client
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "Host: {}\r\nContent-Type: application/json\r\n{auth}",
+            client.addr
+        );
+        Self {
+            reader: BufReader::new(stream),
+            head,
+        }
+    }
+
+    /// POSTs `body` and reads the answer by its Content-Length.
+    fn post(&mut self, path: &str, body: &str) -> (u16, String) {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\n{}Content-Length: {}\r\n\r\n{body}",
+            self.head,
+            body.len()
+        );
+        self.reader
+            .get_mut()
+            .write_all(request.as_bytes())
+            .expect("request sent");
+        let mut status = 0;
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).expect("answer");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(code) = lower.strip_prefix("http/1.1 ") {
+                status = code[..3].parse().expect("status");
+            } else if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().expect("length");
+            }
+        }
+        let mut answer = vec![0; length];
+        std::io::Read::read_exact(&mut self.reader, &mut answer).expect("body");
+        (status, String::from_utf8_lossy(&answer).into_owned())
+    }
 }
 
 fn join(bookings: usize, receipts: usize) {

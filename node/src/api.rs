@@ -14,7 +14,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use popmesh_crdt::enrollment::Revocation;
-use popmesh_crdt::receipt::PaymentRequest;
 use serde_json::json;
 
 mod access;
@@ -25,6 +24,7 @@ pub mod console;
 mod errors;
 pub mod kiosk;
 pub mod media;
+mod money;
 pub mod openapi;
 pub mod screens;
 pub mod sessions;
@@ -152,7 +152,8 @@ pub fn router_guarded(node: Arc<Node>, browser: BrowserPolicy, clients: ClientPo
     };
     Router::new()
         .route("/v1/status", get(status))
-        .route("/v1/payments", post(pay))
+        .route("/v1/payments", post(money::pay))
+        .route("/v1/payments/batch", post(money::pay_batch))
         .route("/v1/receipts", get(receipts))
         .route("/v1/devices/{device}/issued", get(issued))
         .route("/v1/shows", get(shows).post(create_show))
@@ -238,36 +239,6 @@ pub fn router_guarded(node: Arc<Node>, browser: BrowserPolicy, clients: ClientPo
 )]
 async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {
     Json(node.status().await)
-}
-
-#[utoipa::path(
-    post,
-    path = "/v1/payments",
-    tag = "money",
-    operation_id = "pay",
-    summary = "Take a payment: answered only once its signed receipt is on this device's disk",
-    request_body = PaymentBody,
-    responses((status = 201, description = "The receipt (`replayed` when the idempotency key was seen before)", body = Object), crate::api::wire::ErrorAnswer)
-)]
-async fn pay(
-    State(node): State<Arc<Node>>,
-    body: Result<JsonObject<PaymentBody>, ApiError>,
-) -> Api<Response> {
-    let JsonObject(body) = body?;
-    let request = PaymentRequest {
-        idempotency_key: body.idempotency_key,
-        amount_minor: body.amount_minor,
-        currency: body.currency,
-        attendee: body.attendee,
-    };
-    let (receipt, replayed) = node.pay(request, body.show).await?;
-    let json = ReceiptJson::from(&crate::node::CheckedReceipt::new(receipt, false, Ok(())));
-    // A replay answers exactly like the first time, so a retrying client cannot tell the difference.
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "receipt": json, "replayed": replayed })),
-    )
-        .into_response())
 }
 
 /// `GET /v1/receipts[?after=&limit=&device=&show=]`: one page of receipts in (show, device, sequence) order, with

@@ -62,7 +62,7 @@ mod writes;
 
 pub use access::{CheckInError, IssuePassError, RevokePassError};
 pub use authorship::Refused;
-pub use desk::PayError;
+pub use desk::{PAYMENTS_PER_REQUEST_MAX, PayError};
 pub use error::{NotPermitted, ShowError, Unavailable, UnknownDevice};
 use librarian::librarian;
 pub use manifests::{ManifestUpdate, NewEntry, PublishError};

@@ -297,7 +297,7 @@ pub fn allowed(method: &Method, path: &str) -> &'static [ClientRole] {
         // Suggestions name slots and aggregate counts only; a screen reports what it showed (no attendee).
         (true, "/v1/suggestions" | "/v1/openapi.json") => EVERYONE,
         (false, "/v1/suggestions/feedback") => SELLERS,
-        (false, "/v1/payments") => MONEY,
+        (false, "/v1/payments" | "/v1/payments/batch") => MONEY,
         (false, "/v1/passes") => MONEY,
         (true, "/v1/receipts" | "/v1/report") => READ_MONEY,
         (false, "/v1/shows/{show}/slots/{slot}/bookings" | "/v1/check-ins" | "/v1/telemetry") => {
@@ -329,6 +329,8 @@ mod tests {
         assert!(allowed(&Method::GET, "/v1/shows/{show}/slots/{slot}").contains(&screen));
         assert!(allowed(&Method::POST, "/v1/shows/{show}/slots/{slot}/bookings").contains(&screen));
         assert!(!allowed(&Method::POST, "/v1/payments").contains(&screen));
+        assert!(!allowed(&Method::POST, "/v1/payments/batch").contains(&screen));
+        assert!(allowed(&Method::POST, "/v1/payments/batch").contains(&ClientRole::Pos));
         assert!(!allowed(&Method::GET, "/v1/receipts").contains(&screen));
         assert!(!allowed(&Method::POST, "/v1/shows").contains(&screen));
         assert!(!allowed(&Method::POST, "/v1/revocations").contains(&ClientRole::Pos));

@@ -21,7 +21,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
     ),
     paths(
         super::status,
-        super::pay,
+        super::money::pay,
+        super::money::pay_batch,
         super::receipts,
         super::issued,
         super::shows,

@@ -24,6 +24,26 @@ pub(super) struct PaymentBody {
     pub(super) attendee: Option<String>,
 }
 
+/// A POS app's queue of payments for one show (`POST /v1/payments/batch`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PaymentBatchBody {
+    /// The show every payment is for; the show on now when absent.
+    pub(super) show: Option<String>,
+    /// At most 1,000, taken in this order.
+    pub(super) payments: Vec<BatchItemBody>,
+}
+
+/// One payment of a batch: the fields of `POST /v1/payments` but the show.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BatchItemBody {
+    pub(super) amount_minor: u64,
+    pub(super) currency: String,
+    pub(super) idempotency_key: String,
+    pub(super) attendee: Option<String>,
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]

@@ -22,6 +22,10 @@ use samod::DocHandle;
 use super::{Node, ShowError, Unavailable, internal, lock, read, read_ledger, unreconciled_of};
 use crate::clock;
 
+/// The most payments one request may carry ([`Node::pay_many`]): a few seconds of a busy desk, answered in well
+/// under a second.
+pub const PAYMENTS_PER_REQUEST_MAX: usize = 1_000;
+
 type Reply = tokio::sync::oneshot::Sender<Result<(Receipt, bool), PayError>>;
 
 /// Why a payment was not taken. Nothing was written for it, unless it says otherwise.
@@ -72,6 +76,29 @@ impl Node {
         request: PaymentRequest,
         show: Option<String>,
     ) -> Result<(Receipt, bool), PayError> {
+        let mut answers = self.pay_many(vec![request], show).await?;
+        answers
+            .pop()
+            .unwrap_or_else(|| Err(internal("a payment went unanswered").into()))
+    }
+
+    /// Takes `requests` for one show, in order, as if each were posted on its own one after another, in one
+    /// desk batch (one change and one fsync, unless a ledger page fills mid-way): what a POS app that queued
+    /// payments while it could not reach this device sends when it can. Each payment is answered on its own,
+    /// exactly as [`Node::pay`] would answer it, and is durable when answered; the `Err` of the whole is a
+    /// refusal before any was queued (a bad show name, an unknown show, money not ready), so nothing was
+    /// written. At most [`PAYMENTS_PER_REQUEST_MAX`].
+    pub async fn pay_many(
+        self: &Arc<Self>,
+        requests: Vec<PaymentRequest>,
+        show: Option<String>,
+    ) -> Result<Vec<Result<(Receipt, bool), PayError>>, PayError> {
+        if requests.len() > PAYMENTS_PER_REQUEST_MAX {
+            return Err(PayError::Invalid(format!(
+                "{} payments in one request; at most {PAYMENTS_PER_REQUEST_MAX}",
+                requests.len()
+            )));
+        }
         if let Some(show) = &show {
             popmesh_crdt::naming::check_name("show", show)
                 .map_err(|e| PayError::Invalid(e.to_string()))?;
@@ -79,18 +106,36 @@ impl Node {
         let view = self.view()?;
         let show = self.existing_show(&view, show)?;
         self.money_ready().await?;
-        let ticket = Ticket(self.desk.next_ticket.fetch_add(1, Ordering::Relaxed));
-        let (reply, answer) = tokio::sync::oneshot::channel();
+        let mut waiting = Vec::with_capacity(requests.len());
         {
             let fault = self.store_fault();
             let mut core = lock(&self.desk.core);
-            core.handle_request(ticket, &show, request, fault.as_ref(), &self.limits)
-                .map_err(|e| self.desk_failure(e))?;
-            // Registered before the core's lock is let go, so no pump can hold an answer it has nowhere to send.
-            lock(&self.desk.replies).insert(ticket, reply);
+            // Registered before the core's lock is let go, so no pump can hold an answer it has nowhere to
+            // send; queued under one lock, so the requests stay together and in order.
+            let mut replies = lock(&self.desk.replies);
+            for request in requests {
+                let ticket = Ticket(self.desk.next_ticket.fetch_add(1, Ordering::Relaxed));
+                match core.handle_request(ticket, &show, request, fault.as_ref(), &self.limits) {
+                    Ok(()) => {
+                        let (reply, answer) = tokio::sync::oneshot::channel();
+                        replies.insert(ticket, reply);
+                        waiting.push(Ok(answer));
+                    }
+                    Err(e) => waiting.push(Err(e)),
+                }
+            }
         }
         self.pump_desk();
-        answer.await.map_err(|_| Unavailable::ShuttingDown)?
+        let mut answers = Vec::with_capacity(waiting.len());
+        for w in waiting {
+            answers.push(match w {
+                Ok(answer) => answer
+                    .await
+                    .unwrap_or_else(|_| Err(Unavailable::ShuttingDown.into())),
+                Err(e) => Err(self.desk_failure(e)),
+            });
+        }
+        Ok(answers)
     }
 
     /// Whether money requests and money reads may be answered (see `popmesh_device::desk`): every ledger page of

@@ -1,0 +1,122 @@
+//! Taking payments: `POST /v1/payments` (one) and `POST /v1/payments/batch` (what a POS app queued while it could
+//! not reach this device). Both answer only once every receipt they name is on this device's disk.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use popmesh_crdt::receipt::{PaymentRequest, Receipt};
+use serde_json::{Value, json};
+
+use super::body::JsonObject;
+use super::wire::{BatchItemBody, PaymentBatchBody, PaymentBody, ReceiptJson};
+use super::{Api, ApiError};
+use crate::node::{CheckedReceipt, Node, PayError};
+
+#[utoipa::path(
+    post,
+    path = "/v1/payments",
+    tag = "money",
+    operation_id = "pay",
+    summary = "Take a payment: answered only once its signed receipt is on this device's disk",
+    request_body = PaymentBody,
+    responses((status = 201, description = "The receipt (`replayed` when the idempotency key was seen before)", body = Object), crate::api::wire::ErrorAnswer)
+)]
+pub(super) async fn pay(
+    State(node): State<Arc<Node>>,
+    body: Result<JsonObject<PaymentBody>, ApiError>,
+) -> Api<Response> {
+    let JsonObject(body) = body?;
+    let request = PaymentRequest {
+        idempotency_key: body.idempotency_key,
+        amount_minor: body.amount_minor,
+        currency: body.currency,
+        attendee: body.attendee,
+    };
+    let (receipt, replayed) = node.pay(request, body.show).await?;
+    // A replay answers exactly like the first time, so a retrying client cannot tell the difference.
+    Ok((StatusCode::CREATED, Json(taken(receipt, replayed))).into_response())
+}
+
+/// `POST /v1/payments/batch`: up to 1,000 payments of one show, taken in order as if each were posted to
+/// `/v1/payments` one after another, in one change and one fsync. Each payment stands or falls on its own (a POS
+/// app's queue must not be held up by one refused payment): `results[i]` is what `/v1/payments` would have
+/// answered for `payments[i]`, its `status` and either `receipt` and `replayed` or `error`. A refusal of the
+/// whole (a malformed body, too many payments, an unknown show, money not ready) writes nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/payments/batch",
+    tag = "money",
+    operation_id = "pay_batch",
+    summary = "Take a queue of payments in one durable write; each is answered as /v1/payments would answer it",
+    request_body = PaymentBatchBody,
+    responses((status = 200, description = "One result per payment, in order, with counts of taken and refused", body = Object), crate::api::wire::ErrorAnswer)
+)]
+pub(super) async fn pay_batch(
+    State(node): State<Arc<Node>>,
+    body: Result<JsonObject<PaymentBatchBody>, ApiError>,
+) -> Api<Response> {
+    let JsonObject(body) = body?;
+    if body.payments.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "payments is empty: send at least one",
+        ));
+    }
+    if body.payments.len() > crate::node::PAYMENTS_PER_REQUEST_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} payments in one request; at most {} (send the rest in another)",
+                body.payments.len(),
+                crate::node::PAYMENTS_PER_REQUEST_MAX
+            ),
+        )
+        .with_code("too_many"));
+    }
+    let requests = body.payments.into_iter().map(request_of).collect();
+    let answers = node.pay_many(requests, body.show).await?;
+    let taken_count = answers.iter().filter(|a| a.is_ok()).count();
+    let results: Vec<Value> = answers.into_iter().map(result_of).collect();
+    Ok(Json(json!({
+        "results": results,
+        "taken": taken_count,
+        "refused": results.len() - taken_count,
+    }))
+    .into_response())
+}
+
+fn request_of(item: BatchItemBody) -> PaymentRequest {
+    PaymentRequest {
+        idempotency_key: item.idempotency_key,
+        amount_minor: item.amount_minor,
+        currency: item.currency,
+        attendee: item.attendee,
+    }
+}
+
+/// A taken payment as both endpoints answer it.
+fn taken(receipt: Receipt, replayed: bool) -> Value {
+    let json = ReceiptJson::from(&CheckedReceipt::new(receipt, false, Ok(())));
+    json!({ "receipt": json, "replayed": replayed })
+}
+
+/// One payment's answer in a batch: its status, and the receipt or the error body `/v1/payments` would send.
+fn result_of(answer: Result<(Receipt, bool), PayError>) -> Value {
+    match answer {
+        Ok((receipt, replayed)) => {
+            let mut v = taken(receipt, replayed);
+            v["status"] = json!(StatusCode::CREATED.as_u16());
+            v
+        }
+        Err(e) => {
+            let e = ApiError::from(e);
+            json!({
+                "status": e.status.as_u16(),
+                "error": { "status": e.status.as_u16(), "code": e.code, "message": e.message },
+            })
+        }
+    }
+}
