@@ -729,9 +729,21 @@ fn unreconciled(doc: &(impl ReadDoc + autosurgeon::ReadDoc)) -> Result<u64, DocE
     let receipts = object_at(doc, &["receipts"])?;
     let reconciled = object_at(doc, &["reconciled"])?;
     let mut settled = 0u64;
+    // Only each reconciled receipt's amount is read (not the whole record): this runs for every earlier page and
+    // every other show's ledger on each payment batch.
     for token in doc.keys(&reconciled) {
-        let entry: Option<ReceiptRecord> = get_opt(doc, &receipts, token.as_str())?;
-        settled = settled.saturating_add(entry.map_or(0, |e| e.amount_minor));
+        let amount = match ReadDoc::get(doc, &receipts, token.as_str())? {
+            Some((automerge::Value::Object(automerge::ObjType::Map), entry)) => {
+                autosurgeon::hydrate_prop::<_, u64, _, _>(doc, &entry, "amount_minor")?
+            }
+            Some(_) => {
+                return Err(DocError::Missing(format!(
+                    "a readable receipt under {token}"
+                )));
+            }
+            None => 0,
+        };
+        settled = settled.saturating_add(amount);
     }
     Ok(issued.saturating_sub(settled))
 }
