@@ -11,15 +11,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::site::{Node, Site, payment, show};
+use common::site::{Node, Site, payment, set_config, show};
 use serde_json::json;
-
-fn set_config(data: &std::path::Path, from: &str, to: &str) {
-    let path = data.join("popmesh.toml");
-    let text = std::fs::read_to_string(&path).expect("config");
-    assert!(text.contains(from), "{from} in {}", path.display());
-    std::fs::write(&path, text.replace(from, to)).expect("config written");
-}
 
 fn message(answer: &popmesh_node::client::Answer) -> String {
     answer.json()["error"]["message"]

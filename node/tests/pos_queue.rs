@@ -11,15 +11,8 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::site::{Node, Site, payment, show};
+use common::site::{Node, Site, payment, set_config, show};
 use serde_json::{Value, json};
-
-fn set_config(data: &std::path::Path, from: &str, to: &str) {
-    let path = data.join("popmesh.toml");
-    let text = std::fs::read_to_string(&path).expect("config");
-    assert!(text.contains(from), "{from} in {}", path.display());
-    std::fs::write(&path, text.replace(from, to)).expect("config written");
-}
 
 /// The queue: 250 payments, with a retry of the first, a key the till used before for another amount and one
 /// payment over the per-payment limit (15,000 minor units by default).

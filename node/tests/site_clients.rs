@@ -12,16 +12,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::site::{Node, Site, payment, popmesh, show};
+use common::site::{Node, Site, payment, popmesh, set_config, show};
 use popmesh_node::client::{Answer, Client};
 use serde_json::json;
-
-fn set_config(data: &std::path::Path, from: &str, to: &str) {
-    let path = data.join("popmesh.toml");
-    let text = std::fs::read_to_string(&path).expect("config");
-    assert!(text.contains(from), "{from} in {}", path.display());
-    std::fs::write(&path, text.replace(from, to)).expect("config written");
-}
 
 fn issue(data: &str, role: &str, valid: &str, label: &str) -> (String, String) {
     let (ok, out, err) = popmesh(&[

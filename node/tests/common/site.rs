@@ -553,6 +553,14 @@ pub fn show(id: &str, capacity: u64, grants: &[(&str, u64)]) -> Value {
     })
 }
 
+/// Replaces `from` (which must be there) with `to` in the device's `popmesh.toml`, before the node starts.
+pub fn set_config(data: &std::path::Path, from: &str, to: &str) {
+    let path = data.join("popmesh.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    assert!(text.contains(from), "{from} in {}", path.display());
+    std::fs::write(&path, text.replace(from, to)).expect("config written");
+}
+
 pub fn payment(key: &str, amount_minor: u64) -> Value {
     serde_json::json!({ "amount_minor": amount_minor, "currency": "EUR", "idempotency_key": key })
 }
