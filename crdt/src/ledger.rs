@@ -379,12 +379,13 @@ impl<D: BorrowMut<Automerge>> Doc<Ledger, D> {
             let receipts = object_at(tx, &["receipts"])?;
             let keys = object_at(tx, &[KEYS])?;
             let mut outcomes = Vec::with_capacity(requests.len());
-            // What this page holds unreconciled, read once and carried through the batch (only this batch
-            // writes the page meanwhile); the issued counter is raised once, by the batch's sum.
+            // What this page holds, read once and carried through the batch (only this batch writes the page
+            // meanwhile); the issued counter is raised once, by the batch's sum.
             let mut held = Held {
-                before: unreconciled(tx)?,
+                before: None,
                 elsewhere: stored_elsewhere_minor,
                 taken: 0,
+                on_page: tx.length(&receipts),
             };
             for request in requests {
                 let page = Page {
@@ -511,12 +512,14 @@ struct Page<'a> {
     earlier: &'a EarlierPages,
 }
 
-/// What counts against the stored limit during a batch: this page's unreconciled amount as read when the batch
-/// began, what the device holds elsewhere (other shows), and what the batch has taken since.
+/// What a batch carries from one payment to the next: this page's unreconciled amount before the batch (read by
+/// the first payment that reaches the limit check, so replays and refusals before it never read it), what the
+/// device holds elsewhere (other shows), what the batch has taken, and how many receipts the page holds.
 struct Held {
-    before: u64,
+    before: Option<u64>,
     elsewhere: u64,
     taken: u64,
+    on_page: usize,
 }
 
 /// One payment inside a transaction: checks in the order a client would want to hear about them, then writes the
@@ -582,7 +585,7 @@ fn take_one(
         };
     }
     let token_key = token.to_string();
-    let on_page = tx.length(page.receipts);
+    let on_page = held.on_page;
     let total = page.earlier.by_key.len() + on_page;
     if total >= RECEIPTS_PER_LEDGER_MAX {
         return Err(PaymentError::Full);
@@ -591,8 +594,11 @@ fn take_one(
         return Err(PaymentError::PageFull);
     }
     // Held amounts past u64 read as u64::MAX, which the limit's checked sum refuses with any amount (at least 1).
-    let stored = held
-        .before
+    let before = match held.before {
+        Some(before) => before,
+        None => *held.before.insert(unreconciled(tx)?),
+    };
+    let stored = before
         .checked_add(held.taken)
         .and_then(|s| s.checked_add(page.earlier.unreconciled_minor))
         .and_then(|s| s.checked_add(held.elsewhere))
@@ -609,6 +615,7 @@ fn take_one(
     write_receipt(tx, page.receipts, page.keys, &receipt)?;
     // Within the limit just checked, so no overflow (the limit is a u64 sum that passed).
     held.taken = held.taken.saturating_add(request.amount_minor);
+    held.on_page += 1;
     if let Some(attendee) = &request.attendee {
         link_attendee(tx, &token_key, attendee)?;
     }

@@ -5,7 +5,8 @@
 //!   its own (a reused key, over the per-payment limit) without holding up the rest;
 //! - every taken payment survives a SIGKILL straight after the answer, across ledger pages filled mid-batch;
 //! - the same queue sent again after the restart replays every payment (same tokens, nothing charged twice);
-//! - a refusal of the whole (empty, too many, unknown show, a malformed payment) writes nothing.
+//! - a refusal of the whole (empty, too many, unknown show, a malformed payment) writes nothing;
+//! - a queue sent while the disk is full takes nothing and says so in its status (503), so a till keeps it.
 
 mod common;
 
@@ -184,4 +185,34 @@ fn a_queue_refused_whole_writes_nothing_and_says_why() {
         json!({ "payments": [payment("u-1", 100), payment("u-3", 100), payment("m-0", 1)] }),
     );
     assert_eq!(ok.json()["taken"], 3, "{}", ok.body);
+}
+
+#[test]
+fn a_queue_sent_while_the_disk_is_full_is_refused_whole_with_503_and_taken_once_it_frees() {
+    let site = Site::create("posqueue-disk");
+    let control = site.root().join("faults");
+    std::fs::write(&control, "").expect("control file");
+    let faults = control.to_str().expect("path").to_owned();
+    let edge = Node::start_env(&site.edge, &[], &[], &[("POPMESH_STORAGE_FAULTS", &faults)]);
+    assert_eq!(edge.post("/v1/shows", show("fri", 10, &[])).status, 201);
+    let queue =
+        json!({ "payments": (0..20).map(|i| payment(&format!("d-{i}"), 100)).collect::<Vec<_>>() });
+    std::fs::write(&control, "disk_full=1").expect("fault on");
+    // A till that reads only the status must not clear its queue: nothing was taken, so the answer is a 503.
+    let refused = edge.post("/v1/payments/batch", queue.clone());
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.json()["taken"], 0, "{}", refused.body);
+    for r in refused.json()["results"].as_array().expect("results") {
+        assert_eq!(r["status"], 503, "{r}");
+    }
+    std::fs::write(&control, "").expect("fault off");
+    edge.wait_for(
+        "the store recovers",
+        std::time::Duration::from_secs(20),
+        |n| n.status()["store"]["healthy"] == true,
+    );
+    let taken = edge.post("/v1/payments/batch", queue);
+    assert_eq!(taken.status, 200, "{}", taken.body);
+    assert_eq!(taken.json()["taken"], 20, "{}", taken.body);
+    assert_eq!(edge.receipt_tokens().len(), 20);
 }

@@ -44,7 +44,8 @@ pub(super) async fn pay(
 /// `/v1/payments` one after another, in one change and one fsync. Each payment stands or falls on its own (a POS
 /// app's queue must not be held up by one refused payment): `results[i]` is what `/v1/payments` would have
 /// answered for `payments[i]`, its `status` and either `receipt` and `replayed` or `error`. A refusal of the
-/// whole (a malformed body, too many payments, an unknown show, money not ready) writes nothing.
+/// whole (a malformed body, too many payments, an unknown show, money not ready) writes nothing. When nothing was
+/// taken and every payment got the same 5xx (the write was not durable), the answer has that status too.
 #[utoipa::path(
     post,
     path = "/v1/payments/batch",
@@ -80,12 +81,27 @@ pub(super) async fn pay_batch(
     let answers = node.pay_many(requests, body.show).await?;
     let taken_count = answers.iter().filter(|a| a.is_ok()).count();
     let results: Vec<Value> = answers.into_iter().map(result_of).collect();
-    Ok(Json(json!({
-        "results": results,
-        "taken": taken_count,
-        "refused": results.len() - taken_count,
-    }))
-    .into_response())
+    // Nothing taken, and every payment refused for the same reason on this device's side (not durable, still
+    // loading): the answer carries that status too, so a client that reads only the status keeps its queue.
+    let statuses: std::collections::BTreeSet<u64> = results
+        .iter()
+        .filter_map(|r| r["status"].as_u64())
+        .collect();
+    let status = match statuses.first() {
+        Some(&only) if taken_count == 0 && statuses.len() == 1 && only >= 500 => {
+            StatusCode::from_u16(only as u16).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+        }
+        _ => StatusCode::OK,
+    };
+    Ok((
+        status,
+        Json(json!({
+            "results": results,
+            "taken": taken_count,
+            "refused": results.len() - taken_count,
+        })),
+    )
+        .into_response())
 }
 
 fn request_of(item: BatchItemBody) -> PaymentRequest {
