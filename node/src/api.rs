@@ -115,16 +115,23 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorJson {
+impl ApiError {
+    /// The body every error answer carries (and each refused payment of a batch).
+    pub(crate) fn body(self) -> ErrorJson {
+        ErrorJson {
             error: ErrorDetail {
                 status: self.status.as_u16(),
                 code: self.code,
                 message: self.message,
             },
-        };
-        (self.status, Json(body)).into_response()
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        (status, Json(self.body())).into_response()
     }
 }
 

@@ -82,6 +82,7 @@ impl Answer for PayError {
     fn answer(&self) -> (StatusCode, &'static str) {
         match self {
             PayError::Invalid(_) => (BAD, "invalid"),
+            PayError::TooMany(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_many"),
             PayError::Show(e) => e.answer(),
             PayError::OverLimit(_) => (StatusCode::UNPROCESSABLE_ENTITY, "over_limit"),
             PayError::KeyReused(_) => (CONFLICT, "idempotency_key_reused"),

@@ -11,7 +11,7 @@ use popmesh_crdt::receipt::{PaymentRequest, Receipt};
 use serde_json::{Value, json};
 
 use super::body::JsonObject;
-use super::wire::{BatchItemBody, PaymentBatchBody, PaymentBody, ReceiptJson};
+use super::wire::{PaymentBatchBody, PaymentBody, ReceiptJson};
 use super::{Api, ApiError};
 use crate::node::{CheckedReceipt, Node, PayError};
 
@@ -29,13 +29,8 @@ pub(super) async fn pay(
     body: Result<JsonObject<PaymentBody>, ApiError>,
 ) -> Api<Response> {
     let JsonObject(body) = body?;
-    let request = PaymentRequest {
-        idempotency_key: body.idempotency_key,
-        amount_minor: body.amount_minor,
-        currency: body.currency,
-        attendee: body.attendee,
-    };
-    let (receipt, replayed) = node.pay(request, body.show).await?;
+    let (request, show) = body.into_request();
+    let (receipt, replayed) = node.pay(request, show).await?;
     // A replay answers exactly like the first time, so a retrying client cannot tell the difference.
     Ok((StatusCode::CREATED, Json(taken(receipt, replayed))).into_response())
 }
@@ -60,24 +55,11 @@ pub(super) async fn pay_batch(
     body: Result<JsonObject<PaymentBatchBody>, ApiError>,
 ) -> Api<Response> {
     let JsonObject(body) = body?;
-    if body.payments.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "payments is empty: send at least one",
-        ));
-    }
-    if body.payments.len() > crate::node::PAYMENTS_PER_REQUEST_MAX {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "{} payments in one request; at most {} (send the rest in another)",
-                body.payments.len(),
-                crate::node::PAYMENTS_PER_REQUEST_MAX
-            ),
-        )
-        .with_code("too_many"));
-    }
-    let requests = body.payments.into_iter().map(request_of).collect();
+    let requests = body
+        .payments
+        .into_iter()
+        .map(PaymentRequest::from)
+        .collect();
     let answers = node.pay_many(requests, body.show).await?;
     let taken_count = answers.iter().filter(|a| a.is_ok()).count();
     let results: Vec<Value> = answers.into_iter().map(result_of).collect();
@@ -104,15 +86,6 @@ pub(super) async fn pay_batch(
         .into_response())
 }
 
-fn request_of(item: BatchItemBody) -> PaymentRequest {
-    PaymentRequest {
-        idempotency_key: item.idempotency_key,
-        amount_minor: item.amount_minor,
-        currency: item.currency,
-        attendee: item.attendee,
-    }
-}
-
 /// A taken payment as both endpoints answer it.
 fn taken(receipt: Receipt, replayed: bool) -> Value {
     let json = ReceiptJson::from(&CheckedReceipt::new(receipt, false, Ok(())));
@@ -129,10 +102,10 @@ fn result_of(answer: Result<(Receipt, bool), PayError>) -> Value {
         }
         Err(e) => {
             let e = ApiError::from(e);
-            json!({
-                "status": e.status.as_u16(),
-                "error": { "status": e.status.as_u16(), "code": e.code, "message": e.message },
-            })
+            let status = e.status.as_u16();
+            let mut v = json!(e.body());
+            v["status"] = json!(status);
+            v
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use popmesh_crdt::manifest::ByteRange;
+use popmesh_crdt::receipt::PaymentRequest;
 use serde::{Deserialize, Serialize};
 
 use crate::node::{CheckedReceipt, ManifestUpdate, NewEntry, NewShow, NewSlot, ReceiptPage};
@@ -22,6 +23,19 @@ pub(super) struct PaymentBody {
     pub(super) show: Option<String>,
     /// The buyer's pseudonymous id (from their pass), when known: links the sale to their check-in.
     pub(super) attendee: Option<String>,
+}
+
+impl PaymentBody {
+    /// The request for the desk, and the show it names.
+    pub(super) fn into_request(self) -> (PaymentRequest, Option<String>) {
+        let item = BatchItemBody {
+            amount_minor: self.amount_minor,
+            currency: self.currency,
+            idempotency_key: self.idempotency_key,
+            attendee: self.attendee,
+        };
+        (item.into(), self.show)
+    }
 }
 
 /// A POS app's queue of payments for one show (`POST /v1/payments/batch`).
@@ -42,6 +56,17 @@ pub(super) struct BatchItemBody {
     pub(super) currency: String,
     pub(super) idempotency_key: String,
     pub(super) attendee: Option<String>,
+}
+
+impl From<BatchItemBody> for PaymentRequest {
+    fn from(item: BatchItemBody) -> Self {
+        Self {
+            idempotency_key: item.idempotency_key,
+            amount_minor: item.amount_minor,
+            currency: item.currency,
+            attendee: item.attendee,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

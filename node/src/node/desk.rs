@@ -39,6 +39,9 @@ pub enum PayError {
     /// Taking it would pass this device's offline risk limits (per payment, or held unreconciled across shows).
     #[error("{0}")]
     OverLimit(String),
+    /// One request carried no payment, or more than [`PAYMENTS_PER_REQUEST_MAX`].
+    #[error("{0}")]
+    TooMany(String),
     /// The idempotency key was used for a different payment (other fields, or another show).
     #[error("{0}")]
     KeyReused(String),
@@ -93,9 +96,14 @@ impl Node {
         requests: Vec<PaymentRequest>,
         show: Option<String>,
     ) -> Result<Vec<Result<(Receipt, bool), PayError>>, PayError> {
+        if requests.is_empty() {
+            return Err(PayError::Invalid(
+                "payments is empty: send at least one".into(),
+            ));
+        }
         if requests.len() > PAYMENTS_PER_REQUEST_MAX {
-            return Err(PayError::Invalid(format!(
-                "{} payments in one request; at most {PAYMENTS_PER_REQUEST_MAX}",
+            return Err(PayError::TooMany(format!(
+                "{} payments in one request; at most {PAYMENTS_PER_REQUEST_MAX} (send the rest in another)",
                 requests.len()
             )));
         }
@@ -125,6 +133,11 @@ impl Node {
                 }
             }
         }
+        // Refused at the desk: named as things stand now, not after the others are durable.
+        let waiting: Vec<_> = waiting
+            .into_iter()
+            .map(|w| w.map_err(|e| self.desk_failure(e)))
+            .collect();
         self.pump_desk();
         let mut answers = Vec::with_capacity(waiting.len());
         for w in waiting {
@@ -132,7 +145,7 @@ impl Node {
                 Ok(answer) => answer
                     .await
                     .unwrap_or_else(|_| Err(Unavailable::ShuttingDown.into())),
-                Err(e) => Err(self.desk_failure(e)),
+                Err(e) => Err(e),
             });
         }
         Ok(answers)
